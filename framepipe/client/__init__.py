@@ -1,0 +1,1 @@
+"""Python clients of the stream manager (they import framepipe.protocol only)."""

@@ -1,0 +1,1 @@
+"""Cython extensions (used by framepipe.core only)."""

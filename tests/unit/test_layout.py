@@ -1,0 +1,73 @@
+"""The package's module boundaries (DESIGN.md): dependencies point one way."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import framepipe
+
+PACKAGE = Path(framepipe.__file__).parent
+
+# layer -> framepipe sub-packages it must never import
+FORBIDDEN = {
+    "protocol": {"core", "ext", "server", "client", "cli"},
+    "core": {"server", "client", "cli"},
+    "client": {"core", "ext", "server", "cli"},
+    "server": {"client", "cli"},
+}
+
+
+def _framepipe_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "framepipe" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_layer_imports_point_one_way(layer: str) -> None:
+    offences = []
+    for path in sorted((PACKAGE / layer).rglob("*.py")):
+        bad = _framepipe_imports(path) & FORBIDDEN[layer]
+        if bad:
+            offences.append(f"{path.relative_to(PACKAGE)} imports framepipe.{sorted(bad)}")
+    assert not offences, offences
+
+
+def test_protocol_uses_no_io_modules() -> None:
+    io_modules = {"socket", "asyncio", "selectors", "multiprocessing", "subprocess"}
+    offences = []
+    for path in sorted((PACKAGE / "protocol").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                mods = {node.module.split(".")[0]}
+            else:
+                continue
+            if mods & io_modules:
+                offences.append(f"{path.name}: {sorted(mods & io_modules)}")
+    assert not offences, offences
+
+
+def test_error_tree_maps_one_to_one_onto_wire_error_types() -> None:
+    from framepipe.protocol.errors import ERROR_CLASSES, ErrorType, FramepipeError
+
+    assert set(ERROR_CLASSES) == set(ErrorType)
+    for error_type, cls in ERROR_CLASSES.items():
+        assert issubclass(cls, FramepipeError)
+        assert cls.error_type is error_type
