@@ -229,15 +229,13 @@ class Envelope:
     def failure(self) -> FailureBody:
         """The failure body (for an unsuccessful response)."""
         raw_type = self.response.get(ERROR_TYPE_KEY)
-        try:
-            error_type = ErrorType(raw_type)
-        except ValueError:
-            error_type = ErrorType.INTERNAL_ERROR
+        known = isinstance(raw_type, str) and raw_type in _KNOWN_ERROR_TYPES
+        error_type = ErrorType(raw_type) if known else ErrorType.INTERNAL_ERROR
         return FailureBody(
             error_type=error_type,
             error_class=_optional_str(self.response.get("error_class")),
             error_message=_optional_str(self.response.get("error_message"))
-            if raw_type in _KNOWN_ERROR_TYPES
+            if known
             else f"Unknown error_type {raw_type!r}: {self.response.get('error_message')}",
             public_error_message=_optional_str(self.response.get("public_error_message")),
         )
