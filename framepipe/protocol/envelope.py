@@ -230,7 +230,7 @@ class Envelope:
         """The failure body (for an unsuccessful response)."""
         raw_type = self.response.get(ERROR_TYPE_KEY)
         known = isinstance(raw_type, str) and raw_type in _KNOWN_ERROR_TYPES
-        error_type = ErrorType(raw_type) if known else ErrorType.INTERNAL_ERROR
+        error_type = ErrorType(str(raw_type)) if known else ErrorType.INTERNAL_ERROR
         return FailureBody(
             error_type=error_type,
             error_class=_optional_str(self.response.get("error_class")),
