@@ -58,10 +58,14 @@ class Exchange:
 
 def load_frames(path: Path = COPY) -> list[Frame]:
     text = path.read_text(encoding="utf-8")
-    section_starts = [(m.start(), m.group(1)) for m in re.finditer(r"^### (.+)$", text, re.MULTILINE)]
+    section_starts = [
+        (m.start(), m.group(1)) for m in re.finditer(r"^### (.+)$", text, re.MULTILINE)
+    ]
     frames = []
     for match in _ENTRY.finditer(text):
-        section = next((name for start, name in reversed(section_starts) if start < match.start()), "")
+        section = next(
+            (name for start, name in reversed(section_starts) if start < match.start()), ""
+        )
         body = match.group("body")
         cut = _CUT.search(body)
         if cut:

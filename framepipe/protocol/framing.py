@@ -55,10 +55,11 @@ def encode_message(message: Any) -> bytes:
     return encode_frame(_json.dumps(message))
 
 
-def decode_payload(payload: bytes) -> Any:
-    """The JSON document in ``payload`` (any JSON value)."""
+def decode_payload(payload: bytes, *, exact_integers: bool = True) -> Any:
+    """The JSON document in ``payload`` (any JSON value); see :func:`_json.loads` for
+    ``exact_integers``."""
     try:
-        return _json.loads(payload)
+        return _json.loads(payload, exact_integers=exact_integers)
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise MalformedPayloadError("Received payload that is not in a JSON format") from error
 
@@ -145,6 +146,8 @@ class FrameDecoder:
 
     def _read_header(self, header: bytes) -> int:
         size = int.from_bytes(header, "big")
+        if size <= 0 or size > self.max_message_size:
+            self._buffer.clear()
         if size <= 0:
             self._failed = True
             raise MalformedHeaderError(f"Header is indicating non positive payload size: {size}")

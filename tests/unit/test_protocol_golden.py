@@ -234,7 +234,9 @@ def test_truncated_response_prefix_equals_the_reference(
 
 
 NOT_FOUND_RESPONSES = [
-    e for e in COMPLETE_RESPONSES if (e.response.json() or {}).get("response", {}).get("error_type") == "not_found"  # type: ignore[union-attr]
+    e
+    for e in COMPLETE_RESPONSES
+    if (e.response.json() or {}).get("response", {}).get("error_type") == "not_found"  # type: ignore[union-attr]
 ]
 
 
