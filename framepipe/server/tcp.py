@@ -30,7 +30,7 @@ import socket
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from framepipe.protocol.commands import AUTH_TOKEN_KEY, Command, parse_command
 from framepipe.protocol.envelope import FailureBody, ResponseBody, SuccessBody, encode_response
@@ -93,8 +93,8 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol callbacks ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # (uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check)
+        self._transport = cast(asyncio.Transport, transport)
         self._front.connections.add(self)
         self._timer = self._loop.call_later(
             self._front.settings.read_timeout_s, self._on_read_timeout

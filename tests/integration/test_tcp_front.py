@@ -666,3 +666,32 @@ async def test_unreachable_manager_is_a_connectivity_error() -> None:
         await StreamManagerClient.init(HOST, port, 1.0).list_pipelines()
     with pytest.raises(ConnectivityError):
         await asyncio.to_thread(SyncStreamManagerClient.init(HOST, port, 1.0).list_pipelines)
+
+
+# --- on uvloop -----------------------------------------------------------------------------
+
+
+def test_the_front_end_on_uvloop() -> None:
+    """The manager may run on uvloop, whose transports are not asyncio's classes."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        table = PipelineTable()
+        async with await start_server(table, TcpFrontSettings(host=HOST, port=0)) as server:
+            client = StreamManagerClient.init(HOST, server.port, TIMEOUT)
+            pipeline_id = (await client.initialise_pipeline(payload())).context.pipeline_id
+            assert pipeline_id
+            results = await asyncio.gather(*(client.get_status(pipeline_id) for _ in range(50)))
+            assert all(r.report["left"] == 5 for r in results)
+            with pytest.raises(NotFoundError):
+                await client.terminate_pipeline("nope")
+            for data, error_class in (
+                (b"\x00\x01", "MalformedHeaderError"),
+                ((2**31).to_bytes(4, "big"), "MessageTooLargeError"),
+                (encode_frame(b"[1]"), "MalformedPayloadError"),
+            ):
+                body = response_of(await raw_exchange(server.port, data))["response"]
+                assert body["error_class"] == error_class
+            await client.terminate_pipeline(pipeline_id)
+
+    uvloop.run(scenario())
