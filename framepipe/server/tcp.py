@@ -71,6 +71,8 @@ class TcpFrontSettings:
 
 
 _LINGER_S = 1.0
+OFFLOAD_PARSE_BYTES = 256 * 1024
+"""Requests larger than this are parsed in a worker thread, off the event loop."""
 
 
 class RequestTimeoutError(FramingError):
@@ -251,9 +253,11 @@ class TcpFront:
         pipeline_id: str | None = None
         body: ResponseBody
         try:
-            document = decode_object(payload)
-            self._check_token(document)
-            command = parse_command(document)
+            if len(payload) > OFFLOAD_PARSE_BYTES:
+                # Parsing and validating megabytes would stall every other connection.
+                command = await asyncio.to_thread(self._parse, payload)
+            else:
+                command = self._parse(payload)
             pipeline_id = command.target_pipeline_id
             body = await self.handler.handle(request_id, command)
             if not isinstance(body, SuccessBody):
@@ -272,6 +276,11 @@ class TcpFront:
         except Exception as error:  # e.g. a report holding a value JSON cannot carry
             logger.exception("request %s: response could not be serialised", request_id)
             return encode_response(request_id, pipeline_id, FailureBody.internal(error, request_id))
+
+    def _parse(self, payload: bytes) -> Command:
+        document = decode_object(payload)
+        self._check_token(document)
+        return parse_command(document)
 
     def _check_token(self, document: dict[str, Any]) -> None:
         if self._token is None:
@@ -295,7 +304,7 @@ class TcpFront:
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending)
+                await asyncio.wait(pending, timeout=grace_s)
         for connection in list(self.connections):
             connection.abort()
         if self._server is not None:

@@ -59,6 +59,7 @@ from framepipe.protocol.payloads import (
     ModelConfiguration,
     VideoConfiguration,
     WebRTCOffer,
+    WorkflowConfiguration,
 )
 from framepipe.server.tcp import TcpFront, TcpFrontSettings, start_server
 from tests.unit.test_protocol_golden import CLIENT_REQUESTS, DELIBERATE_DIFFERENCES, command_for
@@ -434,6 +435,28 @@ async def test_request_not_completed_in_time_is_answered_and_closed(table: Pipel
         assert body["error_class"] == "RequestTimeoutError"
         assert "received 4 of 50 payload bytes" in body["error_message"]
         assert 0.25 < elapsed < 2.0
+
+
+async def test_large_requests_are_parsed_off_the_event_loop(
+    client: StreamManagerClient, front: TcpFront, table: PipelineTable
+) -> None:
+    """A multi-megabyte init (a big workflow specification) is parsed in a worker thread; it
+    is served correctly, and so is a malformed one of the same size."""
+    big_spec = {"version": "1.0", "steps": [], "notes": "n" * 3_000_000}
+    request = InitialisePipelinePayload(
+        video_configuration=VideoConfiguration(video_reference="clip.mp4"),
+        processing_configuration=WorkflowConfiguration(workflow_specification=big_spec),
+    )
+    pipelines = asyncio.gather(*(client.list_pipelines() for _ in range(5)))
+    started = await client.initialise_pipeline(request)
+    await pipelines
+    assert started.context.pipeline_id in table.pipelines
+    init = table.commands[-1]
+    assert isinstance(init, InitCommand)
+    assert init.payload.raw_processing_configuration["workflow_specification"] == big_spec
+    bad = {"type": "init", "video_configuration": {"x": "y" * 3_000_000}}
+    body = response_of(await raw_exchange(front.port, encode_message(bad)))["response"]
+    assert body["error_type"] == "invalid_payload" and "video_reference" in body["error_message"]
 
 
 # --- the reference's raw frames, byte for byte ---------------------------------------------
