@@ -71,6 +71,7 @@ class TcpFrontSettings:
 
 
 _LINGER_S = 1.0
+_FAST_READ_BYTES = 64 * 1024
 OFFLOAD_PARSE_BYTES = 256 * 1024
 """Requests larger than this are parsed in a worker thread, off the event loop."""
 
@@ -82,10 +83,11 @@ class RequestTimeoutError(FramingError):
 class _Connection(asyncio.Protocol):
     """One connection: read one frame, answer it, close."""
 
-    def __init__(self, front: TcpFront) -> None:
+    def __init__(self, front: TcpFront, initial: bytes = b"") -> None:
         self._front = front
         self._loop = front.loop
         self._decoder = FrameDecoder(front.settings.max_message_size)
+        self._initial = initial  # bytes the accept fast path already read
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._request_taken = False
@@ -101,6 +103,9 @@ class _Connection(asyncio.Protocol):
         self._timer = self._loop.call_later(
             self._front.settings.read_timeout_s, self._on_read_timeout
         )
+        if self._initial:
+            initial, self._initial = self._initial, b""
+            self.data_received(initial)
 
     def data_received(self, data: bytes) -> None:
         if self._request_taken:
@@ -215,33 +220,106 @@ class TcpFront:
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self._token = settings.auth_token.encode() if settings.auth_token is not None else None
 
-    async def _start(self) -> None:
-        self._server = await self.loop.create_server(
-            lambda: _Connection(self),
-            host=self.settings.host,
-            port=self.settings.port,
-            reuse_address=True,  # a restart on the same port works at once (TIME_WAIT)
-            backlog=self.settings.backlog,
+    def _start(self) -> None:
+        # socket.create_server sets SO_REUSEADDR (a restart on the same port works at once,
+        # despite connections in TIME_WAIT) and creates the socket non-inheritable (O_CLOEXEC:
+        # a worker that inherited it would keep the port bound after the manager is gone).
+        family = socket.getaddrinfo(
+            self.settings.host or None,
+            self.settings.port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )[0][0]
+        listener = socket.create_server(
+            (self.settings.host, self.settings.port), family=family, backlog=self.settings.backlog
         )
-        for sock in self._server.sockets:
-            # Python creates sockets non-inheritable (O_CLOEXEC); make it explicit, since a
-            # worker that inherited the listening socket would keep the port bound.
-            os.set_inheritable(sock.fileno(), False)
+        os.set_inheritable(listener.fileno(), False)
+        listener.setblocking(False)
+        if hasattr(socket, "TCP_DEFER_ACCEPT"):
+            # Linux: wake the accept only once the request's first bytes have arrived, so
+            # the fast path below nearly always finds them.
+            with contextlib.suppress(OSError):
+                listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+        self._listener = listener
+        self.loop.add_reader(listener.fileno(), self._accept_ready)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
-        return tuple(self._server.sockets) if self._server is not None else ()
+        return (self._listener,) if self._listener is not None else ()
 
     @property
     def port(self) -> int:
         """The bound port (useful with ``port=0``)."""
-        sockets = self.sockets
-        if not sockets:
+        if self._listener is None:
             raise RuntimeError("the TCP front end is not listening")
-        return int(sockets[0].getsockname()[1])
+        return int(self._listener.getsockname()[1])
+
+    # Accepting. A request is one small frame that, by the time the connection is accepted,
+    # has usually arrived whole: then it is read with one recv and answered with one send,
+    # without an asyncio transport (whose set-up costs more than the request). Anything else
+    # (a partial or malformed frame, a large answer) goes to the transport-based _Connection.
+
+    def _accept_ready(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        for _ in range(self.settings.backlog):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # e.g. EMFILE: leave the rest queued, retry later
+                logger.warning("accept failed: %s", error)
+                return
+            conn.setblocking(False)
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._accepted(conn)
+
+    def _accepted(self, conn: socket.socket) -> None:
+        try:
+            initial = conn.recv(_FAST_READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            initial = b""
+        except OSError:
+            conn.close()
+            return
+        if initial:
+            decoder = FrameDecoder(self.settings.max_message_size)
+            try:
+                messages = decoder.feed(initial)
+            except FramingError:
+                messages = []  # the slow path answers it
+            if messages and decoder.buffered == 0:
+                self.spawn(self._serve_fast(conn, messages[0]))
+                return
+        self.spawn(self._serve_slow(conn, initial))
+
+    async def _serve_slow(self, conn: socket.socket, initial: bytes) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: _Connection(self, initial), conn)
+        except OSError:
+            conn.close()
+
+    async def _serve_fast(self, conn: socket.socket, payload: bytes) -> None:
+        try:
+            data = await self.answer(str(uuid.uuid4()), payload)
+            try:
+                sent = conn.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            if sent < len(data):
+                await asyncio.wait_for(
+                    self.loop.sock_sendall(conn, memoryview(data)[sent:]),
+                    self.settings.write_timeout_s,
+                )
+        except (OSError, TimeoutError):
+            pass  # the client went away or does not read: nothing more to do for it
+        finally:
+            conn.close()
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coroutine)
@@ -296,8 +374,10 @@ class TcpFront:
     async def close(self, grace_s: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish for up to ``grace_s``, then cancel
         them and drop every connection."""
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self.loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
         tasks = set(self._tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_s)
@@ -307,10 +387,6 @@ class TcpFront:
                 await asyncio.wait(pending, timeout=grace_s)
         for connection in list(self.connections):
             connection.abort()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-            self._server = None
 
     async def __aenter__(self) -> TcpFront:
         return self
@@ -322,5 +398,5 @@ class TcpFront:
 async def start_server(handler: CommandHandler, settings: TcpFrontSettings) -> TcpFront:
     """Listen on ``settings.host:settings.port`` and serve requests with ``handler``."""
     front = TcpFront(handler, settings)
-    await front._start()
+    front._start()
     return front

@@ -102,10 +102,11 @@ class PipelineTable:
                 raise RuntimeError("secret internals /etc/shadow")
             pipeline_id = str(uuid.uuid4())
             pipeline = FakePipeline(video_reference=reference)
+            image = "x" * (8_000_000 if reference == "big" else 10)
             for i in range(5):
                 pipeline.results.append(
                     ResultEntry(
-                        outputs=[{"size": i, "image": "x" * 10}],
+                        outputs=[{"size": i, "image": image}],
                         frames_metadata=[{**FRAME_META, "frame_id": i}],  # type: ignore[list-item]
                     )
                 )
@@ -263,6 +264,26 @@ async def test_every_command_through_the_sync_client(front: TcpFront) -> None:
             sync.terminate_pipeline(pipeline_id)
 
     await asyncio.to_thread(scenario)
+
+
+async def test_responses_larger_than_the_socket_buffer(client: StreamManagerClient) -> None:
+    pipeline_id = (await client.initialise_pipeline(payload("big"))).context.pipeline_id
+    assert pipeline_id
+    many = await client.consume_pipeline_result(pipeline_id, max_entries=3)
+    assert [len(e.outputs[0]["image"]) for e in many.entries] == [8_000_000] * 3  # type: ignore[index]
+
+
+async def test_ipv6_loopback(table: PipelineTable) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        server = await start_server(table, TcpFrontSettings(host="::1", port=0))
+    except OSError as error:
+        pytest.skip(f"IPv6 loopback unavailable: {error}")
+    async with server:
+        assert server.sockets[0].family == socket.AF_INET6
+        client = StreamManagerClient.init("::1", server.port, TIMEOUT)
+        assert (await client.list_pipelines()).pipelines == []
 
 
 # --- every error type over TCP -------------------------------------------------------------
