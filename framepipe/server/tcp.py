@@ -15,6 +15,14 @@ How a request becomes a response:
 - any other exception: ``internal_error`` naming only the exception class; the traceback goes
   to the server log under the request id, never to the client.
 
+Two paths serve a connection. The fast one: a request that has arrived whole when the
+connection is accepted (the usual case; on Linux ``TCP_DEFER_ACCEPT`` delays the accept until
+the first bytes are in) is read with one ``recv`` and answered with one ``send`` on the plain
+socket — an asyncio transport costs more to set up than such a request costs to serve. Every
+other connection (a partial, slow or malformed request, an answer larger than the socket buffer)
+goes to :class:`_Connection`, a transport-based protocol with the read timeout, the size limit
+and a lingering close after a rejection. Requests above 256 kB are parsed in a worker thread.
+
 The handler is never cancelled because its client went away (an ``init`` half done is worse
 than a reply nobody reads); only :meth:`TcpFront.close` cancels what is still running.
 """
@@ -81,7 +89,7 @@ class RequestTimeoutError(FramingError):
 
 
 class _Connection(asyncio.Protocol):
-    """One connection: read one frame, answer it, close."""
+    """One connection on the transport path: read one frame, answer it, close."""
 
     def __init__(self, front: TcpFront, initial: bytes = b"") -> None:
         self._front = front
