@@ -7,10 +7,10 @@ response back into the same exception class.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ErrorType(str, Enum):
+class ErrorType(StrEnum):
     """The ``error_type`` values of a failure response (as in the reference protocol)."""
 
     INTERNAL_ERROR = "internal_error"
