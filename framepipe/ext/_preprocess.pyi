@@ -20,7 +20,12 @@ class ResizePlan:
     ratio_y: float
     letterbox: bool
     def __init__(
-        self, src_height: int, src_width: int, dst_height: int, dst_width: int, letterbox: bool = True
+        self,
+        src_height: int,
+        src_width: int,
+        dst_height: int,
+        dst_width: int,
+        letterbox: bool = True,
     ) -> None: ...
 
 class Normalisation:
