@@ -310,7 +310,7 @@ def _workflow_configuration(data: Mapping[str, Any]) -> WorkflowSpec:
     inputs = spec.get("inputs", [])
     if isinstance(inputs, list):
         image_inputs = [
-            i.get("name")
+            str(i.get("name"))
             for i in inputs
             if isinstance(i, dict) and i.get("type") in ("WorkflowImage", "InferenceImage")
         ]
