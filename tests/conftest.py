@@ -61,7 +61,10 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     if new_children:
         problems.append(
             "child processes still alive: "
-            + ", ".join(f"{p.pid} ({' '.join(p.cmdline()[:3]) if p.is_running() else '?'})" for p in new_children)
+            + ", ".join(
+                f"{p.pid} ({' '.join(p.cmdline()[:3]) if p.is_running() else '?'})"
+                for p in new_children
+            )
         )
     if leaked_shm:
         problems.append(f"shared-memory entries leaked: {sorted(leaked_shm)}")

@@ -31,9 +31,13 @@ from framepipe.protocol.errors import InvalidPayloadError
 INPUT = 64  # model input side
 
 
-def constant_model(path: Path, output: npt.NDArray[np.float32], metadata: dict[str, str] | None = None) -> Path:
+def constant_model(
+    path: Path, output: npt.NDArray[np.float32], metadata: dict[str, str] | None = None
+) -> Path:
     """An image model [1, 3, 64, 64] -> ``output`` (exactly)."""
-    const = helper.make_node("Constant", [], ["value"], value=numpy_helper.from_array(output.astype(np.float32)))
+    const = helper.make_node(
+        "Constant", [], ["value"], value=numpy_helper.from_array(output.astype(np.float32))
+    )
     reduce = helper.make_node("ReduceMax", ["images"], ["peak"], keepdims=0)
     zero = helper.make_node("Mul", ["peak", "zero"], ["nothing"])
     add = helper.make_node("Add", ["value", "nothing"], ["output0"])
@@ -70,7 +74,9 @@ def to_source(x1: float, y1: float, x2: float, y2: float) -> tuple[float, float,
     return (sx1 + sx2) / 2, (sy1 + sy2) / 2, sx2 - sx1, sy2 - sy1
 
 
-def assert_record(record: dict[str, Any], corners: tuple[float, float, float, float], cls: str, conf: float) -> None:
+def assert_record(
+    record: dict[str, Any], corners: tuple[float, float, float, float], cls: str, conf: float
+) -> None:
     x, y, w, h = to_source(*corners)
     assert record["x"] == pytest.approx(x, abs=0.011)
     assert record["y"] == pytest.approx(y, abs=0.011)
@@ -99,7 +105,9 @@ def yolov8_output() -> npt.NDArray[np.float32]:
 
 def test_yolov8_decode_nms_and_letterbox_back_mapping(tmp_path: Path) -> None:
     constant_model(tmp_path / "toy8.onnx", yolov8_output(), {"names": NAMES, "task": "detect"})
-    spec = processing_spec_from_wire({"type": "ModelConfiguration", "model": "toy8", "confidence": 0.5, "iou_threshold": 0.5})
+    spec = processing_spec_from_wire(
+        {"type": "ModelConfiguration", "model": "toy8", "confidence": 0.5, "iou_threshold": 0.5}
+    )
     with build_processor(spec, registry_with(tmp_path)) as processor:
         [out] = processor.process([FRAME], [None])
     assert out is not None
@@ -116,16 +124,25 @@ def test_class_filter_and_max_detections(tmp_path: Path) -> None:
     constant_model(tmp_path / "toy8.onnx", yolov8_output(), {"names": NAMES})
     registry = registry_with(tmp_path)
     spec = processing_spec_from_wire(
-        {"type": "ModelConfiguration", "model": "toy8", "confidence": 0.5, "class_filter": ["dog", "car"]}
+        {
+            "type": "ModelConfiguration",
+            "model": "toy8",
+            "confidence": 0.5,
+            "class_filter": ["dog", "car"],
+        }
     )
     with build_processor(spec, registry) as processor:
         [out] = processor.process([FRAME], [None])
     assert out is not None and [p["class"] for p in out["predictions"]] == ["car", "dog"]
-    spec = processing_spec_from_wire({"type": "ModelConfiguration", "model": "toy8", "confidence": 0.5, "max_detections": 1})
+    spec = processing_spec_from_wire(
+        {"type": "ModelConfiguration", "model": "toy8", "confidence": 0.5, "max_detections": 1}
+    )
     with build_processor(spec, registry) as processor:
         [out] = processor.process([FRAME], [None])
     assert out is not None and [p["class"] for p in out["predictions"]] == ["person"]
-    bad = processing_spec_from_wire({"type": "ModelConfiguration", "model": "toy8", "class_filter": ["unicorn"]})
+    bad = processing_spec_from_wire(
+        {"type": "ModelConfiguration", "model": "toy8", "class_filter": ["unicorn"]}
+    )
     with pytest.raises(InvalidPayloadError, match="unicorn"):
         build_processor(bad, registry)
 
@@ -138,8 +155,12 @@ def test_yolov5_objectness_times_class_score(tmp_path: Path) -> None:
     ]
     output = np.asarray(rows + [[0, 0, 1, 1, 0, 0, 0]] * 1200, np.float32)[None]  # [1, N, 5 + nc]
     constant_model(tmp_path / "toy5.onnx", output)
-    (tmp_path / "toy5.json").write_text(json.dumps({"task": "object-detection", "labels": ["person", "car"]}))
-    spec = processing_spec_from_wire({"type": "ModelConfiguration", "model": "toy5", "confidence": 0.5})
+    (tmp_path / "toy5.json").write_text(
+        json.dumps({"task": "object-detection", "labels": ["person", "car"]})
+    )
+    spec = processing_spec_from_wire(
+        {"type": "ModelConfiguration", "model": "toy5", "confidence": 0.5}
+    )
     with build_processor(spec, registry_with(tmp_path)) as processor:
         [out] = processor.process([FRAME], [None])
     assert out is not None
@@ -156,7 +177,9 @@ def test_end2end_outputs_skip_nms(tmp_path: Path) -> None:
         [0, 16, 64, 48, 0.2, 0],  # below threshold
     ]
     constant_model(tmp_path / "e2e.onnx", np.asarray(rows, np.float32)[None], {"names": NAMES})
-    spec = processing_spec_from_wire({"type": "ModelConfiguration", "model": "e2e", "confidence": 0.25})
+    spec = processing_spec_from_wire(
+        {"type": "ModelConfiguration", "model": "e2e", "confidence": 0.25}
+    )
     with build_processor(spec, registry_with(tmp_path)) as processor:
         [out] = processor.process([FRAME], [None])
     assert out is not None
@@ -181,13 +204,19 @@ def test_classification_top_k_from_logits(tmp_path: Path) -> None:
 
 
 def test_nms_is_class_aware_and_greedy() -> None:
-    boxes = np.asarray([[0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    boxes = np.asarray(
+        [[0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [20, 20, 30, 30]], np.float32
+    )
     scores = np.asarray([0.9, 0.95, 0.8, 0.5], np.float32)
     same = np.zeros(4, np.int64)
     assert nms(boxes, scores, 0.5, same).tolist() == [1, 3]
     classes = np.asarray([0, 0, 1, 0], np.int64)
     assert nms(boxes, scores, 0.5, classes).tolist() == [1, 2, 3]
-    assert nms(boxes, scores, 0.95, same).tolist() == [1, 0, 3]  # IoU 0.82 < 0.95 survives, 1.0 does not
+    assert nms(boxes, scores, 0.95, same).tolist() == [
+        1,
+        0,
+        3,
+    ]  # IoU 0.82 < 0.95 survives, 1.0 does not
     assert nms(boxes, scores, 0.5, classes, max_detections=2).tolist() == [1, 2]
 
 

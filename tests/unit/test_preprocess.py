@@ -42,7 +42,9 @@ def reference(
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
-def tolerance(scale: float, std: tuple[float, float, float], ref: npt.NDArray[np.float32], half: bool) -> float:
+def tolerance(
+    scale: float, std: tuple[float, float, float], ref: npt.NDArray[np.float32], half: bool
+) -> float:
     # one grey level of the 8-bit reference (cv2 rounds its resized pixels), plus fp16 rounding
     tol = 1.0 * scale / min(abs(s) for s in std) + 1e-5
     if half:
@@ -66,7 +68,15 @@ sizes = st.integers(min_value=2, max_value=260)
     seed=st.integers(0, 2**31),
 )
 def test_bgr_matches_cv2_numpy_reference(
-    src_h: int, src_w: int, dst_h: int, dst_w: int, letterbox: bool, pad: int, half: bool, to_rgb: bool, seed: int
+    src_h: int,
+    src_w: int,
+    dst_h: int,
+    dst_w: int,
+    letterbox: bool,
+    pad: int,
+    half: bool,
+    to_rgb: bool,
+    seed: int,
 ) -> None:
     rng = np.random.default_rng(seed)
     frame = rng.integers(0, 256, (src_h, src_w, 3), dtype=np.uint8)
@@ -74,7 +84,17 @@ def test_bgr_matches_cv2_numpy_reference(
     plan = ResizePlan(src_h, src_w, dst_h, dst_w, letterbox)
     out = np.full((3, dst_h, dst_w), np.nan, np.float16 if half else np.float32)
     returned = preprocess_bgr(frame, out, plan, Normalisation(scale, mean, std, to_rgb, pad))
-    ref = reference(frame, dst_h, dst_w, letterbox=letterbox, pad=pad, scale=scale, mean=mean, std=std, to_rgb=to_rgb)
+    ref = reference(
+        frame,
+        dst_h,
+        dst_w,
+        letterbox=letterbox,
+        pad=pad,
+        scale=scale,
+        mean=mean,
+        std=std,
+        to_rgb=to_rgb,
+    )
     assert returned is plan
     assert not np.isnan(out).any(), "every output element is written"
     diff = np.abs(out.astype(np.float32) - ref).max()
@@ -174,31 +194,47 @@ def test_yuv420_matches_cv2_conversion_then_reference(
         (lambda: ResizePlan(10, 10, 10, -1), ValueError),
         (
             lambda: preprocess_bgr(
-                np.zeros((10, 12, 3), np.uint8), np.zeros((3, 8, 8), np.float32), ResizePlan(10, 10, 8, 8), Normalisation()
+                np.zeros((10, 12, 3), np.uint8),
+                np.zeros((3, 8, 8), np.float32),
+                ResizePlan(10, 10, 8, 8),
+                Normalisation(),
             ),
             ValueError,
         ),
         (
             lambda: preprocess_bgr(
-                np.zeros((10, 10, 3), np.uint8), np.zeros((3, 8, 8), np.float64), ResizePlan(10, 10, 8, 8), Normalisation()
+                np.zeros((10, 10, 3), np.uint8),
+                np.zeros((3, 8, 8), np.float64),
+                ResizePlan(10, 10, 8, 8),
+                Normalisation(),
             ),
             TypeError,
         ),
         (
             lambda: preprocess_bgr(
-                np.zeros((10, 10, 3), np.uint8), np.zeros((2, 3, 8, 8), np.float32), ResizePlan(10, 10, 8, 8), Normalisation(), 2
+                np.zeros((10, 10, 3), np.uint8),
+                np.zeros((2, 3, 8, 8), np.float32),
+                ResizePlan(10, 10, 8, 8),
+                Normalisation(),
+                2,
             ),
             IndexError,
         ),
         (
             lambda: preprocess_bgr(
-                np.zeros((10, 10, 3), np.uint8), np.zeros((3, 9, 8), np.float32), ResizePlan(10, 10, 8, 8), Normalisation()
+                np.zeros((10, 10, 3), np.uint8),
+                np.zeros((3, 9, 8), np.float32),
+                ResizePlan(10, 10, 8, 8),
+                Normalisation(),
             ),
             ValueError,
         ),
         (
             lambda: preprocess_yuv420(
-                np.zeros((15, 11), np.uint8), np.zeros((3, 8, 8), np.float32), ResizePlan(10, 11, 8, 8), Normalisation()
+                np.zeros((15, 11), np.uint8),
+                np.zeros((3, 8, 8), np.float32),
+                ResizePlan(10, 11, 8, 8),
+                Normalisation(),
             ),
             ValueError,
         ),
