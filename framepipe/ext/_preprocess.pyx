@@ -19,7 +19,7 @@ pixel takes two taps of that row horizontally and is normalised and stored per p
 
 from libc.math cimport floor, rint
 from libc.stdint cimport int32_t, uint8_t, uint16_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 
 import numpy as np
@@ -94,6 +94,8 @@ cdef class ResizePlan:
         self.y_row0 = NULL
         self.y_row1 = NULL
         self.y_weight = NULL
+        self.src_columns = NULL
+        self.n_src_columns = 0
         if src_height <= 0 or src_width <= 0:
             raise ValueError(f"source size must be positive, got {src_width}x{src_height}")
         if dst_height <= 0 or dst_width <= 0:
@@ -138,6 +140,20 @@ cdef class ResizePlan:
             w1 = <int>(xw[i] * FP_HWEIGHT_ONE + 0.5)
             self.x_weight[i] = (FP_HWEIGHT_ONE - w1) | (w1 << 16)
         free(xw)
+        cdef uint8_t* needed = <uint8_t*>calloc(src_width, 1)
+        self.src_columns = <int32_t*>malloc(src_width * sizeof(int32_t))
+        if needed == NULL or self.src_columns == NULL:
+            free(needed)
+            raise MemoryError()
+        for i in range(self.new_width):
+            needed[self.x_ofs0[i] // 3] = 1
+            if (self.x_weight[i] >> 16) != 0:
+                needed[self.x_ofs1[i] // 3] = 1
+        for i in range(src_width):
+            if needed[i]:
+                self.src_columns[self.n_src_columns] = i
+                self.n_src_columns += 1
+        free(needed)
 
     def __dealloc__(self):
         free(self.x_ofs0)
@@ -146,6 +162,7 @@ cdef class ResizePlan:
         free(self.y_row0)
         free(self.y_row1)
         free(self.y_weight)
+        free(self.src_columns)
 
     def __repr__(self):
         return (
@@ -203,7 +220,7 @@ cdef enum:
     YUV_CVR = 1673527
 
 
-cdef void _yuv_row_to_bgr(const Source* src, int sy, uint8_t* out) noexcept nogil:
+cdef void _yuv_row_to_bgr(const Source* src, int sy, const int32_t* columns, int n, uint8_t* out) noexcept nogil:
     cdef const uint8_t* yrow = src.base + sy * src.row_stride
     cdef const uint8_t* urow
     cdef const uint8_t* vrow
@@ -220,7 +237,9 @@ cdef void _yuv_row_to_bgr(const Source* src, int sy, uint8_t* out) noexcept nogi
         vrow = urow + 1
         u_step = 2
         v_step = 2
-    for x in range(src.width):
+    cdef int j
+    for j in range(n):
+        x = columns[j]
         cx = x >> 1
         u = <int>urow[cx * u_step] - 128
         v = <int>vrow[cx * v_step] - 128
@@ -236,25 +255,26 @@ cdef void _yuv_row_to_bgr(const Source* src, int sy, uint8_t* out) noexcept nogi
         out[3 * x + 2] = _clip_u8((y + ruv) >> YUV_SHIFT)
 
 
-cdef void _strided_row_to_bgr(const Source* src, int sy, uint8_t* out) noexcept nogil:
+cdef void _strided_row_to_bgr(const Source* src, int sy, const int32_t* columns, int n, uint8_t* out) noexcept nogil:
     cdef const uint8_t* row = src.base + sy * src.row_stride
     cdef const uint8_t* px
-    cdef int x
-    for x in range(src.width):
+    cdef int x, j
+    for j in range(n):
+        x = columns[j]
         px = row + x * src.pixel_stride
         out[3 * x] = px[0]
         out[3 * x + 1] = px[src.channel_stride]
         out[3 * x + 2] = px[2 * src.channel_stride]
 
 
-cdef const uint8_t* _source_row(const Source* src, int sy, uint8_t* scratch) noexcept nogil:
+cdef const uint8_t* _source_row(const Source* src, ResizePlan plan, int sy, uint8_t* scratch) noexcept nogil:
     """A packed BGR row of the source: in place when it is packed, else converted into scratch."""
     if src.kind == SOURCE_BGR and src.packed:
         return src.base + sy * src.row_stride
     if src.kind == SOURCE_BGR:
-        _strided_row_to_bgr(src, sy, scratch)
+        _strided_row_to_bgr(src, sy, plan.src_columns, plan.n_src_columns, scratch)
     else:
-        _yuv_row_to_bgr(src, sy, scratch)
+        _yuv_row_to_bgr(src, sy, plan.src_columns, plan.n_src_columns, scratch)
     return scratch
 
 
@@ -311,7 +331,7 @@ cdef const float* _resampled_row(const Source* src, ResizePlan plan, int sy, flo
             used_slot[0] = slot
             return hrows + slot * slot_size
     slot = 1 if avoid_slot == 0 else 0
-    cdef const uint8_t* row = _source_row(src, sy, scratch)
+    cdef const uint8_t* row = _source_row(src, plan, sy, scratch)
     fp_hresample_row(row, 3 * <Py_ssize_t>src.width, plan.new_width, plan.x_ofs0, plan.x_ofs1,
                      plan.x_weight, hrows + slot * slot_size)
     cached[slot] = sy
@@ -324,7 +344,7 @@ cdef int _run(const Source* src, ResizePlan plan, Normalisation norm, const Outp
     cdef int new_w = plan.new_width
     cdef float* hrows = <float*>malloc(2 * 4 * <Py_ssize_t>new_w * sizeof(float))
     cdef float* planes = <float*>malloc(3 * <Py_ssize_t>new_w * sizeof(float))
-    cdef uint8_t* scratch = <uint8_t*>malloc(3 * <Py_ssize_t>src.width + 16)
+    cdef uint8_t* scratch = <uint8_t*>calloc(3 * <Py_ssize_t>src.width + 16, 1)
     if hrows == NULL or planes == NULL or scratch == NULL:
         free(hrows)
         free(planes)
