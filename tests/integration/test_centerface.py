@@ -125,3 +125,20 @@ def test_annotation_draws_on_a_copy(faces: Processor) -> None:
     )  # box edges
     assert not changed[400:, 400:].any()  # far from the face nothing is drawn
     assert np.array_equal(annotate(image, None), image)
+
+
+def test_sources_batch_together_with_the_same_answers(faces: Processor) -> None:
+    image = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+    wide = cv2.resize(image, (1280, 720))
+    [alone] = faces.process([wide], [None])
+    batch = faces.process([wide, image, None, wide[:, ::-1]], [None] * 4)
+    assert batch[2] is None and alone is not None
+    for out in (batch[0], batch[1], batch[3]):
+        assert out is not None and len(out["predictions"]) == 1
+    assert batch[0] is not None
+    a, b = alone["predictions"][0], batch[0]["predictions"][0]
+    assert (a["x"], a["y"], a["width"], a["height"]) == pytest.approx(
+        (b["x"], b["y"], b["width"], b["height"]), abs=0.05
+    )
+    mirrored = batch[3]["predictions"][0]  # type: ignore[index]
+    assert mirrored["x"] == pytest.approx(1280 - a["x"], abs=6)

@@ -228,3 +228,24 @@ def test_format_guess_and_topk_on_probabilities() -> None:
     assert top.class_id.tolist() == [1, 2, 0]
     assert top.confidence.tolist() == pytest.approx([0.7, 0.2, 0.1])
     assert Thresholds(0.5, 0.5, 10).class_filter is None
+
+
+def test_several_sources_of_different_sizes_in_one_batch(tmp_path: Path) -> None:
+    constant_model(tmp_path / "toy8.onnx", yolov8_output(), {"names": NAMES})
+    spec = processing_spec_from_wire(
+        {"type": "ModelConfiguration", "model": "toy8", "confidence": 0.5}
+    )
+    square = np.zeros((64, 64, 3), np.uint8)  # no letterbox: model coordinates are frame pixels
+    with build_processor(spec, registry_with(tmp_path)) as processor:
+        outputs = processor.process([FRAME, None, square, FRAME], [None, None, None, None])
+    first, missing, small, again = outputs
+    assert missing is None and first is not None and small is not None and again is not None
+    assert small["image"] == {"width": 64, "height": 64}
+    person = small["predictions"][0]
+    assert (person["x"], person["y"], person["width"], person["height"]) == (32.0, 32.0, 20.0, 10.0)
+    strip = [{k: v for k, v in p.items() if k != "detection_id"} for p in first["predictions"]]
+    assert strip == [
+        {k: v for k, v in p.items() if k != "detection_id"} for p in again["predictions"]
+    ]
+    ids = [p["detection_id"] for o in (first, small, again) for p in o["predictions"]]
+    assert len(set(ids)) == len(ids)  # every detection has its own id
