@@ -142,3 +142,27 @@ def test_sources_batch_together_with_the_same_answers(faces: Processor) -> None:
     )
     mirrored = batch[3]["predictions"][0]  # type: ignore[index]
     assert mirrored["x"] == pytest.approx(1280 - a["x"], abs=6)
+
+
+def test_converted_model_takes_any_size_and_batch(registry: ModelRegistry) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    path = registry.get("centerface").path
+    model = onnx.load(str(path))
+    weights = {init.name for init in model.graph.initializer}
+    assert [i.name for i in model.graph.input] == ["input"] and not weights & {
+        i.name for i in model.graph.input
+    }
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    assert [o.name for o in model.graph.output] == ["heatmap", "scale", "offset", "landmarks"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in ((1, 3, 32, 32), (2, 3, 96, 160)):
+        outs = session.run(None, {"input": np.zeros(shape, np.float32)})
+        n, _, h, w = shape
+        assert [o.shape for o in outs] == [(n, c, h // 4, w // 4) for c in (1, 2, 2, 10)]
+    license_file = path.with_name("centerface.LICENSE")
+    assert (
+        "MIT License" in license_file.read_text() and "Martin Drawitsch" in license_file.read_text()
+    )
