@@ -291,3 +291,15 @@ def test_gpu_provider_that_cannot_start_falls_back_with_one_warning(
         assert len(warnings) == 1 and "CPUExecutionProvider" in warnings[0].getMessage()
     out = runner.run(np.zeros((1, 3, 64, 64), np.float32))
     assert np.array_equal(out[0], yolov8_output())
+
+
+def test_a_closed_processor_says_so(tmp_path: Path) -> None:
+    from framepipe.protocol.errors import OperationError
+
+    constant_model(tmp_path / "toy8.onnx", yolov8_output(), {"names": NAMES})
+    registry = ModelRegistry.from_settings(ProcessingSettings(models_dir=tmp_path))
+    processor = build_processor(processing_spec_from_wire({"type": "ModelConfiguration", "model": "toy8"}), registry)
+    processor.close()
+    processor.close()  # idempotent
+    with pytest.raises(OperationError, match="closed"):
+        processor.process([FRAME], [None])

@@ -35,7 +35,7 @@ from framepipe.core.processing.spec import (
     PropertyStep,
     WorkflowSpec,
 )
-from framepipe.protocol.errors import InvalidPayloadError
+from framepipe.protocol.errors import InvalidPayloadError, OperationError
 
 Frame = npt.NDArray[np.uint8]
 
@@ -120,7 +120,7 @@ class _ModelRunner:
 
     def infer(self, frames: Sequence[Frame | None]) -> list[FrameResult | None]:
         if self.model is None:
-            raise InvalidPayloadError("the processor is closed")
+            raise OperationError("the processor is closed")
         return self.model.infer(frames, self.thresholds, self.top_k)
 
     def to_wire(self, frame: Frame, result: FrameResult) -> dict[str, Any]:
@@ -165,7 +165,7 @@ class ModelProcessor(Processor):
     @property
     def model(self) -> LoadedModel:
         if self._runner.model is None:
-            raise InvalidPayloadError("the processor is closed")
+            raise OperationError("the processor is closed")
         return self._runner.model
 
     def process(
