@@ -32,19 +32,22 @@ INPUT = 64  # model input side
 
 
 def constant_model(
-    path: Path, output: npt.NDArray[np.float32], metadata: dict[str, str] | None = None
+    path: Path,
+    output: npt.NDArray[np.float32],
+    metadata: dict[str, str] | None = None,
+    input_type: int = TensorProto.FLOAT,
 ) -> Path:
     """An image model [1, 3, 64, 64] -> ``output`` (exactly)."""
-    const = helper.make_node(
-        "Constant", [], ["value"], value=numpy_helper.from_array(output.astype(np.float32))
-    )
-    reduce = helper.make_node("ReduceMax", ["images"], ["peak"], keepdims=0)
+    value = numpy_helper.from_array(output.astype(np.float32))
+    const = helper.make_node("Constant", [], ["value"], value=value)
+    cast = helper.make_node("Cast", ["images"], ["images32"], to=TensorProto.FLOAT)
+    reduce = helper.make_node("ReduceMax", ["images32"], ["peak"], keepdims=0)
     zero = helper.make_node("Mul", ["peak", "zero"], ["nothing"])
     add = helper.make_node("Add", ["value", "nothing"], ["output0"])
     graph = helper.make_graph(
-        [const, reduce, zero, add],
+        [const, cast, reduce, zero, add],
         "constant",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, INPUT, INPUT])],
+        [helper.make_tensor_value_info("images", input_type, [1, 3, INPUT, INPUT])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))],
         [numpy_helper.from_array(np.zeros((), np.float32), "zero")],
     )
@@ -118,6 +121,19 @@ def test_yolov8_decode_nms_and_letterbox_back_mapping(tmp_path: Path) -> None:
     assert_record(preds[1], (23, 27, 43, 37), "car", 0.7)
     assert_record(preds[2], (6, 36, 14, 44), "dog", 0.6)
     assert [p["class_id"] for p in preds] == [0, 1, 2]
+
+
+def test_float16_input_models_get_a_float16_buffer(tmp_path: Path) -> None:
+    constant_model(
+        tmp_path / "half.onnx", yolov8_output(), {"names": NAMES}, input_type=TensorProto.FLOAT16
+    )
+    spec = processing_spec_from_wire(
+        {"type": "ModelConfiguration", "model": "half", "confidence": 0.5}
+    )
+    with build_processor(spec, registry_with(tmp_path)) as processor:
+        [out] = processor.process([FRAME], [None])
+    assert out is not None and [p["class"] for p in out["predictions"]] == ["person", "car", "dog"]
+    assert_record(out["predictions"][0], (22, 27, 42, 37), "person", 0.9)
 
 
 def test_class_filter_and_max_detections(tmp_path: Path) -> None:

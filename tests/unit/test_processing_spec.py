@@ -298,7 +298,9 @@ def test_a_closed_processor_says_so(tmp_path: Path) -> None:
 
     constant_model(tmp_path / "toy8.onnx", yolov8_output(), {"names": NAMES})
     registry = ModelRegistry.from_settings(ProcessingSettings(models_dir=tmp_path))
-    processor = build_processor(processing_spec_from_wire({"type": "ModelConfiguration", "model": "toy8"}), registry)
+    processor = build_processor(
+        processing_spec_from_wire({"type": "ModelConfiguration", "model": "toy8"}), registry
+    )
     processor.close()
     processor.close()  # idempotent
     with pytest.raises(OperationError, match="closed"):
