@@ -33,6 +33,9 @@ cdef extern from "_preprocess_kernels.h" nogil:
     int FP_HWEIGHT_ONE
     void fp_hresample_row(const uint8_t* row, Py_ssize_t row_bytes, int n, const int32_t* ofs0,
                           const int32_t* ofs1, const int32_t* weights, float* out4)
+    void fp_hresample_rows2(const uint8_t* r0, const uint8_t* r1, Py_ssize_t row_bytes, int n,
+                            const int32_t* ofs0, const int32_t* ofs1, const int32_t* weights,
+                            float wy, float* out4)
     void fp_vblend_store(const float* h0, const float* h1, float wy, int n, const int* channel,
                          const float* gain, const float* offset, float* d0, float* d1, float* d2)
 
@@ -342,7 +345,10 @@ cdef const float* _resampled_row(const Source* src, ResizePlan plan, int sy, flo
 cdef int _run(const Source* src, ResizePlan plan, Normalisation norm, const Output* out, bint fill_padding) noexcept nogil:
     """The fused pass. Returns 0, or -1 when scratch memory could not be allocated."""
     cdef int new_w = plan.new_width
-    cdef float* hrows = <float*>malloc(2 * 4 * <Py_ssize_t>new_w * sizeof(float))
+    cdef float* hrows = <float*>malloc(3 * 4 * <Py_ssize_t>new_w * sizeof(float))
+    cdef float* blended = hrows + 2 * 4 * <Py_ssize_t>new_w
+    cdef bint packed = src.kind == SOURCE_BGR and src.packed
+    cdef bint downscale = plan.new_height <= src.height
     cdef float* planes = <float*>malloc(3 * <Py_ssize_t>new_w * sizeof(float))
     cdef uint8_t* scratch = <uint8_t*>calloc(3 * <Py_ssize_t>src.width + 16, 1)
     if hrows == NULL or planes == NULL or scratch == NULL:
@@ -371,11 +377,21 @@ cdef int _run(const Source* src, ResizePlan plan, Normalisation norm, const Outp
 
     for y in range(plan.new_height):
         wy = plan.y_weight[y]
-        h0 = _resampled_row(src, plan, plan.y_row0[y], hrows, cached, -1, &slot0, scratch)
-        if wy == 0.0:
-            h1 = h0
+        if wy != 0.0 and packed and downscale:
+            # two fresh rows per destination row: blend them in the horizontal pass
+            fp_hresample_rows2(src.base + plan.y_row0[y] * src.row_stride,
+                               src.base + plan.y_row1[y] * src.row_stride,
+                               3 * <Py_ssize_t>src.width, new_w, plan.x_ofs0, plan.x_ofs1,
+                               plan.x_weight, wy, blended)
+            h0 = blended
+            h1 = blended
+            wy = 0.0
         else:
-            h1 = _resampled_row(src, plan, plan.y_row1[y], hrows, cached, slot0, &slot1, scratch)
+            h0 = _resampled_row(src, plan, plan.y_row0[y], hrows, cached, -1, &slot0, scratch)
+            if wy == 0.0:
+                h1 = h0
+            else:
+                h1 = _resampled_row(src, plan, plan.y_row1[y], hrows, cached, slot0, &slot1, scratch)
         out_offset = (plan.pad_top + y) * W + plan.pad_left
         if out.f32 != NULL:
             d0 = out.f32 + out_offset
