@@ -12,9 +12,12 @@ The index and weight tables depend only on (source shape, destination shape, let
 live in a :class:`ResizePlan`, built once and reused for every frame of that shape. Plans and
 normalisations are immutable, so one may be shared by several threads.
 
-Per destination row the two source rows are blended vertically into a float row (a
-contiguous, vectorisable loop over only the columns the row needs), then each destination
-pixel takes two taps of that row horizontally and is normalised and stored per plane.
+Per destination row: each of the two source rows is resampled horizontally (two taps per
+destination pixel, 11-bit fixed-point weights as cv2 uses, SSE2), cached while the next
+destination row reads the same source row (upscaling); when downscaling, both rows are
+resampled and blended in one pass instead. The pixels are then blended vertically in float,
+transposed to planes, normalised and stored (kernels in _preprocess_kernels.h). Only source
+columns that are actually read are converted when a row needs converting (YUV, strided BGR).
 """
 
 from libc.math cimport floor, rint
@@ -346,7 +349,7 @@ cdef int _run(const Source* src, ResizePlan plan, Normalisation norm, const Outp
     """The fused pass. Returns 0, or -1 when scratch memory could not be allocated."""
     cdef int new_w = plan.new_width
     cdef float* hrows = <float*>malloc(3 * 4 * <Py_ssize_t>new_w * sizeof(float))
-    cdef float* blended = hrows + 2 * 4 * <Py_ssize_t>new_w
+    cdef float* blended
     cdef bint packed = src.kind == SOURCE_BGR and src.packed
     cdef bint downscale = plan.new_height <= src.height
     cdef float* planes = <float*>malloc(3 * <Py_ssize_t>new_w * sizeof(float))
@@ -356,6 +359,7 @@ cdef int _run(const Source* src, ResizePlan plan, Normalisation norm, const Outp
         free(planes)
         free(scratch)
         return -1
+    blended = hrows + 2 * 4 * <Py_ssize_t>new_w  # slots 0, 1: cached rows; 2: a blended pair
     cdef int cached[2]
     cached[0] = -1
     cached[1] = -1
