@@ -36,6 +36,7 @@ cdef extern from "_preprocess_kernels.h" nogil:
     int FP_HWEIGHT_ONE
     void fp_hresample_row(const uint8_t* row, Py_ssize_t row_bytes, int n, const int32_t* ofs0,
                           const int32_t* ofs1, const int32_t* weights, float* out4)
+    void fp_prefetch_row(const uint8_t* row, Py_ssize_t nbytes)
     void fp_hresample_rows2(const uint8_t* r0, const uint8_t* r1, Py_ssize_t row_bytes, int n,
                             const int32_t* ofs0, const int32_t* ofs1, const int32_t* weights,
                             float wy, float* out4)
@@ -218,6 +219,9 @@ cdef inline uint8_t _clip_u8(int v) noexcept nogil:
 
 # BT.601 limited range, the integer constants of cv2's YUV420 -> BGR (bit-exact with it).
 cdef enum:
+    PREFETCH_ROWS = 1  # destination rows ahead whose source rows are prefetched
+
+cdef enum:
     YUV_SHIFT = 20
     YUV_CY = 1220542
     YUV_CUB = 2116026
@@ -379,8 +383,17 @@ cdef int _run(const Source* src, ResizePlan plan, Normalisation norm, const Outp
     if fill_padding:
         _fill_padding(plan, norm, out)
 
+    cdef int ahead
     for y in range(plan.new_height):
         wy = plan.y_weight[y]
+        if packed and y + PREFETCH_ROWS < plan.new_height:
+            # the rows of a destination row a little ahead (each source row once)
+            ahead = plan.y_row0[y + PREFETCH_ROWS]
+            if ahead != plan.y_row0[y + PREFETCH_ROWS - 1] and ahead != plan.y_row1[y + PREFETCH_ROWS - 1]:
+                fp_prefetch_row(src.base + ahead * src.row_stride, 3 * <Py_ssize_t>src.width)
+            ahead = plan.y_row1[y + PREFETCH_ROWS]
+            if plan.y_weight[y + PREFETCH_ROWS] != 0.0 and ahead != plan.y_row1[y + PREFETCH_ROWS - 1]:
+                fp_prefetch_row(src.base + ahead * src.row_stride, 3 * <Py_ssize_t>src.width)
         if wy != 0.0 and packed and downscale:
             # two fresh rows per destination row: blend them in the horizontal pass
             fp_hresample_rows2(src.base + plan.y_row0[y] * src.row_stride,

@@ -20,6 +20,14 @@
 #define FP_HWEIGHT_BITS 11
 #define FP_HWEIGHT_ONE (1 << FP_HWEIGHT_BITS)
 
+/* Ask for a source row ahead of its use: rows are read at a stride of several rows when
+ * downscaling, which the hardware prefetcher does not follow across rows. */
+static inline void fp_prefetch_row(const uint8_t *row, intptr_t bytes)
+{
+    for (intptr_t i = 0; i < bytes; i += 64)
+        __builtin_prefetch(row + i, 0, 3);
+}
+
 /* weights[x] packs (left weight) | (right weight << 16), the two summing to FP_HWEIGHT_ONE */
 static inline void fp_hresample_row(const uint8_t *row, intptr_t row_bytes, int n,
                                     const int32_t *ofs0, const int32_t *ofs1,
