@@ -24,6 +24,7 @@ from framepipe.core.processing import (
     ProcessingSettings,
     WorkflowSpec,
     build_processor,
+    check_spec,
     processing_spec_from_wire,
     resolve_providers,
 )
@@ -305,3 +306,17 @@ def test_a_closed_processor_says_so(tmp_path: Path) -> None:
     processor.close()  # idempotent
     with pytest.raises(OperationError, match="closed"):
         processor.process([FRAME], [None])
+
+
+def test_check_spec_fails_fast_on_unknown_models(tmp_path: Path) -> None:
+    constant_model(tmp_path / "toy8.onnx", yolov8_output(), {"names": NAMES})
+    registry = ModelRegistry.from_settings(ProcessingSettings(models_dir=tmp_path))
+    check_spec(processing_spec_from_wire({"type": "ModelConfiguration", "model": "toy8"}), registry)
+    check_spec(PassthroughSpec(), registry)
+    with pytest.raises(InvalidPayloadError, match="'yolo-x' is not registered"):
+        check_spec(
+            processing_spec_from_wire({"type": "ModelConfiguration", "model": "yolo-x"}), registry
+        )
+    bad_step = {**DETECTION_STEP, "model_id": "nope"}
+    with pytest.raises(InvalidPayloadError, match="'nope'"):
+        check_spec(processing_spec_from_wire(workflow([bad_step], [])), registry)
