@@ -3,6 +3,7 @@ process fails, and what it leaked is cleaned up so the next test starts clean.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -48,20 +49,19 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
             break
         time.sleep(0.05)
     for proc in new_children:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     for name in leaked_shm:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             (SHM_DIR / name).unlink()
-        except FileNotFoundError:
-            pass
     problems = []
     if new_children:
         problems.append(
             "child processes still alive: "
-            + ", ".join(f"{p.pid} ({' '.join(p.cmdline()[:3]) if p.is_running() else '?'})" for p in new_children)
+            + ", ".join(
+                f"{p.pid} ({' '.join(p.cmdline()[:3]) if p.is_running() else '?'})"
+                for p in new_children
+            )
         )
     if leaked_shm:
         problems.append(f"shared-memory entries leaked: {sorted(leaked_shm)}")
