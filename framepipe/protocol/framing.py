@@ -100,6 +100,7 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._expected: int | None = None  # payload size once the header is complete
         self._failed = False
+        self._pending_error: FramingError | None = None
 
     @property
     def buffered(self) -> int:
@@ -112,6 +113,9 @@ class FrameDecoder:
         return self._expected
 
     def feed(self, data: bytes) -> list[bytes]:
+        """The messages completed by ``data``, in order. A framing error after one or more
+        complete messages is raised by the next call instead, so no message is lost."""
+        self._raise_pending()
         if self._failed:
             raise FramingError("The decoder already failed; the stream has lost its framing")
         self._buffer += data
@@ -120,7 +124,13 @@ class FrameDecoder:
             if self._expected is None:
                 if len(self._buffer) < HEADER_SIZE:
                     return messages
-                self._expected = self._read_header(bytes(self._buffer[:HEADER_SIZE]))
+                try:
+                    self._expected = self._read_header(bytes(self._buffer[:HEADER_SIZE]))
+                except FramingError as error:
+                    if not messages:
+                        raise
+                    self._pending_error = error
+                    return messages
                 del self._buffer[:HEADER_SIZE]
             if len(self._buffer) < self._expected:
                 return messages
@@ -130,6 +140,7 @@ class FrameDecoder:
 
     def eof(self) -> None:
         """The peer closed its sending side; raise if it left a message unfinished."""
+        self._raise_pending()
         if self._failed:
             return
         if self._expected is None and self._buffer:
@@ -143,6 +154,11 @@ class FrameDecoder:
                 "Socket was closed to read before payload was decoded "
                 f"(received {len(self._buffer)} of {self._expected} bytes)."
             )
+
+    def _raise_pending(self) -> None:
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            raise error
 
     def _read_header(self, header: bytes) -> int:
         size = int.from_bytes(header, "big")

@@ -427,6 +427,27 @@ async def test_malformed_frames_are_invalid_payload(
     assert document["pipeline_id"] is None
 
 
+async def test_a_request_split_across_writes_is_served(front: TcpFront) -> None:
+    """Header first, body later: the accept path hands the bytes it read to the transport
+    path, which completes the request."""
+    frame = encode_message({"type": "list_pipelines"})
+    reader, writer = await asyncio.open_connection(HOST, front.port)
+    for part in (frame[:4], frame[4:9], frame[9:]):
+        writer.write(part)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    data = await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    await writer.wait_closed()
+    assert response_of(data)["response"] == {"pipelines": [], "status": "success"}
+
+
+async def test_bytes_after_the_request_are_ignored(front: TcpFront) -> None:
+    frame = encode_message({"type": "list_pipelines"})
+    data = await raw_exchange(front.port, frame + b"trailing junk" + frame)
+    assert response_of(data)["response"]["status"] == "success"
+
+
 async def test_random_garbage_never_breaks_the_server(
     front: TcpFront, client: StreamManagerClient
 ) -> None:

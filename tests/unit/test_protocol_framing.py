@@ -125,6 +125,16 @@ def test_body_cut_short_at_eof_is_truncated() -> None:
         decoder.eof()
 
 
+def test_messages_before_a_framing_error_are_not_lost() -> None:
+    decoder = FrameDecoder(max_message_size=64)
+    first = encode_frame(b'{"a": 1}')
+    assert decoder.feed(first + b"junk and more") == [b'{"a": 1}']
+    with pytest.raises(MessageTooLargeError):
+        decoder.feed(b"")
+    with pytest.raises(FramingError):
+        decoder.feed(first)
+
+
 def test_a_failed_decoder_refuses_more_input() -> None:
     decoder = FrameDecoder(max_message_size=8)
     with pytest.raises(MessageTooLargeError):
