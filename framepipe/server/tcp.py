@@ -80,6 +80,8 @@ class TcpFrontSettings:
 
 _LINGER_S = 1.0
 _FAST_READ_BYTES = 64 * 1024
+_ACCEPTS_PER_WAKEUP = 64
+_ACCEPT_PAUSE_S = 0.1
 OFFLOAD_PARSE_BYTES = 256 * 1024
 """Requests larger than this are parsed in a worker thread, off the event loop."""
 
@@ -229,6 +231,7 @@ class TcpFront:
         self.connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: socket.socket | None = None
+        self._accept_failing = False
         self._token = settings.auth_token.encode() if settings.auth_token is not None else None
 
     def _start(self) -> None:
@@ -274,18 +277,31 @@ class TcpFront:
         listener = self._listener
         if listener is None:
             return
-        for _ in range(self.settings.backlog):
+        for _ in range(_ACCEPTS_PER_WAKEUP):  # bounded: the loop has other work too
             try:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:  # e.g. EMFILE: leave the rest queued, retry later
-                logger.warning("accept failed: %s", error)
+            except OSError as error:
+                # e.g. EMFILE: the listener stays readable, so stop watching it for a moment
+                # rather than spin; the pending connections wait in the backlog.
+                logger.warning(
+                    "accept failed (%s); pausing accepts for %.1f s", error, _ACCEPT_PAUSE_S
+                )
+                self.loop.remove_reader(listener.fileno())
+                self.loop.call_later(_ACCEPT_PAUSE_S, self._resume_accepting)
                 return
+            if self._accept_failing:
+                logger.warning("accepting connections again")
+                self._accept_failing = False
             conn.setblocking(False)
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._accepted(conn)
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None:
+            self.loop.add_reader(self._listener.fileno(), self._accept_ready)
 
     def _accepted(self, conn: socket.socket) -> None:
         try:

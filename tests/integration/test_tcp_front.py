@@ -760,3 +760,66 @@ def test_the_front_end_on_uvloop() -> None:
             await client.terminate_pipeline(pipeline_id)
 
     uvloop.run(scenario())
+
+
+# --- running out of file descriptors -------------------------------------------------------
+
+_LOW_FD_SERVER = """
+import asyncio, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (96, 96))
+from framepipe.protocol.envelope import ListPipelinesBody
+from framepipe.server.tcp import TcpFrontSettings, start_server
+
+class Handler:
+    async def handle(self, request_id, command):
+        return ListPipelinesBody(pipelines=[])
+
+async def main():
+    front = await start_server(Handler(), TcpFrontSettings(host="127.0.0.1", port=0, read_timeout_s=30))
+    print(front.port, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_running_out_of_file_descriptors_pauses_accepting_without_spinning() -> None:
+    import subprocess
+    import sys
+
+    import psutil
+
+    server = subprocess.Popen(
+        [sys.executable, "-c", _LOW_FD_SERVER],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    held: list[socket.socket] = []
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        # Each connection sends one byte, so the server accepts it and holds it (partial
+        # request); 150 of them exhaust its 96 descriptors.
+        for _ in range(150):
+            sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
+            sock.sendall(b"\x00")
+            held.append(sock)
+        process = psutil.Process(server.pid)
+        time.sleep(0.5)
+        cpu_before = sum(process.cpu_times()[:2])
+        time.sleep(1.0)
+        spent = sum(process.cpu_times()[:2]) - cpu_before
+        assert spent < 0.5, f"the server spun at {spent:.2f} s of CPU per second while out of fds"
+        for sock in held:
+            sock.close()
+        held.clear()
+        sync = SyncStreamManagerClient.init(HOST, port, operations_timeout=TIMEOUT)
+        assert sync.list_pipelines().pipelines == []
+    finally:
+        for sock in held:
+            sock.close()
+        server.kill()
+        server.wait(TIMEOUT)
+        if server.stdout is not None:
+            server.stdout.close()
