@@ -11,6 +11,19 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from framepipe.protocol.commands import (
+    Command,
+    ConsumeResultCommand,
+    InitCommand,
+    ListPipelinesCommand,
+    MuteCommand,
+    ResumeCommand,
+    StatusCommand,
+    TerminateCommand,
+)
+from framepipe.protocol.payloads import InitialisePipelinePayload
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COPY = REPO_ROOT / "tests" / "data" / "reference-wire-examples.md"
@@ -91,3 +104,34 @@ def load_exchanges(path: Path = COPY) -> list[Exchange]:
         assert request.title == response.title
         exchanges.append(Exchange(request, response))
     return exchanges
+
+
+# title -> (the reference's error_type, framepipe's error_type): the reference's bugs.
+DELIBERATE_DIFFERENCES = {
+    "raw: terminate unknown pipeline id": ("invalid_payload", "not_found"),
+    "raw: valid JSON but not an object (list)": ("internal_error", "invalid_payload"),
+    "raw: header says 0 bytes": ("internal_error", "invalid_payload"),
+    "raw: truncated header (2 bytes)": ("internal_error", "invalid_payload"),
+    "raw: header longer than body (declares 100, sends 10)": ("internal_error", "invalid_payload"),
+    # framepipe refuses over-budget admission as an operation error naming the numbers
+    "init #2": ("internal_error", "operation_error"),
+}
+
+
+def command_for(request: dict[str, Any]) -> Command:
+    """The command a client call builds for this captured request (as a user would call it)."""
+    kind = request["type"]
+    if kind == "list_pipelines":
+        return ListPipelinesCommand()
+    if kind == "init":
+        fields = {k: v for k, v in request.items() if k != "type"}
+        return InitCommand(payload=InitialisePipelinePayload.model_validate(fields))
+    if kind == "consume_result":
+        return ConsumeResultCommand(
+            pipeline_id=request["pipeline_id"], excluded_fields=request["excluded_fields"]
+        )
+    simple = {"status": StatusCommand, "mute": MuteCommand, "resume": ResumeCommand}
+    if kind in simple:
+        return simple[kind](pipeline_id=request["pipeline_id"])
+    assert kind == "terminate"
+    return TerminateCommand(pipeline_id=request["pipeline_id"])

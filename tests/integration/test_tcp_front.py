@@ -62,8 +62,7 @@ from framepipe.protocol.payloads import (
     WorkflowConfiguration,
 )
 from framepipe.server.tcp import TcpFront, TcpFrontSettings, start_server
-from tests.unit.test_protocol_golden import CLIENT_REQUESTS, DELIBERATE_DIFFERENCES, command_for
-from tests.wire_examples import Exchange, load_exchanges
+from tests.wire_examples import DELIBERATE_DIFFERENCES, Exchange, command_for, load_exchanges
 
 HOST = "127.0.0.1"
 TIMEOUT = 5.0
@@ -555,7 +554,7 @@ class ReplayServer:
 
 
 async def test_client_sends_the_reference_clients_bytes_and_reads_its_answers() -> None:
-    replayable = [e for e in CLIENT_REQUESTS if not e.response.truncated]
+    replayable = [e for e in load_exchanges() if not e.request.raw and not e.response.truncated]
     replay = ReplayServer(replayable)
     server = await asyncio.start_server(replay.serve, HOST, 0)
     port = server.sockets[0].getsockname()[1]

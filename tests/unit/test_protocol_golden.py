@@ -25,14 +25,7 @@ import pytest
 from framepipe.client import _exchange
 from framepipe.protocol import _json
 from framepipe.protocol.commands import (
-    Command,
-    ConsumeResultCommand,
     InitCommand,
-    ListPipelinesCommand,
-    MuteCommand,
-    ResumeCommand,
-    StatusCommand,
-    TerminateCommand,
 )
 from framepipe.protocol.envelope import (
     ConsumeResultBody,
@@ -50,24 +43,21 @@ from framepipe.protocol.payloads import (
     VideoConfiguration,
     WorkflowConfiguration,
 )
-from tests.wire_examples import COPY, SHARED, Exchange, Frame, load_exchanges
+from tests.wire_examples import (
+    COPY,
+    DELIBERATE_DIFFERENCES,
+    SHARED,
+    Exchange,
+    Frame,
+    command_for,
+    load_exchanges,
+)
 
 EXCHANGES = load_exchanges()
 CLIENT_REQUESTS = [e for e in EXCHANGES if not e.request.raw]
 COMPLETE_RESPONSES = [e for e in EXCHANGES if not e.response.truncated]
 TRUNCATED_RESPONSES = [e for e in EXCHANGES if e.response.truncated]
 REDACTED_PATH = b'"/videos/'
-
-# title -> (the reference's error_type, framepipe's error_type): the reference's bugs.
-DELIBERATE_DIFFERENCES = {
-    "raw: terminate unknown pipeline id": ("invalid_payload", "not_found"),
-    "raw: valid JSON but not an object (list)": ("internal_error", "invalid_payload"),
-    "raw: header says 0 bytes": ("internal_error", "invalid_payload"),
-    "raw: truncated header (2 bytes)": ("internal_error", "invalid_payload"),
-    "raw: header longer than body (declares 100, sends 10)": ("internal_error", "invalid_payload"),
-    # framepipe refuses over-budget admission as an operation error naming the numbers
-    "init #2": ("internal_error", "operation_error"),
-}
 
 
 def _ids(exchanges: list[Exchange]) -> list[str]:
@@ -83,25 +73,6 @@ def assert_frame_equal(ours: bytes, captured: Frame) -> None:
     else:
         assert REDACTED_PATH in captured.body, "header and body disagree in the capture"
         assert int.from_bytes(header, "big") == len(body)
-
-
-def command_for(request: dict[str, Any]) -> Command:
-    """The command a client call builds for this captured request (as a user would call it)."""
-    kind = request["type"]
-    if kind == "list_pipelines":
-        return ListPipelinesCommand()
-    if kind == "init":
-        fields = {k: v for k, v in request.items() if k != "type"}
-        return InitCommand(payload=InitialisePipelinePayload.model_validate(fields))
-    if kind == "consume_result":
-        return ConsumeResultCommand(
-            pipeline_id=request["pipeline_id"], excluded_fields=request["excluded_fields"]
-        )
-    simple = {"status": StatusCommand, "mute": MuteCommand, "resume": ResumeCommand}
-    if kind in simple:
-        return simple[kind](pipeline_id=request["pipeline_id"])
-    assert kind == "terminate"
-    return TerminateCommand(pipeline_id=request["pipeline_id"])
 
 
 def body_for(response: dict[str, Any]) -> ResponseBody:
