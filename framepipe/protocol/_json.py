@@ -2,13 +2,13 @@
 
 The reference serialises every message with ``json.dumps(obj, default=...)``: separators
 ``", "`` and ``": "``, ``ensure_ascii=True``, floats as ``repr``. Clients may compare bytes, and
-the golden examples do, so framepipe writes exactly those bytes. ``json.dumps`` costs ~3 ms on a
-780 kB consume_result with a base64 image (it escapes every character), so large messages take
-a fast path: orjson writes compact JSON (~30 us), and a fix-up pass outside string literals
-inserts the spaces and rewrites floats to ``repr`` form. The fast path is taken only when its
-output is provably identical (pure ASCII output, no DEL, no non-string keys, every value a type
-both encoders agree on); otherwise ``json.dumps`` writes the message. A property test checks the
-two paths agree.
+the golden examples do, so framepipe writes exactly those bytes. ``json.dumps`` costs ~1.5 ms
+on a 780 kB consume_result with a base64 image (it escapes every character), so large messages
+take a fast path: orjson writes compact JSON, and a fix-up pass outside string literals inserts
+the spaces and rewrites floats to ``repr`` form (~130 us in all, perf/bench_tcp_front.py). The
+fast path is taken only when its output is provably identical (pure ASCII output, no DEL, no
+non-string keys, no integer beyond 64 bits); otherwise ``json.dumps`` writes the message.
+Property tests check that the two paths agree.
 
 Non-finite floats (NaN, +-Infinity) are not JSON; the reference writes ``NaN`` that strict
 parsers reject. framepipe writes ``null`` for them (a deliberate difference).
