@@ -24,6 +24,20 @@ def framepipe_shm_entries() -> set[str]:
         return set()
 
 
+def _owner_pid(entry: str) -> int | None:
+    """The owner pid in ``fp-<pid>-<id>`` / ``sem.fp-<pid>-<id>``."""
+    head = entry.removeprefix("sem.").removeprefix("fp-").split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _ours(entry: str, family: set[int]) -> bool:
+    """Whether an entry belongs to this test run: owned by this process or one of its
+    descendants, or by a process that is gone. A live process outside this run (another
+    test session on the same machine) owns its segments; they are not this test's leak."""
+    pid = _owner_pid(entry)
+    return pid is None or pid in family or not psutil.pid_exists(pid)
+
+
 def _children() -> list[psutil.Process]:
     try:
         return psutil.Process().children(recursive=True)
@@ -39,12 +53,15 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     shm_before = framepipe_shm_entries()
     children_before = {p.pid for p in _children()}
+    family = {os.getpid()}
     yield
     deadline = time.monotonic() + 5.0
     while True:
-        new_children = [p for p in _children() if p.pid not in children_before and p.is_running()]
+        children = _children()
+        family.update(p.pid for p in children)
+        new_children = [p for p in children if p.pid not in children_before and p.is_running()]
         new_children = [p for p in new_children if p.status() != psutil.STATUS_ZOMBIE]
-        leaked_shm = framepipe_shm_entries() - shm_before
+        leaked_shm = {e for e in framepipe_shm_entries() - shm_before if _ours(e, family)}
         if (not new_children and not leaked_shm) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
