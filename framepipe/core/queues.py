@@ -439,7 +439,11 @@ class FrameProducer:
         )
         self._published += 1
         mode = self._mode
+        view = self._view
         for index in self._active():
+            # re-read: a wait for an earlier consumer may have reclaimed this one meanwhile
+            if view.load_u32(self._centry[index]) != ConsumerState.ACTIVE:
+                continue
             queue = self._queues[index]
             ring.grant(index, slot)
             if mode is Backpressure.DROP_OLDEST:
