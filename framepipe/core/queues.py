@@ -344,7 +344,14 @@ class FrameProducer:
         self._wait_ns = 0
         self._consumers_reclaimed = 0
         self._leases_reclaimed = 0
+        self._reclaimed_during_wait: set[int] = set()
         self._queues = ring._queues
+        self._core = ring._core
+        self._cmode = {
+            Backpressure.WAIT: _spsc.MODE_WAIT,
+            Backpressure.DROP_LATEST: _spsc.MODE_DROP_LATEST,
+            Backpressure.DROP_OLDEST: _spsc.MODE_MAILBOX,
+        }[self._mode]
         self._view = ring._view
         self._centry = [ring._centry(i) for i in range(ring.max_consumers)]
         ring._set_producer(os.getpid())
@@ -363,18 +370,9 @@ class FrameProducer:
             ):
                 self._leases_reclaimed += ring.reclaim_consumer(index)
                 self._consumers_reclaimed += 1
+                self._reclaimed_during_wait.add(index)
                 reclaimed += 1
         return reclaimed
-
-    def _maybe_reap(self) -> None:
-        if time.monotonic() >= self._next_reap:
-            self.reap()
-
-    def _active(self) -> list[int]:
-        view = self._view
-        return [
-            i for i, off in enumerate(self._centry) if view.load_u32(off) == ConsumerState.ACTIVE
-        ]
 
     def _bump(self, index: int, field: int) -> None:
         off = self._centry[index] + field
@@ -432,43 +430,44 @@ class FrameProducer:
         the strategy. ``timeout`` bounds the total WAIT time for this frame."""
         if self._closed:
             raise OperationError(f"producer of ring {self.ring.name} is closed")
-        self._maybe_reap()
-        ring = self.ring
-        d = ring.publish(
-            slot, frame_id=frame_id, source_id=source_id, pts=pts, capture_ns=capture_ns
+        if time.monotonic() >= self._next_reap:
+            self.reap()
+        if capture_ns is None:
+            capture_ns = time.time_ns()
+        seq, publish_ns, delivered, dropped_full, replaced, wait_mask = self._core.publish(
+            slot, frame_id, source_id, pts, capture_ns, self._cmode
         )
+        if seq < 0:
+            raise OperationError(
+                f"slot {slot} of ring {self.ring.name} was not acquired for writing"
+            )
         self._published += 1
-        mode = self._mode
-        view = self._view
-        for index in self._active():
-            # re-read: a wait for an earlier consumer may have reclaimed this one meanwhile
-            if view.load_u32(self._centry[index]) != ConsumerState.ACTIVE:
-                continue
-            queue = self._queues[index]
-            ring.grant(index, slot)
-            if mode is Backpressure.DROP_OLDEST:
-                old = queue.post_latest(slot, d.seq)
-                if old is not None:
-                    ring.release(index, old[0])
-                    self._dropped_replaced += 1
-                    self._bump(index, _C_DROPPED)
-                self._delivered += 1
-                self._bump(index, _C_DELIVERED)
-            elif queue.try_put(*d) or (
-                mode is Backpressure.WAIT and self._wait_put(index, d, timeout)
-            ):
-                self._delivered += 1
-                self._bump(index, _C_DELIVERED)
-            else:
-                # the consumer never saw it: taking the grant back is safe
-                ring.release(index, slot)
-                if ring.consumer_state(index) == ConsumerState.ACTIVE:
-                    if mode is Backpressure.WAIT:
-                        self._dropped_timeout += 1
-                    else:
-                        self._dropped_queue_full += 1
-                    self._bump(index, _C_DROPPED)
+        self._delivered += delivered
+        self._dropped_queue_full += dropped_full
+        self._dropped_replaced += replaced
+        d = FrameDescriptor(slot, seq, frame_id, source_id, pts, capture_ns, publish_ns)
+        if wait_mask:
+            self._wait_for(wait_mask, d, timeout)
         return d
+
+    def _wait_for(self, wait_mask: int, d: FrameDescriptor, timeout: float | None) -> None:
+        """WAIT: hand ``d`` to the consumers whose queues were full (their leases are already
+        granted), blocking until each has room, the timeout passes, or it goes away."""
+        deadline = _deadline(timeout)
+        self._reclaimed_during_wait.clear()
+        for index in range(self.ring.max_consumers):
+            if not (wait_mask >> index) & 1:
+                continue
+            if self._wait_put(index, d, _remaining(deadline)):
+                self._delivered += 1
+                self._bump(index, _C_DELIVERED)
+                continue
+            if index in self._reclaimed_during_wait:
+                continue  # gone: its leases were released, no drop to count
+            # never seen by the consumer: taking the grant back is safe
+            self.ring.release(index, d.slot)
+            self._dropped_timeout += 1
+            self._bump(index, _C_DROPPED)
 
     def _wait_put(self, index: int, d: FrameDescriptor, timeout: float | None) -> bool:
         """Block (GIL released) until consumer ``index`` has room; False on timeout or if
@@ -481,12 +480,13 @@ class FrameProducer:
                 remaining = _remaining(deadline)
                 if remaining is not None and remaining <= 0:
                     return False
+                if index in self._reclaimed_during_wait:
+                    # reclaimed (its grant is gone); the index may already serve a new consumer
+                    return False
                 step = _WAIT_SLICE_S if remaining is None else min(remaining, _WAIT_SLICE_S)
                 if queue.put(*d, timeout=step):
                     return True
                 self.reap()
-                if self.ring.consumer_state(index) != ConsumerState.ACTIVE:
-                    return False
         finally:
             self._wait_ns += time.monotonic_ns() - started
 
@@ -635,6 +635,7 @@ class FrameConsumer:
         self._queue = self.ring._queues[self.index]
         self._view = self.ring._view
         self._received_off = self.ring._centry(self.index) + _C_RECEIVED
+        self._arrays = self.ring._readonly
         self._held: dict[int, Lease] = {}
         self._received = 0
         self._released = 0
@@ -643,15 +644,15 @@ class FrameConsumer:
         self._closed = False
 
     def _take(self, t: tuple[Any, ...]) -> Lease | None:
-        d = FrameDescriptor(*t[:7])
         self._received += 1
         self._view.store_u64(self._received_off, self._received)
-        if not self.ring.is_current(d):  # cannot happen while the lease byte is set
+        slot = t[0]
+        if t[7] & 2:  # the slot's seq moved on: cannot happen while our lease byte is set
             self._stale += 1
-            self.ring.release(self.index, d.slot)
+            self.ring.release(self.index, slot)
             return None
-        lease = Lease(self, d, self.ring._readonly[d.slot])
-        self._held[d.slot] = lease
+        lease = Lease(self, FrameDescriptor(*t[:7]), self._arrays[slot])
+        self._held[slot] = lease
         return lease
 
     def _next(self, timeout: float | None) -> tuple[Any, ...] | None:
