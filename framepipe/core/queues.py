@@ -27,6 +27,7 @@ Public API (stable; other modules code against it)::
         .lease(timeout: float | None = None) -> Lease | None       # None: timeout or stream over
         .release(lease) -> None, .release_all() -> int
         .finished -> bool                                          # producer closed and drained
+        .last_wake_ns -> int                                       # last semaphore wake-up
         .statistics() -> ConsumerStatistics
         .close()                                                   # releases, unregisters
     Lease: .descriptor, .array (read-only view, no copy), .slot, .frame_id, .release(),
@@ -98,6 +99,9 @@ __all__ = [
     "Lease",
     "ProducerStatistics",
 ]
+
+# FrameDescriptor(*t) without the Python-level __new__ frame (a NamedTuple is a tuple)
+_new_descriptor: Any = tuple.__new__
 
 _WAIT_SLICE_S = 0.05  # longest sleep before the producer re-checks consumer liveness
 _IDLE_SLICE_S = 0.5  # longest sleep before a consumer re-checks that the producer lives
@@ -643,52 +647,53 @@ class FrameConsumer:
         self._stale = 0
         self._closed = False
 
-    def _take(self, t: tuple[Any, ...]) -> Lease | None:
-        self._received += 1
-        self._view.store_u64(self._received_off, self._received)
-        slot = t[0]
-        if t[7] & 2:  # the slot's seq moved on: cannot happen while our lease byte is set
-            self._stale += 1
-            self.ring.release(self.index, slot)
-            return None
-        lease = Lease(self, FrameDescriptor(*t[:7]), self._arrays[slot])
-        self._held[slot] = lease
-        return lease
-
-    def _next(self, timeout: float | None) -> tuple[Any, ...] | None:
-        t = self._queue.get(timeout)
-        if t is None or not self.eager:
-            return t
-        while True:  # EAGER: keep the newest, release the rest unread
-            newer = self._queue.try_get()
-            if newer is None:
-                return t
+    def _drain_older(self, t: _spsc.DescriptorTuple) -> _spsc.DescriptorTuple:
+        """EAGER: keep the newest descriptor, release the older ones unread."""
+        while (newer := self._queue.try_get()) is not None:
             self._received += 1
             self._skipped += 1
             self.ring.release(self.index, t[0])
             self._released += 1
             t = newer
+        return t
 
     def lease(self, timeout: float | None = None) -> Lease | None:
         """The next frame (eager: the newest one), waiting up to ``timeout`` s (None = until
         one comes or the stream ends). None on timeout or when the producer is finished."""
         if self._closed:
             raise OperationError("consumer is closed")
-        deadline = _deadline(timeout)
+        queue = self._queue
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        step = _IDLE_SLICE_S if timeout is None else min(max(0.0, timeout), _IDLE_SLICE_S)
         while True:
-            remaining = _remaining(deadline)
-            step = _IDLE_SLICE_S if remaining is None else min(max(remaining, 0.0), _IDLE_SLICE_S)
-            t = self._next(step)
+            t = queue.get(step)
             if t is not None:
-                lease = self._take(t)
-                if lease is not None:
-                    return lease
-                continue
+                # the hot path right after a wake-up: keep it short
+                if self.eager:
+                    t = self._drain_older(t)
+                self._received += 1
+                self._view.store_u64(self._received_off, self._received)
+                slot = t[0]
+                if t[7] & 2:  # the slot's seq moved on: impossible while our lease byte is set
+                    self._stale += 1
+                    self.ring.release(self.index, slot)
+                    continue
+                lease = Lease(self, _new_descriptor(FrameDescriptor, t[:7]), self._arrays[slot])
+                self._held[slot] = lease
+                return lease
             if self.finished:
                 return None
-            remaining = _remaining(deadline)
-            if remaining is not None and remaining <= 0:
-                return None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                step = min(remaining, _IDLE_SLICE_S)
+
+    @property
+    def last_wake_ns(self) -> int:
+        """CLOCK_MONOTONIC ns at which ``lease`` last woke from sleeping on the semaphore
+        (0: never slept) - for latency measurements."""
+        return int(self._queue.last_wake_ns)
 
     @property
     def finished(self) -> bool:
