@@ -79,7 +79,6 @@ from numpy.typing import NDArray
 from framepipe.core.ring import (
     _C_DELIVERED,
     _C_DROPPED,
-    _C_RECEIVED,
     ConsumerState,
     FrameDescriptor,
     FrameRing,
@@ -99,9 +98,6 @@ __all__ = [
     "Lease",
     "ProducerStatistics",
 ]
-
-# FrameDescriptor(*t) without the Python-level __new__ frame (a NamedTuple is a tuple)
-_new_descriptor: Any = tuple.__new__
 
 _WAIT_SLICE_S = 0.05  # longest sleep before the producer re-checks consumer liveness
 _IDLE_SLICE_S = 0.5  # longest sleep before a consumer re-checks that the producer lives
@@ -638,24 +634,22 @@ class FrameConsumer:
             raise
         self._queue = self.ring._queues[self.index]
         self._view = self.ring._view
-        self._received_off = self.ring._centry(self.index) + _C_RECEIVED
         self._arrays = self.ring._readonly
         self._held: dict[int, Lease] = {}
-        self._received = 0
         self._released = 0
         self._skipped = 0
         self._stale = 0
         self._closed = False
 
-    def _drain_older(self, t: _spsc.DescriptorTuple) -> _spsc.DescriptorTuple:
+    def _drain_older(self, d: FrameDescriptor) -> FrameDescriptor:
         """EAGER: keep the newest descriptor, release the older ones unread."""
-        while (newer := self._queue.try_get()) is not None:
-            self._received += 1
+        queue = self._queue
+        while (newer := queue.take(0)) is not None:
             self._skipped += 1
-            self.ring.release(self.index, t[0])
+            self.ring.release(self.index, d.slot)
             self._released += 1
-            t = newer
-        return t
+            d = newer
+        return d
 
     def lease(self, timeout: float | None = None) -> Lease | None:
         """The next frame (eager: the newest one), waiting up to ``timeout`` s (None = until
@@ -666,19 +660,17 @@ class FrameConsumer:
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         step = _IDLE_SLICE_S if timeout is None else min(max(0.0, timeout), _IDLE_SLICE_S)
         while True:
-            t = queue.get(step)
-            if t is not None:
+            d: FrameDescriptor | None = queue.take(step)
+            if d is not None:
                 # the hot path right after a wake-up: keep it short
                 if self.eager:
-                    t = self._drain_older(t)
-                self._received += 1
-                self._view.store_u64(self._received_off, self._received)
-                slot = t[0]
-                if t[7] & 2:  # the slot's seq moved on: impossible while our lease byte is set
+                    d = self._drain_older(d)
+                slot = d[0]
+                if queue.last_flags & 2:  # slot reused under us: impossible while leased
                     self._stale += 1
                     self.ring.release(self.index, slot)
                     continue
-                lease = Lease(self, _new_descriptor(FrameDescriptor, t[:7]), self._arrays[slot])
+                lease = Lease(self, d, self._arrays[slot])
                 self._held[slot] = lease
                 return lease
             if self.finished:
@@ -727,7 +719,7 @@ class FrameConsumer:
         info = self.ring.consumer_info(self.index)
         return ConsumerStatistics(
             index=self.index,
-            received=self._received,
+            received=int(self._queue.taken),
             released=self._released,
             skipped=self._skipped,
             stale=self._stale,

@@ -125,7 +125,6 @@ _H_PUBLISHED = 384  # uint64 frames published, own cache line
 # consumer table entry
 _C_STATE = 0  # uint32
 _C_PID = 8  # int64
-_C_RECEIVED = 24  # uint64, written by the consumer
 _C_DELIVERED = 32  # uint64, written by the producer
 _C_DROPPED = 40  # uint64, written by the producer
 _C_REGISTERED_NS = 48  # int64
@@ -308,6 +307,7 @@ class FrameRing:
                     nslots=geometry.slots,
                 )
             )
+            self._queues[-1].set_descriptor_type(FrameDescriptor)
         self._core = _spsc.RingCore(
             self._view,
             self._queues,
@@ -547,7 +547,7 @@ class FrameRing:
             off = self._centry(index)
             if self._view.cas_u32(off + _C_STATE, ConsumerState.FREE, ConsumerState.REGISTERING):
                 self._view.store_i64(off + _C_PID, pid)
-                self._view.store_u64(off + _C_RECEIVED, 0)
+                self._queues[index].reset_taken()
                 self._view.store_i64(off + _C_REGISTERED_NS, time.monotonic_ns())
                 self._view.store_u32(off + _C_STATE, ConsumerState.ACTIVE)
                 return index
@@ -575,7 +575,7 @@ class FrameRing:
             index=index,
             state=ConsumerState(self._view.load_u32(off + _C_STATE)),
             pid=int(self._view.load_i64(off + _C_PID)),
-            received=int(self._view.load_u64(off + _C_RECEIVED)),
+            received=int(self._queues[index].taken),
             delivered=int(self._view.load_u64(off + _C_DELIVERED)),
             dropped=int(self._view.load_u64(off + _C_DROPPED)),
         )
