@@ -10,7 +10,8 @@ Public API (stable; other modules code against it)::
         .try_get() -> FrameDescriptor | None, .get(timeout=None) -> FrameDescriptor | None,
         .qsize(), .empty(), .full(), .close(), .unlink(), context manager
 
-    FrameProducer(ring: FrameRing, strategy: Backpressure = Backpressure.WAIT)
+    FrameProducer(ring: FrameRing, strategy: Backpressure | str = Backpressure.WAIT, *,
+                  reap_interval: float = 0.2)     # ONE producer per ring, used from one thread
         .acquire(timeout: float | None = None) -> int | None      # free slot index or None
         .writable(slot) -> np.ndarray                             # write the frame here
         .publish(slot, *, frame_id: int, source_id: int = 0, pts: int = 0,
@@ -22,7 +23,7 @@ Public API (stable; other modules code against it)::
         .statistics() -> ProducerStatistics
         .close()                                                  # end of stream; idempotent
 
-    FrameConsumer(ring: FrameRing | str, *, eager: bool = False)
+    FrameConsumer(ring: FrameRing | str, *, eager: bool = False)   # a name: attach and own it
         .index -> int, .ring -> FrameRing
         .lease(timeout: float | None = None) -> Lease | None       # None: timeout or stream over
         .release(lease) -> None, .release_all() -> int

@@ -37,11 +37,13 @@ Public API (stable; other modules code against it)::
     ring.free_slots() -> int
 
     # consumer table
-    ring.register_consumer(pid: int | None = None) -> int      # index, or ShmExhaustedError-free
-                                                               # OperationError if the table is full
+    ring.register_consumer(pid: int | None = None) -> int      # index; OperationError when full
     ring.unregister_consumer(index) -> None   # consumer leaves; the producer reclaims the entry
     ring.consumer_info(index) -> ConsumerInfo
     ring.consumers() -> list[ConsumerInfo]
+    ring.consumer_state(index) -> ConsumerState, ring.consumer_pid(index) -> int
+    ring.reclaim_consumer(index) -> int       # producer side: empty its queue, free its leases
+    ring.published -> int, ring.producer_done -> bool, ring.producer_pid -> int
 
     ring.close() / ring.unlink()              # idempotent; `with` closes (and unlinks if owner)
 
