@@ -84,7 +84,7 @@ cdef class SpscQueue:
     cdef SharedView _view
     cdef Waker _consumer
     cdef Waker _producer
-    cdef readonly int spin
+    cdef public int spin
     cdef readonly int last_flags
     cdef object _desc_type
     cdef object _make_desc(self, fp_desc *d)

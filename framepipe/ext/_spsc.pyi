@@ -79,7 +79,7 @@ class LeaseTable:
     def close(self) -> None: ...
 
 class SpscQueue:
-    spin: int
+    spin: int  # pause-loop rounds before sleeping (settable)
     def __init__(
         self,
         view: SharedView,
