@@ -267,16 +267,20 @@ class FrameRing:
         buf = segment.buf
         self._view = _spsc.SharedView(buf)
         try:
-            self._producer_sem = self._open_sem(f"{self.name}-p", create=initialise)
-            self._consumer_sems = [
-                self._open_sem(f"{self.name}-c{i}", create=initialise)
-                for i in range(geometry.max_consumers)
-            ]
+            self._setup(geometry, buf, initialise)
         except BaseException:
             self._close_handles()
             if initialise:
-                self._unlink_names()
+                with contextlib.suppress(OSError):
+                    self._unlink_names()
             raise
+
+    def _setup(self, geometry: _Geometry, buf: memoryview, initialise: bool) -> None:
+        self._producer_sem = self._open_sem(f"{self.name}-p", create=initialise)
+        self._consumer_sems = [
+            self._open_sem(f"{self.name}-c{i}", create=initialise)
+            for i in range(geometry.max_consumers)
+        ]
         self._producer_waker = _spsc.Waker(self._view, _H_PRODUCER_WAIT, self._producer_sem)
         self._leases = _spsc.LeaseTable(
             self._view,
