@@ -30,9 +30,11 @@ POSIX semaphore post -> wake-up between two processes with nothing else around i
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import sys
 import time
@@ -64,6 +66,11 @@ class Side:
     errors: int = 0
 
 
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: a benchmark child never outlives the benchmark."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
 def _prepared_frame() -> np.ndarray:
     rng = np.random.default_rng(7)
     return rng.integers(0, 256, size=SHAPE, dtype=np.uint8)
@@ -83,6 +90,7 @@ def _stamped(frame: np.ndarray) -> int:
 
 
 def _shm_producer(ring_name: str, mode: str, seconds: float, start: Any, out: Connection) -> None:
+    _die_with_parent()
     ring = FrameRing.attach(ring_name)
     producer = FrameProducer(ring, Backpressure.WAIT)
     prepared = _prepared_frame()
@@ -107,6 +115,7 @@ def _shm_producer(ring_name: str, mode: str, seconds: float, start: Any, out: Co
 
 
 def _shm_consumer(ring_name: str, ready: Any, out: Connection) -> None:
+    _die_with_parent()
     consumer = FrameConsumer(ring_name)
     ready.set()
     n = errors = 0
@@ -127,6 +136,7 @@ def _shm_consumer(ring_name: str, ready: Any, out: Connection) -> None:
 
 
 def _shm_latency_producer(ring_name: str, frames: int, period_s: float, start: Any) -> None:
+    _die_with_parent()
     ring = FrameRing.attach(ring_name)
     producer = FrameProducer(ring, Backpressure.WAIT)
     start.wait()
@@ -145,6 +155,7 @@ def _shm_latency_producer(ring_name: str, frames: int, period_s: float, start: A
 
 
 def _shm_latency_consumer(ring_name: str, ready: Any, out: Connection) -> None:
+    _die_with_parent()
     consumer = FrameConsumer(ring_name)
     ready.set()
     lat: list[int] = []
@@ -165,6 +176,7 @@ def _shm_latency_consumer(ring_name: str, ready: Any, out: Connection) -> None:
 
 
 def _floor_producer(seg_name: str, sem_name: str, frames: int, period_s: float, start: Any) -> None:
+    _die_with_parent()
     seg = Segment.attach(seg_name)
     sem = _spsc.NamedSemaphore(sem_name)
     stamp = np.ndarray((1,), np.int64, seg.buf)
@@ -182,6 +194,7 @@ def _floor_producer(seg_name: str, sem_name: str, frames: int, period_s: float, 
 
 
 def _floor_consumer(seg_name: str, sem_name: str, frames: int, ready: Any, out: Connection) -> None:
+    _die_with_parent()
     seg = Segment.attach(seg_name)
     sem = _spsc.NamedSemaphore(sem_name)
     stamp = np.ndarray((1,), np.int64, seg.buf)
@@ -238,6 +251,7 @@ class Latency:
 
 
 def _q_producer(q: Any, mode: str, seconds: float, start: Any, out: Connection) -> None:
+    _die_with_parent()
     prepared = _prepared_frame()
     start.wait()
     n = 0
@@ -259,6 +273,7 @@ def _q_producer(q: Any, mode: str, seconds: float, start: Any, out: Connection) 
 
 
 def _q_consumer(q: Any, ready: Any, out: Connection) -> None:
+    _die_with_parent()
     ready.set()
     n = errors = 0
     checksum = 0
