@@ -24,25 +24,49 @@ def framepipe_shm_entries() -> set[str]:
         return set()
 
 
-def _owner_pid(entry: str) -> int | None:
-    """The owner pid in ``fp-<pid>-<id>`` / ``sem.fp-<pid>-<id>``."""
-    head = entry.removeprefix("sem.").removeprefix("fp-").split("-", 1)[0]
-    return int(head) if head.isdigit() else None
+# multiprocessing's helper daemons live for the whole session by design; they are not leaks
+# (and killing one makes the next spawn warn "resource_tracker: process died unexpectedly").
+_DAEMONS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
-def _ours(entry: str, family: set[int]) -> bool:
-    """Whether an entry belongs to this test run: owned by this process or one of its
-    descendants, or by a process that is gone. A live process outside this run (another
-    test session on the same machine) owns its segments; they are not this test's leak."""
-    pid = _owner_pid(entry)
-    return pid is None or pid in family or not psutil.pid_exists(pid)
+def _is_daemon(proc: psutil.Process) -> bool:
+    """A multiprocessing helper daemon itself — not a process a forkserver forked for us,
+    which inherits the forkserver's command line and must still be counted."""
+
+    def marked(p: psutil.Process | None) -> bool:
+        return p is not None and any(m in " ".join(p.cmdline()) for m in _DAEMONS)
+
+    try:
+        return marked(proc) and not marked(proc.parent())
+    except psutil.Error:
+        return False
 
 
 def _children() -> list[psutil.Process]:
     try:
-        return psutil.Process().children(recursive=True)
+        return [p for p in psutil.Process().children(recursive=True) if not _is_daemon(p)]
     except psutil.Error:
         return []
+
+
+def _entry_pid(name: str) -> int | None:
+    # fp-<pid>-<id> / sem.fp-<pid>-<id>
+    try:
+        return int(name.split("fp-", 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _ours(name: str, tree: set[int]) -> bool:
+    """The machine is shared: an entry owned by a live process outside this test's process
+    tree belongs to someone else and is neither a leak of ours nor ours to delete."""
+    pid = _entry_pid(name)
+    if pid is None or pid in tree:
+        return True
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True  # dead
 
 
 @pytest.fixture(autouse=True)
@@ -53,15 +77,13 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     shm_before = framepipe_shm_entries()
     children_before = {p.pid for p in _children()}
-    family = {os.getpid()}
     yield
     deadline = time.monotonic() + 5.0
     while True:
-        children = _children()
-        family.update(p.pid for p in children)
-        new_children = [p for p in children if p.pid not in children_before and p.is_running()]
+        new_children = [p for p in _children() if p.pid not in children_before and p.is_running()]
         new_children = [p for p in new_children if p.status() != psutil.STATUS_ZOMBIE]
-        leaked_shm = {e for e in framepipe_shm_entries() - shm_before if _ours(e, family)}
+        tree = {os.getpid()} | children_before | {p.pid for p in _children()}
+        leaked_shm = {n for n in framepipe_shm_entries() - shm_before if _ours(n, tree)}
         if (not new_children and not leaked_shm) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
