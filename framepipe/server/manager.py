@@ -1,0 +1,536 @@
+"""The stream manager: the pipeline table, the idle pool, RAM admission and the health loop.
+
+One asyncio process. Every pipeline is a worker process (:mod:`framepipe.server.worker`) with its
+own command pipe and its own lock, so commands to one pipeline are serialised while commands to
+different pipelines run side by side; every wait on a worker is bounded, and a worker that
+misses its bound is killed and reported, never waited on forever.
+
+The TCP front end (:mod:`framepipe.server.tcp`) parses requests and calls the manager's command
+methods; the manager knows nothing of sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from framepipe.core.budget import (
+    MB,
+    MemoryUsage,
+    RamBudget,
+    process_unique_bytes,
+    ring_bytes,
+    shared_segments_bytes,
+    tree_pids,
+    tree_unique_bytes,
+)
+from framepipe.errors import FramepipeError, NotFoundError, OperationError
+from framepipe.server._messages import WorkerOp
+from framepipe.server.settings import ServerSettings
+from framepipe.server.workers import WorkerGone, WorkerHandle, WorkerTimeout
+
+log = logging.getLogger("framepipe.manager")
+
+# Frame size assumed for a source whose size is not known before it is opened (a camera, a stream).
+DEFAULT_FRAME_SIZE = (1920, 1080)
+# Ring slots assumed per source when the configuration does not say (decoding_buffer_size).
+DEFAULT_RING_SLOTS = 16
+
+
+class RowState(StrEnum):
+    IDLE = "idle"  # a warm worker in the pool, no pipeline yet
+    STARTING = "starting"  # `init` in progress: not listed, not addressable
+    RUNNING = "running"
+    TERMINATING = "terminating"
+
+
+@dataclass(eq=False)
+class ManagedPipeline:
+    """One row of the pipeline table."""
+
+    pipeline_id: str
+    worker: WorkerHandle
+    ram_samples_mb: deque[float]
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    state: RowState = RowState.IDLE
+    health_check_running: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def is_idle(self) -> bool:
+        return self.state is RowState.IDLE
+
+    @property
+    def is_terminating(self) -> bool:
+        return self.state is RowState.TERMINATING
+
+
+class StreamManager:
+    """Implements the control-plane commands over a table of worker processes."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.budget = RamBudget(settings.max_ram_mb)
+        self._table: dict[str, ManagedPipeline] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._pool_wakeup = asyncio.Event()
+        self._reserved_mb = 0.0
+        self._spawning = 0
+        self._closing = False
+        self._started = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Sweep orphaned segments and start the health loop and the idle pool (non-blocking)."""
+        swept = await asyncio.get_running_loop().run_in_executor(None, sweep_orphan_segments)
+        if swept:
+            log.info("removed %d orphaned shared-memory entries: %s", len(swept), ", ".join(swept))
+        self._started = True
+        self._spawn_background(self._health_loop(), "health-loop")
+        self._spawn_background(self._pool_loop(), "idle-pool")
+
+    async def close(self) -> None:
+        """Terminate every pipeline and idle worker, then remove every segment they left."""
+        if self._closing:
+            return
+        self._closing = True
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        rows = list(self._table.values())
+        await asyncio.gather(
+            *(self._terminate_row(row, reason="shutdown") for row in rows), return_exceptions=True
+        )
+        self._table.clear()
+        await asyncio.get_running_loop().run_in_executor(None, sweep_orphan_segments)
+        remove_own_segments(os.getpid())
+
+    def _spawn_background(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- the commands (called by the TCP front end) ------------------------------------------
+
+    async def list_pipelines(self) -> list[str]:
+        return [row.pipeline_id for row in self._table.values() if row.state is RowState.RUNNING]
+
+    async def initialise(self, payload: dict[str, Any], request_id: str | None = None) -> str:
+        """Start a pipeline from an ``init`` payload (wire dict); returns its id.
+
+        A pipeline that fails to start leaves no process behind and is not listed.
+        """
+        self._check_open()
+        rings = await self._predict_ring_bytes(payload)
+        row = self._take_idle_worker()
+        usage = await self._measure_usage()
+        try:
+            admission = self.budget.admit(
+                usage=_plus_reserved(usage, self._reserved_mb),
+                worker_samples_mb=[r.ram_samples_mb for r in self._table.values()],
+                new_rings_bytes=rings,
+                reused_worker_mb=(
+                    row.ram_samples_mb[-1] if row is not None and row.ram_samples_mb else None
+                ),
+            )
+        except FramepipeError:
+            if row is not None:
+                row.state = RowState.IDLE  # back to the pool, untouched
+            raise
+        self._reserved_mb += admission.predicted_mb
+        try:
+            if row is None:
+                row = await self._spawn_row(RowState.STARTING)
+                warm = False
+            else:
+                warm = True
+            try:
+                await row.worker.wait_ready(self.settings.spawn_timeout_s)
+                await row.worker.request(
+                    WorkerOp.INIT,
+                    payload,
+                    timeout=self.settings.init_timeout_s,
+                    request_id=request_id,
+                )
+            except BaseException:
+                await self._discard_row(row)
+                raise
+            row.state = RowState.RUNNING
+            log.info(
+                "pipeline %s started on %s worker %d",
+                row.pipeline_id,
+                "a warm" if warm else "a new",
+                row.worker.pid,
+            )
+            return row.pipeline_id
+        finally:
+            self._reserved_mb -= admission.predicted_mb
+            self._pool_wakeup.set()
+
+    async def status(self, pipeline_id: str, request_id: str | None = None) -> dict[str, Any]:
+        return await self._command(pipeline_id, WorkerOp.STATUS, {}, request_id)
+
+    async def mute(self, pipeline_id: str, request_id: str | None = None) -> dict[str, Any]:
+        return await self._command(pipeline_id, WorkerOp.MUTE, {}, request_id)
+
+    async def resume(self, pipeline_id: str, request_id: str | None = None) -> dict[str, Any]:
+        return await self._command(pipeline_id, WorkerOp.RESUME, {}, request_id)
+
+    async def consume_result(
+        self,
+        pipeline_id: str,
+        excluded_fields: Iterable[str] = (),
+        max_entries: int | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {"excluded_fields": list(excluded_fields)}
+        if max_entries is not None:
+            payload["max_entries"] = max_entries
+        return await self._command(pipeline_id, WorkerOp.CONSUME, payload, request_id)
+
+    async def terminate(self, pipeline_id: str, request_id: str | None = None) -> None:
+        row = self._lookup(pipeline_id)
+        if row.is_terminating:
+            raise NotFoundError(_not_found_message(pipeline_id))
+        await self._terminate_row(row, reason="terminate command", request_id=request_id)
+
+    # ---- the table ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise OperationError("The stream manager is shutting down.")
+
+    def _lookup(self, pipeline_id: str) -> ManagedPipeline:
+        row = self._table.get(pipeline_id)
+        if row is None or row.state is not RowState.RUNNING:
+            raise NotFoundError(_not_found_message(pipeline_id))
+        return row
+
+    async def _command(
+        self, pipeline_id: str, op: WorkerOp, payload: dict[str, Any], request_id: str | None
+    ) -> dict[str, Any]:
+        row = self._lookup(pipeline_id)
+        timeout = self.settings.command_timeout_s
+        try:
+            # Waiting for the lock is bounded too: whoever holds it is bounded by `timeout`.
+            async with asyncio.timeout(2 * timeout + self.settings.terminate_timeout_s):
+                await row.lock.acquire()
+        except TimeoutError:
+            raise OperationError(
+                f"Pipeline {pipeline_id} is busy: another command did not finish in time."
+            ) from None
+        try:
+            if self._table.get(pipeline_id) is not row or row.is_terminating:
+                raise NotFoundError(_not_found_message(pipeline_id))
+            return await row.worker.request(op, payload, timeout=timeout, request_id=request_id)
+        except WorkerTimeout as exc:
+            await self._fail_row(row, f"{exc.message}; the worker was killed")
+            raise OperationError(
+                f"Pipeline {pipeline_id} did not answer '{op.value}' within {timeout:g} s; "
+                f"its worker (pid {row.worker.pid}) was killed and the pipeline removed."
+            ) from None
+        except WorkerGone as exc:
+            await self._fail_row(row, exc.message)
+            raise OperationError(
+                f"Pipeline {pipeline_id} is gone: {exc.message}; it was removed."
+            ) from None
+        finally:
+            row.lock.release()
+
+    async def _spawn_row(self, state: RowState) -> ManagedPipeline:
+        loop = asyncio.get_running_loop()
+        self._spawning += 1
+        try:
+            worker = await loop.run_in_executor(
+                None,
+                lambda: WorkerHandle.spawn(
+                    loop, terminate_timeout_s=self.settings.terminate_timeout_s
+                ),
+            )
+        finally:
+            self._spawning -= 1
+        row = ManagedPipeline(
+            pipeline_id=str(uuid.uuid4()),
+            worker=worker,
+            ram_samples_mb=deque(maxlen=self.settings.ram_usage_queue_size),
+            state=state,
+        )
+        self._table[row.pipeline_id] = row
+        return row
+
+    def _take_idle_worker(self) -> ManagedPipeline | None:
+        """An idle worker for a new pipeline: a ready one first, else one still warming up."""
+        idle = [
+            r
+            for r in self._table.values()
+            if r.is_idle and not r.is_terminating and not r.worker.closed.is_set()
+        ]
+        if not idle:
+            return None
+        idle.sort(key=lambda r: (not r.worker.ready.done(), r.started_at))
+        row = idle[0]
+        row.state = RowState.STARTING
+        row.started_at = time.monotonic()
+        return row
+
+    async def _terminate_row(
+        self, row: ManagedPipeline, *, reason: str, request_id: str | None = None
+    ) -> None:
+        """End one pipeline gracefully (bounded), then make sure its process is gone."""
+        row.state = RowState.TERMINATING
+        try:
+            async with asyncio.timeout(
+                self.settings.command_timeout_s + self.settings.terminate_timeout_s
+            ):
+                await row.lock.acquire()
+            locked = True
+        except TimeoutError:
+            locked = False  # someone holds it past every bound: end the worker anyway
+        try:
+            if row.worker.alive and row.worker.ready.done():
+                try:
+                    await row.worker.request(
+                        WorkerOp.TERMINATE,
+                        {},
+                        timeout=self.settings.terminate_timeout_s,
+                        request_id=request_id,
+                    )
+                except FramepipeError as exc:
+                    log.warning(
+                        "pipeline %s did not terminate cleanly (%s): killing it",
+                        row.pipeline_id,
+                        exc.message,
+                    )
+                    row.worker.kill()
+            else:
+                row.worker.signal_tree(signal.SIGTERM)
+            await row.worker.reap(self.settings.terminate_timeout_s)
+        finally:
+            self._table.pop(row.pipeline_id, None)
+            if locked:
+                row.lock.release()
+            log.info("pipeline %s ended (%s)", row.pipeline_id, reason)
+            self._pool_wakeup.set()
+
+    async def _discard_row(self, row: ManagedPipeline) -> None:
+        """Remove a row whose worker must not be reused (failed init): no process stays behind."""
+        row.state = RowState.TERMINATING
+        self._table.pop(row.pipeline_id, None)
+        if row.worker.alive:
+            row.worker.signal_tree(signal.SIGTERM)
+        await row.worker.reap(self.settings.terminate_timeout_s)
+        await asyncio.get_running_loop().run_in_executor(None, sweep_orphan_segments)
+
+    async def _fail_row(self, row: ManagedPipeline, reason: str) -> None:
+        """Kill a hung or dead worker, reap it, free its segments and drop its row."""
+        log.error("pipeline %s failed: %s", row.pipeline_id, reason)
+        row.state = RowState.TERMINATING
+        self._table.pop(row.pipeline_id, None)
+        row.worker.kill()
+        await row.worker.reap(1.0)
+        await asyncio.get_running_loop().run_in_executor(None, sweep_orphan_segments)
+        self._pool_wakeup.set()
+
+    # ---- RAM ---------------------------------------------------------------------------------
+
+    async def _measure_usage(self) -> MemoryUsage:
+        rows = list(self._table.values())
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self._measure_usage_sync, rows
+        )
+
+    def _measure_usage_sync(self, rows: list[ManagedPipeline]) -> MemoryUsage:
+        manager_pid = os.getpid()
+        workers_total = 0.0
+        owners = {manager_pid}
+        for row in rows:
+            sample = tree_unique_bytes(row.worker.pid) / MB
+            row.ram_samples_mb.append(sample)
+            workers_total += sample
+            owners |= tree_pids(row.worker.pid)
+        return MemoryUsage(
+            manager_mb=process_unique_bytes(manager_pid) / MB,
+            workers_mb=workers_total,
+            shared_segments_mb=shared_segments_bytes(owners) / MB,
+        )
+
+    async def _predict_ring_bytes(self, payload: dict[str, Any]) -> int:
+        video = payload.get("video_configuration") or {}
+        references = video.get("video_reference")
+        if not isinstance(references, list):
+            references = [references]
+        properties = video.get("video_source_properties") or {}
+        slots = int(payload.get("decoding_buffer_size") or DEFAULT_RING_SLOTS)
+        loop = asyncio.get_running_loop()
+        shapes = await loop.run_in_executor(
+            None, lambda: [_frame_size(ref, properties) for ref in references]
+        )
+        return ring_bytes(shapes, slots)
+
+    # ---- background loops --------------------------------------------------------------------
+
+    async def _pool_loop(self) -> None:
+        """Keep ``preloaded_processes`` idle workers started (one spawn at a time)."""
+        while True:
+            idle = sum(1 for r in self._table.values() if r.is_idle and not r.is_terminating)
+            if idle < self.settings.preloaded_processes and not self._closing:
+                try:
+                    await self._admit_idle_worker()
+                    row = await self._spawn_row(RowState.IDLE)
+                    await row.worker.wait_ready(self.settings.spawn_timeout_s)
+                    continue
+                except FramepipeError as exc:
+                    log.warning("could not start an idle worker: %s", exc.message)
+                except Exception:
+                    log.exception("could not start an idle worker")
+                await asyncio.sleep(5.0)
+                continue
+            self._pool_wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self._pool_wakeup.wait()
+
+    async def _admit_idle_worker(self) -> None:
+        usage = await self._measure_usage()
+        self.budget.admit(
+            usage=_plus_reserved(usage, self._reserved_mb),
+            worker_samples_mb=[r.ram_samples_mb for r in self._table.values()],
+            new_rings_bytes=0,
+        )
+
+    async def _health_loop(self) -> None:
+        """About once a second: reap dead workers, sample RAM, end finished pipelines."""
+        while True:
+            started = time.monotonic()
+            try:
+                await self._health_tick()
+            except Exception:
+                log.exception("health check failed")
+            await asyncio.sleep(
+                max(0.05, self.settings.health_interval_s - (time.monotonic() - started))
+            )
+
+    async def _health_tick(self) -> None:
+        reaped = False
+        for row in list(self._table.values()):
+            if (
+                row.state in (RowState.TERMINATING, RowState.STARTING)
+                or self._table.get(row.pipeline_id) is not row
+            ):
+                continue
+            if not row.worker.alive and (
+                row.worker.closed.is_set() or row.worker.process.exitcode is not None
+            ):
+                reason = (
+                    row.worker.exit_reason
+                    or f"worker exited with code {row.worker.process.exitcode}"
+                )
+                log.warning("pipeline %s: %s; removing it", row.pipeline_id, reason)
+                row.state = RowState.TERMINATING
+                self._table.pop(row.pipeline_id, None)
+                row.worker.kill()  # its decode processes, if any are left
+                await row.worker.reap(1.0)
+                reaped = True
+                continue
+            if (
+                row.state is RowState.RUNNING
+                and not row.health_check_running
+                and not row.lock.locked()
+            ):
+                row.health_check_running = True
+                self._spawn_background(self._check_finished(row), f"health-{row.pipeline_id}")
+        if reaped:
+            await asyncio.get_running_loop().run_in_executor(None, sweep_orphan_segments)
+            self._pool_wakeup.set()
+        await self._measure_usage()
+
+    async def _check_finished(self, row: ManagedPipeline) -> None:
+        """Auto-terminate a pipeline whose sources all ENDED or ERROR (never racing a terminate)."""
+        try:
+            if row.is_terminating or row.lock.locked():
+                return
+            async with row.lock:
+                if row.is_terminating or self._table.get(row.pipeline_id) is not row:
+                    return
+                try:
+                    health = await row.worker.request(
+                        WorkerOp.HEALTH, {}, timeout=self.settings.command_timeout_s
+                    )
+                except (WorkerTimeout, WorkerGone) as exc:
+                    await self._fail_row(row, exc.message)
+                    return
+                except FramepipeError:
+                    return
+            if health.get("finished") and not row.is_terminating:
+                await self._terminate_row(row, reason="all sources ended")
+        finally:
+            row.health_check_running = False
+
+
+def _plus_reserved(usage: MemoryUsage, reserved_mb: float) -> MemoryUsage:
+    """Usage with the predictions of pipelines being started right now counted as in use."""
+    return MemoryUsage(
+        manager_mb=usage.manager_mb,
+        workers_mb=usage.workers_mb + reserved_mb,
+        shared_segments_mb=usage.shared_segments_mb,
+    )
+
+
+def _not_found_message(pipeline_id: str) -> str:
+    return f"Could not find InferencePipeline with id={pipeline_id}."
+
+
+def _frame_size(reference: object, properties: dict[str, Any]) -> tuple[int, int]:
+    """The frame size of a source: from its properties, a quick probe of a local file, or 1080p."""
+    width, height = properties.get("frame_width"), properties.get("frame_height")
+    if (
+        isinstance(width, int | float)
+        and isinstance(height, int | float)
+        and width > 0
+        and height > 0
+    ):
+        return int(width), int(height)
+    if isinstance(reference, str) and Path(reference).is_file():
+        try:
+            import av  # lazily: only admission of a file source needs it
+
+            with av.open(reference, timeout=2.0) as container:
+                stream = container.streams.video[0]
+                if stream.width and stream.height:
+                    return int(stream.width), int(stream.height)
+        except Exception:
+            log.debug("could not probe %s for its frame size", reference, exc_info=True)
+    return DEFAULT_FRAME_SIZE
+
+
+def sweep_orphan_segments() -> list[str]:
+    """Remove ``fp-*`` segments and semaphores whose owner process is dead (data plane's sweep)."""
+    try:
+        from framepipe.core.shm import sweep_orphans
+    except ModuleNotFoundError:
+        return []
+    swept: list[str] = sweep_orphans()
+    return swept
+
+
+def remove_own_segments(owner_pid: int, shm_dir: Path = Path("/dev/shm")) -> list[str]:
+    """Unlink the segments named after ``owner_pid`` (the manager's own, at shutdown)."""
+    removed = []
+    for prefix in (f"fp-{owner_pid}-", f"sem.fp-{owner_pid}-"):
+        for path in shm_dir.glob(prefix + "*"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path.name)
+    return removed

@@ -1,0 +1,326 @@
+"""The pipeline worker: one child process per pipeline, driven by the manager over a pipe.
+
+A worker starts idle: it dies with the manager (PR_SET_PDEATHSIG), ignores SIGINT (a Ctrl-C
+reaches the whole process group; the manager decides how its workers end), imports everything
+heavy (numpy, OpenCV, PyAV, ONNX Runtime, the pipeline code) and reports ready. An ``init``
+command then builds a :class:`framepipe.core.pipeline.Pipeline` from the wire payload, with an
+:class:`InMemoryBufferSink` as its prediction sink, and starts it. Each command is answered with
+the request id it came with. SIGTERM ends the pipeline gracefully; so does ``terminate``; so
+does ``consumption_timeout`` when nobody consumed results for that long.
+
+This module is imported by the manager too (for :func:`worker_main`), so it imports nothing
+heavy at module level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+from framepipe.core.sinks import BufferedResult, InMemoryBufferSink, OnPrediction
+from framepipe.errors import InvalidPayloadError, OperationError
+from framepipe.server._messages import (
+    WorkerExiting,
+    WorkerFailure,
+    WorkerOp,
+    WorkerReady,
+    WorkerReply,
+    WorkerRequest,
+)
+
+log = logging.getLogger("framepipe.worker")
+
+PR_SET_PDEATHSIG = 1
+# How often the command loop wakes up to check timeouts when no command arrives.
+_POLL_INTERVAL_S = 0.1
+# Modules an idle worker imports up front, so that `init` pays none of it.
+WARM_MODULES = (
+    "numpy",
+    "cv2",
+    "av",
+    "onnxruntime",
+    "framepipe.core.shm",
+    "framepipe.core.ring",
+    "framepipe.core.queues",
+    "framepipe.core.pipeline",
+    "framepipe.core.processing",
+)
+DEFAULT_RESULTS_BUFFER_SIZE = 64
+
+
+class PipelineLike(Protocol):
+    """The part of :class:`framepipe.core.pipeline.Pipeline` the worker drives."""
+
+    def start(self) -> None: ...
+    def mute(self) -> None: ...
+    def resume(self) -> None: ...
+    def terminate(self) -> None: ...
+    def join(self, timeout: float | None = None) -> None: ...
+    def status(self) -> Any: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What the manager tells a worker when it spawns it."""
+
+    parent_pid: int
+    terminate_timeout_s: float = 10.0
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies; exit if it already has."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def warm_imports() -> list[str]:
+    """Import the heavy modules now; returns those that are not available in this build."""
+    missing = []
+    for name in WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and not name.startswith(exc.name) and exc.name != name:
+                raise  # a dependency of an available module is missing: a real error
+            missing.append(name)
+    return missing
+
+
+def worker_main(conn: Connection, options: WorkerOptions) -> None:
+    """Entry point of the worker process (a ``spawn`` context target)."""
+    die_with_parent(options.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signo, _frame: stop.set())
+    started = time.perf_counter()
+    missing = warm_imports()
+    if missing:
+        log.info("worker %d: not available in this build: %s", os.getpid(), ", ".join(missing))
+    runner = PipelineRunner(options)
+    try:
+        conn.send(WorkerReady(pid=os.getpid(), warmup_s=time.perf_counter() - started))
+        while not stop.is_set() and not runner.done:
+            expired = runner.check_consumption_timeout()
+            if expired is not None:
+                conn.send(WorkerExiting(reason=expired))
+                break
+            if not conn.poll(_POLL_INTERVAL_S):
+                continue
+            try:
+                message = conn.recv()
+            except EOFError:
+                break  # the manager closed its end: nothing more will come
+            conn.send(runner.handle(message))
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        pass  # the manager is gone; PR_SET_PDEATHSIG would end us anyway
+    finally:
+        runner.close()
+        with contextlib.suppress(OSError):
+            conn.close()
+
+
+class PipelineRunner:
+    """Owns the worker's one pipeline and its result sink; executes manager commands."""
+
+    def __init__(self, options: WorkerOptions) -> None:
+        self._options = options
+        self._pipeline: PipelineLike | None = None
+        self._sink: InMemoryBufferSink | None = None
+        self._consumption_timeout_s: float | None = None
+        self._last_consumed = time.monotonic()
+        self.done = False
+
+    def handle(self, message: object) -> WorkerReply:
+        if not isinstance(message, WorkerRequest):
+            return WorkerReply(
+                request_id="",
+                failure=WorkerFailure.from_exception(
+                    InvalidPayloadError(f"worker received an unexpected {type(message).__name__}")
+                ),
+            )
+        try:
+            body = self._dispatch(message)
+        except Exception as exc:  # every failure becomes a reply; the worker keeps serving
+            log.debug("command %s failed", message.op.value, exc_info=True)
+            return WorkerReply(message.request_id, failure=WorkerFailure.from_exception(exc))
+        return WorkerReply(message.request_id, body=body)
+
+    def _dispatch(self, request: WorkerRequest) -> dict[str, Any]:
+        op = request.op
+        if op is WorkerOp.INIT:
+            self._initialise(request.payload)
+            return {}
+        if op is WorkerOp.HEALTH:
+            return {"running": self._pipeline is not None, "finished": self._finished()}
+        if op is WorkerOp.TERMINATE:
+            self.close()
+            return {}
+        pipeline = self._require_pipeline(op)
+        if op is WorkerOp.STATUS:
+            return {"report": _report_to_wire(pipeline.status())}
+        if op is WorkerOp.MUTE:
+            pipeline.mute()
+            return {}
+        if op is WorkerOp.RESUME:
+            pipeline.resume()
+            return {}
+        if op is WorkerOp.CONSUME:
+            return self._consume(request.payload)
+        raise InvalidPayloadError(f"unknown worker command {op!r}")
+
+    def _require_pipeline(self, op: WorkerOp) -> PipelineLike:
+        if self._pipeline is None:
+            raise OperationError(f"cannot {op.value}: this worker runs no pipeline")
+        return self._pipeline
+
+    def _initialise(self, payload: dict[str, Any]) -> None:
+        if self._pipeline is not None:
+            raise OperationError("this worker already runs a pipeline")
+        sink = InMemoryBufferSink(_results_buffer_size(payload))
+        pipeline = build_pipeline(payload, on_prediction=sink.on_prediction)
+        try:
+            pipeline.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                pipeline.terminate()
+                pipeline.join(self._options.terminate_timeout_s)
+            raise
+        self._pipeline, self._sink = pipeline, sink
+        timeout = payload.get("consumption_timeout")
+        self._consumption_timeout_s = float(timeout) if timeout is not None else None
+        self._last_consumed = time.monotonic()
+
+    def _consume(self, payload: dict[str, Any]) -> dict[str, Any]:
+        assert self._sink is not None
+        self._last_consumed = time.monotonic()
+        excluded = payload.get("excluded_fields") or []
+        max_entries = payload.get("max_entries")
+        entries = self._sink.consume(excluded, max_entries=max_entries or 1)
+        return consume_body(entries, multi=max_entries is not None)
+
+    def _finished(self) -> bool:
+        return self._pipeline is not None and bool(self._pipeline.finished)
+
+    def check_consumption_timeout(self) -> str | None:
+        """End the pipeline if nobody consumed for ``consumption_timeout``; returns why, or None."""
+        timeout = self._consumption_timeout_s
+        if self._pipeline is None or timeout is None:
+            return None
+        idle = time.monotonic() - self._last_consumed
+        if idle < timeout:
+            return None
+        self.close()
+        return f"no result consumed for {idle:.1f} s (consumption_timeout={timeout:g} s)"
+
+    def close(self) -> None:
+        """Terminate and join the pipeline (idempotent); the worker then exits."""
+        pipeline, self._pipeline = self._pipeline, None
+        self.done = True
+        if pipeline is None:
+            return
+        try:
+            pipeline.terminate()
+            pipeline.join(self._options.terminate_timeout_s)
+        except Exception:
+            log.exception("terminating the pipeline failed")
+
+
+def consume_body(entries: Sequence[BufferedResult], *, multi: bool) -> dict[str, Any]:
+    """The ``consume_result`` success body.
+
+    Without ``max_entries`` (the reference's behaviour) it holds the one popped entry, or empty
+    lists. With it, ``outputs``/``frames_metadata`` hold the first entry as before and
+    ``entries`` holds every popped entry in order.
+    """
+    first = entries[0] if entries else None
+    body: dict[str, Any] = {
+        "outputs": first.outputs if first else [],
+        "frames_metadata": first.frames_metadata if first else [],
+    }
+    if multi:
+        body["entries"] = [
+            {"outputs": entry.outputs, "frames_metadata": entry.frames_metadata}
+            for entry in entries
+        ]
+    return body
+
+
+def _results_buffer_size(payload: dict[str, Any]) -> int:
+    sink = payload.get("sink_configuration") or {}
+    size = sink.get("results_buffer_size", DEFAULT_RESULTS_BUFFER_SIZE)
+    if not isinstance(size, int) or size < 1:
+        raise InvalidPayloadError(
+            f"sink_configuration.results_buffer_size must be a positive integer, got {size!r}"
+        )
+    return size
+
+
+def build_pipeline(payload: dict[str, Any], on_prediction: OnPrediction) -> PipelineLike:
+    """A :class:`Pipeline` from an ``init`` payload (the wire dict, already validated)."""
+    from framepipe.core.pipeline import Pipeline
+
+    video = payload.get("video_configuration")
+    if not isinstance(video, dict) or "video_reference" not in video:
+        raise InvalidPayloadError("video_configuration.video_reference is required")
+    kwargs: dict[str, Any] = {
+        "processor": build_processor(payload.get("processing_configuration")),
+        "on_prediction": on_prediction,
+    }
+    for name in (
+        "max_fps",
+        "source_buffer_filling_strategy",
+        "source_buffer_consumption_strategy",
+        "video_source_properties",
+        "batch_collection_timeout",
+    ):
+        if video.get(name) is not None:
+            kwargs[name] = video[name]
+    if payload.get("decoding_buffer_size") is not None:
+        kwargs["decoding_buffer_size"] = payload["decoding_buffer_size"]
+    pipeline: PipelineLike = Pipeline(video["video_reference"], **kwargs)
+    return pipeline
+
+
+def build_processor(processing_configuration: dict[str, Any] | None) -> Any:
+    """The processor for a ``processing_configuration`` (None: passthrough, no model)."""
+    if processing_configuration is None:
+        return None
+    try:
+        processing = importlib.import_module("framepipe.core.processing")
+    except ModuleNotFoundError:
+        log.warning(
+            "framepipe.core.processing is not available: running the pipeline as passthrough"
+        )
+        return None
+    spec = processing.processing_spec_from_wire(processing_configuration)
+    processor = processing.build_processor(spec)
+    warmup = getattr(processor, "warmup", None)
+    if callable(warmup):
+        warmup()
+    return processor
+
+
+def _report_to_wire(report: Any) -> dict[str, Any]:
+    to_wire = getattr(report, "to_wire", None)
+    if callable(to_wire):
+        wire: dict[str, Any] = to_wire()
+        return wire
+    if isinstance(report, dict):
+        return report
+    raise TypeError(f"pipeline status() returned a {type(report).__name__} without to_wire()")
