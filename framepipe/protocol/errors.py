@@ -3,14 +3,23 @@
 One base, ``FramepipeError``, and one subclass per wire ``error_type`` so that a failure
 raised anywhere maps 1:1 onto the response a client sees, and a client turns a failure
 response back into the same exception class.
+
+How an error becomes a failure body (see :mod:`framepipe.protocol.envelope`):
+
+- ``error_class`` is the name of the error's class (or, on the client side, the class name
+  the server reported), ``error_message`` is ``message``;
+- ``public_error_message`` is sent only when a public message was given explicitly;
+- classes with ``describes_cause = False`` (``NotFoundError``) are described by their public
+  message alone, exactly as the reference describes an unknown pipeline id.
 """
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
+from typing import ClassVar
 
 
-class ErrorType(str, Enum):
+class ErrorType(StrEnum):
     """The ``error_type`` values of a failure response (as in the reference protocol)."""
 
     INTERNAL_ERROR = "internal_error"
@@ -21,14 +30,34 @@ class ErrorType(str, Enum):
 
 
 class FramepipeError(Exception):
-    """Base of every error framepipe raises on purpose."""
+    """Base of every error framepipe raises on purpose.
 
-    error_type: ErrorType = ErrorType.INTERNAL_ERROR
+    ``message`` is the full (private) description; ``public_message`` what may be shown to an
+    end user (defaults to ``message``). ``pipeline_id`` names the pipeline the error concerns
+    when the command did not (a failed ``init``). ``error_class`` defaults to the class name;
+    the client sets it to the class name the server reported. ``request_id`` is set by the
+    client from the failure response.
+    """
 
-    def __init__(self, message: str, public_message: str | None = None) -> None:
+    error_type: ClassVar[ErrorType] = ErrorType.INTERNAL_ERROR
+    describes_cause: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        message: str,
+        public_message: str | None = None,
+        *,
+        pipeline_id: str | None = None,
+        error_class: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.public_message = public_message if public_message is not None else message
+        self.explicit_public_message = public_message
+        self.pipeline_id = pipeline_id
+        self.error_class = error_class if error_class is not None else type(self).__name__
+        self.request_id = request_id
 
 
 class InternalError(FramepipeError):
@@ -41,6 +70,7 @@ class InvalidPayloadError(FramepipeError):
 
 class NotFoundError(FramepipeError):
     error_type = ErrorType.NOT_FOUND
+    describes_cause = False
 
 
 class OperationError(FramepipeError):
