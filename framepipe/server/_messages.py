@@ -38,17 +38,17 @@ class WorkerFailure:
     error_type: ErrorType
     error_class: str
     message: str
-    public_message: str
+    public_message: str | None
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> WorkerFailure:
         if isinstance(exc, FramepipeError):
-            return cls(exc.error_type, type(exc).__name__, exc.message, exc.public_message)
+            return cls(exc.error_type, exc.error_class, exc.message, exc.explicit_public_message)
         return cls(
             ErrorType.INTERNAL_ERROR,
             type(exc).__name__,
-            str(exc) or type(exc).__name__,
-            "The pipeline worker failed to execute the command.",
+            f"The pipeline worker failed: {type(exc).__name__}: {exc}",
+            None,
         )
 
 

@@ -35,7 +35,25 @@ from framepipe.core.budget import (
     tree_pids,
     tree_unique_bytes,
 )
-from framepipe.errors import FramepipeError, NotFoundError, OperationError
+from framepipe.errors import FramepipeError, InvalidPayloadError, NotFoundError, OperationError
+from framepipe.protocol.commands import (
+    Command,
+    ConsumeResultCommand,
+    InitCommand,
+    ListPipelinesCommand,
+    MuteCommand,
+    ResumeCommand,
+    StatusCommand,
+    TerminateCommand,
+    WebRTCCommand,
+)
+from framepipe.protocol.envelope import (
+    ConsumeResultBody,
+    ListPipelinesBody,
+    ResultEntry,
+    StatusBody,
+    SuccessBody,
+)
 from framepipe.server._messages import WorkerOp
 from framepipe.server.settings import ServerSettings
 from framepipe.server.workers import WorkerGone, WorkerHandle, WorkerTimeout
@@ -124,6 +142,43 @@ class StreamManager:
 
     # ---- the commands (called by the TCP front end) ------------------------------------------
 
+    async def handle(self, request_id: str, command: Command) -> SuccessBody:
+        """Execute one parsed command (the ``CommandHandler`` the TCP front end calls).
+
+        Returns the success body; failures are raised as FramepipeError subclasses, which the
+        front end turns into failure responses.
+        """
+        if isinstance(command, ListPipelinesCommand):
+            return ListPipelinesBody(pipelines=await self.list_pipelines())
+        if isinstance(command, InitCommand):
+            payload = command.payload.to_wire()
+            payload["processing_configuration"] = command.payload.raw_processing_configuration
+            return SuccessBody(pipeline_id=await self.initialise(payload, request_id))
+        if isinstance(command, WebRTCCommand):
+            raise OperationError(
+                "WebRTC pipelines are not available in this build of the stream manager."
+            )
+        if isinstance(command, StatusCommand):
+            body = await self.status(command.pipeline_id, request_id)
+            return StatusBody(pipeline_id=command.pipeline_id, report=body["report"])
+        if isinstance(command, MuteCommand):
+            await self.mute(command.pipeline_id, request_id)
+            return SuccessBody(pipeline_id=command.pipeline_id)
+        if isinstance(command, ResumeCommand):
+            await self.resume(command.pipeline_id, request_id)
+            return SuccessBody(pipeline_id=command.pipeline_id)
+        if isinstance(command, ConsumeResultCommand):
+            entries = await self.consume_result(
+                command.pipeline_id, command.excluded_fields, command.max_entries, request_id
+            )
+            return ConsumeResultBody.from_entries(
+                entries, multi=command.max_entries is not None, pipeline_id=command.pipeline_id
+            )
+        if isinstance(command, TerminateCommand):
+            await self.terminate(command.pipeline_id, request_id)
+            return SuccessBody(pipeline_id=command.pipeline_id)
+        raise InvalidPayloadError(f"Unsupported command {type(command).__name__}")
+
     async def list_pipelines(self) -> list[str]:
         return [row.pipeline_id for row in self._table.values() if row.state is RowState.RUNNING]
 
@@ -164,8 +219,10 @@ class StreamManager:
                     timeout=self.settings.init_timeout_s,
                     request_id=request_id,
                 )
-            except BaseException:
+            except BaseException as exc:
                 await self._discard_row(row)
+                if isinstance(exc, FramepipeError) and exc.pipeline_id is None:
+                    exc.pipeline_id = row.pipeline_id
                 raise
             row.state = RowState.RUNNING
             log.info(
@@ -194,11 +251,15 @@ class StreamManager:
         excluded_fields: Iterable[str] = (),
         max_entries: int | None = None,
         request_id: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> list[ResultEntry]:
         payload: dict[str, Any] = {"excluded_fields": list(excluded_fields)}
         if max_entries is not None:
             payload["max_entries"] = max_entries
-        return await self._command(pipeline_id, WorkerOp.CONSUME, payload, request_id)
+        body = await self._command(pipeline_id, WorkerOp.CONSUME, payload, request_id)
+        return [
+            ResultEntry(outputs=entry["outputs"], frames_metadata=entry["frames_metadata"])
+            for entry in body.get("entries", [])
+        ]
 
     async def terminate(self, pipeline_id: str, request_id: str | None = None) -> None:
         row = self._lookup(pipeline_id)

@@ -22,13 +22,16 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
-from framepipe.core.sinks import BufferedResult, InMemoryBufferSink, OnPrediction
+from pydantic import ValidationError
+
+from framepipe.core.sinks import InMemoryBufferSink, OnPrediction
 from framepipe.errors import InvalidPayloadError, OperationError
+from framepipe.protocol.commands import describe_validation_error
+from framepipe.protocol.payloads import InitialisePipelinePayload
 from framepipe.server._messages import (
     WorkerExiting,
     WorkerFailure,
@@ -55,7 +58,6 @@ WARM_MODULES = (
     "framepipe.core.pipeline",
     "framepipe.core.processing",
 )
-DEFAULT_RESULTS_BUFFER_SIZE = 64
 
 
 class PipelineLike(Protocol):
@@ -189,10 +191,11 @@ class PipelineRunner:
             raise OperationError(f"cannot {op.value}: this worker runs no pipeline")
         return self._pipeline
 
-    def _initialise(self, payload: dict[str, Any]) -> None:
+    def _initialise(self, wire_payload: dict[str, Any]) -> None:
         if self._pipeline is not None:
             raise OperationError("this worker already runs a pipeline")
-        sink = InMemoryBufferSink(_results_buffer_size(payload))
+        payload = parse_init_payload(wire_payload)
+        sink = InMemoryBufferSink(payload.sink_configuration.results_buffer_size)
         pipeline = build_pipeline(payload, on_prediction=sink.on_prediction)
         try:
             pipeline.start()
@@ -202,17 +205,20 @@ class PipelineRunner:
                 pipeline.join(self._options.terminate_timeout_s)
             raise
         self._pipeline, self._sink = pipeline, sink
-        timeout = payload.get("consumption_timeout")
-        self._consumption_timeout_s = float(timeout) if timeout is not None else None
+        self._consumption_timeout_s = payload.consumption_timeout
         self._last_consumed = time.monotonic()
 
     def _consume(self, payload: dict[str, Any]) -> dict[str, Any]:
         assert self._sink is not None
         self._last_consumed = time.monotonic()
         excluded = payload.get("excluded_fields") or []
-        max_entries = payload.get("max_entries")
-        entries = self._sink.consume(excluded, max_entries=max_entries or 1)
-        return consume_body(entries, multi=max_entries is not None)
+        entries = self._sink.consume(excluded, max_entries=payload.get("max_entries") or 1)
+        return {
+            "entries": [
+                {"outputs": entry.outputs, "frames_metadata": entry.frames_metadata}
+                for entry in entries
+            ]
+        }
 
     def _finished(self) -> bool:
         return self._pipeline is not None and bool(self._pipeline.finished)
@@ -241,66 +247,37 @@ class PipelineRunner:
             log.exception("terminating the pipeline failed")
 
 
-def consume_body(entries: Sequence[BufferedResult], *, multi: bool) -> dict[str, Any]:
-    """The ``consume_result`` success body.
-
-    Without ``max_entries`` (the reference's behaviour) it holds the one popped entry, or empty
-    lists. With it, ``outputs``/``frames_metadata`` hold the first entry as before and
-    ``entries`` holds every popped entry in order.
-    """
-    first = entries[0] if entries else None
-    body: dict[str, Any] = {
-        "outputs": first.outputs if first else [],
-        "frames_metadata": first.frames_metadata if first else [],
-    }
-    if multi:
-        body["entries"] = [
-            {"outputs": entry.outputs, "frames_metadata": entry.frames_metadata}
-            for entry in entries
-        ]
-    return body
-
-
-def _results_buffer_size(payload: dict[str, Any]) -> int:
-    sink = payload.get("sink_configuration") or {}
-    size = sink.get("results_buffer_size", DEFAULT_RESULTS_BUFFER_SIZE)
-    if not isinstance(size, int) or size < 1:
+def parse_init_payload(wire_payload: dict[str, Any]) -> InitialisePipelinePayload:
+    """The typed ``init`` payload (the manager validated it already; this keeps the worker honest)."""
+    try:
+        return InitialisePipelinePayload.model_validate(wire_payload)
+    except ValidationError as error:
         raise InvalidPayloadError(
-            f"sink_configuration.results_buffer_size must be a positive integer, got {size!r}"
-        )
-    return size
+            f"Invalid 'init' payload: {describe_validation_error(error)}"
+        ) from None
 
 
-def build_pipeline(payload: dict[str, Any], on_prediction: OnPrediction) -> PipelineLike:
-    """A :class:`Pipeline` from an ``init`` payload (the wire dict, already validated)."""
+def build_pipeline(payload: InitialisePipelinePayload, on_prediction: OnPrediction) -> PipelineLike:
+    """A :class:`Pipeline` from an ``init`` payload."""
     from framepipe.core.pipeline import Pipeline
 
-    video = payload.get("video_configuration")
-    if not isinstance(video, dict) or "video_reference" not in video:
-        raise InvalidPayloadError("video_configuration.video_reference is required")
+    video = payload.video_configuration
     kwargs: dict[str, Any] = {
-        "processor": build_processor(payload.get("processing_configuration")),
+        "processor": build_processor(payload.raw_processing_configuration),
         "on_prediction": on_prediction,
+        "max_fps": video.max_fps,
+        "source_buffer_filling_strategy": video.source_buffer_filling_strategy,
+        "source_buffer_consumption_strategy": video.source_buffer_consumption_strategy,
+        "video_source_properties": video.video_source_properties,
+        "batch_collection_timeout": video.batch_collection_timeout,
+        "decoding_buffer_size": payload.decoding_buffer_size,
     }
-    for name in (
-        "max_fps",
-        "source_buffer_filling_strategy",
-        "source_buffer_consumption_strategy",
-        "video_source_properties",
-        "batch_collection_timeout",
-    ):
-        if video.get(name) is not None:
-            kwargs[name] = video[name]
-    if payload.get("decoding_buffer_size") is not None:
-        kwargs["decoding_buffer_size"] = payload["decoding_buffer_size"]
-    pipeline: PipelineLike = Pipeline(video["video_reference"], **kwargs)
+    pipeline: PipelineLike = Pipeline(video.video_reference, **kwargs)
     return pipeline
 
 
-def build_processor(processing_configuration: dict[str, Any] | None) -> Any:
-    """The processor for a ``processing_configuration`` (None: passthrough, no model)."""
-    if processing_configuration is None:
-        return None
+def build_processor(processing_configuration: dict[str, Any]) -> Any:
+    """The processor for a ``processing_configuration`` wire dict (None: passthrough)."""
     try:
         processing = importlib.import_module("framepipe.core.processing")
     except ModuleNotFoundError:

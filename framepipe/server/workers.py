@@ -181,9 +181,9 @@ class WorkerHandle:
             self._pending.pop(request_id, None)
         if reply.failure is not None:
             failure = reply.failure
-            error = ERROR_CLASSES[failure.error_type](failure.message, failure.public_message)
-            error.error_class = failure.error_class  # type: ignore[attr-defined]
-            raise error
+            raise ERROR_CLASSES[failure.error_type](
+                failure.message, failure.public_message, error_class=failure.error_class
+            )
         return reply.body or {}
 
     # ---- ending ------------------------------------------------------------------------------

@@ -1,0 +1,141 @@
+"""The real manager over TCP: every command's error paths, start-up time, admission and limits.
+
+These need no running pipeline; tests with pipelines are in test_manager_pipelines.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.integration.manager_harness import ManagerProcess, running_manager, wait_for
+
+UNKNOWN = "00000000-0000-0000-0000-000000000000"
+NOT_FOUND_BODY = {
+    "status": "failure",
+    "error_type": "not_found",
+    "public_error_message": f"Could not find InferencePipeline with id={UNKNOWN}.",
+}
+
+
+def init_message(video: str = "/nonexistent.mp4", **extra: object) -> dict[str, object]:
+    message: dict[str, object] = {
+        "type": "init",
+        "video_configuration": {"type": "VideoConfiguration", "video_reference": video},
+        "processing_configuration": {"type": "ModelConfiguration", "model": "passthrough"},
+    }
+    message.update(extra)
+    return message
+
+
+def test_accepts_connections_within_a_second_of_launch() -> None:
+    manager = ManagerProcess()
+    try:
+        with socket.create_connection(("127.0.0.1", manager.port), timeout=5):
+            pass
+        accepted_after = time.monotonic() - manager.launched_at
+        assert manager.announced_at - manager.launched_at < 1.0, manager.output()
+        assert accepted_after < 1.5, f"first connection accepted {accepted_after:.2f} s after launch"
+        reply = manager.request({"type": "list_pipelines"})
+        assert reply["response"] == {"pipelines": [], "status": "success"}
+        assert reply["pipeline_id"] is None
+    finally:
+        assert manager.stop() == 0, manager.output()
+
+
+def test_every_pipeline_command_on_an_unknown_id_is_not_found() -> None:
+    with running_manager() as manager:
+        for command in ("status", "mute", "resume", "terminate"):
+            reply = manager.request({"type": command, "pipeline_id": UNKNOWN})
+            assert reply["response"] == NOT_FOUND_BODY, command
+            assert reply["pipeline_id"] == UNKNOWN
+        reply = manager.request({"type": "consume_result", "pipeline_id": UNKNOWN, "excluded_fields": []})
+        assert reply["response"] == NOT_FOUND_BODY
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"\x00\x00\x00\x09{not json", "JSON"),
+        (b"\x00\x00\x00\x07[1,2,3]", "JSON object"),
+        (b'\x00\x00\x00\x37{"pipeline_id": "00000000-0000-0000-0000-000000000000"}', "'type'"),
+        (b'\x00\x00\x00\x13{"type": "explode"}', "explode"),
+        (b'\x00\x00\x00\x12{"type": "status"}', "pipeline_id"),
+    ],
+)
+def test_malformed_requests_are_invalid_payload(raw: bytes, fragment: str) -> None:
+    with running_manager() as manager:
+        reply = manager.request(raw)
+        assert reply["response"]["status"] == "failure"
+        assert reply["response"]["error_type"] == "invalid_payload"
+        assert fragment in str(reply["response"])
+
+
+def test_init_without_video_configuration_names_the_field() -> None:
+    with running_manager() as manager:
+        message = init_message()
+        del message["video_configuration"]
+        reply = manager.request(message)
+        assert reply["response"]["error_type"] == "invalid_payload"
+        assert "video_configuration" in str(reply["response"])
+        assert manager.workers() == []
+
+
+def test_ram_budget_refusal_is_operation_error_with_the_numbers() -> None:
+    with running_manager({"STREAM_MANAGER_MAX_RAM_MB": "40"}) as manager:
+        reply = manager.request(init_message(decoding_buffer_size=4))
+        response = reply["response"]
+        assert response["error_type"] == "operation_error", response
+        message = response["error_message"]
+        assert "STREAM_MANAGER_MAX_RAM_MB=40.0 MB" in message
+        assert "In use:" in message and "predicted for the new pipeline" in message
+        assert manager.workers() == []
+        assert manager.request({"type": "list_pipelines"})["response"]["pipelines"] == []
+
+
+def test_shm_space_is_checked_before_admission() -> None:
+    with running_manager() as manager:
+        reply = manager.request(init_message(decoding_buffer_size=100_000))
+        response = reply["response"]
+        assert response["error_type"] == "operation_error", response
+        assert response["error_class"] == "ShmExhaustedError"
+        assert "/dev/shm" in response["error_message"]
+
+
+def test_token_is_required_when_configured() -> None:
+    with running_manager({"FRAMEPIPE_TOKEN": "s3cret"}) as manager:
+        reply = manager.request({"type": "list_pipelines"})
+        assert reply["response"]["error_type"] == "authorisation_error"
+        reply = manager.request({"type": "list_pipelines", "auth_token": "s3cret"})
+        assert reply["response"] == {"pipelines": [], "status": "success"}
+
+
+def test_idle_pool_is_kept_and_a_killed_idle_worker_is_replaced() -> None:
+    with running_manager({"STREAM_API_PRELOADED_PROCESSES": "2"}) as manager:
+        workers = wait_for(lambda: len(manager.workers()) == 2 and manager.workers(), 30, "2 idle workers")
+        assert manager.request({"type": "list_pipelines"})["response"]["pipelines"] == []
+        victim = workers[0]
+        victim.kill()
+        wait_for(
+            lambda: victim.pid not in {w.pid for w in manager.workers()} and len(manager.workers()) == 2,
+            30,
+            "the killed idle worker to be reaped and replaced",
+        )
+
+
+def test_fifty_concurrent_clients() -> None:
+    with running_manager() as manager:
+
+        def one(i: int) -> dict[str, object]:
+            if i % 2:
+                return manager.request({"type": "list_pipelines"})
+            return manager.request({"type": "status", "pipeline_id": UNKNOWN})
+
+        with ThreadPoolExecutor(50) as pool:
+            replies = list(pool.map(one, range(200)))
+        assert all(r["response"]["status"] == "success" for r in replies[1::2])
+        assert all(r["response"] == NOT_FOUND_BODY for r in replies[0::2])
+        assert len({r["request_id"] for r in replies}) == 200
