@@ -1,0 +1,126 @@
+"""What the async and sync clients share: request bytes and response interpretation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from framepipe.client.errors import ProtocolViolationError
+from framepipe.client.responses import (
+    CommandContext,
+    CommandResponse,
+    ConsumedEntry,
+    ConsumePipelineResponse,
+    InferencePipelineStatusResponse,
+    InitializeWebRTCPipelineResponse,
+    ListPipelinesResponse,
+)
+from framepipe.protocol.commands import AUTH_TOKEN_KEY, Command
+from framepipe.protocol.envelope import Envelope, parse_response
+from framepipe.protocol.errors import FramepipeError
+from framepipe.protocol.framing import decode_payload, encode_message
+
+DEFAULT_CLIENT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+"""Responses carry images; the client accepts larger frames than the server does."""
+READ_CHUNK = 256 * 1024
+
+
+def request_bytes(command: Command, auth_token: str | None) -> bytes:
+    """The frame for ``command``: the reference client's bytes (plus the token, when set)."""
+    wire = command.to_wire()
+    if auth_token is not None:
+        wire[AUTH_TOKEN_KEY] = auth_token
+    return encode_message(wire)
+
+
+def envelope_from_payload(payload: bytes) -> Envelope:
+    """The response in ``payload``; raises the failure's exception for a failure response."""
+    try:
+        envelope = parse_response(decode_payload(payload))
+    except FramepipeError as error:
+        raise ProtocolViolationError(
+            f"Malformed response from the stream manager: {error}"
+        ) from error
+    envelope.raise_for_failure()
+    return envelope
+
+
+def _context(envelope: Envelope) -> CommandContext:
+    return CommandContext(request_id=envelope.request_id, pipeline_id=envelope.pipeline_id)
+
+
+def _field(envelope: Envelope, name: str) -> Any:
+    try:
+        return envelope.response[name]
+    except KeyError:
+        raise ProtocolViolationError(f"Response has no field '{name}'") from None
+
+
+def _validated(model: type[Any], **fields: Any) -> Any:
+    try:
+        return model(**fields)
+    except ValidationError as error:
+        raise ProtocolViolationError(f"Unexpected response shape: {error}") from error
+
+
+def command_response(envelope: Envelope) -> CommandResponse:
+    return CommandResponse(status=str(_field(envelope, "status")), context=_context(envelope))
+
+
+def list_pipelines_response(envelope: Envelope) -> ListPipelinesResponse:
+    result: ListPipelinesResponse = _validated(
+        ListPipelinesResponse,
+        status=_field(envelope, "status"),
+        context=_context(envelope),
+        pipelines=_field(envelope, "pipelines"),
+    )
+    return result
+
+
+def status_response(envelope: Envelope) -> InferencePipelineStatusResponse:
+    result: InferencePipelineStatusResponse = _validated(
+        InferencePipelineStatusResponse,
+        status=_field(envelope, "status"),
+        context=_context(envelope),
+        report=_field(envelope, "report"),
+    )
+    return result
+
+
+def consume_response(envelope: Envelope) -> ConsumePipelineResponse:
+    outputs = _field(envelope, "outputs")
+    frames_metadata = _field(envelope, "frames_metadata")
+    raw_entries: list[Any] = []
+    if outputs or frames_metadata:
+        raw_entries.append({"outputs": outputs, "frames_metadata": frames_metadata})
+    extra = envelope.response.get("extra_entries")
+    if isinstance(extra, list):
+        raw_entries.extend(extra)
+    result: ConsumePipelineResponse = _validated(
+        ConsumePipelineResponse,
+        status=_field(envelope, "status"),
+        context=_context(envelope),
+        outputs=outputs,
+        frames_metadata=frames_metadata,
+        entries=[_entry(entry) for entry in raw_entries],
+    )
+    return result
+
+
+def _entry(raw: Any) -> ConsumedEntry:
+    if not isinstance(raw, dict):
+        raise ProtocolViolationError(f"Unexpected result entry: {type(raw).__name__}")
+    entry: ConsumedEntry = _validated(ConsumedEntry, **raw)
+    return entry
+
+
+def webrtc_response(envelope: Envelope) -> InitializeWebRTCPipelineResponse:
+    result: InitializeWebRTCPipelineResponse = _validated(
+        InitializeWebRTCPipelineResponse,
+        status=_field(envelope, "status"),
+        context=_context(envelope),
+        sdp=_field(envelope, "sdp"),
+        type=_field(envelope, "type"),
+    )
+    return result

@@ -1,0 +1,167 @@
+"""Blocking client: the same methods as :class:`~framepipe.client.aio.StreamManagerClient`,
+on plain sockets (no event loop per call)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from framepipe.client import _exchange
+from framepipe.client.errors import ConnectivityError, ProtocolViolationError
+from framepipe.client.responses import (
+    CommandResponse,
+    ConsumePipelineResponse,
+    InferencePipelineStatusResponse,
+    InitializeWebRTCPipelineResponse,
+    ListPipelinesResponse,
+)
+from framepipe.protocol.commands import (
+    Command,
+    ConsumeResultCommand,
+    InitCommand,
+    ListPipelinesCommand,
+    MuteCommand,
+    ResumeCommand,
+    StatusCommand,
+    TerminateCommand,
+    WebRTCCommand,
+)
+from framepipe.protocol.envelope import Envelope
+from framepipe.protocol.framing import FrameDecoder, FramingError
+from framepipe.protocol.payloads import InitialisePipelinePayload, InitialiseWebRTCPipelinePayload
+
+
+class SyncStreamManagerClient:
+    @classmethod
+    def init(
+        cls,
+        host: str,
+        port: int,
+        operations_timeout: float | None = None,
+        *,
+        connect_timeout: float | None = None,
+        auth_token: str | None = None,
+        max_message_size: int = _exchange.DEFAULT_CLIENT_MAX_MESSAGE_SIZE,
+    ) -> SyncStreamManagerClient:
+        return cls(
+            host=host,
+            port=port,
+            operations_timeout=operations_timeout,
+            connect_timeout=connect_timeout,
+            auth_token=auth_token,
+            max_message_size=max_message_size,
+        )
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        operations_timeout: float | None = None,
+        connect_timeout: float | None = None,
+        auth_token: str | None = None,
+        max_message_size: int = _exchange.DEFAULT_CLIENT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.operations_timeout = operations_timeout
+        self.connect_timeout = (
+            connect_timeout if connect_timeout is not None else operations_timeout
+        )
+        self.auth_token = auth_token
+        self.max_message_size = max_message_size
+
+    def list_pipelines(self) -> ListPipelinesResponse:
+        return _exchange.list_pipelines_response(self.send(ListPipelinesCommand()))
+
+    def initialise_pipeline(
+        self, initialisation_request: InitialisePipelinePayload
+    ) -> CommandResponse:
+        return _exchange.command_response(self.send(InitCommand(payload=initialisation_request)))
+
+    def initialise_webrtc_pipeline(
+        self, initialisation_request: InitialiseWebRTCPipelinePayload
+    ) -> InitializeWebRTCPipelineResponse:
+        return _exchange.webrtc_response(self.send(WebRTCCommand(payload=initialisation_request)))
+
+    def terminate_pipeline(self, pipeline_id: str) -> CommandResponse:
+        return _exchange.command_response(self.send(TerminateCommand(pipeline_id=pipeline_id)))
+
+    def pause_pipeline(self, pipeline_id: str) -> CommandResponse:
+        return _exchange.command_response(self.send(MuteCommand(pipeline_id=pipeline_id)))
+
+    mute_pipeline = pause_pipeline
+
+    def resume_pipeline(self, pipeline_id: str) -> CommandResponse:
+        return _exchange.command_response(self.send(ResumeCommand(pipeline_id=pipeline_id)))
+
+    def get_status(self, pipeline_id: str) -> InferencePipelineStatusResponse:
+        return _exchange.status_response(self.send(StatusCommand(pipeline_id=pipeline_id)))
+
+    def consume_pipeline_result(
+        self,
+        pipeline_id: str,
+        excluded_fields: list[str] | None = None,
+        max_entries: int | None = None,
+    ) -> ConsumePipelineResponse:
+        command = ConsumeResultCommand(
+            pipeline_id=pipeline_id,
+            excluded_fields=list(excluded_fields or []),
+            max_entries=max_entries,
+        )
+        return _exchange.consume_response(self.send(command))
+
+    def send(self, command: Command) -> Envelope:
+        payload = self.exchange(_exchange.request_bytes(command, self.auth_token))
+        return _exchange.envelope_from_payload(payload)
+
+    def exchange(self, request: bytes) -> bytes:
+        """Send raw request bytes on a new connection; the response payload (no header)."""
+        deadline = (
+            time.monotonic() + self.operations_timeout
+            if self.operations_timeout is not None
+            else None
+        )
+        try:
+            connect_timeout = _earliest(self.connect_timeout, deadline)
+            with socket.create_connection((self.host, self.port), timeout=connect_timeout) as sock:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.settimeout(_remaining(deadline))
+                sock.sendall(request)
+                decoder = FrameDecoder(self.max_message_size)
+                while True:
+                    sock.settimeout(_remaining(deadline))
+                    chunk = sock.recv(_exchange.READ_CHUNK)
+                    try:
+                        if not chunk:
+                            decoder.eof()
+                            raise ProtocolViolationError(
+                                "The stream manager closed the connection without answering"
+                            )
+                        messages = decoder.feed(chunk)
+                    except FramingError as error:
+                        raise ProtocolViolationError(
+                            f"Malformed response frame: {error}"
+                        ) from error
+                    if messages:
+                        return messages[0]
+        except OSError as error:  # includes socket.timeout / TimeoutError
+            raise ConnectivityError(
+                f"Could not communicate with the stream manager at {self.host}:{self.port}: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("operations_timeout elapsed")
+    return left
+
+
+def _earliest(timeout: float | None, deadline: float | None) -> float | None:
+    left = _remaining(deadline)
+    if timeout is None:
+        return left
+    return timeout if left is None else min(timeout, left)
