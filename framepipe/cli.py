@@ -40,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="framepipe", description="A stream manager for video inference.")
+    parser = argparse.ArgumentParser(
+        prog="framepipe", description="A stream manager for video inference."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -50,9 +52,13 @@ def _parser() -> argparse.ArgumentParser:
 
     pipelines = commands.add_parser("pipelines", help="talk to a running stream manager")
     pipelines.add_argument("--host", default=None, help="manager address (STREAM_MANAGER_HOST)")
-    pipelines.add_argument("--port", type=int, default=None, help="manager port (STREAM_MANAGER_PORT)")
+    pipelines.add_argument(
+        "--port", type=int, default=None, help="manager port (STREAM_MANAGER_PORT)"
+    )
     pipelines.add_argument("--timeout", type=float, default=30.0, help="seconds per operation")
-    pipelines.add_argument("--token", default=None, help="shared token, if the manager requires one")
+    pipelines.add_argument(
+        "--token", default=None, help="shared token, if the manager requires one"
+    )
     actions = pipelines.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="ids of the running pipelines").set_defaults(run=_pipelines)
     for name, text in (("status", "status report"), ("terminate", "end the pipeline")):
@@ -62,19 +68,27 @@ def _parser() -> argparse.ArgumentParser:
     consume = actions.add_parser("consume", help="pop results of a pipeline")
     consume.add_argument("pipeline_id")
     consume.add_argument("--exclude", action="append", default=[], help="output field to leave out")
-    consume.add_argument("--max-entries", type=int, default=None, help="pop up to this many results")
+    consume.add_argument(
+        "--max-entries", type=int, default=None, help="pop up to this many results"
+    )
     consume.set_defaults(run=_pipelines)
 
     run = commands.add_parser("run", help="run one pipeline locally and print its results")
     run.add_argument("video", help="file path, stream URL or camera index")
-    run.add_argument("--model", default="passthrough", help="registered model name (default: passthrough)")
+    run.add_argument(
+        "--model", default="passthrough", help="registered model name (default: passthrough)"
+    )
     run.add_argument("--max-fps", type=float, default=None, help="limit the processing rate")
     run.add_argument("--frames", type=int, default=None, help="stop after this many results")
     run.set_defaults(run=_run)
 
-    demo = commands.add_parser("demo", help="manager + pipeline on the sample video, results printed")
+    demo = commands.add_parser(
+        "demo", help="manager + pipeline on the sample video, results printed"
+    )
     demo.add_argument("--seconds", type=float, default=20.0, help="stop after this long at most")
-    demo.add_argument("--model", default=None, help="model to run (default: the bundled one if present)")
+    demo.add_argument(
+        "--model", default=None, help="model to run (default: the bundled one if present)"
+    )
     demo.set_defaults(run=_demo)
     return parser
 
@@ -101,7 +115,9 @@ def _pipelines(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else defaults.port
     from framepipe.client import FramepipeError, SyncStreamManagerClient
 
-    client = SyncStreamManagerClient(host=host, port=port, operations_timeout=args.timeout, token=args.token)
+    client = SyncStreamManagerClient(
+        host=host, port=port, operations_timeout=args.timeout, auth_token=args.token
+    )
     try:
         result: Any
         if args.action == "list":

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from framepipe.server.manager import StreamManager
 from framepipe.server.settings import ServerSettings
-from framepipe.server.tcp import TcpServer
+from framepipe.server.tcp import TcpFrontSettings, start_server
 
 log = logging.getLogger("framepipe.server")
 
@@ -30,16 +30,17 @@ async def serve(settings: ServerSettings, *, announce: Announce | None = None) -
     for signo in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signo, stop.set)
     manager = StreamManager(settings)
-    server = TcpServer(
+    front = await start_server(
         manager,
-        host=settings.host,
-        port=settings.port,
-        max_message_size=settings.max_message_bytes,
-        read_timeout=settings.read_timeout_s,
-        token=settings.token,
+        TcpFrontSettings(
+            host=settings.host,
+            port=settings.port,
+            max_message_size=settings.max_message_bytes,
+            read_timeout_s=settings.read_timeout_s,
+            auth_token=settings.token,
+        ),
     )
-    await server.start()
-    host, port = server.address
+    host, port = settings.host, front.port
     log.info("stream manager listening on %s:%d", host, port)
     if announce is not None:
         announce(host, port)
@@ -48,7 +49,7 @@ async def serve(settings: ServerSettings, *, announce: Announce | None = None) -
         await stop.wait()
         log.info("shutting down: terminating %d pipelines", len(await manager.list_pipelines()))
     finally:
-        await server.close()
+        await front.close()
         await manager.close()
         for signo in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):

@@ -95,10 +95,17 @@ class ManagerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
+        self._close_output()
+        return code
+
+    def _close_output(self) -> None:
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
     def kill(self) -> None:
         for child in self.tree():
@@ -106,6 +113,7 @@ class ManagerProcess:
                 child.kill()
         self.proc.kill()
         self.proc.wait(10)
+        self._close_output()
 
     def request(self, message: dict[str, Any] | bytes, timeout: float = 30.0) -> dict[str, Any]:
         return wire_request(self.port, message, timeout)
