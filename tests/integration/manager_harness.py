@@ -130,7 +130,9 @@ def running_manager(env: Mapping[str, str] | None = None) -> Iterator[ManagerPro
             assert code == 0, f"manager exited with {code}:\n{manager.output()}"
 
 
-def wire_request(port: int, message: dict[str, Any] | bytes, timeout: float = 30.0) -> dict[str, Any]:
+def wire_request(
+    port: int, message: dict[str, Any] | bytes, timeout: float = 30.0
+) -> dict[str, Any]:
     data = message if isinstance(message, bytes) else encode_message(message)
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
@@ -150,7 +152,9 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> Any:
+def wait_for(
+    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

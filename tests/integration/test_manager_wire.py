@@ -38,7 +38,9 @@ def test_accepts_connections_within_a_second_of_launch() -> None:
             pass
         accepted_after = time.monotonic() - manager.launched_at
         assert manager.announced_at - manager.launched_at < 1.0, manager.output()
-        assert accepted_after < 1.5, f"first connection accepted {accepted_after:.2f} s after launch"
+        assert accepted_after < 1.5, (
+            f"first connection accepted {accepted_after:.2f} s after launch"
+        )
         reply = manager.request({"type": "list_pipelines"})
         assert reply["response"] == {"pipelines": [], "status": "success"}
         assert reply["pipeline_id"] is None
@@ -52,7 +54,9 @@ def test_every_pipeline_command_on_an_unknown_id_is_not_found() -> None:
             reply = manager.request({"type": command, "pipeline_id": UNKNOWN})
             assert reply["response"] == NOT_FOUND_BODY, command
             assert reply["pipeline_id"] == UNKNOWN
-        reply = manager.request({"type": "consume_result", "pipeline_id": UNKNOWN, "excluded_fields": []})
+        reply = manager.request(
+            {"type": "consume_result", "pipeline_id": UNKNOWN, "excluded_fields": []}
+        )
         assert reply["response"] == NOT_FOUND_BODY
 
 
@@ -115,12 +119,16 @@ def test_token_is_required_when_configured() -> None:
 
 def test_idle_pool_is_kept_and_a_killed_idle_worker_is_replaced() -> None:
     with running_manager({"STREAM_API_PRELOADED_PROCESSES": "2"}) as manager:
-        workers = wait_for(lambda: len(manager.workers()) == 2 and manager.workers(), 30, "2 idle workers")
+        workers = wait_for(
+            lambda: len(manager.workers()) == 2 and manager.workers(), 30, "2 idle workers"
+        )
         assert manager.request({"type": "list_pipelines"})["response"]["pipelines"] == []
         victim = workers[0]
         victim.kill()
         wait_for(
-            lambda: victim.pid not in {w.pid for w in manager.workers()} and len(manager.workers()) == 2,
+            lambda: (
+                victim.pid not in {w.pid for w in manager.workers()} and len(manager.workers()) == 2
+            ),
             30,
             "the killed idle worker to be reaped and replaced",
         )

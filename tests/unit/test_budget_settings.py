@@ -39,7 +39,9 @@ def test_admits_within_budget_and_reused_worker_counts_growth_only(tmp_path: Pat
         usage=usage, worker_samples_mb=[[300.0]], new_rings_bytes=0, reused_worker_mb=100.0
     )
     assert admission.predicted_mb == pytest.approx(200.0)
-    assert RamBudget(None, shm_dir=tmp_path).admit(usage=usage, worker_samples_mb=[], new_rings_bytes=0)
+    assert RamBudget(None, shm_dir=tmp_path).admit(
+        usage=usage, worker_samples_mb=[], new_rings_bytes=0
+    )
 
 
 def test_shm_space_is_checked(tmp_path: Path) -> None:
@@ -76,13 +78,21 @@ def test_settings_from_env() -> None:
         }
     )
     assert (settings.host, settings.port, settings.max_ram_mb) == ("127.0.0.1", 7171, 2048.0)
-    assert (settings.preloaded_processes, settings.ram_usage_queue_size, settings.token) == (2, 5, None)
+    assert (settings.preloaded_processes, settings.ram_usage_queue_size, settings.token) == (
+        2,
+        5,
+        None,
+    )
     assert ServerSettings.from_env({}).port == 7070
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("STREAM_MANAGER_PORT", "x"), ("STREAM_MANAGER_PORT", "70000"), ("STREAM_MANAGER_MAX_RAM_MB", "-1")],
+    [
+        ("STREAM_MANAGER_PORT", "x"),
+        ("STREAM_MANAGER_PORT", "70000"),
+        ("STREAM_MANAGER_MAX_RAM_MB", "-1"),
+    ],
 )
 def test_bad_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):

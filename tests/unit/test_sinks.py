@@ -20,7 +20,9 @@ class Meta:
 
 
 def meta(i: int, source: int | None = 0) -> Meta:
-    return Meta(frame_id=i, frame_timestamp=datetime(2026, 11, 25, 11, 37, 36, 233016), source_id=source)
+    return Meta(
+        frame_id=i, frame_timestamp=datetime(2026, 11, 25, 11, 37, 36, 233016), source_id=source
+    )
 
 
 def test_consume_pops_one_entry_per_call_oldest_first() -> None:
@@ -56,7 +58,9 @@ def test_excluded_fields_and_missing_sources() -> None:
 
 def test_numpy_values_become_json() -> None:
     sink = InMemoryBufferSink(1)
-    sink.on_prediction([{"boxes": np.array([[1.5, 2.0]], dtype=np.float32), "n": np.int64(3)}], [meta(1)])
+    sink.on_prediction(
+        [{"boxes": np.array([[1.5, 2.0]], dtype=np.float32), "n": np.int64(3)}], [meta(1)]
+    )
     (entry,) = sink.consume()
     assert entry.outputs == [{"boxes": [[1.5, 2.0]], "n": 3}]
 
