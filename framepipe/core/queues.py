@@ -1,0 +1,753 @@
+"""Descriptor queues, fan-out with backpressure, and leasing consumers over a FrameRing.
+
+Public API (stable; other modules code against it)::
+
+    Backpressure: WAIT | DROP_OLDEST | DROP_LATEST | ADAPTIVE_DROP_OLDEST | ADAPTIVE_DROP_LATEST
+
+    DescriptorQueue.create(capacity: int, tag: str = "q") -> DescriptorQueue   # standalone SPSC
+    DescriptorQueue.attach(name: str) -> DescriptorQueue
+        .name, .capacity, .try_put(d) -> bool, .put(d, timeout=None) -> bool,
+        .try_get() -> FrameDescriptor | None, .get(timeout=None) -> FrameDescriptor | None,
+        .qsize(), .empty(), .full(), .close(), .unlink(), context manager
+
+    FrameProducer(ring: FrameRing, strategy: Backpressure = Backpressure.WAIT)
+        .acquire(timeout: float | None = None) -> int | None      # free slot index or None
+        .writable(slot) -> np.ndarray                             # write the frame here
+        .publish(slot, *, frame_id: int, source_id: int = 0, pts: int = 0,
+                 capture_ns: int | None = None, timeout: float | None = None) -> FrameDescriptor
+        .abandon(slot) -> None
+        .send(frame: np.ndarray, *, frame_id, source_id=0, pts=0, capture_ns=None,
+              timeout=None) -> FrameDescriptor | None             # acquire + copy + publish
+        .reap() -> int                                            # reclaim dead/leaving consumers
+        .statistics() -> ProducerStatistics
+        .close()                                                  # end of stream; idempotent
+
+    FrameConsumer(ring: FrameRing | str, *, eager: bool = False)
+        .index -> int, .ring -> FrameRing
+        .lease(timeout: float | None = None) -> Lease | None       # None: timeout or stream over
+        .release(lease) -> None, .release_all() -> int
+        .finished -> bool                                          # producer closed and drained
+        .statistics() -> ConsumerStatistics
+        .close()                                                   # releases, unregisters
+    Lease: .descriptor, .array (read-only view, no copy), .slot, .frame_id, .release(),
+           context manager (releases on exit)
+
+    ProducerStatistics, ConsumerDeliveryStatistics, ConsumerStatistics   (frozen dataclasses)
+
+How a frame moves: the producer acquires a free slot (all lease bytes 0, even seq), writes the
+pixels in place, publishes (seq even again, header stamped), then for every ACTIVE consumer sets
+that consumer's lease byte and hands it the descriptor. The consumer reads the slot in place and
+releases (clears its byte). A slot is reused only when every byte is clear.
+
+Backpressure (what happens when a consumer is slower than the producer):
+
+* ``WAIT``: the producer blocks (GIL released, sleeping on a semaphore) until the consumer's
+  queue has room and until a slot is free; every frame reaches every consumer. ``timeout``
+  bounds the wait; a frame that could not be handed to a consumer in time is counted as
+  ``dropped_timeout`` for that consumer.
+* ``DROP_LATEST``: a consumer whose queue is full does not get the new frame
+  (``dropped_queue_full``); with no free slot, ``acquire`` returns None (``dropped_no_slot``).
+* ``DROP_OLDEST``: each consumer has a one-deep "latest" mailbox; the producer swaps the new
+  frame in atomically and, if the consumer never took the previous one, clears that lease
+  and counts it (``dropped_replaced``). The consumer always gets the freshest frame and the
+  producer never pops from a queue it does not consume (single-producer rules hold).
+* ``ADAPTIVE_DROP_OLDEST`` / ``ADAPTIVE_DROP_LATEST`` behave as their base strategy here;
+  the adaptive policy (when to start dropping) belongs to the sources layer.
+
+A consumer with ``eager=True`` drains its queue on each ``lease`` and keeps only the newest
+descriptor, releasing the older ones (counted as ``skipped``) - the EAGER consumption strategy.
+
+Dead consumers: the producer checks the pids of its consumers every ``reap_interval`` s and
+on every wait slice; a dead (or zombie) consumer's queue and mailbox are emptied and its
+leases released (``FrameRing.reclaim_consumer``), so the ring keeps flowing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from framepipe.core.ring import (
+    _C_DELIVERED,
+    _C_DROPPED,
+    _C_RECEIVED,
+    ConsumerState,
+    FrameDescriptor,
+    FrameRing,
+    StaleFrameError,
+)
+from framepipe.core.shm import Segment, pid_alive
+from framepipe.ext import _spsc
+from framepipe.protocol.errors import InvalidPayloadError, OperationError
+
+__all__ = [
+    "Backpressure",
+    "ConsumerDeliveryStatistics",
+    "ConsumerStatistics",
+    "DescriptorQueue",
+    "FrameConsumer",
+    "FrameProducer",
+    "Lease",
+    "ProducerStatistics",
+]
+
+_WAIT_SLICE_S = 0.05  # longest sleep before the producer re-checks consumer liveness
+_IDLE_SLICE_S = 0.5  # longest sleep before a consumer re-checks that the producer lives
+
+
+class Backpressure(StrEnum):
+    """Buffer filling strategies (names and values as in the reference protocol)."""
+
+    WAIT = "WAIT"
+    DROP_OLDEST = "DROP_OLDEST"
+    DROP_LATEST = "DROP_LATEST"
+    ADAPTIVE_DROP_OLDEST = "ADAPTIVE_DROP_OLDEST"
+    ADAPTIVE_DROP_LATEST = "ADAPTIVE_DROP_LATEST"
+
+    @classmethod
+    def parse(cls, value: str | Backpressure) -> Backpressure:
+        try:
+            return cls(value.upper() if isinstance(value, str) else value)
+        except ValueError:
+            raise InvalidPayloadError(
+                f"unknown buffer filling strategy {value!r}; "
+                f"expected one of {', '.join(m.value for m in cls)}"
+            ) from None
+
+    @property
+    def base(self) -> Backpressure:
+        """The strategy the data plane applies (ADAPTIVE_* act as their base here)."""
+        if self is Backpressure.ADAPTIVE_DROP_OLDEST:
+            return Backpressure.DROP_OLDEST
+        if self is Backpressure.ADAPTIVE_DROP_LATEST:
+            return Backpressure.DROP_LATEST
+        return self
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + max(0.0, timeout)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+# -- statistics ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerDeliveryStatistics:
+    """What the producer did for one consumer."""
+
+    index: int
+    pid: int
+    delivered: int
+    dropped: int
+    queued: int  # descriptors waiting in its queue (+1 if its mailbox is full)
+    leases: int  # slots it holds now
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerStatistics:
+    strategy: Backpressure
+    published: int  # frames published into the ring
+    delivered: int  # descriptors handed to consumers (sum over consumers)
+    dropped_queue_full: int  # DROP_LATEST: not given to a consumer whose queue was full
+    dropped_replaced: int  # DROP_OLDEST: replaced in the mailbox before the consumer took it
+    dropped_no_slot: int  # DROP_*: no free slot, frame not produced (acquire returned None)
+    dropped_timeout: int  # WAIT: no room for a consumer within the timeout
+    wait_seconds: float  # time blocked waiting for room or a slot
+    consumers_reclaimed: int  # dead or leaving consumers whose entries were freed
+    leases_reclaimed: int  # leases released on their behalf
+    consumers: tuple[ConsumerDeliveryStatistics, ...]
+
+    @property
+    def dropped(self) -> int:
+        return (
+            self.dropped_queue_full
+            + self.dropped_replaced
+            + self.dropped_no_slot
+            + self.dropped_timeout
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerStatistics:
+    index: int
+    received: int  # descriptors taken from the queue / mailbox
+    released: int
+    skipped: int  # eager consumption: older frames released unread
+    stale: int  # descriptors whose slot had been reused (should stay 0)
+    dropped: int  # frames the producer dropped for this consumer
+    held: int  # leases held now
+
+
+# -- standalone descriptor queue -----------------------------------------------------------------
+
+_Q_MAGIC = b"FPQUEUE1"
+_Q_PRODUCER_FLAG = 64
+_Q_REGION = 128
+
+
+class DescriptorQueue:
+    """A standalone SPSC queue of FrameDescriptors in its own segment (one producer process,
+    one consumer process). Rings embed one such queue per consumer; use this one for other
+    descriptor streams."""
+
+    def __init__(self, segment: Segment, capacity: int, *, initialise: bool) -> None:
+        self.segment = segment
+        self.name = segment.name
+        self.capacity = capacity
+        self._closed = False
+        self._unlinked = False
+        self._view = _spsc.SharedView(segment.buf)
+        self._sems: list[_spsc.NamedSemaphore] = []
+        try:
+            csem = _spsc.NamedSemaphore(f"{self.name}-c", initialise)
+            self._sems.append(csem)
+            psem = _spsc.NamedSemaphore(f"{self.name}-p", initialise)
+            self._sems.append(psem)
+        except BaseException:
+            for sem in self._sems:
+                sem.close()
+                if initialise:
+                    _spsc.NamedSemaphore.unlink(sem.name)
+            self._view.release()
+            raise
+        self._cw = _spsc.Waker(self._view, _Q_REGION + 128, csem)
+        self._pw = _spsc.Waker(self._view, _Q_PRODUCER_FLAG, psem)
+        self._q = _spsc.SpscQueue(self._view, _Q_REGION, capacity, self._cw, self._pw, initialise)
+
+    @classmethod
+    def create(cls, capacity: int, tag: str = "q") -> DescriptorQueue:
+        size = _Q_REGION + int(_spsc.queue_region_size(capacity))
+        segment = Segment.create(size, tag)
+        try:
+            segment.buf[8:12] = capacity.to_bytes(4, "little")
+            queue = cls(segment, capacity, initialise=True)
+            segment.buf[0:8] = _Q_MAGIC
+            return queue
+        except BaseException:
+            segment.close()
+            segment.unlink()
+            raise
+
+    @classmethod
+    def attach(cls, name: str) -> DescriptorQueue:
+        segment = Segment.attach(name)
+        try:
+            if bytes(segment.buf[0:8]) != _Q_MAGIC:
+                raise OperationError(f"segment {name} is not a framepipe DescriptorQueue")
+            capacity = int.from_bytes(segment.buf[8:12], "little")
+            return cls(segment, capacity, initialise=False)
+        except BaseException:
+            segment.close()
+            raise
+
+    def try_put(self, d: FrameDescriptor) -> bool:
+        return bool(self._q.try_put(*d))
+
+    def put(self, d: FrameDescriptor, timeout: float | None = None) -> bool:
+        return bool(self._q.put(*d, timeout=timeout))
+
+    def try_get(self) -> FrameDescriptor | None:
+        t = self._q.try_get()
+        return None if t is None else FrameDescriptor(*t[:7])
+
+    def get(self, timeout: float | None = None) -> FrameDescriptor | None:
+        deadline = _deadline(timeout)
+        while True:
+            t = self._q.get(_remaining(deadline))
+            if t is not None:
+                return FrameDescriptor(*t[:7])
+            remaining = _remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                return None
+
+    def qsize(self) -> int:
+        return int(self._q.qsize())
+
+    def empty(self) -> bool:
+        return bool(self._q.empty())
+
+    def full(self) -> bool:
+        return bool(self._q.full())
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._q.close()
+        self._cw.close()
+        self._pw.close()
+        self._view.release()
+        for sem in self._sems:
+            sem.close()
+        self.segment.close()
+
+    def unlink(self) -> None:
+        if self._unlinked:
+            return
+        self._unlinked = True
+        self.segment.unlink()
+        for suffix in ("-c", "-p"):
+            with contextlib.suppress(OSError):
+                _spsc.NamedSemaphore.unlink(self.name + suffix)
+
+    def __enter__(self) -> DescriptorQueue:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+        if self.segment.owner:
+            self.unlink()
+
+
+# -- producer ------------------------------------------------------------------------------------
+
+
+class FrameProducer:
+    """The single writer of a FrameRing: fans every frame out to the ring's live consumers."""
+
+    def __init__(
+        self,
+        ring: FrameRing,
+        strategy: Backpressure | str = Backpressure.WAIT,
+        *,
+        reap_interval: float = 0.2,
+    ) -> None:
+        self.ring = ring
+        self.strategy = Backpressure.parse(strategy)
+        self._mode = self.strategy.base
+        self._reap_interval = reap_interval
+        self._next_reap = 0.0
+        self._closed = False
+        self._published = 0
+        self._delivered = 0
+        self._dropped_queue_full = 0
+        self._dropped_replaced = 0
+        self._dropped_no_slot = 0
+        self._dropped_timeout = 0
+        self._wait_ns = 0
+        self._consumers_reclaimed = 0
+        self._leases_reclaimed = 0
+        self._queues = ring._queues
+        self._view = ring._view
+        self._centry = [ring._centry(i) for i in range(ring.max_consumers)]
+        ring._set_producer(os.getpid())
+
+    # -- consumers ----------------------------------------------------------------------------
+
+    def reap(self) -> int:
+        """Reclaim consumers that left or died (their queues emptied, leases released)."""
+        self._next_reap = time.monotonic() + self._reap_interval
+        reclaimed = 0
+        ring = self.ring
+        for index in range(ring.max_consumers):
+            state = ring.consumer_state(index)
+            if state == ConsumerState.LEAVING or (
+                state == ConsumerState.ACTIVE and not pid_alive(ring.consumer_pid(index))
+            ):
+                self._leases_reclaimed += ring.reclaim_consumer(index)
+                self._consumers_reclaimed += 1
+                reclaimed += 1
+        return reclaimed
+
+    def _maybe_reap(self) -> None:
+        if time.monotonic() >= self._next_reap:
+            self.reap()
+
+    def _active(self) -> list[int]:
+        view = self._view
+        return [
+            i for i, off in enumerate(self._centry) if view.load_u32(off) == ConsumerState.ACTIVE
+        ]
+
+    def _bump(self, index: int, field: int) -> None:
+        off = self._centry[index] + field
+        self._view.store_u64(off, self._view.load_u64(off) + 1)
+
+    # -- producing ----------------------------------------------------------------------------
+
+    def acquire(self, timeout: float | None = None) -> int | None:
+        """A free slot to write into. Under WAIT, waits up to ``timeout`` (None = forever)
+        while reclaiming dead consumers; under the DROP strategies never waits: None means
+        the frame is dropped (counted as ``dropped_no_slot``)."""
+        ring = self.ring
+        slot = ring.try_acquire()
+        if slot is not None:
+            return slot
+        self.reap()
+        slot = ring.try_acquire()
+        if slot is not None:
+            return slot
+        if self._mode is not Backpressure.WAIT:
+            self._dropped_no_slot += 1
+            return None
+        deadline = _deadline(timeout)
+        started = time.monotonic_ns()
+        try:
+            while True:
+                remaining = _remaining(deadline)
+                if remaining is not None and remaining <= 0:
+                    return None
+                step = _WAIT_SLICE_S if remaining is None else min(remaining, _WAIT_SLICE_S)
+                slot = ring.acquire(step)
+                if slot is not None:
+                    return slot
+                self.reap()
+        finally:
+            self._wait_ns += time.monotonic_ns() - started
+
+    def writable(self, slot: int) -> NDArray[Any]:
+        return self.ring.writable(slot)
+
+    def abandon(self, slot: int) -> None:
+        self.ring.abandon(slot)
+
+    def publish(
+        self,
+        slot: int,
+        *,
+        frame_id: int,
+        source_id: int = 0,
+        pts: int = 0,
+        capture_ns: int | None = None,
+        timeout: float | None = None,
+    ) -> FrameDescriptor:
+        """Publish the frame written into ``slot`` and hand it to every live consumer under
+        the strategy. ``timeout`` bounds the total WAIT time for this frame."""
+        if self._closed:
+            raise OperationError(f"producer of ring {self.ring.name} is closed")
+        self._maybe_reap()
+        ring = self.ring
+        d = ring.publish(
+            slot, frame_id=frame_id, source_id=source_id, pts=pts, capture_ns=capture_ns
+        )
+        self._published += 1
+        mode = self._mode
+        for index in self._active():
+            queue = self._queues[index]
+            ring.grant(index, slot)
+            if mode is Backpressure.DROP_OLDEST:
+                old = queue.post_latest(slot, d.seq)
+                if old is not None:
+                    ring.release(index, old[0])
+                    self._dropped_replaced += 1
+                    self._bump(index, _C_DROPPED)
+                self._delivered += 1
+                self._bump(index, _C_DELIVERED)
+            elif queue.try_put(*d) or (
+                mode is Backpressure.WAIT and self._wait_put(index, d, timeout)
+            ):
+                self._delivered += 1
+                self._bump(index, _C_DELIVERED)
+            else:
+                # the consumer never saw it: taking the grant back is safe
+                ring.release(index, slot)
+                if ring.consumer_state(index) == ConsumerState.ACTIVE:
+                    if mode is Backpressure.WAIT:
+                        self._dropped_timeout += 1
+                    else:
+                        self._dropped_queue_full += 1
+                    self._bump(index, _C_DROPPED)
+        return d
+
+    def _wait_put(self, index: int, d: FrameDescriptor, timeout: float | None) -> bool:
+        """Block (GIL released) until consumer ``index`` has room; False on timeout or if
+        the consumer went away (it is reclaimed then)."""
+        queue = self._queues[index]
+        deadline = _deadline(timeout)
+        started = time.monotonic_ns()
+        try:
+            while True:
+                remaining = _remaining(deadline)
+                if remaining is not None and remaining <= 0:
+                    return False
+                step = _WAIT_SLICE_S if remaining is None else min(remaining, _WAIT_SLICE_S)
+                if queue.put(*d, timeout=step):
+                    return True
+                self.reap()
+                if self.ring.consumer_state(index) != ConsumerState.ACTIVE:
+                    return False
+        finally:
+            self._wait_ns += time.monotonic_ns() - started
+
+    def send(
+        self,
+        frame: NDArray[Any],
+        *,
+        frame_id: int,
+        source_id: int = 0,
+        pts: int = 0,
+        capture_ns: int | None = None,
+        timeout: float | None = None,
+    ) -> FrameDescriptor | None:
+        """Copy ``frame`` into a free slot and publish it (None: dropped, or WAIT timed out)."""
+        if frame.shape != self.ring.shape:
+            raise InvalidPayloadError(
+                f"frame shape {frame.shape} does not match ring shape {self.ring.shape}"
+            )
+        slot = self.acquire(timeout)
+        if slot is None:
+            return None
+        try:
+            np.copyto(self.ring.writable(slot), frame, casting="same_kind")
+        except BaseException:
+            self.ring.abandon(slot)
+            raise
+        return self.publish(
+            slot,
+            frame_id=frame_id,
+            source_id=source_id,
+            pts=pts,
+            capture_ns=capture_ns,
+            timeout=timeout,
+        )
+
+    # -- status -------------------------------------------------------------------------------
+
+    def statistics(self) -> ProducerStatistics:
+        ring = self.ring
+        per = []
+        for info in ring.consumers():
+            if info.state != ConsumerState.ACTIVE:
+                continue
+            queue = self._queues[info.index]
+            per.append(
+                ConsumerDeliveryStatistics(
+                    index=info.index,
+                    pid=info.pid,
+                    delivered=info.delivered,
+                    dropped=info.dropped,
+                    queued=int(queue.qsize()) + int(queue.has_mailbox()),
+                    leases=len(ring.leases_of(info.index)),
+                )
+            )
+        return ProducerStatistics(
+            strategy=self.strategy,
+            published=self._published,
+            delivered=self._delivered,
+            dropped_queue_full=self._dropped_queue_full,
+            dropped_replaced=self._dropped_replaced,
+            dropped_no_slot=self._dropped_no_slot,
+            dropped_timeout=self._dropped_timeout,
+            wait_seconds=self._wait_ns / 1e9,
+            consumers_reclaimed=self._consumers_reclaimed,
+            leases_reclaimed=self._leases_reclaimed,
+            consumers=tuple(per),
+        )
+
+    def close(self) -> None:
+        """End of stream: consumers drain what is queued, then ``lease`` returns None."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self.ring.closed:
+            self.ring._mark_producer_done()
+
+    def __enter__(self) -> FrameProducer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# -- consumer ------------------------------------------------------------------------------------
+
+
+class Lease:
+    """One consumer's hold on one published frame; the slot is not reused until released."""
+
+    __slots__ = ("_consumer", "array", "descriptor", "released")
+
+    def __init__(
+        self, consumer: FrameConsumer, descriptor: FrameDescriptor, array: NDArray[Any]
+    ) -> None:
+        self._consumer = consumer
+        self.descriptor = descriptor
+        self.array = array
+        self.released = False
+
+    @property
+    def slot(self) -> int:
+        return self.descriptor.slot
+
+    @property
+    def frame_id(self) -> int:
+        return self.descriptor.frame_id
+
+    def release(self) -> None:
+        """Give the slot back (idempotent). ``array`` must not be used afterwards."""
+        self._consumer.release(self)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else "held"
+        return f"<Lease slot={self.slot} frame_id={self.frame_id} {state}>"
+
+
+class FrameConsumer:
+    """One reader of a FrameRing (one per process and ring): leases frames in order."""
+
+    def __init__(self, ring: FrameRing | str, *, eager: bool = False) -> None:
+        self._owns_ring = isinstance(ring, str)
+        self.ring = FrameRing.attach(ring) if isinstance(ring, str) else ring
+        self.eager = eager
+        try:
+            self.index = self.ring.register_consumer()
+        except BaseException:
+            if self._owns_ring:
+                self.ring.close()
+            raise
+        self._queue = self.ring._queues[self.index]
+        self._view = self.ring._view
+        self._received_off = self.ring._centry(self.index) + _C_RECEIVED
+        self._held: dict[int, Lease] = {}
+        self._received = 0
+        self._released = 0
+        self._skipped = 0
+        self._stale = 0
+        self._closed = False
+
+    def _take(self, t: tuple[Any, ...]) -> Lease | None:
+        d = FrameDescriptor(*t[:7])
+        self._received += 1
+        self._view.store_u64(self._received_off, self._received)
+        if not self.ring.is_current(d):  # cannot happen while the lease byte is set
+            self._stale += 1
+            self.ring.release(self.index, d.slot)
+            return None
+        lease = Lease(self, d, self.ring._readonly[d.slot])
+        self._held[d.slot] = lease
+        return lease
+
+    def _next(self, timeout: float | None) -> tuple[Any, ...] | None:
+        t = self._queue.get(timeout)
+        if t is None or not self.eager:
+            return t
+        while True:  # EAGER: keep the newest, release the rest unread
+            newer = self._queue.try_get()
+            if newer is None:
+                return t
+            self._received += 1
+            self._skipped += 1
+            self.ring.release(self.index, t[0])
+            self._released += 1
+            t = newer
+
+    def lease(self, timeout: float | None = None) -> Lease | None:
+        """The next frame (eager: the newest one), waiting up to ``timeout`` s (None = until
+        one comes or the stream ends). None on timeout or when the producer is finished."""
+        if self._closed:
+            raise OperationError("consumer is closed")
+        deadline = _deadline(timeout)
+        while True:
+            remaining = _remaining(deadline)
+            step = _IDLE_SLICE_S if remaining is None else min(max(remaining, 0.0), _IDLE_SLICE_S)
+            t = self._next(step)
+            if t is not None:
+                lease = self._take(t)
+                if lease is not None:
+                    return lease
+                continue
+            if self.finished:
+                return None
+            remaining = _remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                return None
+
+    @property
+    def finished(self) -> bool:
+        """The producer closed (or died) and nothing is left for this consumer."""
+        ring = self.ring
+        if self._queue.qsize() or self._queue.has_mailbox():
+            return False
+        if ring.producer_done:
+            return True
+        pid = ring.producer_pid
+        return pid != 0 and not pid_alive(pid)
+
+    def release(self, lease: Lease) -> None:
+        if lease.released:
+            return
+        lease.released = True
+        self._held.pop(lease.slot, None)
+        if not self._closed:
+            self.ring.release(self.index, lease.slot)
+            self._released += 1
+
+    def release_all(self) -> int:
+        for lease in list(self._held.values()):
+            lease.released = True
+        self._held.clear()
+        n = self.ring.release_all(self.index)
+        self._released += n
+        return n
+
+    def statistics(self) -> ConsumerStatistics:
+        info = self.ring.consumer_info(self.index)
+        return ConsumerStatistics(
+            index=self.index,
+            received=self._received,
+            released=self._released,
+            skipped=self._skipped,
+            stale=self._stale,
+            dropped=info.dropped,
+            held=len(self._held),
+        )
+
+    def close(self) -> None:
+        """Release every lease and leave the ring (idempotent)."""
+        if self._closed:
+            return
+        if not self.ring.closed:
+            while self._queue.try_get() is not None:  # what was handed to us: give it back
+                pass
+            self.release_all()
+            self.ring.unregister_consumer(self.index)
+        self._closed = True
+        if self._owns_ring:
+            self.ring.close()
+
+    def __enter__(self) -> FrameConsumer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+__all__ += ["StaleFrameError"]
