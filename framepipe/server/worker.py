@@ -92,16 +92,30 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def warm_imports() -> list[str]:
-    """Import the heavy modules now; returns those that are not available in this build."""
+    """Import the heavy modules now; returns those that could not be imported, and why.
+
+    A module that fails here is not fatal: the worker stays usable for what does not need it,
+    and a command that does need it reports the import error itself.
+    """
     missing = []
     for name in WARM_MODULES:
         try:
             importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and not name.startswith(exc.name) and exc.name != name:
-                raise  # a dependency of an available module is missing: a real error
-            missing.append(name)
+        except ImportError as exc:
+            missing.append(f"{name} ({exc})")
     return missing
+
+
+def warm_decoders() -> None:
+    """Start the decode processes' forkserver now, so that `init` does not wait for it."""
+    try:
+        from framepipe.core.sources.launcher import warm_forkserver
+    except ImportError:
+        return
+    try:
+        warm_forkserver()
+    except Exception:
+        log.exception("could not start the decode forkserver ahead of time")
 
 
 def worker_main(conn: Connection, options: WorkerOptions) -> None:
@@ -112,6 +126,7 @@ def worker_main(conn: Connection, options: WorkerOptions) -> None:
     signal.signal(signal.SIGTERM, lambda _signo, _frame: stop.set())
     started = time.perf_counter()
     missing = warm_imports()
+    warm_decoders()
     if missing:
         log.info("worker %d: not available in this build: %s", os.getpid(), ", ".join(missing))
     runner = PipelineRunner(options)
