@@ -1,0 +1,364 @@
+"""Control-plane benchmark: a real manager process driven over TCP.
+
+Measures, in one run:
+
+* manager time-to-accept: launch → first accepted TCP connection, against the floor of a bare
+  interpreter that binds and listens (baseline);
+* idle worker unique memory (USS of the worker and its decode forkserver), against a bare
+  interpreter (baseline);
+* init → first consumable result on a 720p H.264 file, cold spawn (baseline) vs warm pool;
+* ``status`` round trip p50/p99 with 50 concurrent clients, with one hung (SIGSTOPped) worker
+  present, against the same load without the hung worker (baseline).
+
+``--json`` prints one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from framepipe.protocol.framing import encode_message  # noqa: E402
+
+_LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Manager:
+    def __init__(self, env: Mapping[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.launched = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "framepipe.cli", "serve", "--port", str(self.port)],
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def time_to_accept(self, timeout: float = 20.0) -> float:
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return time.perf_counter() - self.launched
+            except OSError:
+                time.sleep(0.002)
+        raise RuntimeError("manager did not accept connections")
+
+    def workers(self) -> list[psutil.Process]:
+        try:
+            children = psutil.Process(self.proc.pid).children()
+        except psutil.Error:
+            return []
+        return [c for c in children if "resource_tracker" not in " ".join(_cmdline(c))]
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
+def request(port: int, message: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(encode_message(message))
+        header = _recv(sock, 4)
+        document: dict[str, Any] = json.loads(_recv(sock, int.from_bytes(header, "big")))
+        return document
+
+
+def _recv(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return bytes(data)
+
+
+def uss_mb(pid: int, tree: bool) -> float:
+    proc = psutil.Process(pid)
+    procs = [proc, *proc.children(recursive=True)] if tree else [proc]
+    return sum(p.memory_full_info().uss for p in procs) / 2**20
+
+
+def init_message(video: Path) -> dict[str, Any]:
+    return {
+        "type": "init",
+        "video_configuration": {"type": "VideoConfiguration", "video_reference": str(video)},
+        "processing_configuration": {"type": "ModelConfiguration", "model": "passthrough"},
+        "sink_configuration": {"type": "MemorySinkConfiguration", "results_buffer_size": 64},
+        "decoding_buffer_size": 8,
+    }
+
+
+def init_to_first_result(port: int, video: Path) -> tuple[float, str]:
+    started = time.perf_counter()
+    reply = request(port, init_message(video))
+    if reply["response"]["status"] != "success":
+        raise RuntimeError(f"init failed: {reply['response']}")
+    pipeline_id = reply["pipeline_id"]
+    deadline = started + 30
+    while time.perf_counter() < deadline:
+        consumed = request(
+            port, {"type": "consume_result", "pipeline_id": pipeline_id, "excluded_fields": []}
+        )
+        if consumed["response"].get("outputs"):
+            return time.perf_counter() - started, pipeline_id
+        time.sleep(0.002)
+    raise RuntimeError("no result within 30 s")
+
+
+def wait_idle_ready(manager: Manager, count: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = manager.workers()
+        # ready: imports done and the decode forkserver running under it
+        if len(workers) >= count and all(w.children() for w in workers):
+            time.sleep(0.3)
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{count} idle workers not ready within {timeout} s")
+
+
+def bench_accept(runs: int) -> dict[str, float]:
+    samples = []
+    for _ in range(runs):
+        manager = Manager()
+        samples.append(manager.time_to_accept())
+        manager.stop()
+    baseline = []
+    for _ in range(runs):
+        port = free_port()
+        code = f"import socket,time;s=socket.socket();s.bind(('127.0.0.1',{port}));s.listen();time.sleep(5)"
+        launched = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", code])
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    baseline.append(time.perf_counter() - launched)
+                    break
+            except OSError:
+                time.sleep(0.002)
+        proc.kill()
+        proc.wait()
+    return {
+        "manager_accept_ms": 1000 * statistics.median(samples),
+        "manager_accept_ms_max": 1000 * max(samples),
+        "bare_python_accept_ms": 1000 * statistics.median(baseline),
+    }
+
+
+def bench_idle_memory() -> dict[str, float]:
+    manager = Manager({"STREAM_API_PRELOADED_PROCESSES": "1"})
+    try:
+        manager.time_to_accept()
+        wait_idle_ready(manager, 1)
+        time.sleep(1.0)
+        (worker,) = manager.workers()
+        result = {
+            "idle_worker_uss_mb": uss_mb(worker.pid, tree=True),
+            "idle_worker_process_only_uss_mb": uss_mb(worker.pid, tree=False),
+            "manager_uss_mb": uss_mb(manager.proc.pid, tree=False),
+        }
+    finally:
+        manager.stop()
+    bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    time.sleep(0.5)
+    result["bare_python_uss_mb"] = uss_mb(bare.pid, tree=False)
+    bare.kill()
+    bare.wait()
+    return result
+
+
+def bench_init(video: Path, runs: int) -> dict[str, Any]:
+    cold: list[float] = []
+    manager = Manager()
+    try:
+        manager.time_to_accept()
+        for _ in range(runs):
+            seconds, pipeline_id = init_to_first_result(manager.port, video)
+            cold.append(seconds)
+            request(manager.port, {"type": "terminate", "pipeline_id": pipeline_id})
+    finally:
+        manager.stop()
+    warm: list[float] = []
+    manager = Manager({"STREAM_API_PRELOADED_PROCESSES": "1"})
+    try:
+        manager.time_to_accept()
+        for _ in range(runs):
+            wait_idle_ready(manager, 1)
+            seconds, pipeline_id = init_to_first_result(manager.port, video)
+            warm.append(seconds)
+            request(manager.port, {"type": "terminate", "pipeline_id": pipeline_id})
+    finally:
+        manager.stop()
+    return {
+        "init_to_first_result_ms_cold": 1000 * statistics.median(cold),
+        "init_to_first_result_ms_warm": 1000 * statistics.median(warm),
+        "init_cold_samples_ms": [round(1000 * s, 1) for s in cold],
+        "init_warm_samples_ms": [round(1000 * s, 1) for s in warm],
+    }
+
+
+async def _status_load(port: int, pipeline_id: str, clients: int, per_client: int) -> list[float]:
+    message = encode_message({"type": "status", "pipeline_id": pipeline_id})
+    latencies: list[float] = []
+
+    async def one_client() -> None:
+        for _ in range(per_client):
+            began = time.perf_counter()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(message)
+            header = await reader.readexactly(4)
+            body = await reader.readexactly(int.from_bytes(header, "big"))
+            writer.close()
+            latencies.append(time.perf_counter() - began)
+            if b'"success"' not in body[:200]:
+                raise RuntimeError(body[:300])
+
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    return latencies
+
+
+def bench_status(video: Path, clients: int, per_client: int) -> dict[str, float]:
+    manager = Manager({"FRAMEPIPE_COMMAND_TIMEOUT": "120"})
+    hung_waiter: threading.Thread | None = None
+    try:
+        manager.time_to_accept()
+        _, healthy = init_to_first_result(manager.port, video)
+        baseline = asyncio.run(_status_load(manager.port, healthy, clients, per_client))
+        known = {w.pid for w in manager.workers()}
+        _, hung_id = init_to_first_result(manager.port, video)
+        (hung,) = [w for w in manager.workers() if w.pid not in known]
+        os.kill(hung.pid, signal.SIGSTOP)
+        # A request to the hung pipeline stays in flight during the whole measurement.
+        hung_waiter = threading.Thread(
+            target=lambda: request(
+                manager.port, {"type": "status", "pipeline_id": hung_id}, timeout=300
+            ),
+            daemon=True,
+        )
+        hung_waiter.start()
+        time.sleep(0.2)
+        loaded = asyncio.run(_status_load(manager.port, healthy, clients, per_client))
+        os.kill(hung.pid, signal.SIGCONT)
+    finally:
+        manager.stop()
+    if hung_waiter is not None:
+        hung_waiter.join(10)
+    return {
+        "status_rtt_p50_ms": 1000 * _percentile(loaded, 50),
+        "status_rtt_p99_ms": 1000 * _percentile(loaded, 99),
+        "status_rtt_p50_ms_no_hung_worker": 1000 * _percentile(baseline, 50),
+        "status_rtt_p99_ms_no_hung_worker": 1000 * _percentile(baseline, 99),
+        "status_requests": float(len(loaded)),
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object as the last line"
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--per-client", type=int, default=20)
+    args = parser.parse_args()
+
+    from framepipe.testing.media import make_test_video
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-control-") as scratch:
+        video = make_test_video(
+            Path(scratch) / "720p.mp4", frames=300, width=1280, height=720, fps=30.0
+        ).path
+        results.update(bench_accept(args.runs))
+        results.update(bench_idle_memory())
+        results.update(bench_init(video, args.runs))
+        results.update(bench_status(video, args.clients, args.per_client))
+
+    rows = [
+        ("manager time-to-accept (ms)", "manager_accept_ms", "bare_python_accept_ms", "< 1000"),
+        (
+            "idle worker USS, with forkserver (MB)",
+            "idle_worker_uss_mb",
+            "bare_python_uss_mb",
+            "< 150",
+        ),
+        (
+            "init -> first result, warm pool (ms)",
+            "init_to_first_result_ms_warm",
+            "init_to_first_result_ms_cold",
+            "< 500",
+        ),
+        ("init -> first result, cold spawn (ms)", "init_to_first_result_ms_cold", None, "< 3000"),
+        (
+            "status p50, 50 clients + hung worker (ms)",
+            "status_rtt_p50_ms",
+            "status_rtt_p50_ms_no_hung_worker",
+            "",
+        ),
+        (
+            "status p99, 50 clients + hung worker (ms)",
+            "status_rtt_p99_ms",
+            "status_rtt_p99_ms_no_hung_worker",
+            "< 20",
+        ),
+    ]
+    print(f"{'metric':<44} {'framepipe':>10} {'baseline':>10}  target")
+    for label, key, base, target in rows:
+        baseline = f"{results[base]:>10.1f}" if base else f"{'-':>10}"
+        print(f"{label:<44} {results[key]:>10.1f} {baseline}  {target}")
+    print(
+        "baselines: bare interpreter (accept, USS); cold spawn (warm init); no hung worker (status)"
+    )
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
