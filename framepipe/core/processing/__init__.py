@@ -1,0 +1,82 @@
+"""Frames -> predictions: fused preprocessing, ONNX Runtime, postprocessing, model registry.
+
+Public surface::
+
+    spec = processing_spec_from_wire({"type": "ModelConfiguration", "model": "centerface"})
+    with build_processor(spec, registry) as processor:
+        outputs = processor.process(frames, frames_metadata)   # one dict | None per source
+"""
+
+from framepipe.core.processing.annotate import annotate
+from framepipe.core.processing.detections import Detections, detections_to_predictions
+from framepipe.core.processing.model import FrameResult, LoadedModel, Preprocessor
+from framepipe.core.processing.postprocess import (
+    Classification,
+    Thresholds,
+    YoloFormat,
+    classify_topk,
+    decode_centerface,
+    decode_yolo,
+    nms,
+)
+from framepipe.core.processing.processor import (
+    ModelProcessor,
+    PassthroughProcessor,
+    Processor,
+    WorkflowProcessor,
+    build_processor,
+)
+from framepipe.core.processing.registry import (
+    InputNormalisation,
+    ModelEntry,
+    ModelRegistry,
+    ModelTask,
+    ProcessingSettings,
+)
+from framepipe.core.processing.runner import OnnxRunner, resolve_providers
+from framepipe.core.processing.spec import (
+    ModelSpec,
+    ModelStep,
+    PassthroughSpec,
+    ProcessingSpec,
+    PropertyStep,
+    WorkflowOutput,
+    WorkflowSpec,
+    processing_spec_from_wire,
+)
+
+__all__ = [
+    "Classification",
+    "Detections",
+    "FrameResult",
+    "InputNormalisation",
+    "LoadedModel",
+    "ModelEntry",
+    "ModelProcessor",
+    "ModelRegistry",
+    "ModelSpec",
+    "ModelStep",
+    "ModelTask",
+    "OnnxRunner",
+    "PassthroughProcessor",
+    "PassthroughSpec",
+    "Preprocessor",
+    "ProcessingSettings",
+    "ProcessingSpec",
+    "Processor",
+    "PropertyStep",
+    "Thresholds",
+    "WorkflowOutput",
+    "WorkflowProcessor",
+    "WorkflowSpec",
+    "YoloFormat",
+    "annotate",
+    "build_processor",
+    "classify_topk",
+    "decode_centerface",
+    "decode_yolo",
+    "detections_to_predictions",
+    "nms",
+    "processing_spec_from_wire",
+    "resolve_providers",
+]

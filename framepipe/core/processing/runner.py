@@ -1,0 +1,201 @@
+"""ONNX Runtime session for one model: providers, threads, warm-up, IOBinding.
+
+Providers are tried in the order TensorRT -> CUDA -> CPU, keeping those that are requested
+and that this onnxruntime build offers. When a GPU provider cannot start (no driver, missing
+CUDA libraries, no device) the session falls back to the CPU provider and one warning says so.
+
+Threads are sized for many pipelines per machine: each session gets ``intra_op_threads``
+(default 1) and its pool threads do not spin while idle, so N pipelines on N cores do not
+steal each other's time.
+
+On the CPU provider, inputs are bound in place (no copy) and each output is bound to a
+buffer the runner owns and reuses for the same input shape, so a run allocates nothing;
+the returned arrays stay valid until the next :meth:`OnnxRunner.run`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from framepipe.protocol.errors import InternalError, InvalidPayloadError
+
+log = logging.getLogger(__name__)
+
+TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+PROVIDER_ORDER = (TENSORRT, CUDA, CPU)
+PROVIDER_ALIASES = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "gpu": CUDA, "cpu": CPU}
+DEFAULT_PROVIDERS = (CUDA, CPU)  # TensorRT builds engines for minutes: only when asked for
+
+_ONNX_DTYPES: dict[str, type[np.generic]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+}
+
+
+def resolve_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """Requested providers (aliases allowed) that are available, in TensorRT -> CUDA -> CPU
+    order; the CPU provider always closes the list."""
+    wanted: list[str] = []
+    for name in requested if requested is not None else DEFAULT_PROVIDERS:
+        full = PROVIDER_ALIASES.get(name.lower(), name)
+        if full not in PROVIDER_ORDER:
+            allowed = ", ".join(sorted(PROVIDER_ALIASES))
+            raise InvalidPayloadError(
+                f"providers: unknown execution provider {name!r} (one of: {allowed})"
+            )
+        wanted.append(full)
+    chosen = [p for p in PROVIDER_ORDER if p in wanted and p in available]
+    if CPU not in chosen:
+        chosen.append(CPU)
+    return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: type[np.generic]
+
+
+class OnnxRunner:
+    """One inference session. Not thread-safe: one runner per pipeline worker."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+    ) -> None:
+        self.path = path
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        chosen = resolve_providers(providers, ort.get_available_providers())
+        self.session = self._create(options, chosen)
+        self.providers: list[str] = list(self.session.get_providers())
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise InvalidPayloadError(
+                f"{path.name}: framepipe runs image models with one input, this has {len(inputs)}"
+            )
+        self.input = self._info(inputs[0])
+        self.outputs = [self._info(o) for o in self.session.get_outputs()]
+        if len(self.input.shape) != 4:
+            raise InvalidPayloadError(
+                f"{path.name}: the input must be NCHW, got shape {self.input.shape}"
+            )
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self._bind_outputs = self.providers[0] == CPU
+        self._output_buffers: dict[tuple[int, ...], list[npt.NDArray[np.float32]]] = {}
+
+    def _create(self, options: ort.SessionOptions, chosen: list[str]) -> ort.InferenceSession:
+        gpu = [p for p in chosen if p != CPU]
+        if not gpu:
+            return ort.InferenceSession(str(self.path), options, providers=[CPU])
+        # onnxruntime prints its own errors when a GPU library is missing: keep them quiet and
+        # say it once, here, in one warning
+        ort.set_default_logger_severity(4)
+        try:
+            session = ort.InferenceSession(str(self.path), options, providers=chosen)
+            failure = None if session.get_providers()[0] != CPU else "no GPU provider could start"
+        except Exception as exc:  # a provider failing to initialise is reported, never fatal
+            session, failure = None, f"{type(exc).__name__}: {exc}".splitlines()[0]
+        finally:
+            ort.set_default_logger_severity(2)
+        if failure is not None:
+            log.warning(
+                "%s: %s unavailable (%s); running on %s",
+                self.path.name,
+                "/".join(gpu),
+                failure,
+                CPU,
+            )
+            if session is None or session.get_providers() != [CPU]:
+                session = ort.InferenceSession(str(self.path), options, providers=[CPU])
+        assert session is not None
+        return session
+
+    @staticmethod
+    def _info(arg: ort.NodeArg) -> TensorInfo:
+        dtype = _ONNX_DTYPES.get(arg.type)
+        if dtype is None:
+            raise InvalidPayloadError(
+                f"tensor {arg.name!r} has type {arg.type}; framepipe supports float and float16"
+            )
+        shape = tuple(
+            d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else None)
+            for d in arg.shape
+        )
+        return TensorInfo(arg.name, shape, dtype)
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return not isinstance(self.input.shape[0], int)
+
+    @property
+    def fixed_batch(self) -> int | None:
+        dim = self.input.shape[0]
+        return dim if isinstance(dim, int) else None
+
+    @property
+    def fixed_hw(self) -> tuple[int, int] | None:
+        h, w = self.input.shape[2], self.input.shape[3]
+        return (h, w) if isinstance(h, int) and isinstance(w, int) else None
+
+    def warmup(self, height: int, width: int) -> None:
+        batch = self.fixed_batch or 1
+        self.run(np.zeros((batch, 3, height, width), self.input.dtype))
+
+    def run(self, batch: npt.NDArray[np.floating]) -> list[npt.NDArray[np.float32]]:
+        """Run on an NCHW batch. The arrays returned may be reused by the next call."""
+        if batch.dtype != self.input.dtype:
+            raise InternalError(
+                f"input dtype {batch.dtype} but the model takes {np.dtype(self.input.dtype)}"
+            )
+        try:
+            if self._bind_outputs:
+                try:
+                    return self._run_bound(np.ascontiguousarray(batch))
+                except Exception:
+                    # an output whose shape depends on the data (in-graph NMS) cannot be
+                    # bound ahead: run plainly from now on
+                    self._bind_outputs = False
+                    self._output_buffers.clear()
+            return list(self.session.run(None, {self.input.name: batch}))
+        except Exception as exc:
+            raise InternalError(f"{self.path.name}: inference failed: {exc}") from exc
+
+    def _run_bound(self, batch: npt.NDArray[np.floating]) -> list[npt.NDArray[np.float32]]:
+        binding = self.session.io_binding()
+        binding.bind_input(self.input.name, "cpu", 0, batch.dtype, batch.shape, batch.ctypes.data)
+        buffers = self._output_buffers.get(batch.shape)
+        if buffers is None:
+            # first run of this shape: let onnxruntime allocate, then keep same-shaped buffers
+            for out in self.outputs:
+                binding.bind_output(out.name, "cpu")
+            self.session.run_with_iobinding(binding)
+            results: list[npt.NDArray[np.float32]] = binding.copy_outputs_to_cpu()
+            if len(self._output_buffers) >= 8:
+                self._output_buffers.pop(next(iter(self._output_buffers)))
+            self._output_buffers[batch.shape] = [np.empty_like(r) for r in results]
+            return results
+        for out, buf in zip(self.outputs, buffers, strict=True):
+            binding.bind_output(out.name, "cpu", 0, buf.dtype, buf.shape, buf.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return buffers

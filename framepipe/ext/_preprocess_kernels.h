@@ -1,0 +1,97 @@
+/* The two inner loops of framepipe.ext._preprocess, SSE2 where available (x86-64 baseline,
+ * so no -march flags are needed) with a plain C fallback that computes the same numbers.
+ *
+ * fp_hresample_row: one packed BGR uint8 source row -> n horizontally resampled pixels, each
+ *   stored as 4 floats (B, G, R, unused), in fixed point: value * FP_HWEIGHT_ONE.
+ * fp_vblend_store: two such rows -> blend vertically with weight wy, pick the channels in
+ *   output order, normalise (gain already divided by FP_HWEIGHT_ONE) and store three planes.
+ */
+#ifndef FRAMEPIPE_PREPROCESS_KERNELS_H
+#define FRAMEPIPE_PREPROCESS_KERNELS_H
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+/* horizontal weights are 11-bit fixed point, as in cv2's INTER_LINEAR */
+#define FP_HWEIGHT_BITS 11
+#define FP_HWEIGHT_ONE (1 << FP_HWEIGHT_BITS)
+
+/* weights[x] packs (left weight) | (right weight << 16), the two summing to FP_HWEIGHT_ONE */
+static inline void fp_hresample_row(const uint8_t *row, intptr_t row_bytes, int n,
+                                    const int32_t *ofs0, const int32_t *ofs1,
+                                    const int32_t *weights, float *out4)
+{
+    int x = 0;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    for (; x < n; x++) {
+        /* a 4-byte load reads one byte past the pixel: stop before the row's last pixel */
+        if ((intptr_t)ofs1[x] + 4 > row_bytes)
+            break;
+        uint32_t a, b;
+        memcpy(&a, row + ofs0[x], 4);
+        memcpy(&b, row + ofs1[x], 4);
+        __m128i ab = _mm_unpacklo_epi8(_mm_cvtsi32_si128((int)a), _mm_cvtsi32_si128((int)b));
+        ab = _mm_unpacklo_epi8(ab, zero); /* a0 b0 a1 b1 a2 b2 a3 b3 as int16 */
+        __m128i sum = _mm_madd_epi16(ab, _mm_set1_epi32(weights[x]));
+        _mm_storeu_ps(out4 + 4 * (intptr_t)x, _mm_cvtepi32_ps(sum));
+    }
+#endif
+    for (; x < n; x++) {
+        const uint8_t *p = row + ofs0[x];
+        const uint8_t *q = row + ofs1[x];
+        const int w0 = weights[x] & 0xffff;
+        const int w1 = (weights[x] >> 16) & 0xffff;
+        float *o = out4 + 4 * (intptr_t)x;
+        o[0] = (float)(p[0] * w0 + q[0] * w1);
+        o[1] = (float)(p[1] * w0 + q[1] * w1);
+        o[2] = (float)(p[2] * w0 + q[2] * w1);
+        o[3] = 0.0f;
+    }
+}
+
+static inline void fp_vblend_store(const float *h0, const float *h1, float wy, int n,
+                                   const int *channel, const float *gain, const float *offset,
+                                   float *d0, float *d1, float *d2)
+{
+    int x = 0;
+    const int c0 = channel[0], c1 = channel[1], c2 = channel[2];
+#if defined(__SSE2__)
+    const __m128 vw = _mm_set1_ps(wy);
+    const __m128 g0 = _mm_set1_ps(gain[0]), g1 = _mm_set1_ps(gain[1]), g2 = _mm_set1_ps(gain[2]);
+    const __m128 o0 = _mm_set1_ps(offset[0]), o1 = _mm_set1_ps(offset[1]), o2 = _mm_set1_ps(offset[2]);
+    for (; x + 4 <= n; x += 4) {
+        const float *a = h0 + 4 * (intptr_t)x;
+        const float *b = h1 + 4 * (intptr_t)x;
+        __m128 p0 = _mm_loadu_ps(a), p1 = _mm_loadu_ps(a + 4);
+        __m128 p2 = _mm_loadu_ps(a + 8), p3 = _mm_loadu_ps(a + 12);
+        if (wy != 0.0f) {
+            p0 = _mm_add_ps(p0, _mm_mul_ps(vw, _mm_sub_ps(_mm_loadu_ps(b), p0)));
+            p1 = _mm_add_ps(p1, _mm_mul_ps(vw, _mm_sub_ps(_mm_loadu_ps(b + 4), p1)));
+            p2 = _mm_add_ps(p2, _mm_mul_ps(vw, _mm_sub_ps(_mm_loadu_ps(b + 8), p2)));
+            p3 = _mm_add_ps(p3, _mm_mul_ps(vw, _mm_sub_ps(_mm_loadu_ps(b + 12), p3)));
+        }
+        _MM_TRANSPOSE4_PS(p0, p1, p2, p3); /* p0 = B of 4 pixels, p1 = G, p2 = R */
+        __m128 ch[3] = {p0, p1, p2};
+        _mm_storeu_ps(d0 + x, _mm_add_ps(_mm_mul_ps(ch[c0], g0), o0));
+        _mm_storeu_ps(d1 + x, _mm_add_ps(_mm_mul_ps(ch[c1], g1), o1));
+        _mm_storeu_ps(d2 + x, _mm_add_ps(_mm_mul_ps(ch[c2], g2), o2));
+    }
+#endif
+    for (; x < n; x++) {
+        const float *a = h0 + 4 * (intptr_t)x;
+        const float *b = h1 + 4 * (intptr_t)x;
+        float v[3];
+        for (int c = 0; c < 3; c++)
+            v[c] = a[c] + wy * (b[c] - a[c]);
+        d0[x] = v[c0] * gain[0] + offset[0];
+        d1[x] = v[c1] * gain[1] + offset[1];
+        d2[x] = v[c2] * gain[2] + offset[2];
+    }
+}
+
+#endif
