@@ -9,7 +9,6 @@ exited cleanly.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import re
 import signal
@@ -35,6 +34,7 @@ from framepipe.protocol.payloads import (
 _LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
 # Where the processing helper's assets live (bundled sample video and model cache).
 _SAMPLE_VIDEO_CANDIDATES = (
+    "framepipe/data/demo_faces.mp4",
     "framepipe/data/sample.mp4",
     "framepipe/data/demo.mp4",
     "models/cache/sample.mp4",
@@ -78,18 +78,14 @@ def sample_video(scratch: Path) -> Path:
 
 
 def default_model() -> str:
-    """The bundled face detector once the processing package provides it, else passthrough."""
-    if importlib.util.find_spec("framepipe.core.processing") is None:
-        return "passthrough"
+    """The bundled face detector when its weights are present (``make models``), else passthrough."""
     try:
-        from framepipe.core.processing import registry
+        from framepipe.core.processing import ModelRegistry, ProcessingSettings
 
-        available = getattr(registry, "model_available", None)
-        if callable(available) and available("centerface"):
-            return "centerface"
-    except ImportError:
-        pass
-    return "passthrough"
+        names = ModelRegistry.from_settings(ProcessingSettings.from_env()).names()
+    except Exception:
+        return "passthrough"
+    return "centerface" if "centerface" in names else "passthrough"
 
 
 def _drive_pipeline(

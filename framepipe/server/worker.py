@@ -301,11 +301,7 @@ def build_processor(processing_configuration: dict[str, Any]) -> Any:
         )
         return None
     spec = processing.processing_spec_from_wire(processing_configuration)
-    processor = processing.build_processor(spec)
-    warmup = getattr(processor, "warmup", None)
-    if callable(warmup):
-        warmup()
-    return processor
+    return processing.build_processor(spec)  # loads and warms the model up
 
 
 def _report_to_wire(report: Any) -> dict[str, Any]:
