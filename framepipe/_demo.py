@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from framepipe.client import NotFoundError, SyncStreamManagerClient
+from framepipe.client import FramepipeError, NotFoundError, SyncStreamManagerClient
 from framepipe.protocol.payloads import (
     InitialisePipelinePayload,
     MemorySinkConfiguration,
@@ -53,6 +53,11 @@ def run_demo(*, seconds: float = 20.0, model: str | None = None) -> int:
             host, port = manager.address
             console.print(f"stream manager (pid {manager.proc.pid}) listening on {host}:{port}")
             results = _drive_pipeline(console, host, port, video, model, seconds)
+        except FramepipeError as exc:
+            manager.stop()
+            console.print(manager.log_tail(), style="dim")
+            console.print(f"[red]the demo failed[/]: {exc.error_type.value}: {exc.message}")
+            return 1
         except BaseException:
             manager.kill()
             console.print(manager.log_tail(), style="dim")

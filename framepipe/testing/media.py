@@ -152,7 +152,11 @@ def make_test_video(
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "crf": "23", "bf": "0"}
         elif codec == "libx265":
-            stream.options = {"preset": "ultrafast", "crf": "26", "x265-params": "log-level=none:bframes=0"}
+            stream.options = {
+                "preset": "ultrafast",
+                "crf": "26",
+                "x265-params": "log-level=none:bframes=0",
+            }
         for number in range(frames):
             image = render_frame(number, width, height)
             video_frame = av.VideoFrame.from_ndarray(image, format="bgr24")
@@ -162,4 +166,6 @@ def make_test_video(
                 container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
-    return SyntheticVideo(path=path, frames=frames, width=width, height=height, fps=float(rate), codec=codec)
+    return SyntheticVideo(
+        path=path, frames=frames, width=width, height=height, fps=float(rate), codec=codec
+    )

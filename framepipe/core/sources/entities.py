@@ -103,13 +103,24 @@ class StatusUpdate:
 
 
 def state_update(
-    source_id: int, previous: StreamState, new: StreamState, *, at: datetime | None = None, message: str = ""
+    source_id: int,
+    previous: StreamState,
+    new: StreamState,
+    *,
+    at: datetime | None = None,
+    message: str = "",
 ) -> StatusUpdate:
-    payload: dict[str, Any] = {"previous_state": previous.value, "new_state": new.value, "source_id": source_id}
+    payload: dict[str, Any] = {
+        "previous_state": previous.value,
+        "new_state": new.value,
+        "source_id": source_id,
+    }
     if message:
         payload["message"] = message
     severity = SEVERITY_ERROR if new is StreamState.ERROR else SEVERITY_INFO
-    return StatusUpdate(at or datetime.now(), severity, "SOURCE_STATE_UPDATE", payload, "video_source")
+    return StatusUpdate(
+        at or datetime.now(), severity, "SOURCE_STATE_UPDATE", payload, "video_source"
+    )
 
 
 @dataclass(frozen=True)
