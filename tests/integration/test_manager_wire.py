@@ -5,10 +5,12 @@ These need no running pipeline; tests with pipelines are in test_manager_pipelin
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 
 from tests.integration.manager_harness import ManagerProcess, running_manager, wait_for
@@ -147,3 +149,35 @@ def test_fifty_concurrent_clients() -> None:
         assert all(r["response"]["status"] == "success" for r in replies[1::2])
         assert all(r["response"] == NOT_FOUND_BODY for r in replies[0::2])
         assert len({r["request_id"] for r in replies}) == 200
+
+
+def test_workers_ignore_sigint_end_on_sigterm_and_die_with_a_killed_manager() -> None:
+    manager = ManagerProcess({"STREAM_API_PRELOADED_PROCESSES": "2"})
+    try:
+        first, second = wait_for(
+            lambda: len(manager.workers()) == 2 and manager.workers(), 30, "2 idle workers"
+        )
+        time.sleep(0.5)
+        first.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert first.is_running() and first.status() != psutil.STATUS_ZOMBIE, (
+            "SIGINT must not end a worker"
+        )
+        second.send_signal(signal.SIGTERM)
+        second.wait(10)  # not our child: psutil cannot report its exit status
+        assert not second.is_running() or second.status() == psutil.STATUS_ZOMBIE
+        tree = {p.pid for p in manager.tree()}
+    except BaseException:
+        manager.kill()
+        raise
+    manager.proc.kill()  # no chance to clean up: PR_SET_PDEATHSIG must end the workers
+    manager.proc.wait(10)
+    manager.kill()
+
+    def all_gone() -> bool:
+        return not any(
+            psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+            for p in tree
+        )
+
+    wait_for(all_gone, 5, "the workers of a killed manager to die")
