@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--max-fps", type=float, default=None, help="limit the processing rate")
     run.add_argument("--frames", type=int, default=None, help="stop after this many results")
+    run.add_argument(
+        "--output", default=None, help="write the frames with their detections drawn (H.264 .mp4)"
+    )
     run.set_defaults(run=_run)
 
     demo = commands.add_parser(
@@ -150,7 +153,9 @@ def _plain(value: Any) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from framepipe._run import run_local
 
-    return run_local(args.video, model=args.model, max_fps=args.max_fps, frames=args.frames)
+    return run_local(
+        args.video, model=args.model, max_fps=args.max_fps, frames=args.frames, output=args.output
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
