@@ -181,3 +181,51 @@ def test_workers_ignore_sigint_end_on_sigterm_and_die_with_a_killed_manager() ->
         )
 
     wait_for(all_gone, 5, "the workers of a killed manager to die")
+
+
+def _exchange_raw(port: int, request: bytes) -> tuple[bytes, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        header = b""
+        while len(header) < 4:
+            header += sock.recv(4 - len(header))
+        size = int.from_bytes(header, "big")
+        body = b""
+        while len(body) < size:
+            body += sock.recv(size - len(body))
+    return header, body
+
+
+GOLDEN = [
+    # (request body, reference response header, reference response body) from wire-examples.md
+    (
+        b'{"type": "list_pipelines"}',
+        "0000007f",
+        b'{"request_id": "4ef30237-5936-4dd3-b753-8fda19449508", "response": {"pipelines": [], "status": "success"}, "pipeline_id": null}',
+    ),
+    *[
+        (
+            request,
+            "00000115",
+            b'{"request_id": "f2f1cd0a-5291-48c3-86c1-62cd535285a1", "response": {"status": "failure", "error_type": "not_found", "public_error_message": "Could not find InferencePipeline with id=00000000-0000-0000-0000-000000000000."}, "pipeline_id": "00000000-0000-0000-0000-000000000000"}',
+        )
+        for request in (
+            b'{"type": "status", "pipeline_id": "00000000-0000-0000-0000-000000000000"}',
+            b'{"type": "mute", "pipeline_id": "00000000-0000-0000-0000-000000000000"}',
+            b'{"type": "resume", "pipeline_id": "00000000-0000-0000-0000-000000000000"}',
+            b'{"type": "consume_result", "pipeline_id": "00000000-0000-0000-0000-000000000000", "excluded_fields": []}',
+            # The reference answers invalid_payload/KeyError here (a bug); framepipe: not_found.
+            b'{"type": "terminate", "pipeline_id": "00000000-0000-0000-0000-000000000000"}',
+        )
+    ],
+]
+
+
+def test_golden_wire_bytes_through_the_real_manager() -> None:
+    with running_manager() as manager:
+        for request, golden_header, golden_body in GOLDEN:
+            header, body = _exchange_raw(manager.port, len(request).to_bytes(4, "big") + request)
+            golden_id = golden_body[len(b'{"request_id": "') :][:36]
+            ours_id = body[len(b'{"request_id": "') :][:36]
+            assert header.hex() == golden_header, (request, body)
+            assert body.replace(ours_id, golden_id) == golden_body, request
