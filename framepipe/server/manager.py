@@ -311,15 +311,9 @@ class StreamManager:
             row.lock.release()
 
     async def _spawn_row(self, state: RowState) -> ManagedPipeline:
-        loop = asyncio.get_running_loop()
         self._spawning += 1
         try:
-            worker = await loop.run_in_executor(
-                None,
-                lambda: WorkerHandle.spawn(
-                    loop, terminate_timeout_s=self.settings.terminate_timeout_s
-                ),
-            )
+            worker = await WorkerHandle.spawn(terminate_timeout_s=self.settings.terminate_timeout_s)
         finally:
             self._spawning -= 1
         row = ManagedPipeline(

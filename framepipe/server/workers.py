@@ -44,6 +44,24 @@ class WorkerTimeout(OperationError):
     """The worker did not answer within the bound."""
 
 
+def start_worker_process(terminate_timeout_s: float) -> tuple[SpawnProcess, Connection]:
+    """Spawn a worker process; returns it and the manager's end of its command pipe."""
+    ctx = multiprocessing.get_context("spawn")
+    parent_conn, child_conn = ctx.Pipe(duplex=True)
+    options = WorkerOptions(parent_pid=os.getpid(), terminate_timeout_s=terminate_timeout_s)
+    process = ctx.Process(
+        target=worker_main,
+        args=(child_conn, options),
+        name="framepipe-worker",
+        daemon=False,  # a worker has children of its own (decode processes)
+    )
+    try:
+        process.start()
+    finally:
+        child_conn.close()  # else EOF never arrives here when the worker dies
+    return process, parent_conn
+
+
 class WorkerHandle:
     """One spawned worker process and its command pipe."""
 
@@ -65,24 +83,14 @@ class WorkerHandle:
         self._reader.start()
 
     @classmethod
-    def spawn(cls, loop: asyncio.AbstractEventLoop, *, terminate_timeout_s: float) -> WorkerHandle:
-        """Start a worker (``spawn`` start method; safe with threads, CUDA and ONNX Runtime)."""
-        ctx = multiprocessing.get_context("spawn")
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        process = ctx.Process(
-            target=worker_main,
-            args=(
-                child_conn,
-                WorkerOptions(parent_pid=os.getpid(), terminate_timeout_s=terminate_timeout_s),
-            ),
-            name="framepipe-worker",
-            daemon=False,  # a worker has children of its own (decode processes)
-        )
-        try:
-            process.start()
-        finally:
-            child_conn.close()  # else EOF never arrives here when the worker dies
-        return cls(process, parent_conn, loop)
+    async def spawn(cls, *, terminate_timeout_s: float) -> WorkerHandle:
+        """Start a worker (``spawn`` start method; safe with threads, CUDA and ONNX Runtime).
+
+        The fork-exec and the hand-over of the start-up data run in a thread, off the loop.
+        """
+        loop = asyncio.get_running_loop()
+        process, conn = await loop.run_in_executor(None, start_worker_process, terminate_timeout_s)
+        return cls(process, conn, loop)
 
     # ---- the reader thread -------------------------------------------------------------------
 
