@@ -83,6 +83,7 @@ class ManagedPipeline:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     state: RowState = RowState.IDLE
     health_check_running: bool = False
+    status_in_flight: asyncio.Future[dict[str, Any]] | None = None
     started_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -237,7 +238,22 @@ class StreamManager:
             self._pool_wakeup.set()
 
     async def status(self, pipeline_id: str, request_id: str | None = None) -> dict[str, Any]:
-        return await self._command(pipeline_id, WorkerOp.STATUS, {}, request_id)
+        """The pipeline's status report.
+
+        Concurrent ``status`` requests for one pipeline share one round trip to its worker: a
+        request that arrives while another is in flight gets that one's report (at most one
+        round trip old) instead of queueing behind it on the pipeline's lock. Fifty clients
+        polling one pipeline then cost one worker round trip at a time, not fifty.
+        """
+        row = self._lookup(pipeline_id)
+        pending = row.status_in_flight
+        if pending is None or pending.done():
+            pending = asyncio.ensure_future(
+                self._command(pipeline_id, WorkerOp.STATUS, {}, request_id)
+            )
+            pending.add_done_callback(_retrieve)
+            row.status_in_flight = pending
+        return await asyncio.shield(pending)
 
     async def mute(self, pipeline_id: str, request_id: str | None = None) -> dict[str, Any]:
         return await self._command(pipeline_id, WorkerOp.MUTE, {}, request_id)
@@ -532,6 +548,12 @@ class StreamManager:
                 await self._terminate_row(row, reason="all sources ended")
         finally:
             row.health_check_running = False
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a shared future's exception as seen (each waiter re-raises it on its own)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _plus_reserved(usage: MemoryUsage, reserved_mb: float) -> MemoryUsage:
