@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -41,7 +41,6 @@ from framepipe.core.sources.entities import (
     FrameMetadata,
     SourceReport,
     StatusUpdate,
-    StreamState,
 )
 from framepipe.core.sources.hub import SourceHub, Subscription, SubscriptionRequest
 from framepipe.core.sources.multiplexer import BatchCollector, LeasedFrame
@@ -74,7 +73,7 @@ class Processor(Protocol):
     ) -> list[Output]: ...
 
 
-class PipelineState(str, Enum):
+class PipelineState(StrEnum):
     NOT_STARTED = "NOT_STARTED"
     RUNNING = "RUNNING"
     MUTED = "MUTED"
@@ -93,7 +92,9 @@ class PipelineResult:
     def to_wire(self) -> dict[str, Any]:
         return {
             "outputs": list(self.outputs),
-            "frames_metadata": [m.to_wire() if m is not None else None for m in self.frames_metadata],
+            "frames_metadata": [
+                m.to_wire() if m is not None else None for m in self.frames_metadata
+            ],
         }
 
 
@@ -178,7 +179,9 @@ class _Latencies:
 def passthrough_outputs(frames_metadata: Sequence[FrameMetadata | None]) -> list[Output]:
     """What ``processor=None`` produces: frame metadata only."""
     return [
-        None if m is None else {"frame_id": m.frame_id, "image": {"width": m.width, "height": m.height}}
+        None
+        if m is None
+        else {"frame_id": m.frame_id, "image": {"width": m.width, "height": m.height}}
         for m in frames_metadata
     ]
 
@@ -193,7 +196,9 @@ def _percentile_ms(values: deque[float], q: float) -> float | None:
     return float(np.percentile(np.fromiter(values, dtype=np.float64), q)) * 1000.0
 
 
-def _strategy(value: object, enum: type[BufferFillingStrategy] | type[BufferConsumptionStrategy], name: str) -> Any:
+def _strategy(
+    value: object, enum: type[BufferFillingStrategy] | type[BufferConsumptionStrategy], name: str
+) -> Any:
     if value is None or isinstance(value, enum):
         return value
     try:
@@ -223,27 +228,43 @@ class Pipeline:
         decoder: DecoderBackendName | str | None = None,
         hub: SourceHub | None = None,
     ) -> None:
-        references = list(video_reference) if isinstance(video_reference, list | tuple) else [video_reference]
+        references = (
+            list(video_reference)
+            if isinstance(video_reference, list | tuple)
+            else [video_reference]
+        )
         if not references:
             raise InvalidPayloadError("video_reference list is empty")
         if max_fps is not None and (not isinstance(max_fps, int | float) or max_fps <= 0):
             raise InvalidPayloadError(f"max_fps must be a positive number, got {max_fps!r}")
         if decoding_buffer_size < 1:
-            raise InvalidPayloadError(f"decoding_buffer_size must be >= 1, got {decoding_buffer_size}")
+            raise InvalidPayloadError(
+                f"decoding_buffer_size must be >= 1, got {decoding_buffer_size}"
+            )
         if results_buffer_size < 1:
-            raise InvalidPayloadError(f"results_buffer_size must be >= 1, got {results_buffer_size}")
+            raise InvalidPayloadError(
+                f"results_buffer_size must be >= 1, got {results_buffer_size}"
+            )
         if batch_collection_timeout is not None and batch_collection_timeout < 0:
-            raise InvalidPayloadError(f"batch_collection_timeout must be >= 0, got {batch_collection_timeout}")
-        filling = _strategy(source_buffer_filling_strategy, BufferFillingStrategy, "source_buffer_filling_strategy")
+            raise InvalidPayloadError(
+                f"batch_collection_timeout must be >= 0, got {batch_collection_timeout}"
+            )
+        filling = _strategy(
+            source_buffer_filling_strategy, BufferFillingStrategy, "source_buffer_filling_strategy"
+        )
         consumption = _strategy(
-            source_buffer_consumption_strategy, BufferConsumptionStrategy, "source_buffer_consumption_strategy"
+            source_buffer_consumption_strategy,
+            BufferConsumptionStrategy,
+            "source_buffer_consumption_strategy",
         )
         backend = None
         if decoder is not None:
             try:
                 backend = DecoderBackendName(str(getattr(decoder, "value", decoder)).lower())
             except ValueError:
-                raise InvalidPayloadError(f"decoder {decoder!r} is not one of opencv, pyav") from None
+                raise InvalidPayloadError(
+                    f"decoder {decoder!r} is not one of opencv, pyav"
+                ) from None
         if isinstance(video_source_properties, list | tuple):
             if len(video_source_properties) != len(references):
                 raise InvalidPayloadError(
@@ -252,7 +273,10 @@ class Pipeline:
                 )
             properties = [dict(p or {}) for p in video_source_properties]
         else:
-            properties = [dict(video_source_properties or {}) for _ in references]
+            single: dict[str, Any] = (
+                dict(video_source_properties) if isinstance(video_source_properties, dict) else {}
+            )
+            properties = [dict(single) for _ in references]
 
         self._requests: list[SubscriptionRequest] = []
         for source_id, (reference, props) in enumerate(zip(references, properties, strict=True)):
@@ -280,7 +304,7 @@ class Pipeline:
         self._on_prediction = on_prediction
         self._batch_collection_timeout = batch_collection_timeout
         self._own_hub = hub is None
-        self._hub = hub if hub is not None else SourceHub()
+        self._hub = hub if hub is not None else SourceHub(share=False)
         self._subscriptions: list[Subscription] = []
         self._results: deque[PipelineResult] = deque(maxlen=results_buffer_size)
         self._results_cond = threading.Condition()
@@ -312,7 +336,9 @@ class Pipeline:
                 self._close_sources()
                 raise
             self._state = PipelineState.RUNNING
-            self._thread = threading.Thread(target=self._run, name="framepipe-pipeline", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="framepipe-pipeline", daemon=True
+            )
             self._thread.start()
         return self
 
@@ -330,7 +356,9 @@ class Pipeline:
     def _set_mode(self, mode: PipelineState) -> None:
         with self._lock:
             if self._state in (PipelineState.NOT_STARTED, PipelineState.TERMINATED):
-                raise OperationError(f"cannot {mode.value.lower()} a pipeline that is {self._state.value}")
+                raise OperationError(
+                    f"cannot {mode.value.lower()} a pipeline that is {self._state.value}"
+                )
             if self._state is PipelineState.FINISHED:
                 return
             for subscription in self._subscriptions:
@@ -407,12 +435,18 @@ class Pipeline:
 
     def _processing_done(self) -> bool:
         thread = self._thread
-        return self._state is PipelineState.TERMINATED or (thread is not None and not thread.is_alive())
+        return self._state is PipelineState.TERMINATED or (
+            thread is not None and not thread.is_alive()
+        )
 
     # -- processing loop --------------------------------------------------------------------
 
-    def _event(self, event_type: str, payload: dict[str, Any] | None = None, severity: int = SEVERITY_INFO) -> None:
-        self._events.append(StatusUpdate(datetime.now(), severity, event_type, payload or {}, "inference_pipeline"))
+    def _event(
+        self, event_type: str, payload: dict[str, Any] | None = None, severity: int = SEVERITY_INFO
+    ) -> None:
+        self._events.append(
+            StatusUpdate(datetime.now(), severity, event_type, payload or {}, "inference_pipeline")
+        )
 
     def _run(self) -> None:
         self._event("INFERENCE_THREAD_STARTED")
@@ -474,7 +508,9 @@ class Pipeline:
             except Exception as exc:
                 self._processing_errors += 1
                 self._last_processing_error = f"on_prediction: {type(exc).__name__}: {exc}"
-                self._event("ON_PREDICTION_ERROR", {"error": self._last_processing_error}, SEVERITY_ERROR)
+                self._event(
+                    "ON_PREDICTION_ERROR", {"error": self._last_processing_error}, SEVERITY_ERROR
+                )
         result = PipelineResult(outputs, metadata)
         with self._results_cond:
             if len(self._results) == self._results.maxlen:
@@ -499,8 +535,12 @@ class Pipeline:
                 subscription.close()
             except Exception:
                 logger.exception("closing source %s failed", subscription.source_id)
-        self._closed_reports = [s.report() for s in subscriptions] or getattr(self, "_closed_reports", [])
-        self._closed_events = [e for s in subscriptions for e in s.events()] or getattr(self, "_closed_events", [])
+        self._closed_reports = [s.report() for s in subscriptions] or getattr(
+            self, "_closed_reports", []
+        )
+        self._closed_events = [e for s in subscriptions for e in s.events()] or getattr(
+            self, "_closed_events", []
+        )
 
     # -- status -----------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -140,7 +141,7 @@ def make_test_video(
     path = Path(path)
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=rate)
+        stream: Any = container.add_stream(codec, rate=rate)
         stream.width = width
         stream.height = height
         if codec == "mjpeg":
@@ -152,7 +153,11 @@ def make_test_video(
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "crf": "23", "bf": "0"}
         elif codec == "libx265":
-            stream.options = {"preset": "ultrafast", "crf": "26", "x265-params": "log-level=none:bframes=0"}
+            stream.options = {
+                "preset": "ultrafast",
+                "crf": "26",
+                "x265-params": "log-level=none:bframes=0",
+            }
         for number in range(frames):
             image = render_frame(number, width, height)
             video_frame = av.VideoFrame.from_ndarray(image, format="bgr24")
@@ -162,4 +167,6 @@ def make_test_video(
                 container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
-    return SyntheticVideo(path=path, frames=frames, width=width, height=height, fps=float(rate), codec=codec)
+    return SyntheticVideo(
+        path=path, frames=frames, width=width, height=height, fps=float(rate), codec=codec
+    )

@@ -121,7 +121,7 @@ class OpenCVBackend:
             prop = _CV_PROPERTIES.get(str(key).lower())
             if prop is not None:
                 if prop == "CAP_PROP_FOURCC" and isinstance(value, str):
-                    value = cv2.VideoWriter_fourcc(*value[:4])
+                    value = cv2.VideoWriter.fourcc(*value[:4])
                 cap.set(getattr(cv2, prop), float(value))
         self._cap = cap
         width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
@@ -194,10 +194,14 @@ class PyAVBackend:
         target: str
         if self._kind is SourceKind.WEBCAM:
             fmt = "v4l2"
-            target = f"/dev/video{self._target}" if isinstance(self._target, int) else str(self._target)
+            target = (
+                f"/dev/video{self._target}" if isinstance(self._target, int) else str(self._target)
+            )
             props = opts.properties
             if "frame_width" in props and "frame_height" in props:
-                av_options["video_size"] = f"{int(props['frame_width'])}x{int(props['frame_height'])}"
+                av_options["video_size"] = (
+                    f"{int(props['frame_width'])}x{int(props['frame_height'])}"
+                )
             if "fps" in props:
                 av_options["framerate"] = str(props["fps"])
             if "fourcc" in props:
@@ -215,7 +219,9 @@ class PyAVBackend:
                 timeout=(opts.open_timeout_s, opts.read_timeout_s),
             )
         except (av.error.FFmpegError, TimeoutError, OSError) as exc:
-            raise SourceOpenError(f"the decoder could not open it ({type(exc).__name__}: {exc})") from exc
+            raise SourceOpenError(
+                f"the decoder could not open it ({type(exc).__name__}: {exc})"
+            ) from exc
         if not container.streams.video:
             container.close()
             raise SourceOpenError("it has no video stream")

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,7 @@ class LeasedFrame:
     metadata: FrameMetadata
     slot: int
     seq: int
+    lease: Any = None  # the data plane's Lease behind it
 
 
 class FrameSource(Protocol):
@@ -58,7 +59,9 @@ class FrameSource(Protocol):
 
 
 class _Reader(threading.Thread):
-    def __init__(self, source: FrameSource, wake: threading.Condition, stop: threading.Event) -> None:
+    def __init__(
+        self, source: FrameSource, wake: threading.Condition, stop: threading.Event
+    ) -> None:
         super().__init__(name=f"framepipe-mux-{source.source_id}", daemon=True)
         self.source = source
         self.mailbox: LeasedFrame | None = None
@@ -96,7 +99,9 @@ class _Reader(threading.Thread):
 class BatchCollector:
     """Yields batches (one entry per source, None where a source had no frame)."""
 
-    def __init__(self, sources: Sequence[FrameSource], batch_collection_timeout: float | None) -> None:
+    def __init__(
+        self, sources: Sequence[FrameSource], batch_collection_timeout: float | None
+    ) -> None:
         self._sources = list(sources)
         self._timeout = batch_collection_timeout
         self._stop = threading.Event()
@@ -131,7 +136,9 @@ class BatchCollector:
                 if any(ready) and first_at is None:
                     first_at = time.monotonic()
                 waiting_for = [
-                    r for r, has in zip(self._readers, ready, strict=True) if not has and r.source.delivering
+                    r
+                    for r, has in zip(self._readers, ready, strict=True)
+                    if not has and r.source.delivering
                 ]
                 if any(ready) and not waiting_for:
                     break

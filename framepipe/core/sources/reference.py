@@ -17,10 +17,16 @@ from framepipe.protocol.errors import InvalidPayloadError, NotFoundError
 VideoReference = str | int
 
 #: URL schemes of live streams FFmpeg opens (reconnect on a drop).
-LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "rtp", "udp", "tcp", "srt", "http", "https"})
+LIVE_SCHEMES = frozenset(
+    {"rtsp", "rtsps", "rtmp", "rtmps", "rtp", "udp", "tcp", "srt", "http", "https"}
+)
 #: A URL whose path ends like this is a remote file: it ends, and is not reconnected.
-FILE_SUFFIXES = frozenset({".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv"})
-_SECRET_QUERY = re.compile(r"((?:password|passwd|pwd|token|key|secret|signature)=)[^&]*", re.IGNORECASE)
+FILE_SUFFIXES = frozenset(
+    {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv"}
+)
+_SECRET_QUERY = re.compile(
+    r"((?:password|passwd|pwd|token|key|secret|signature)=)[^&]*", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
