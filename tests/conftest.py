@@ -71,3 +71,13 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "allow_leaks: the test manages leak checks itself")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def decode_forkserver() -> None:
+    """Start the forkserver that decode processes fork from (and its resource tracker) once,
+    before any test, so they are not counted as processes a test leaked. They exit with
+    the test session."""
+    from framepipe.core.sources.launcher import warm_forkserver
+
+    warm_forkserver()

@@ -51,7 +51,14 @@ class RtspServer:
     def start(self, timeout: float = 10.0) -> None:
         if self.running:
             return
-        command = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(self.port), "--fps", str(self.fps)]
+        command = [
+            SYSTEM_PYTHON,
+            str(SERVER_SCRIPT),
+            "--port",
+            str(self.port),
+            "--fps",
+            str(self.fps),
+        ]
         if self.file is not None:
             command += ["--file", str(self.file)]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -63,11 +70,16 @@ class RtspServer:
             self.kill()
             raise RuntimeError(f"RTSP server did not start on port {self.port}: {line!r}")
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.5),
+            ):
                 return
             time.sleep(0.02)
         self.kill()
-        raise RuntimeError(f"RTSP server on port {self.port} did not accept connections in {timeout}s")
+        raise RuntimeError(
+            f"RTSP server on port {self.port} did not accept connections in {timeout}s"
+        )
 
     def kill(self) -> None:
         """SIGKILL the server (a crash as a camera would have it) and reap it."""

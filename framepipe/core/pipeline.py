@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -41,7 +41,6 @@ from framepipe.core.sources.entities import (
     FrameMetadata,
     SourceReport,
     StatusUpdate,
-    StreamState,
 )
 from framepipe.core.sources.hub import SourceHub, Subscription, SubscriptionRequest
 from framepipe.core.sources.multiplexer import BatchCollector, LeasedFrame
@@ -74,7 +73,7 @@ class Processor(Protocol):
     ) -> list[Output]: ...
 
 
-class PipelineState(str, Enum):
+class PipelineState(StrEnum):
     NOT_STARTED = "NOT_STARTED"
     RUNNING = "RUNNING"
     MUTED = "MUTED"
@@ -274,7 +273,10 @@ class Pipeline:
                 )
             properties = [dict(p or {}) for p in video_source_properties]
         else:
-            properties = [dict(video_source_properties or {}) for _ in references]
+            single: dict[str, Any] = (
+                dict(video_source_properties) if isinstance(video_source_properties, dict) else {}
+            )
+            properties = [dict(single) for _ in references]
 
         self._requests: list[SubscriptionRequest] = []
         for source_id, (reference, props) in enumerate(zip(references, properties, strict=True)):
@@ -302,7 +304,7 @@ class Pipeline:
         self._on_prediction = on_prediction
         self._batch_collection_timeout = batch_collection_timeout
         self._own_hub = hub is None
-        self._hub = hub if hub is not None else SourceHub()
+        self._hub = hub if hub is not None else SourceHub(share=False)
         self._subscriptions: list[Subscription] = []
         self._results: deque[PipelineResult] = deque(maxlen=results_buffer_size)
         self._results_cond = threading.Condition()

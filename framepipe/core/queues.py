@@ -19,6 +19,8 @@ Public API (stable; other modules code against it)::
         .send(frame: np.ndarray, *, frame_id, source_id=0, pts=0, capture_ns=None,
               timeout=None) -> FrameDescriptor | None             # acquire + copy + publish
         .reap() -> int                                            # reclaim dead/leaving consumers
+        .set_consumer_strategy(index, strategy | None)            # per-consumer override
+        (publish(..., consumers=[indices]) hands the frame only to those consumers)
         .statistics() -> ProducerStatistics
         .close()                                                  # end of stream; idempotent
 
@@ -67,6 +69,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -347,7 +350,22 @@ class FrameProducer:
         self._queues = ring._queues
         self._view = ring._view
         self._centry = [ring._centry(i) for i in range(ring.max_consumers)]
+        self._consumer_modes: dict[int, Backpressure] = {}
+        self._any_wait = self._mode is Backpressure.WAIT
         ring._set_producer(os.getpid())
+
+    def set_consumer_strategy(self, index: int, strategy: Backpressure | str | None) -> None:
+        """Give consumer ``index`` its own strategy (fan-out: consumers of one source with
+        different needs); None returns it to the producer's strategy. ``acquire`` waits for
+        a slot when any consumer's strategy is WAIT."""
+        self.ring._centry(index)  # range check
+        if strategy is None:
+            self._consumer_modes.pop(index, None)
+        else:
+            self._consumer_modes[index] = Backpressure.parse(strategy).base
+        self._any_wait = self._mode is Backpressure.WAIT or any(
+            m is Backpressure.WAIT for m in self._consumer_modes.values()
+        )
 
     # -- consumers ----------------------------------------------------------------------------
 
@@ -394,7 +412,7 @@ class FrameProducer:
         slot = ring.try_acquire()
         if slot is not None:
             return slot
-        if self._mode is not Backpressure.WAIT:
+        if not self._any_wait:
             self._dropped_no_slot += 1
             return None
         deadline = _deadline(timeout)
@@ -427,9 +445,11 @@ class FrameProducer:
         pts: int = 0,
         capture_ns: int | None = None,
         timeout: float | None = None,
+        consumers: Collection[int] | None = None,
     ) -> FrameDescriptor:
         """Publish the frame written into ``slot`` and hand it to every live consumer under
-        the strategy. ``timeout`` bounds the total WAIT time for this frame."""
+        the strategy. ``timeout`` bounds the total WAIT time for this frame. ``consumers``
+        (optional) restricts delivery to those consumer indices."""
         if self._closed:
             raise OperationError(f"producer of ring {self.ring.name} is closed")
         self._maybe_reap()
@@ -438,8 +458,11 @@ class FrameProducer:
             slot, frame_id=frame_id, source_id=source_id, pts=pts, capture_ns=capture_ns
         )
         self._published += 1
-        mode = self._mode
+        modes = self._consumer_modes
         for index in self._active():
+            if consumers is not None and index not in consumers:
+                continue
+            mode = modes.get(index, self._mode)
             queue = self._queues[index]
             ring.grant(index, slot)
             if mode is Backpressure.DROP_OLDEST:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -140,7 +141,7 @@ def make_test_video(
     path = Path(path)
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=rate)
+        stream: Any = container.add_stream(codec, rate=rate)
         stream.width = width
         stream.height = height
         if codec == "mjpeg":

@@ -39,10 +39,13 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("codec", "suffix"), [("libx264", ".mp4"), ("libx265", ".mkv"), ("mjpeg", ".avi"), ("mpeg4", ".avi")]
+    ("codec", "suffix"),
+    [("libx264", ".mp4"), ("libx265", ".mkv"), ("mjpeg", ".avi"), ("mpeg4", ".avi")],
 )
 def test_every_frame_survives_the_codec(tmp_path: Path, codec: str, suffix: str) -> None:
-    video = make_test_video(tmp_path / f"v{suffix}", frames=40, width=320, height=240, fps=25, codec=codec)
+    video = make_test_video(
+        tmp_path / f"v{suffix}", frames=40, width=320, height=240, fps=25, codec=codec
+    )
     cap = cv2.VideoCapture(str(video.path))
     numbers = []
     while True:

@@ -20,7 +20,7 @@ def test_file_reference(tmp_path: Path) -> None:
 
 
 def test_missing_file_names_the_reference() -> None:
-    with pytest.raises(NotFoundError, match="video_reference '/nonexistent/x.mp4' not found"):
+    with pytest.raises(NotFoundError, match=r"video_reference '/nonexistent/x\.mp4' not found"):
         parse_reference("/nonexistent/x.mp4")
 
 

@@ -121,7 +121,7 @@ class OpenCVBackend:
             prop = _CV_PROPERTIES.get(str(key).lower())
             if prop is not None:
                 if prop == "CAP_PROP_FOURCC" and isinstance(value, str):
-                    value = cv2.VideoWriter_fourcc(*value[:4])
+                    value = cv2.VideoWriter.fourcc(*value[:4])
                 cap.set(getattr(cv2, prop), float(value))
         self._cap = cap
         width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class StreamState(str, Enum):
+class StreamState(StrEnum):
     """Life cycle of one video source (the reference's states, same names)."""
 
     NOT_STARTED = "NOT_STARTED"
@@ -31,7 +31,7 @@ class StreamState(str, Enum):
         return self in (StreamState.ENDED, StreamState.ERROR)
 
 
-class BufferFillingStrategy(str, Enum):
+class BufferFillingStrategy(StrEnum):
     """What the decoder does when a consumer's buffer is full."""
 
     WAIT = "WAIT"
@@ -41,14 +41,14 @@ class BufferFillingStrategy(str, Enum):
     ADAPTIVE_DROP_LATEST = "ADAPTIVE_DROP_LATEST"
 
 
-class BufferConsumptionStrategy(str, Enum):
+class BufferConsumptionStrategy(StrEnum):
     """How a consumer takes frames: every buffered frame in order (LAZY) or the newest (EAGER)."""
 
     LAZY = "LAZY"
     EAGER = "EAGER"
 
 
-class DropReason(str, Enum):
+class DropReason(StrEnum):
     """Why a decoded frame never reached a consumer (each counted in the source report)."""
 
     BUFFER_FULL = "buffer_full"  # DROP_LATEST: the new frame was discarded
@@ -60,13 +60,13 @@ class DropReason(str, Enum):
     NO_CONSUMER = "no_consumer"  # decoded while nobody was subscribed
 
 
-class SourceKind(str, Enum):
+class SourceKind(StrEnum):
     FILE = "file"
     STREAM = "stream"
     WEBCAM = "webcam"
 
 
-class DecoderBackendName(str, Enum):
+class DecoderBackendName(StrEnum):
     OPENCV = "opencv"
     PYAV = "pyav"
 
@@ -201,6 +201,7 @@ class DecoderStats:
     ring_occupancy: int = 0  # slots not free at the last update
     ring_slots: int = 0
     copies: int = 0  # frames that could not be decoded straight into their slot
+    last_error: str = ""
 
     def count_drop(self, reason: DropReason, n: int = 1) -> None:
         self.dropped[reason.value] = self.dropped.get(reason.value, 0) + n

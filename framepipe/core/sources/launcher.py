@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import io
 import multiprocessing
 import multiprocessing.context
 import os
 import signal
 import threading
+from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 #: Modules the forkserver imports once, so forked decode processes start warm.
@@ -42,10 +45,45 @@ def decode_context() -> multiprocessing.context.ForkServerContext:
 
 def warm_forkserver() -> None:
     """Start the forkserver now (it imports the decode stack once) rather than on first use."""
-    from multiprocessing import forkserver
-
     decode_context()
     forkserver.ensure_running()
+
+
+class _DecodePopen(popen_forkserver.Popen):
+    """The forkserver Popen, minus re-running the owner's ``__main__`` in the child.
+
+    A decode process needs nothing from ``__main__`` (its target lives in this package), and
+    re-importing a user's script in every decode process is slow and surprising (a script
+    without an ``if __name__ == "__main__"`` guard would start pipelines recursively).
+    The body is CPython's ``popen_forkserver.Popen._launch`` with those two keys dropped.
+    """
+
+    def _launch(self, process_obj: Any) -> None:
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        prep_data.pop("init_main_from_path", None)
+        prep_data.pop("init_main_from_name", None)
+        buf = io.BytesIO()
+        popen_forkserver.set_spawning_popen(self)  # type: ignore[attr-defined]
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            popen_forkserver.set_spawning_popen(None)  # type: ignore[attr-defined]
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)  # type: ignore[attr-defined]
+        parent_w = os.dup(w)
+        self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))  # type: ignore[attr-defined]
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class DecodeProcess(multiprocessing.context.ForkServerProcess):
+    """A forkserver child that does not re-run the owner's ``__main__``."""
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        decode_context()
+        return _DecodePopen(process_obj)
 
 
 def die_with_parent() -> None:

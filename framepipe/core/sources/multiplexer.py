@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,7 @@ class LeasedFrame:
     metadata: FrameMetadata
     slot: int
     seq: int
+    lease: Any = None  # the data plane's Lease behind it
 
 
 class FrameSource(Protocol):
