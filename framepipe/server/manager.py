@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
 import uuid
 from collections import deque
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from framepipe.core.budget import (
     MB,
@@ -84,6 +85,9 @@ class ManagedPipeline:
     state: RowState = RowState.IDLE
     health_check_running: bool = False
     status_in_flight: asyncio.Future[dict[str, Any]] | None = None
+    # Every pid seen in the worker's process tree (decode processes are reparented when the
+    # worker dies): its segments are swept only once all of them are gone.
+    known_pids: set[int] = field(default_factory=set)
     started_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -133,7 +137,10 @@ class StreamManager:
             *(self._terminate_row(row, reason="shutdown") for row in rows), return_exceptions=True
         )
         self._table.clear()
-        await asyncio.get_running_loop().run_in_executor(None, sweep_orphan_segments)
+        pids = set().union(*(row.known_pids for row in rows)) if rows else set()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, wait_for_exit, pids, 5.0)
+        await loop.run_in_executor(None, sweep_orphan_segments)
         remove_own_segments(os.getpid())
 
     def _spawn_background(self, coro: Any, name: str) -> None:
@@ -361,6 +368,7 @@ class StreamManager:
     ) -> None:
         """End one pipeline gracefully (bounded), then make sure its process is gone."""
         row.state = RowState.TERMINATING
+        row.known_pids |= tree_pids(row.worker.pid)
         try:
             async with asyncio.timeout(
                 self.settings.command_timeout_s + self.settings.terminate_timeout_s
@@ -386,8 +394,9 @@ class StreamManager:
                     )
                     row.worker.kill()
             else:
-                row.worker.signal_tree(signal.SIGTERM)
+                row.worker.process.terminate()
             await row.worker.reap(self.settings.terminate_timeout_s)
+            await self._free_segments_of(row)
         finally:
             self._table.pop(row.pipeline_id, None)
             if locked:
@@ -399,20 +408,28 @@ class StreamManager:
         """Remove a row whose worker must not be reused (failed init): no process stays behind."""
         row.state = RowState.TERMINATING
         self._table.pop(row.pipeline_id, None)
+        row.known_pids |= tree_pids(row.worker.pid)
         if row.worker.alive:
-            row.worker.signal_tree(signal.SIGTERM)
+            row.worker.process.terminate()  # SIGTERM: the worker ends what it started
         await row.worker.reap(self.settings.terminate_timeout_s)
-        await asyncio.get_running_loop().run_in_executor(None, sweep_orphan_segments)
+        await self._free_segments_of(row)
 
     async def _fail_row(self, row: ManagedPipeline, reason: str) -> None:
         """Kill a hung or dead worker, reap it, free its segments and drop its row."""
         log.error("pipeline %s failed: %s", row.pipeline_id, reason)
         row.state = RowState.TERMINATING
         self._table.pop(row.pipeline_id, None)
+        row.known_pids |= tree_pids(row.worker.pid)
         row.worker.kill()
         await row.worker.reap(1.0)
-        await asyncio.get_running_loop().run_in_executor(None, sweep_orphan_segments)
+        await self._free_segments_of(row)
         self._pool_wakeup.set()
+
+    async def _free_segments_of(self, row: ManagedPipeline) -> None:
+        """Once every process of the row's tree is gone (bounded wait), sweep their segments."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, wait_for_exit, row.known_pids, 2.0)
+        await loop.run_in_executor(None, sweep_orphan_segments)
 
     # ---- RAM ---------------------------------------------------------------------------------
 
@@ -430,7 +447,9 @@ class StreamManager:
             sample = tree_unique_bytes(row.worker.pid) / MB
             row.ram_samples_mb.append(sample)
             workers_total += sample
-            owners |= tree_pids(row.worker.pid)
+            pids = tree_pids(row.worker.pid)
+            row.known_pids |= pids
+            owners |= pids
         return MemoryUsage(
             manager_mb=process_unique_bytes(manager_pid) / MB,
             workers_mb=workers_total,
@@ -522,8 +541,10 @@ class StreamManager:
             ):
                 row.health_check_running = True
                 self._spawn_background(self._check_finished(row), f"health-{row.pipeline_id}")
+        # Every tick, not only after a reap: a worker's decode processes may outlive it by a
+        # moment, and their segments can only go once they are gone.
+        await asyncio.get_running_loop().run_in_executor(None, sweep_orphan_segments)
         if reaped:
-            await asyncio.get_running_loop().run_in_executor(None, sweep_orphan_segments)
             self._pool_wakeup.set()
         await self._measure_usage()
 
@@ -590,6 +611,23 @@ def _frame_size(reference: object, properties: dict[str, Any]) -> tuple[int, int
         except Exception:
             log.debug("could not probe %s for its frame size", reference, exc_info=True)
     return DEFAULT_FRAME_SIZE
+
+
+def wait_for_exit(pids: set[int], timeout: float) -> None:
+    """Wait (bounded) until none of ``pids`` is a live process (zombies count as gone)."""
+    deadline = time.monotonic() + timeout
+    remaining = set(pids)
+    while remaining and time.monotonic() < deadline:
+        remaining = {pid for pid in remaining if pid_alive(pid)}
+        if remaining:
+            time.sleep(0.02)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
 
 
 def sweep_orphan_segments() -> list[str]:
