@@ -112,6 +112,8 @@ class StreamManager:
         self._spawning = 0
         self._closing = False
         self._started = False
+        self._health_task: asyncio.Task[Any] | None = None
+        self._pool_task: asyncio.Task[Any] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -121,21 +123,29 @@ class StreamManager:
         if swept:
             log.info("removed %d orphaned shared-memory entries: %s", len(swept), ", ".join(swept))
         self._started = True
-        self._spawn_background(self._health_loop(), "health-loop")
-        self._spawn_background(self._pool_loop(), "idle-pool")
+        self._health_task = self._spawn_background(self._health_loop(), "health-loop")
+        self._pool_task = self._spawn_background(self._pool_loop(), "idle-pool")
 
     async def close(self) -> None:
         """Terminate every pipeline and idle worker, then remove every segment they left."""
         if self._closing:
             return
         self._closing = True
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        for task in (self._health_task, self._pool_task):
+            if task is not None:
+                task.cancel()
+        # Health checks may be terminating a finished pipeline right now: let them finish
+        # (each is bounded) rather than cancel a termination halfway.
+        bound = self.settings.command_timeout_s + 2 * self.settings.terminate_timeout_s
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=bound)
         rows = list(self._table.values())
         await asyncio.gather(
             *(self._terminate_row(row, reason="shutdown") for row in rows), return_exceptions=True
         )
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         self._table.clear()
         pids = set().union(*(row.known_pids for row in rows)) if rows else set()
         loop = asyncio.get_running_loop()
@@ -143,10 +153,11 @@ class StreamManager:
         await loop.run_in_executor(None, sweep_orphan_segments)
         remove_own_segments(os.getpid())
 
-    def _spawn_background(self, coro: Any, name: str) -> None:
+    def _spawn_background(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # ---- the commands (called by the TCP front end) ------------------------------------------
 

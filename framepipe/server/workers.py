@@ -62,6 +62,15 @@ def start_worker_process(terminate_timeout_s: float) -> tuple[SpawnProcess, Conn
     return process, parent_conn
 
 
+def _end_orphan(started: asyncio.Future[tuple[SpawnProcess, Connection]]) -> None:
+    if started.cancelled() or started.exception() is not None:
+        return
+    process, conn = started.result()
+    process.kill()
+    conn.close()
+    threading.Thread(target=process.join, args=(10,), daemon=True).start()
+
+
 class WorkerHandle:
     """One spawned worker process and its command pipe."""
 
@@ -89,7 +98,12 @@ class WorkerHandle:
         The fork-exec and the hand-over of the start-up data run in a thread, off the loop.
         """
         loop = asyncio.get_running_loop()
-        process, conn = await loop.run_in_executor(None, start_worker_process, terminate_timeout_s)
+        started = loop.run_in_executor(None, start_worker_process, terminate_timeout_s)
+        try:
+            process, conn = await asyncio.shield(started)
+        except asyncio.CancelledError:
+            started.add_done_callback(_end_orphan)  # nobody will own it: end it once started
+            raise
         return cls(process, conn, loop)
 
     # ---- the reader thread -------------------------------------------------------------------
