@@ -63,8 +63,8 @@ log = logging.getLogger("framepipe.manager")
 
 # Frame size assumed for a source whose size is not known before it is opened (a camera, a stream).
 DEFAULT_FRAME_SIZE = (1920, 1080)
-# Ring slots assumed per source when the configuration does not say (decoding_buffer_size).
-DEFAULT_RING_SLOTS = 16
+# The payload's default (framepipe.protocol.payloads.DEFAULT_DECODING_BUFFER_SIZE).
+DEFAULT_DECODING_BUFFER_SIZE = 64
 
 
 class RowState(StrEnum):
@@ -473,12 +473,12 @@ class StreamManager:
         if not isinstance(references, list):
             references = [references]
         properties = video.get("video_source_properties") or {}
-        slots = int(payload.get("decoding_buffer_size") or DEFAULT_RING_SLOTS)
+        buffer_size = int(payload.get("decoding_buffer_size") or DEFAULT_DECODING_BUFFER_SIZE)
         loop = asyncio.get_running_loop()
         shapes = await loop.run_in_executor(
             None, lambda: [_frame_size(ref, properties) for ref in references]
         )
-        return ring_bytes(shapes, slots)
+        return await loop.run_in_executor(None, ring_bytes, shapes, buffer_size)
 
     # ---- background loops --------------------------------------------------------------------
 

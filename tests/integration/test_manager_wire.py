@@ -104,7 +104,14 @@ def test_ram_budget_refusal_is_operation_error_with_the_numbers() -> None:
 
 def test_shm_space_is_checked_before_admission() -> None:
     with running_manager() as manager:
-        reply = manager.request(init_message(decoding_buffer_size=100_000))
+        huge = {"frame_width": 100_000.0, "frame_height": 100_000.0}  # 30 GB frames
+        message = init_message()
+        message["video_configuration"] = {
+            "type": "VideoConfiguration",
+            "video_reference": "/nonexistent.mp4",
+            "video_source_properties": huge,
+        }
+        reply = manager.request(message)
         response = reply["response"]
         assert response["error_type"] == "operation_error", response
         assert response["error_class"] == "ShmExhaustedError"
