@@ -23,6 +23,30 @@ def framepipe_shm_entries() -> set[str]:
         return set()
 
 
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _owner_pid(name: str) -> int | None:
+    pid_text = name.removeprefix("sem.").removeprefix("fp-").split("-", 1)[0]
+    return int(pid_text) if pid_text.isdigit() else None
+
+
+def _foreign(name: str) -> bool:
+    """An entry owned by a live process of another checkout (a parallel test run on the same
+    machine): not this test's leak, and not ours to unlink. Processes started by this suite,
+    orphaned or not, run with their working directory in this checkout."""
+    pid = _owner_pid(name)
+    if pid is None:
+        return False
+    try:
+        owner = psutil.Process(pid)
+        if owner.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not Path(owner.cwd()).resolve().is_relative_to(_ROOT)
+    except (psutil.Error, OSError):
+        return False
+
+
 def _children() -> list[psutil.Process]:
     try:
         return psutil.Process().children(recursive=True)
@@ -43,7 +67,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     while True:
         new_children = [p for p in _children() if p.pid not in children_before and p.is_running()]
         new_children = [p for p in new_children if p.status() != psutil.STATUS_ZOMBIE]
-        leaked_shm = framepipe_shm_entries() - shm_before
+        leaked_shm = {n for n in framepipe_shm_entries() - shm_before if not _foreign(n)}
         if (not new_children and not leaked_shm) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -61,7 +85,10 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     if new_children:
         problems.append(
             "child processes still alive: "
-            + ", ".join(f"{p.pid} ({' '.join(p.cmdline()[:3]) if p.is_running() else '?'})" for p in new_children)
+            + ", ".join(
+                f"{p.pid} ({' '.join(p.cmdline()[:3]) if p.is_running() else '?'})"
+                for p in new_children
+            )
         )
     if leaked_shm:
         problems.append(f"shared-memory entries leaked: {sorted(leaked_shm)}")

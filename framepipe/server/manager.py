@@ -63,6 +63,8 @@ log = logging.getLogger("framepipe.manager")
 
 # Frame size assumed for a source whose size is not known before it is opened (a camera, a stream).
 DEFAULT_FRAME_SIZE = (1920, 1080)
+# After an `init` took a warm worker, its replacement starts this much later.
+POOL_REFILL_DELAY_S = 1.0
 # The payload's default (framepipe.protocol.payloads.DEFAULT_DECODING_BUFFER_SIZE).
 DEFAULT_DECODING_BUFFER_SIZE = 64
 
@@ -112,6 +114,7 @@ class StreamManager:
         self._spawning = 0
         self._closing = False
         self._started = False
+        self._last_init_at = -POOL_REFILL_DELAY_S
         self._health_task: asyncio.Task[Any] | None = None
         self._pool_task: asyncio.Task[Any] | None = None
 
@@ -125,6 +128,15 @@ class StreamManager:
         self._started = True
         self._health_task = self._spawn_background(self._health_loop(), "health-loop")
         self._pool_task = self._spawn_background(self._pool_loop(), "idle-pool")
+        # Admission sizes rings with numpy and probes files with PyAV: import them now, in a
+        # thread, so the first `init` does not pay for it (the port is already accepting).
+        self._spawn_background(self._preload(), "preload")
+
+    async def _preload(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _preload_admission_modules)
+        except ImportError:
+            log.exception("could not preload the admission modules")
 
     async def close(self) -> None:
         """Terminate every pipeline and idle worker, then remove every segment they left."""
@@ -224,6 +236,7 @@ class StreamManager:
                 row.state = RowState.IDLE  # back to the pool, untouched
             raise
         self._reserved_mb += admission.predicted_mb
+        self._last_init_at = time.monotonic()
         try:
             if row is None:
                 row = await self._spawn_row(RowState.STARTING)
@@ -487,6 +500,12 @@ class StreamManager:
         while True:
             idle = sum(1 for r in self._table.values() if r.is_idle and not r.is_terminating)
             if idle < self.settings.preloaded_processes and not self._closing:
+                # A pipeline that just took a warm worker is starting its decoder now; a
+                # replacement's imports would compete with it for the CPU: wait a moment.
+                since_init = time.monotonic() - self._last_init_at
+                if since_init < POOL_REFILL_DELAY_S:
+                    await asyncio.sleep(POOL_REFILL_DELAY_S - since_init)
+                    continue
                 try:
                     await self._admit_idle_worker()
                     row = await self._spawn_row(RowState.IDLE)
@@ -580,6 +599,13 @@ class StreamManager:
                 await self._terminate_row(row, reason="all sources ended")
         finally:
             row.health_check_running = False
+
+
+def _preload_admission_modules() -> None:
+    import av  # noqa: F401
+
+    import framepipe.core.ring
+    import framepipe.core.sources.hub  # noqa: F401
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -62,6 +62,13 @@ def start_worker_process(terminate_timeout_s: float) -> tuple[SpawnProcess, Conn
     return process, parent_conn
 
 
+def _is_resource_tracker(proc: psutil.Process) -> bool:
+    try:
+        return any("resource_tracker" in part for part in proc.cmdline())
+    except psutil.Error:
+        return False
+
+
 def _end_orphan(started: asyncio.Future[tuple[SpawnProcess, Connection]]) -> None:
     if started.cancelled() or started.exception() is not None:
         return
@@ -211,13 +218,19 @@ class WorkerHandle:
     # ---- ending ------------------------------------------------------------------------------
 
     def signal_tree(self, signo: signal.Signals) -> None:
-        """Send a signal to the worker and every process under it."""
+        """Send a signal to the worker and every process under it.
+
+        multiprocessing's resource trackers are spared: once their owner is gone they unlink
+        the semaphores it registered (a killed tracker would leak them in /dev/shm).
+        """
         try:
             procs = [psutil.Process(self.pid), *psutil.Process(self.pid).children(recursive=True)]
         except psutil.Error:
             procs = []
         for proc in procs:
             with contextlib.suppress(psutil.Error):
+                if proc.pid != self.pid and _is_resource_tracker(proc):
+                    continue
                 proc.send_signal(signo)
 
     def kill(self) -> None:
