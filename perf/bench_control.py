@@ -243,8 +243,10 @@ def bench_init(video: Path, runs: int) -> dict[str, Any]:
     }
 
 
-async def _status_load(port: int, pipeline_id: str, clients: int, per_client: int) -> list[float]:
-    message = encode_message({"type": "status", "pipeline_id": pipeline_id})
+async def _load(port: int, request: dict[str, Any], clients: int, per_client: int) -> list[float]:
+    """``clients`` concurrent clients, each sending ``per_client`` requests one after another
+    (one connection per request, as the protocol does); returns every round trip."""
+    message = encode_message(request)
     latencies: list[float] = []
 
     async def one_client() -> None:
@@ -269,7 +271,8 @@ def bench_status(video: Path, clients: int, per_client: int) -> dict[str, float]
     try:
         manager.time_to_accept()
         _, healthy = init_to_first_result(manager.port, video, max_fps=30)
-        baseline = asyncio.run(_status_load(manager.port, healthy, clients, per_client))
+        status = {"type": "status", "pipeline_id": healthy}
+        baseline = asyncio.run(_load(manager.port, status, clients, per_client))
         known = {w.pid for w in manager.workers()}
         _, hung_id = init_to_first_result(manager.port, video, max_fps=30)
         (hung,) = [w for w in manager.workers() if w.pid not in known]
@@ -283,7 +286,8 @@ def bench_status(video: Path, clients: int, per_client: int) -> dict[str, float]
         )
         hung_waiter.start()
         time.sleep(0.2)
-        loaded = asyncio.run(_status_load(manager.port, healthy, clients, per_client))
+        loaded = asyncio.run(_load(manager.port, status, clients, per_client))
+        floor = asyncio.run(_load(manager.port, {"type": "list_pipelines"}, clients, per_client))
         os.kill(hung.pid, signal.SIGCONT)
     finally:
         manager.stop()
@@ -294,6 +298,8 @@ def bench_status(video: Path, clients: int, per_client: int) -> dict[str, float]
         "status_rtt_p99_ms": 1000 * _percentile(loaded, 99),
         "status_rtt_p50_ms_no_hung_worker": 1000 * _percentile(baseline, 50),
         "status_rtt_p99_ms_no_hung_worker": 1000 * _percentile(baseline, 99),
+        "list_rtt_p50_ms_same_load": 1000 * _percentile(floor, 50),
+        "list_rtt_p99_ms_same_load": 1000 * _percentile(floor, 99),
         "status_requests": float(len(loaded)),
     }
 
@@ -311,7 +317,7 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--per-client", type=int, default=20)
+    parser.add_argument("--per-client", type=int, default=40)
     args = parser.parse_args()
 
     from framepipe.testing.media import make_test_video
@@ -357,13 +363,16 @@ def main() -> int:
             "status_rtt_p99_ms_no_hung_worker",
             "< 20",
         ),
+        ("list_pipelines p50, same load (ms)", "list_rtt_p50_ms_same_load", None, "floor"),
+        ("list_pipelines p99, same load (ms)", "list_rtt_p99_ms_same_load", None, "floor"),
     ]
     print(f"{'metric':<44} {'framepipe':>10} {'baseline':>10}  target")
     for label, key, base, target in rows:
         baseline = f"{results[base]:>10.1f}" if base else f"{'-':>10}"
         print(f"{label:<44} {results[key]:>10.1f} {baseline}  {target}")
     print(
-        "baselines: bare interpreter (accept, USS); cold spawn (warm init); no hung worker (status)"
+        "baselines: bare interpreter (accept, USS); cold spawn (warm init); no hung worker (status);"
+        " list_pipelines (no worker round trip) is the TCP path's floor under the same load"
     )
     if args.json:
         print(json.dumps(results))
