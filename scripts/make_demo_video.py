@@ -39,7 +39,9 @@ def background() -> npt.NDArray[np.uint8]:
     bg = np.stack([b, g, r], axis=2).clip(0, 255).astype(np.uint8)
     for i in range(6):  # a few plain shapes so the scene is not empty
         x0 = 60 + i * 200
-        cv2.rectangle(bg, (x0, 560 + (i % 2) * 40), (x0 + 120, 700), (70 + 20 * i, 120, 150 - 10 * i), -1)
+        cv2.rectangle(
+            bg, (x0, 560 + (i % 2) * 40), (x0 + 120, 700), (70 + 20 * i, 120, 150 - 10 * i), -1
+        )
     return bg
 
 
@@ -68,11 +70,20 @@ def main() -> int:
         stream.options = {"crf": "30", "preset": "medium", "g": str(2 * FPS)}
         for i in range(FPS * SECONDS):
             scale, cx, cy = transform(i)
-            m = np.array([[scale, 0, cx - scale * pw / 2], [0, scale, cy - scale * ph / 2]], np.float64)
+            m = np.array(
+                [[scale, 0, cx - scale * pw / 2], [0, scale, cy - scale * ph / 2]], np.float64
+            )
             image = bg.copy()
-            cv2.warpAffine(portrait, m, (WIDTH, HEIGHT), dst=image, borderMode=cv2.BORDER_TRANSPARENT)
+            cv2.warpAffine(
+                portrait, m, (WIDTH, HEIGHT), dst=image, borderMode=cv2.BORDER_TRANSPARENT
+            )
             x1, y1, x2, y2 = FACE_IN_SOURCE
-            face = [x1 * scale + m[0, 2], y1 * scale + m[1, 2], x2 * scale + m[0, 2], y2 * scale + m[1, 2]]
+            face = [
+                x1 * scale + m[0, 2],
+                y1 * scale + m[1, 2],
+                x2 * scale + m[0, 2],
+                y2 * scale + m[1, 2],
+            ]
             inside = face[0] >= 0 and face[1] >= 0 and face[2] <= WIDTH and face[3] <= HEIGHT
             outside = face[0] >= WIDTH
             frames_truth.append(
@@ -99,7 +110,9 @@ def main() -> int:
     (OUT_DIR / "demo_faces.json").write_text(json.dumps(truth, indent=1) + "\n")
     full = sum(f["visible"] == "full" for f in frames_truth)
     none = sum(f["visible"] == "none" for f in frames_truth)
-    print(f"{video_path}: {video_path.stat().st_size} bytes, {len(frames_truth)} frames, face fully visible in {full}, absent in {none}")
+    print(
+        f"{video_path}: {video_path.stat().st_size} bytes, {len(frames_truth)} frames, face fully visible in {full}, absent in {none}"
+    )
     return 0
 
 

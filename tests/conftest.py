@@ -3,6 +3,7 @@ process fails, and what it leaked is cleaned up so the next test starts clean.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -72,15 +73,11 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
             break
         time.sleep(0.05)
     for proc in new_children:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     for name in leaked_shm:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             (SHM_DIR / name).unlink()
-        except FileNotFoundError:
-            pass
     problems = []
     if new_children:
         problems.append(

@@ -156,12 +156,12 @@ class StreamManagerClient:
             decoder = FrameDecoder(self.max_message_size)
             while True:
                 chunk = await reader.read(_exchange.READ_CHUNK)
+                if not chunk:
+                    raise ConnectivityError(
+                        "The stream manager closed the connection before a complete answer "
+                        f"({decoder.buffered} bytes received)"
+                    )
                 try:
-                    if not chunk:
-                        decoder.eof()
-                        raise ProtocolViolationError(
-                            "The stream manager closed the connection without answering"
-                        )
                     messages = decoder.feed(chunk)
                 except FramingError as error:
                     raise ProtocolViolationError(f"Malformed response frame: {error}") from error

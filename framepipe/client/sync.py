@@ -131,12 +131,12 @@ class SyncStreamManagerClient:
                 while True:
                     sock.settimeout(_remaining(deadline))
                     chunk = sock.recv(_exchange.READ_CHUNK)
+                    if not chunk:
+                        raise ConnectivityError(
+                            "The stream manager closed the connection before a complete answer "
+                            f"({decoder.buffered} bytes received)"
+                        )
                     try:
-                        if not chunk:
-                            decoder.eof()
-                            raise ProtocolViolationError(
-                                "The stream manager closed the connection without answering"
-                            )
                         messages = decoder.feed(chunk)
                     except FramingError as error:
                         raise ProtocolViolationError(

@@ -13,6 +13,10 @@ cdef class ResizePlan:
     cdef int32_t* x_ofs0
     cdef int32_t* x_ofs1
     cdef int32_t* x_weight
+    # the source columns some destination pixel reads with a non-zero weight: a row that has
+    # to be converted first (YUV, strided BGR) converts only these
+    cdef int32_t* src_columns
+    cdef int n_src_columns
     cdef int32_t* y_row0
     cdef int32_t* y_row1
     cdef float* y_weight

@@ -12,14 +12,17 @@ The index and weight tables depend only on (source shape, destination shape, let
 live in a :class:`ResizePlan`, built once and reused for every frame of that shape. Plans and
 normalisations are immutable, so one may be shared by several threads.
 
-Per destination row the two source rows are blended vertically into a float row (a
-contiguous, vectorisable loop over only the columns the row needs), then each destination
-pixel takes two taps of that row horizontally and is normalised and stored per plane.
+Per destination row: each of the two source rows is resampled horizontally (two taps per
+destination pixel, 11-bit fixed-point weights as cv2 uses, SSE2), cached while the next
+destination row reads the same source row (upscaling); when downscaling, both rows are
+resampled and blended in one pass instead. The pixels are then blended vertically in float,
+transposed to planes, normalised and stored (kernels in _preprocess_kernels.h). Only source
+columns that are actually read are converted when a row needs converting (YUV, strided BGR).
 """
 
 from libc.math cimport floor, rint
 from libc.stdint cimport int32_t, uint8_t, uint16_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 
 import numpy as np
@@ -33,6 +36,10 @@ cdef extern from "_preprocess_kernels.h" nogil:
     int FP_HWEIGHT_ONE
     void fp_hresample_row(const uint8_t* row, Py_ssize_t row_bytes, int n, const int32_t* ofs0,
                           const int32_t* ofs1, const int32_t* weights, float* out4)
+    void fp_prefetch_row(const uint8_t* row, Py_ssize_t nbytes)
+    void fp_hresample_rows2(const uint8_t* r0, const uint8_t* r1, Py_ssize_t row_bytes, int n,
+                            const int32_t* ofs0, const int32_t* ofs1, const int32_t* weights,
+                            float wy, float* out4)
     void fp_vblend_store(const float* h0, const float* h1, float wy, int n, const int* channel,
                          const float* gain, const float* offset, float* d0, float* d1, float* d2)
 
@@ -94,6 +101,8 @@ cdef class ResizePlan:
         self.y_row0 = NULL
         self.y_row1 = NULL
         self.y_weight = NULL
+        self.src_columns = NULL
+        self.n_src_columns = 0
         if src_height <= 0 or src_width <= 0:
             raise ValueError(f"source size must be positive, got {src_width}x{src_height}")
         if dst_height <= 0 or dst_width <= 0:
@@ -138,6 +147,20 @@ cdef class ResizePlan:
             w1 = <int>(xw[i] * FP_HWEIGHT_ONE + 0.5)
             self.x_weight[i] = (FP_HWEIGHT_ONE - w1) | (w1 << 16)
         free(xw)
+        cdef uint8_t* needed = <uint8_t*>calloc(src_width, 1)
+        self.src_columns = <int32_t*>malloc(src_width * sizeof(int32_t))
+        if needed == NULL or self.src_columns == NULL:
+            free(needed)
+            raise MemoryError()
+        for i in range(self.new_width):
+            needed[self.x_ofs0[i] // 3] = 1
+            if (self.x_weight[i] >> 16) != 0:
+                needed[self.x_ofs1[i] // 3] = 1
+        for i in range(src_width):
+            if needed[i]:
+                self.src_columns[self.n_src_columns] = i
+                self.n_src_columns += 1
+        free(needed)
 
     def __dealloc__(self):
         free(self.x_ofs0)
@@ -146,6 +169,7 @@ cdef class ResizePlan:
         free(self.y_row0)
         free(self.y_row1)
         free(self.y_weight)
+        free(self.src_columns)
 
     def __repr__(self):
         return (
@@ -195,6 +219,9 @@ cdef inline uint8_t _clip_u8(int v) noexcept nogil:
 
 # BT.601 limited range, the integer constants of cv2's YUV420 -> BGR (bit-exact with it).
 cdef enum:
+    PREFETCH_ROWS = 1  # destination rows ahead whose source rows are prefetched
+
+cdef enum:
     YUV_SHIFT = 20
     YUV_CY = 1220542
     YUV_CUB = 2116026
@@ -203,7 +230,7 @@ cdef enum:
     YUV_CVR = 1673527
 
 
-cdef void _yuv_row_to_bgr(const Source* src, int sy, uint8_t* out) noexcept nogil:
+cdef void _yuv_row_to_bgr(const Source* src, int sy, const int32_t* columns, int n, uint8_t* out) noexcept nogil:
     cdef const uint8_t* yrow = src.base + sy * src.row_stride
     cdef const uint8_t* urow
     cdef const uint8_t* vrow
@@ -220,7 +247,9 @@ cdef void _yuv_row_to_bgr(const Source* src, int sy, uint8_t* out) noexcept nogi
         vrow = urow + 1
         u_step = 2
         v_step = 2
-    for x in range(src.width):
+    cdef int j
+    for j in range(n):
+        x = columns[j]
         cx = x >> 1
         u = <int>urow[cx * u_step] - 128
         v = <int>vrow[cx * v_step] - 128
@@ -236,25 +265,26 @@ cdef void _yuv_row_to_bgr(const Source* src, int sy, uint8_t* out) noexcept nogi
         out[3 * x + 2] = _clip_u8((y + ruv) >> YUV_SHIFT)
 
 
-cdef void _strided_row_to_bgr(const Source* src, int sy, uint8_t* out) noexcept nogil:
+cdef void _strided_row_to_bgr(const Source* src, int sy, const int32_t* columns, int n, uint8_t* out) noexcept nogil:
     cdef const uint8_t* row = src.base + sy * src.row_stride
     cdef const uint8_t* px
-    cdef int x
-    for x in range(src.width):
+    cdef int x, j
+    for j in range(n):
+        x = columns[j]
         px = row + x * src.pixel_stride
         out[3 * x] = px[0]
         out[3 * x + 1] = px[src.channel_stride]
         out[3 * x + 2] = px[2 * src.channel_stride]
 
 
-cdef const uint8_t* _source_row(const Source* src, int sy, uint8_t* scratch) noexcept nogil:
+cdef const uint8_t* _source_row(const Source* src, ResizePlan plan, int sy, uint8_t* scratch) noexcept nogil:
     """A packed BGR row of the source: in place when it is packed, else converted into scratch."""
     if src.kind == SOURCE_BGR and src.packed:
         return src.base + sy * src.row_stride
     if src.kind == SOURCE_BGR:
-        _strided_row_to_bgr(src, sy, scratch)
+        _strided_row_to_bgr(src, sy, plan.src_columns, plan.n_src_columns, scratch)
     else:
-        _yuv_row_to_bgr(src, sy, scratch)
+        _yuv_row_to_bgr(src, sy, plan.src_columns, plan.n_src_columns, scratch)
     return scratch
 
 
@@ -311,7 +341,7 @@ cdef const float* _resampled_row(const Source* src, ResizePlan plan, int sy, flo
             used_slot[0] = slot
             return hrows + slot * slot_size
     slot = 1 if avoid_slot == 0 else 0
-    cdef const uint8_t* row = _source_row(src, sy, scratch)
+    cdef const uint8_t* row = _source_row(src, plan, sy, scratch)
     fp_hresample_row(row, 3 * <Py_ssize_t>src.width, plan.new_width, plan.x_ofs0, plan.x_ofs1,
                      plan.x_weight, hrows + slot * slot_size)
     cached[slot] = sy
@@ -322,14 +352,18 @@ cdef const float* _resampled_row(const Source* src, ResizePlan plan, int sy, flo
 cdef int _run(const Source* src, ResizePlan plan, Normalisation norm, const Output* out, bint fill_padding) noexcept nogil:
     """The fused pass. Returns 0, or -1 when scratch memory could not be allocated."""
     cdef int new_w = plan.new_width
-    cdef float* hrows = <float*>malloc(2 * 4 * <Py_ssize_t>new_w * sizeof(float))
+    cdef float* hrows = <float*>malloc(3 * 4 * <Py_ssize_t>new_w * sizeof(float))
+    cdef float* blended
+    cdef bint packed = src.kind == SOURCE_BGR and src.packed
+    cdef bint downscale = plan.new_height <= src.height
     cdef float* planes = <float*>malloc(3 * <Py_ssize_t>new_w * sizeof(float))
-    cdef uint8_t* scratch = <uint8_t*>malloc(3 * <Py_ssize_t>src.width + 16)
+    cdef uint8_t* scratch = <uint8_t*>calloc(3 * <Py_ssize_t>src.width + 16, 1)
     if hrows == NULL or planes == NULL or scratch == NULL:
         free(hrows)
         free(planes)
         free(scratch)
         return -1
+    blended = hrows + 2 * 4 * <Py_ssize_t>new_w  # slots 0, 1: cached rows; 2: a blended pair
     cdef int cached[2]
     cached[0] = -1
     cached[1] = -1
@@ -349,13 +383,32 @@ cdef int _run(const Source* src, ResizePlan plan, Normalisation norm, const Outp
     if fill_padding:
         _fill_padding(plan, norm, out)
 
+    cdef int ahead
     for y in range(plan.new_height):
         wy = plan.y_weight[y]
-        h0 = _resampled_row(src, plan, plan.y_row0[y], hrows, cached, -1, &slot0, scratch)
-        if wy == 0.0:
-            h1 = h0
+        if packed and y + PREFETCH_ROWS < plan.new_height:
+            # the rows of a destination row a little ahead (each source row once)
+            ahead = plan.y_row0[y + PREFETCH_ROWS]
+            if ahead != plan.y_row0[y + PREFETCH_ROWS - 1] and ahead != plan.y_row1[y + PREFETCH_ROWS - 1]:
+                fp_prefetch_row(src.base + ahead * src.row_stride, 3 * <Py_ssize_t>src.width)
+            ahead = plan.y_row1[y + PREFETCH_ROWS]
+            if plan.y_weight[y + PREFETCH_ROWS] != 0.0 and ahead != plan.y_row1[y + PREFETCH_ROWS - 1]:
+                fp_prefetch_row(src.base + ahead * src.row_stride, 3 * <Py_ssize_t>src.width)
+        if wy != 0.0 and packed and downscale:
+            # two fresh rows per destination row: blend them in the horizontal pass
+            fp_hresample_rows2(src.base + plan.y_row0[y] * src.row_stride,
+                               src.base + plan.y_row1[y] * src.row_stride,
+                               3 * <Py_ssize_t>src.width, new_w, plan.x_ofs0, plan.x_ofs1,
+                               plan.x_weight, wy, blended)
+            h0 = blended
+            h1 = blended
+            wy = 0.0
         else:
-            h1 = _resampled_row(src, plan, plan.y_row1[y], hrows, cached, slot0, &slot1, scratch)
+            h0 = _resampled_row(src, plan, plan.y_row0[y], hrows, cached, -1, &slot0, scratch)
+            if wy == 0.0:
+                h1 = h0
+            else:
+                h1 = _resampled_row(src, plan, plan.y_row1[y], hrows, cached, slot0, &slot1, scratch)
         out_offset = (plan.pad_top + y) * W + plan.pad_left
         if out.f32 != NULL:
             d0 = out.f32 + out_offset

@@ -20,6 +20,14 @@
 #define FP_HWEIGHT_BITS 11
 #define FP_HWEIGHT_ONE (1 << FP_HWEIGHT_BITS)
 
+/* Ask for a source row ahead of its use: rows are read at a stride of several rows when
+ * downscaling, which the hardware prefetcher does not follow across rows. */
+static inline void fp_prefetch_row(const uint8_t *row, intptr_t bytes)
+{
+    for (intptr_t i = 0; i < bytes; i += 64)
+        __builtin_prefetch(row + i, 0, 3);
+}
+
 /* weights[x] packs (left weight) | (right weight << 16), the two summing to FP_HWEIGHT_ONE */
 static inline void fp_hresample_row(const uint8_t *row, intptr_t row_bytes, int n,
                                     const int32_t *ofs0, const int32_t *ofs1,
@@ -50,6 +58,46 @@ static inline void fp_hresample_row(const uint8_t *row, intptr_t row_bytes, int 
         o[0] = (float)(p[0] * w0 + q[0] * w1);
         o[1] = (float)(p[1] * w0 + q[1] * w1);
         o[2] = (float)(p[2] * w0 + q[2] * w1);
+        o[3] = 0.0f;
+    }
+}
+
+/* Two source rows at once, blended vertically with weight wy after the horizontal taps:
+ * the same numbers as two fp_hresample_row calls plus the blend, in one pass (downscaling
+ * reads two fresh rows for every destination row, so there is nothing to cache). */
+static inline void fp_hresample_rows2(const uint8_t *r0, const uint8_t *r1, intptr_t row_bytes,
+                                      int n, const int32_t *ofs0, const int32_t *ofs1,
+                                      const int32_t *weights, float wy, float *out4)
+{
+    int x = 0;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    const __m128 vw = _mm_set1_ps(wy);
+    for (; x < n; x++) {
+        if ((intptr_t)ofs1[x] + 4 > row_bytes)
+            break;
+        uint32_t a0, b0, a1, b1;
+        memcpy(&a0, r0 + ofs0[x], 4);
+        memcpy(&b0, r0 + ofs1[x], 4);
+        memcpy(&a1, r1 + ofs0[x], 4);
+        memcpy(&b1, r1 + ofs1[x], 4);
+        const __m128i w = _mm_set1_epi32(weights[x]);
+        __m128i p0 = _mm_unpacklo_epi8(_mm_cvtsi32_si128((int)a0), _mm_cvtsi32_si128((int)b0));
+        __m128i p1 = _mm_unpacklo_epi8(_mm_cvtsi32_si128((int)a1), _mm_cvtsi32_si128((int)b1));
+        __m128 f0 = _mm_cvtepi32_ps(_mm_madd_epi16(_mm_unpacklo_epi8(p0, zero), w));
+        __m128 f1 = _mm_cvtepi32_ps(_mm_madd_epi16(_mm_unpacklo_epi8(p1, zero), w));
+        _mm_storeu_ps(out4 + 4 * (intptr_t)x, _mm_add_ps(f0, _mm_mul_ps(vw, _mm_sub_ps(f1, f0))));
+    }
+#endif
+    for (; x < n; x++) {
+        const int w0 = weights[x] & 0xffff;
+        const int w1 = (weights[x] >> 16) & 0xffff;
+        float *o = out4 + 4 * (intptr_t)x;
+        for (int c = 0; c < 3; c++) {
+            const float f0 = (float)(r0[ofs0[x] + c] * w0 + r0[ofs1[x] + c] * w1);
+            const float f1 = (float)(r1[ofs0[x] + c] * w0 + r1[ofs1[x] + c] * w1);
+            o[c] = f0 + wy * (f1 - f0);
+        }
         o[3] = 0.0f;
     }
 }

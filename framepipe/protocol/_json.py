@@ -2,13 +2,13 @@
 
 The reference serialises every message with ``json.dumps(obj, default=...)``: separators
 ``", "`` and ``": "``, ``ensure_ascii=True``, floats as ``repr``. Clients may compare bytes, and
-the golden examples do, so framepipe writes exactly those bytes. ``json.dumps`` costs ~3 ms on a
-780 kB consume_result with a base64 image (it escapes every character), so large messages take
-a fast path: orjson writes compact JSON (~30 us), and a fix-up pass outside string literals
-inserts the spaces and rewrites floats to ``repr`` form. The fast path is taken only when its
-output is provably identical (pure ASCII output, no DEL, no non-string keys, every value a type
-both encoders agree on); otherwise ``json.dumps`` writes the message. A property test checks the
-two paths agree.
+the golden examples do, so framepipe writes exactly those bytes. ``json.dumps`` costs ~1.5 ms
+on a 780 kB consume_result with a base64 image (it escapes every character), so large messages
+take a fast path: orjson writes compact JSON, and a fix-up pass outside string literals inserts
+the spaces and rewrites floats to ``repr`` form (~130 us in all, perf/bench_tcp_front.py). The
+fast path is taken only when its output is provably identical (pure ASCII output, no DEL, no
+non-string keys, no integer beyond 64 bits); otherwise ``json.dumps`` writes the message.
+Property tests check that the two paths agree.
 
 Non-finite floats (NaN, +-Infinity) are not JSON; the reference writes ``NaN`` that strict
 parsers reject. framepipe writes ``null`` for them (a deliberate difference).
@@ -31,6 +31,7 @@ FAST_PATH_MIN_BYTES = 4096
 
 _BACKSLASH = ord("\\")
 _FLOAT = re.compile(rb"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)|-?\d+\.\d+")
+_LONG_DIGIT_RUN = re.compile(rb"\d{20}")
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
@@ -123,14 +124,18 @@ def dumps_slow(obj: Any) -> bytes:
     return json.dumps(_finite(obj), default=_reference_default, allow_nan=False).encode("ascii")
 
 
-def loads(body: bytes) -> Any:
+def loads(body: bytes, *, exact_integers: bool = True) -> Any:
     """Parse a JSON document as the reference (``json.loads``) does, orjson first for speed.
 
-    orjson rejects some documents ``json.loads`` accepts (integers beyond 64 bits, ``NaN``);
-    those go through ``json.loads``. Raises ValueError (UnicodeDecodeError, JSONDecodeError)
-    for anything that is not a JSON document in UTF-8.
+    orjson differs from ``json.loads`` on integers beyond 64 bits (it makes them floats) and
+    rejects ``NaN``/``Infinity``; a document orjson refuses goes through ``json.loads``, and so
+    does one with a run of 20 digits when ``exact_integers`` (that scan costs ~10 us per kB,
+    negligible for requests; clients reading large responses turn it off). Raises ValueError
+    (UnicodeDecodeError, JSONDecodeError) for anything that is not a JSON document in UTF-8.
     """
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return json.loads(body.decode("utf-8"))
+    if not exact_integers or _LONG_DIGIT_RUN.search(body) is None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body.decode("utf-8"))

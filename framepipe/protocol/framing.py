@@ -55,10 +55,11 @@ def encode_message(message: Any) -> bytes:
     return encode_frame(_json.dumps(message))
 
 
-def decode_payload(payload: bytes) -> Any:
-    """The JSON document in ``payload`` (any JSON value)."""
+def decode_payload(payload: bytes, *, exact_integers: bool = True) -> Any:
+    """The JSON document in ``payload`` (any JSON value); see :func:`_json.loads` for
+    ``exact_integers``."""
     try:
-        return _json.loads(payload)
+        return _json.loads(payload, exact_integers=exact_integers)
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise MalformedPayloadError("Received payload that is not in a JSON format") from error
 
@@ -99,6 +100,7 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._expected: int | None = None  # payload size once the header is complete
         self._failed = False
+        self._pending_error: FramingError | None = None
 
     @property
     def buffered(self) -> int:
@@ -111,6 +113,9 @@ class FrameDecoder:
         return self._expected
 
     def feed(self, data: bytes) -> list[bytes]:
+        """The messages completed by ``data``, in order. A framing error after one or more
+        complete messages is raised by the next call instead, so no message is lost."""
+        self._raise_pending()
         if self._failed:
             raise FramingError("The decoder already failed; the stream has lost its framing")
         self._buffer += data
@@ -119,7 +124,13 @@ class FrameDecoder:
             if self._expected is None:
                 if len(self._buffer) < HEADER_SIZE:
                     return messages
-                self._expected = self._read_header(bytes(self._buffer[:HEADER_SIZE]))
+                try:
+                    self._expected = self._read_header(bytes(self._buffer[:HEADER_SIZE]))
+                except FramingError as error:
+                    if not messages:
+                        raise
+                    self._pending_error = error
+                    return messages
                 del self._buffer[:HEADER_SIZE]
             if len(self._buffer) < self._expected:
                 return messages
@@ -129,6 +140,7 @@ class FrameDecoder:
 
     def eof(self) -> None:
         """The peer closed its sending side; raise if it left a message unfinished."""
+        self._raise_pending()
         if self._failed:
             return
         if self._expected is None and self._buffer:
@@ -143,8 +155,15 @@ class FrameDecoder:
                 f"(received {len(self._buffer)} of {self._expected} bytes)."
             )
 
+    def _raise_pending(self) -> None:
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            raise error
+
     def _read_header(self, header: bytes) -> int:
         size = int.from_bytes(header, "big")
+        if size <= 0 or size > self.max_message_size:
+            self._buffer.clear()
         if size <= 0:
             self._failed = True
             raise MalformedHeaderError(f"Header is indicating non positive payload size: {size}")

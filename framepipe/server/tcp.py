@@ -15,6 +15,14 @@ How a request becomes a response:
 - any other exception: ``internal_error`` naming only the exception class; the traceback goes
   to the server log under the request id, never to the client.
 
+Two paths serve a connection. The fast one: a request that has arrived whole when the
+connection is accepted (the usual case; on Linux ``TCP_DEFER_ACCEPT`` delays the accept until
+the first bytes are in) is read with one ``recv`` and answered with one ``send`` on the plain
+socket — an asyncio transport costs more to set up than such a request costs to serve. Every
+other connection (a partial, slow or malformed request, an answer larger than the socket buffer)
+goes to :class:`_Connection`, a transport-based protocol with the read timeout, the size limit
+and a lingering close after a rejection. Requests above 256 kB are parsed in a worker thread.
+
 The handler is never cancelled because its client went away (an ``init`` half done is worse
 than a reply nobody reads); only :meth:`TcpFront.close` cancels what is still running.
 """
@@ -30,7 +38,7 @@ import socket
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from framepipe.protocol.commands import AUTH_TOKEN_KEY, Command, parse_command
 from framepipe.protocol.envelope import FailureBody, ResponseBody, SuccessBody, encode_response
@@ -71,6 +79,11 @@ class TcpFrontSettings:
 
 
 _LINGER_S = 1.0
+_FAST_READ_BYTES = 64 * 1024
+_ACCEPTS_PER_WAKEUP = 64
+_ACCEPT_PAUSE_S = 0.1
+OFFLOAD_PARSE_BYTES = 256 * 1024
+"""Requests larger than this are parsed in a worker thread, off the event loop."""
 
 
 class RequestTimeoutError(FramingError):
@@ -78,12 +91,13 @@ class RequestTimeoutError(FramingError):
 
 
 class _Connection(asyncio.Protocol):
-    """One connection: read one frame, answer it, close."""
+    """One connection on the transport path: read one frame, answer it, close."""
 
-    def __init__(self, front: TcpFront) -> None:
+    def __init__(self, front: TcpFront, initial: bytes = b"") -> None:
         self._front = front
         self._loop = front.loop
         self._decoder = FrameDecoder(front.settings.max_message_size)
+        self._initial = initial  # bytes the accept fast path already read
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._request_taken = False
@@ -93,12 +107,15 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol callbacks ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # (uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check)
+        self._transport = cast(asyncio.Transport, transport)
         self._front.connections.add(self)
         self._timer = self._loop.call_later(
             self._front.settings.read_timeout_s, self._on_read_timeout
         )
+        if self._initial:
+            initial, self._initial = self._initial, b""
+            self.data_received(initial)
 
     def data_received(self, data: bytes) -> None:
         if self._request_taken:
@@ -213,33 +230,120 @@ class TcpFront:
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accept_failing = False
         self._token = settings.auth_token.encode() if settings.auth_token is not None else None
 
-    async def _start(self) -> None:
-        self._server = await self.loop.create_server(
-            lambda: _Connection(self),
-            host=self.settings.host,
-            port=self.settings.port,
-            reuse_address=True,  # a restart on the same port works at once (TIME_WAIT)
-            backlog=self.settings.backlog,
+    def _start(self) -> None:
+        # socket.create_server sets SO_REUSEADDR (a restart on the same port works at once,
+        # despite connections in TIME_WAIT) and creates the socket non-inheritable (O_CLOEXEC:
+        # a worker that inherited it would keep the port bound after the manager is gone).
+        family = socket.getaddrinfo(
+            self.settings.host or None,
+            self.settings.port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )[0][0]
+        listener = socket.create_server(
+            (self.settings.host, self.settings.port), family=family, backlog=self.settings.backlog
         )
-        for sock in self._server.sockets:
-            # Python creates sockets non-inheritable (O_CLOEXEC); make it explicit, since a
-            # worker that inherited the listening socket would keep the port bound.
-            os.set_inheritable(sock.fileno(), False)
+        os.set_inheritable(listener.fileno(), False)
+        listener.setblocking(False)
+        if hasattr(socket, "TCP_DEFER_ACCEPT"):
+            # Linux: wake the accept only once the request's first bytes have arrived, so
+            # the fast path below nearly always finds them.
+            with contextlib.suppress(OSError):
+                listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+        self._listener = listener
+        self.loop.add_reader(listener.fileno(), self._accept_ready)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
-        return tuple(self._server.sockets) if self._server is not None else ()
+        return (self._listener,) if self._listener is not None else ()
 
     @property
     def port(self) -> int:
         """The bound port (useful with ``port=0``)."""
-        sockets = self.sockets
-        if not sockets:
+        if self._listener is None:
             raise RuntimeError("the TCP front end is not listening")
-        return int(sockets[0].getsockname()[1])
+        return int(self._listener.getsockname()[1])
+
+    # Accepting. A request is one small frame that, by the time the connection is accepted,
+    # has usually arrived whole: then it is read with one recv and answered with one send,
+    # without an asyncio transport (whose set-up costs more than the request). Anything else
+    # (a partial or malformed frame, a large answer) goes to the transport-based _Connection.
+
+    def _accept_ready(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        for _ in range(_ACCEPTS_PER_WAKEUP):  # bounded: the loop has other work too
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                # e.g. EMFILE: the listener stays readable, so stop watching it for a moment
+                # rather than spin; the pending connections wait in the backlog.
+                logger.warning(
+                    "accept failed (%s); pausing accepts for %.1f s", error, _ACCEPT_PAUSE_S
+                )
+                self.loop.remove_reader(listener.fileno())
+                self.loop.call_later(_ACCEPT_PAUSE_S, self._resume_accepting)
+                return
+            if self._accept_failing:
+                logger.warning("accepting connections again")
+                self._accept_failing = False
+            conn.setblocking(False)
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._accepted(conn)
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None:
+            self.loop.add_reader(self._listener.fileno(), self._accept_ready)
+
+    def _accepted(self, conn: socket.socket) -> None:
+        try:
+            initial = conn.recv(_FAST_READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            initial = b""
+        except OSError:
+            conn.close()
+            return
+        if initial:
+            decoder = FrameDecoder(self.settings.max_message_size)
+            try:
+                messages = decoder.feed(initial)
+            except FramingError:
+                messages = []  # the slow path answers it
+            if messages and decoder.buffered == 0:
+                self.spawn(self._serve_fast(conn, messages[0]))
+                return
+        self.spawn(self._serve_slow(conn, initial))
+
+    async def _serve_slow(self, conn: socket.socket, initial: bytes) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: _Connection(self, initial), conn)
+        except OSError:
+            conn.close()
+
+    async def _serve_fast(self, conn: socket.socket, payload: bytes) -> None:
+        try:
+            data = await self.answer(str(uuid.uuid4()), payload)
+            try:
+                sent = conn.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            if sent < len(data):
+                await asyncio.wait_for(
+                    self.loop.sock_sendall(conn, memoryview(data)[sent:]),
+                    self.settings.write_timeout_s,
+                )
+        except (OSError, TimeoutError):
+            pass  # the client went away or does not read: nothing more to do for it
+        finally:
+            conn.close()
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coroutine)
@@ -251,9 +355,11 @@ class TcpFront:
         pipeline_id: str | None = None
         body: ResponseBody
         try:
-            document = decode_object(payload)
-            self._check_token(document)
-            command = parse_command(document)
+            if len(payload) > OFFLOAD_PARSE_BYTES:
+                # Parsing and validating megabytes would stall every other connection.
+                command = await asyncio.to_thread(self._parse, payload)
+            else:
+                command = self._parse(payload)
             pipeline_id = command.target_pipeline_id
             body = await self.handler.handle(request_id, command)
             if not isinstance(body, SuccessBody):
@@ -273,6 +379,11 @@ class TcpFront:
             logger.exception("request %s: response could not be serialised", request_id)
             return encode_response(request_id, pipeline_id, FailureBody.internal(error, request_id))
 
+    def _parse(self, payload: bytes) -> Command:
+        document = decode_object(payload)
+        self._check_token(document)
+        return parse_command(document)
+
     def _check_token(self, document: dict[str, Any]) -> None:
         if self._token is None:
             return
@@ -287,21 +398,19 @@ class TcpFront:
     async def close(self, grace_s: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish for up to ``grace_s``, then cancel
         them and drop every connection."""
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self.loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
         tasks = set(self._tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_s)
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending)
+                await asyncio.wait(pending, timeout=grace_s)
         for connection in list(self.connections):
             connection.abort()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-            self._server = None
 
     async def __aenter__(self) -> TcpFront:
         return self
@@ -313,5 +422,5 @@ class TcpFront:
 async def start_server(handler: CommandHandler, settings: TcpFrontSettings) -> TcpFront:
     """Listen on ``settings.host:settings.port`` and serve requests with ``handler``."""
     front = TcpFront(handler, settings)
-    await front._start()
+    front._start()
     return front

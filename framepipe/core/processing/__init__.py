@@ -25,6 +25,7 @@ from framepipe.core.processing.processor import (
     Processor,
     WorkflowProcessor,
     build_processor,
+    check_spec,
 )
 from framepipe.core.processing.registry import (
     InputNormalisation,
@@ -72,6 +73,7 @@ __all__ = [
     "YoloFormat",
     "annotate",
     "build_processor",
+    "check_spec",
     "classify_topk",
     "decode_centerface",
     "decode_yolo",

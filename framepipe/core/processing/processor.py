@@ -35,7 +35,7 @@ from framepipe.core.processing.spec import (
     PropertyStep,
     WorkflowSpec,
 )
-from framepipe.protocol.errors import InvalidPayloadError
+from framepipe.protocol.errors import InvalidPayloadError, OperationError
 
 Frame = npt.NDArray[np.uint8]
 
@@ -120,7 +120,7 @@ class _ModelRunner:
 
     def infer(self, frames: Sequence[Frame | None]) -> list[FrameResult | None]:
         if self.model is None:
-            raise InvalidPayloadError("the processor is closed")
+            raise OperationError("the processor is closed")
         return self.model.infer(frames, self.thresholds, self.top_k)
 
     def to_wire(self, frame: Frame, result: FrameResult) -> dict[str, Any]:
@@ -165,7 +165,7 @@ class ModelProcessor(Processor):
     @property
     def model(self) -> LoadedModel:
         if self._runner.model is None:
-            raise InvalidPayloadError("the processor is closed")
+            raise OperationError("the processor is closed")
         return self._runner.model
 
     def process(
@@ -253,6 +253,15 @@ class WorkflowProcessor(Processor):
             self._runner.close()
 
 
+def check_spec(spec: ProcessingSpec, registry: ModelRegistry) -> None:
+    """Fail fast, without loading anything: every model the spec names is registered and on
+    disk (for a manager that answers ``init`` before a worker loads the model)."""
+    if isinstance(spec, ModelSpec):
+        registry.get(spec.model)
+    elif isinstance(spec, WorkflowSpec) and spec.model_step is not None:
+        registry.get(spec.model_step.model.model)
+
+
 def build_processor(spec: ProcessingSpec, registry: ModelRegistry | None = None) -> Processor:
     """A processor for ``spec``; models come from ``registry`` (by default the one the
     environment describes, read now: ``FRAMEPIPE_MODELS_DIR``, ``FRAMEPIPE_MODEL_CACHE``,
@@ -274,4 +283,5 @@ __all__ = [
     "Processor",
     "WorkflowProcessor",
     "build_processor",
+    "check_spec",
 ]

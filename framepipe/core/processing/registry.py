@@ -12,7 +12,8 @@ A model ``<dir>/<name>.onnx`` may have a sidecar ``<dir>/<name>.json``::
      "normalisation": {"scale": 0.00392156862745098, "mean": [0, 0, 0], "std": [1, 1, 1], "rgb": true},
      "letterbox": true, "pad_value": 114,
      "output_format": "yolov8" | "yolov5" | "end2end",
-     "confidence": 0.4, "iou_threshold": 0.45}
+     "confidence": 0.4, "iou_threshold": 0.45,
+     "stride": 32}   (dynamic input sizes are rounded up to a multiple of it)
 
 Without a sidecar: labels from ``<name>.txt`` (one per line) or the model's ``names``
 metadata (Ultralytics exports), task from the ``task`` metadata or the output shapes.
@@ -236,6 +237,7 @@ def _entry_from_sidecar(name: str, onnx_path: Path, sidecar: Path | None) -> Mod
             output_format=output_format,
             default_confidence=float(data.get("confidence", 0.4)),
             default_iou=float(data.get("iou_threshold", 0.45)),
+            stride=int(data.get("stride", 32)),
         )
     except (TypeError, ValueError) as exc:
         raise _sidecar_error(sidecar or onnx_path, str(exc)) from exc
