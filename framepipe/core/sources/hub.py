@@ -309,9 +309,11 @@ class DecoderHandle:
                 self.send(Terminate())
                 self._set_state(StreamState.ERROR, f"could not create the frame ring: {exc}")
                 return
-            self.send(AttachRing(self.ring.name))
+            # Consumers first, then the ring: the decoder starts with every consumer known,
+            # so none misses the first frames.
             for subscription in list(self.subscriptions):
                 subscription._attach(self.ring)
+            self.send(AttachRing(self.ring.name))
         self.ring_ready.set()
 
     # -- consumers --------------------------------------------------------------------------
@@ -473,7 +475,8 @@ class Subscription:
 
     @property
     def delivering(self) -> bool:
-        return self.state is StreamState.RUNNING
+        """Frames are coming (or about to: a source still opening is worth a batch's wait)."""
+        return self.state in (StreamState.RUNNING, StreamState.INITIALISING)
 
     def _set_mode(self, mode: str) -> None:
         self._mode = mode
