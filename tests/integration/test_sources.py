@@ -27,7 +27,9 @@ class NumberReader:
         self.ages_ms: list[float] = []
 
     def process(
-        self, frames: Sequence[npt.NDArray[np.uint8] | None], frames_metadata: Sequence[FrameMetadata | None]
+        self,
+        frames: Sequence[npt.NDArray[np.uint8] | None],
+        frames_metadata: Sequence[FrameMetadata | None],
     ) -> list[dict[str, Any] | None]:
         now = time.time_ns()
         batch: list[tuple[int, int] | None] = []
@@ -90,13 +92,22 @@ def test_file_every_frame_in_order_under_wait(video_120: SyntheticVideo, decoder
     stamps = [m[0].frame_timestamp for _, m in predictions]
     assert (stamps[30] - stamps[0]).total_seconds() == pytest.approx(1.0, abs=1e-3)
     wire = report.to_wire()
-    assert {"video_source_status_updates", "latency_reports", "inference_throughput", "sources_metadata"} <= set(wire)
+    assert {
+        "video_source_status_updates",
+        "latency_reports",
+        "inference_throughput",
+        "sources_metadata",
+    } <= set(wire)
     transitions = [
         (e["payload"]["previous_state"], e["payload"]["new_state"])
         for e in wire["video_source_status_updates"]
         if e["event_type"] == "SOURCE_STATE_UPDATE"
     ]
-    assert transitions[:3] == [("NOT_STARTED", "INITIALISING"), ("INITIALISING", "RUNNING"), ("RUNNING", "ENDED")]
+    assert transitions[:3] == [
+        ("NOT_STARTED", "INITIALISING"),
+        ("INITIALISING", "RUNNING"),
+        ("RUNNING", "ENDED"),
+    ]
     assert wire["latency_reports"][0]["e2e_latency"] > 0
     assert results[0].to_wire()["frames_metadata"][0]["frame_id"] == 1
 
@@ -139,7 +150,9 @@ def test_max_fps_on_a_file_is_honoured(video_60: SyntheticVideo) -> None:
     with Pipeline(str(video_60.path), processor=reader, max_fps=50) as pipeline:
         results = list(pipeline.results(timeout=20))
     assert reader.numbers() == list(range(60))  # a file is slowed down, not dropped
-    captures = [r.frames_metadata[0].capture_ns for r in results if r.frames_metadata[0] is not None]
+    captures = [
+        r.frames_metadata[0].capture_ns for r in results if r.frames_metadata[0] is not None
+    ]
     rate = (len(captures) - 1) / ((captures[-1] - captures[0]) / 1e9)
     assert rate == pytest.approx(50, rel=0.10)
 
@@ -186,13 +199,21 @@ def test_pause_mute_resume(video_120: SyntheticVideo) -> None:
         report = pipeline.status()
     numbers = reader.numbers()
     assert numbers == sorted(numbers)
-    assert report.sources[0].frames_dropped.get("muted", 0) > 0  # muted frames were decoded and dropped
+    assert (
+        report.sources[0].frames_dropped.get("muted", 0) > 0
+    )  # muted frames were decoded and dropped
     assert len(numbers) + report.sources[0].frames_dropped["muted"] == video_120.frames
-    states = [e.payload["new_state"] for e in report.status_updates if e.event_type == "SOURCE_STATE_UPDATE"]
+    states = [
+        e.payload["new_state"]
+        for e in report.status_updates
+        if e.event_type == "SOURCE_STATE_UPDATE"
+    ]
     assert "PAUSED" in states and "MUTED" in states
 
 
-def test_multiplexing_two_files_in_one_pipeline(video_120: SyntheticVideo, video_60: SyntheticVideo) -> None:
+def test_multiplexing_two_files_in_one_pipeline(
+    video_120: SyntheticVideo, video_60: SyntheticVideo
+) -> None:
     reader = NumberReader()
     with Pipeline(
         [str(video_120.path), str(video_60.path)], processor=reader, batch_collection_timeout=0.5
@@ -210,7 +231,11 @@ def test_multiplexing_two_files_in_one_pipeline(video_120: SyntheticVideo, video
 
 
 def _decode_processes() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "framepipe-decode" in " ".join(p.cmdline()) or p.name().startswith("python")]
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "framepipe-decode" in " ".join(p.cmdline()) or p.name().startswith("python")
+    ]
 
 
 def test_fan_out_two_pipelines_share_one_decoder(video_120: SyntheticVideo) -> None:
@@ -296,7 +321,9 @@ class NumberReaderAny:
         self._lock = threading.Lock()
 
     def process(
-        self, frames: Sequence[npt.NDArray[np.uint8] | None], frames_metadata: Sequence[FrameMetadata | None]
+        self,
+        frames: Sequence[npt.NDArray[np.uint8] | None],
+        frames_metadata: Sequence[FrameMetadata | None],
     ) -> list[dict[str, Any] | None]:
         with self._lock:
             self.count += sum(1 for f in frames if f is not None)

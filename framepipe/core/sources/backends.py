@@ -148,7 +148,7 @@ class OpenCVBackend:
         ok, image = self._cap.retrieve(image=out)
         if not ok or image is None:
             raise SourceOpenError("the decoder returned no image for a grabbed frame")
-        if image.ctypes.data != out.ctypes.data:
+        if image is not out and image.ctypes.data != out.ctypes.data:
             # OpenCV allocated its own array (size changed mid-stream): copy, and count it.
             self.copies += 1
             if image.shape != out.shape:

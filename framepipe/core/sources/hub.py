@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -581,6 +582,7 @@ class Subscription:
             buffer_filling_strategy=self.filling_strategy,
             buffer_consumption_strategy=self._consumption,
             shared_with=max(0, len(handle.subscriptions) - 1),
+            decoder_cpu_s=stats.cpu_s,
         )
 
 
@@ -610,6 +612,20 @@ class SourceHub:
         self._lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
+        # A hub dropped without close() (or still open at interpreter exit) still stops its
+        # decode processes and unlinks its rings.
+        self._finalizer = weakref.finalize(self, SourceHub._stop_all, self._decoders, self._pid)
+
+    @staticmethod
+    def _stop_all(decoders: list[tuple[tuple[Any, ...], DecoderHandle]], pid: int) -> None:
+        if os.getpid() != pid:
+            return
+        for _, handle in list(decoders):
+            for subscription in list(handle.subscriptions):
+                with contextlib.suppress(Exception):
+                    subscription.close()
+            with contextlib.suppress(Exception):
+                handle.stop()
 
     @staticmethod
     def _key(request: SubscriptionRequest, backend: DecoderBackendName) -> tuple[Any, ...]:
@@ -630,7 +646,7 @@ class SourceHub:
         with self._lock:
             if self._closed:
                 raise OperationError("the SourceHub is closed")
-            self._decoders = [(k, h) for k, h in self._decoders if not h._closed]
+            self._decoders[:] = [(k, h) for k, h in self._decoders if not h._closed]
             handle = None
             if self.share and request.reference is not None:
                 handle = next((h for k, h in self._decoders if k == key and h.accepting), None)
@@ -667,7 +683,7 @@ class SourceHub:
         with self._lock:
             self._closed = True
             handles = [h for _, h in self._decoders]
-            self._decoders = []
+            self._decoders.clear()
         for handle in handles:
             for subscription in list(handle.subscriptions):
                 subscription.close()

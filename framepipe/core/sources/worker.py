@@ -207,6 +207,7 @@ class _Decoder:
             self.update_adaptive(elapsed)
         if self.backend is not None:
             self.stats.copies = int(getattr(self.backend, "copies", 0))
+        self.stats.cpu_s = time.process_time()
         published: dict[int, int] = {}
         if self.ring is not None:
             for index in self.consumers:
