@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +17,7 @@ import psutil
 import pytest
 
 from framepipe.core.pipeline import Pipeline, PipelineState
+from framepipe.core.shm import sweep_orphans
 from framepipe.core.sources import FrameMetadata, SourceHub, StreamState
 from framepipe.testing import SyntheticVideo, read_frame_number
 from tests.rtsp import RtspServer, free_port
@@ -230,14 +235,6 @@ def test_multiplexing_two_files_in_one_pipeline(
     assert {m.source_id for r in results for m in r.frames_metadata if m is not None} == {0, 1}
 
 
-def _decode_processes() -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "framepipe-decode" in " ".join(p.cmdline()) or p.name().startswith("python")
-    ]
-
-
 def test_fan_out_two_pipelines_share_one_decoder(video_120: SyntheticVideo) -> None:
     every = NumberReader()
     slow = NumberReader(delay_s=0.05)
@@ -329,3 +326,66 @@ class NumberReaderAny:
             self.count += sum(1 for f in frames if f is not None)
             self.captures.extend(m.capture_ns for m in frames_metadata if m is not None)
         return [{"mean": float(f[::16, ::16].mean())} if f is not None else None for f in frames]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "reason"),
+    [
+        ("DROP_LATEST", "buffer_full"),
+        ("ADAPTIVE_DROP_LATEST", "adaptive"),
+        ("ADAPTIVE_DROP_OLDEST", "adaptive"),
+    ],
+)
+def test_drop_strategies_count_their_drops(
+    video_60: SyntheticVideo, strategy: str, reason: str
+) -> None:
+    reader = NumberReader(delay_s=0.06)  # 2x slower than the 30 fps file
+    with Pipeline(
+        str(video_60.path),
+        processor=reader,
+        max_fps=30,
+        source_buffer_filling_strategy=strategy,
+        source_buffer_consumption_strategy="LAZY",
+        decoding_buffer_size=4,
+    ) as pipeline:
+        list(pipeline.results(timeout=20))
+        report = pipeline.status()
+    numbers = reader.numbers()
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+    dropped = report.sources[0].frames_dropped
+    assert dropped.get(reason, 0) > 0, dropped
+    assert len(numbers) + sum(dropped.values()) == video_60.frames, dropped
+
+
+def test_decode_process_dies_with_its_owner(video_120: SyntheticVideo, tmp_path: Path) -> None:
+    """SIGKILL the process that owns a pipeline: its decode process must not outlive it."""
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import sys, time\n"
+        "from framepipe.core.pipeline import Pipeline\n"
+        "p = Pipeline(sys.argv[1], max_fps=5).start()\n"
+        "while not p.status().sources[0].state.value == 'RUNNING': time.sleep(0.01)\n"
+        "print('RUNNING', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, str(script), str(video_120.path)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        assert owner.stdout is not None
+        assert owner.stdout.readline().strip() == b"RUNNING"
+        family = psutil.Process(owner.pid).children(recursive=True)
+        assert family, "the owner has no child processes"
+        owner.kill()
+        owner.wait(10)
+        _gone, alive = psutil.wait_procs(family, timeout=5)
+        assert not alive, f"outlived their owner: {alive}"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(10)
+        if owner.stdout is not None:
+            owner.stdout.close()
+        sweep_orphans()  # the killed owner could not unlink its ring
