@@ -18,7 +18,7 @@ import pytest
 
 from framepipe.core.pipeline import Pipeline, PipelineState
 from framepipe.core.shm import sweep_orphans
-from framepipe.core.sources import FrameMetadata, SourceHub, StreamState
+from framepipe.core.sources import BackendOptions, FrameMetadata, SourceHub, StreamState
 from framepipe.testing import SyntheticVideo, read_frame_number
 from tests.rtsp import RtspServer, free_port
 
@@ -267,9 +267,10 @@ def test_fan_out_two_pipelines_share_one_decoder(video_120: SyntheticVideo) -> N
 
 
 @pytest.mark.rtsp
-def test_rtsp_stream_reconnects_after_server_restart(rtsp_server: RtspServer) -> None:
+@pytest.mark.parametrize("decoder", ["opencv", "pyav"])
+def test_rtsp_stream_reconnects_after_server_restart(rtsp_server: RtspServer, decoder: str) -> None:
     reader = NumberReaderAny()
-    with Pipeline(rtsp_server.url, processor=reader) as pipeline:
+    with Pipeline(rtsp_server.url, processor=reader, decoder=decoder) as pipeline:
         wait_for(lambda: reader.count >= 10, 15, "frames from the RTSP stream")
         report = pipeline.status().sources[0]
         assert report.state is StreamState.RUNNING
@@ -389,3 +390,28 @@ def test_decode_process_dies_with_its_owner(video_120: SyntheticVideo, tmp_path:
         if owner.stdout is not None:
             owner.stdout.close()
         sweep_orphans()  # the killed owner could not unlink its ring
+
+
+@pytest.mark.rtsp
+def test_frozen_rtsp_server_never_hangs_the_source(rtsp_server: RtspServer) -> None:
+    """A server that keeps the socket open but stops sending: the read times out, the source
+    goes RESTARTING (never hangs), and comes back once the server answers again."""
+    reader = NumberReaderAny()
+    options = BackendOptions(open_timeout_s=1.0, read_timeout_s=1.0)
+    with (
+        SourceHub(backend_options=options) as hub,
+        Pipeline(rtsp_server.url, processor=reader, hub=hub) as pipeline,
+    ):
+        wait_for(lambda: reader.count >= 5, 15, "frames from the RTSP stream")
+        rtsp_server.freeze()
+        wait_for(
+            lambda: source_state(pipeline) is StreamState.RESTARTING,
+            10,
+            "RESTARTING after the freeze",
+        )
+        rtsp_server.thaw()
+        wait_for(
+            lambda: source_state(pipeline) is StreamState.RUNNING, 10, "RUNNING after the thaw"
+        )
+        before = reader.count
+        wait_for(lambda: reader.count >= before + 5, 10, "frames after the thaw")
