@@ -420,6 +420,8 @@ class Pipeline:
 
     def results(self, timeout: float | None = None) -> Iterator[PipelineResult]:
         """Results in order until the pipeline stops; ``timeout`` bounds each wait (then stops)."""
+        if self._state is PipelineState.NOT_STARTED:
+            raise OperationError("pipeline not started: call start() before results()")
         while True:
             with self._results_cond:
                 deadline = None if timeout is None else time.monotonic() + timeout

@@ -332,16 +332,6 @@ class DecoderHandle:
                 self.subscriptions.remove(subscription)
             return not self.subscriptions
 
-    def wait_removed(self, index: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while index not in self._removed_indices and self.alive:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._removed.wait(min(left, 0.1))
-            self._removed_indices.discard(index)
-
     def stop(self) -> None:
         """Stop the decode process (after its subscriptions closed) and unlink the ring."""
         with self._lock:
