@@ -349,6 +349,7 @@ class _Decoder:
                 if reference.is_live:
                     self.reconnect()
                     continue
+                self.send_stats(force=True)  # final figures arrive before ENDED does
                 self.set_state(StreamState.ENDED)
                 return
             capture_ns = time.time_ns()
@@ -406,14 +407,14 @@ class _Decoder:
 
     def shutdown(self, terminated: bool) -> None:
         self.close_backend()
+        with contextlib.suppress(_Stop):
+            self.send_stats(force=True)
         if self.producer is not None:
             self.producer.close()
         if terminated and not self.state.is_final:
             with contextlib.suppress(_Stop):
                 self.set_state(StreamState.TERMINATING)
                 self.set_state(StreamState.ENDED)
-        with contextlib.suppress(_Stop):
-            self.send_stats(force=True)
         if self.ring is not None:
             self.ring.close()
 
@@ -430,6 +431,7 @@ def run_decoder(config: DecoderConfig, control: Connection) -> None:
         terminated = True
     except Exception as exc:  # report, never die silently
         with contextlib.suppress(_Stop):
+            decoder.send_stats(force=True)
             decoder.set_state(StreamState.ERROR, f"decoder failed: {type(exc).__name__}: {exc}")
     finally:
         decoder.shutdown(terminated)
