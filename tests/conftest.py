@@ -3,6 +3,7 @@ process fails, and what it leaked is cleaned up so the next test starts clean.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -23,11 +24,43 @@ def framepipe_shm_entries() -> set[str]:
         return set()
 
 
+# multiprocessing's helper daemons live for the whole session by design; they are not leaks
+# (and killing one makes the next spawn warn "resource_tracker: process died unexpectedly").
+_DAEMONS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def _is_daemon(proc: psutil.Process) -> bool:
+    try:
+        return any(marker in " ".join(proc.cmdline()) for marker in _DAEMONS)
+    except psutil.Error:
+        return False
+
+
 def _children() -> list[psutil.Process]:
     try:
-        return psutil.Process().children(recursive=True)
+        return [p for p in psutil.Process().children(recursive=True) if not _is_daemon(p)]
     except psutil.Error:
         return []
+
+
+def _entry_pid(name: str) -> int | None:
+    # fp-<pid>-<id> / sem.fp-<pid>-<id>
+    try:
+        return int(name.split("fp-", 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _ours(name: str, tree: set[int]) -> bool:
+    """The machine is shared: an entry owned by a live process outside this test's process
+    tree belongs to someone else and is neither a leak of ours nor ours to delete."""
+    pid = _entry_pid(name)
+    if pid is None or pid in tree:
+        return True
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True  # dead
 
 
 @pytest.fixture(autouse=True)
@@ -43,25 +76,25 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     while True:
         new_children = [p for p in _children() if p.pid not in children_before and p.is_running()]
         new_children = [p for p in new_children if p.status() != psutil.STATUS_ZOMBIE]
-        leaked_shm = framepipe_shm_entries() - shm_before
+        tree = {os.getpid()} | children_before | {p.pid for p in _children()}
+        leaked_shm = {n for n in framepipe_shm_entries() - shm_before if _ours(n, tree)}
         if (not new_children and not leaked_shm) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     for proc in new_children:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     for name in leaked_shm:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             (SHM_DIR / name).unlink()
-        except FileNotFoundError:
-            pass
     problems = []
     if new_children:
         problems.append(
             "child processes still alive: "
-            + ", ".join(f"{p.pid} ({' '.join(p.cmdline()[:3]) if p.is_running() else '?'})" for p in new_children)
+            + ", ".join(
+                f"{p.pid} ({' '.join(p.cmdline()[:3]) if p.is_running() else '?'})"
+                for p in new_children
+            )
         )
     if leaked_shm:
         problems.append(f"shared-memory entries leaked: {sorted(leaked_shm)}")
