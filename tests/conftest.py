@@ -30,8 +30,12 @@ _DAEMONS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
 def _is_daemon(proc: psutil.Process) -> bool:
+    # Only the daemons themselves (our direct children): a process forked BY the forkserver
+    # (a decode process) has the forkserver's command line too, and must still be checked.
     try:
-        return any(marker in " ".join(proc.cmdline()) for marker in _DAEMONS)
+        return proc.ppid() == os.getpid() and any(
+            marker in " ".join(proc.cmdline()) for marker in _DAEMONS
+        )
     except psutil.Error:
         return False
 
