@@ -320,6 +320,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started_at = 0.0
+        self._closed_reports: list[SourceReport] = []  # the sources' last reports once closed
+        self._closed_events: list[StatusUpdate] = []
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -537,12 +539,9 @@ class Pipeline:
                 subscription.close()
             except Exception:
                 logger.exception("closing source %s failed", subscription.source_id)
-        self._closed_reports = [s.report() for s in subscriptions] or getattr(
-            self, "_closed_reports", []
-        )
-        self._closed_events = [e for s in subscriptions for e in s.events()] or getattr(
-            self, "_closed_events", []
-        )
+        if subscriptions:
+            self._closed_reports = [s.report() for s in subscriptions]
+            self._closed_events = [e for s in subscriptions for e in s.events()]
 
     # -- status -----------------------------------------------------------------------------
 
@@ -553,8 +552,8 @@ class Pipeline:
                 sources = [s.report() for s in subscriptions]
                 source_events = [e for s in subscriptions for e in s.events()]
             else:
-                sources = list(getattr(self, "_closed_reports", []))
-                source_events = list(getattr(self, "_closed_events", []))
+                sources = list(self._closed_reports)
+                source_events = list(self._closed_events)
         events = sorted([*self._events, *source_events], key=lambda e: e.timestamp)
         now = time.monotonic()
         recent = [t for t in self._throughput if now - t <= 5.0]

@@ -21,7 +21,6 @@ import itertools
 import logging
 import os
 import threading
-import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -383,6 +382,7 @@ class Subscription:
         self._delivered = 0
         self._closed = False
         self._dropped_before_close: dict[str, int] = {}
+        self._final_ring_info = (0, 0, 0)  # slots, free slots, bytes when it closed
 
     # -- wiring (called by the handle) ------------------------------------------------------
 
@@ -392,7 +392,7 @@ class Subscription:
         consumer = FrameConsumer(ring, eager=self._consumption is BufferConsumptionStrategy.EAGER)
         self._consumer = consumer
         self.handle.send(
-            AddConsumer(consumer.index, "", self.filling_strategy, self.request.max_fps, self._mode)
+            AddConsumer(consumer.index, self.filling_strategy, self.request.max_fps, self._mode)
         )
 
     # -- frames -----------------------------------------------------------------------------
@@ -544,7 +544,7 @@ class Subscription:
         if ring is not None and not ring.closed:
             slots, occupancy, shm_bytes = ring.slots, ring.slots - ring.free_slots(), ring.nbytes
         else:
-            slots, free, shm_bytes = getattr(self, "_final_ring_info", (0, 0, 0))
+            slots, free, shm_bytes = self._final_ring_info
             occupancy = slots - free if slots else 0
             if self._closed:
                 shm_bytes = 0

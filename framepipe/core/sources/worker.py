@@ -308,7 +308,9 @@ class _Decoder:
 
     def pace_file(self) -> None:
         """Files with max_fps on every consumer: decode no faster than the fastest of them."""
-        rates = [c.max_fps for c in self.consumers.values()]  # muted ones too: a muted file keeps its pace
+        rates = [
+            c.max_fps for c in self.consumers.values()
+        ]  # muted ones too: a muted file keeps its pace
         if not rates or any(r is None for r in rates):
             return
         interval = 1.0 / max(r for r in rates if r is not None)
