@@ -19,7 +19,7 @@ import pytest
 from framepipe.core.pipeline import Pipeline, PipelineState
 from framepipe.core.shm import sweep_orphans
 from framepipe.core.sources import BackendOptions, FrameMetadata, SourceHub, StreamState
-from framepipe.testing import SyntheticVideo, read_frame_number
+from framepipe.testing import SyntheticVideo, make_test_video, read_frame_number
 from tests.rtsp import RtspServer, free_port
 
 
@@ -415,3 +415,51 @@ def test_frozen_rtsp_server_never_hangs_the_source(rtsp_server: RtspServer) -> N
         )
         before = reader.count
         wait_for(lambda: reader.count >= before + 5, 10, "frames after the thaw")
+
+
+@pytest.mark.parametrize(("codec", "suffix"), [("libx265", ".mkv"), ("mjpeg", ".avi")])
+@pytest.mark.parametrize("decoder", ["opencv", "pyav"])
+def test_other_codecs_every_frame(media_dir: Path, codec: str, suffix: str, decoder: str) -> None:
+    video = make_test_video(media_dir / f"c-{codec}-{decoder}{suffix}", frames=40, codec=codec)
+    reader = NumberReader()
+    with Pipeline(str(video.path), processor=reader, decoder=decoder) as pipeline:
+        list(pipeline.results(timeout=20))
+    assert reader.numbers() == list(range(40))
+
+
+def test_http_url_file(media_dir: Path) -> None:
+    """A video file served over HTTP: read to its end like a local file (every frame, ENDED)."""
+    video = make_test_video(media_dir / "http.mkv", frames=50, width=320, height=240)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(media_dir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: _port_open(port), 10, "the HTTP server")
+        reader = NumberReader()
+        with Pipeline(f"http://127.0.0.1:{port}/http.mkv", processor=reader) as pipeline:
+            list(pipeline.results(timeout=20))
+            report = pipeline.status().sources[0]
+        assert reader.numbers() == list(range(video.frames))
+        assert report.state is StreamState.ENDED and report.buffer_filling_strategy.value == "WAIT"
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
