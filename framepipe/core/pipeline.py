@@ -315,6 +315,7 @@ class Pipeline:
         self._events: deque[StatusUpdate] = deque(maxlen=_EVENTS_KEPT)
         self._latencies = {r.source_id: _Latencies() for r in self._requests}
         self._throughput: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._stats_lock = threading.Lock()  # status() reads what the processing thread appends
         self._state = PipelineState.NOT_STARTED
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -523,14 +524,15 @@ class Pipeline:
             self._results_produced += 1
             self._results_cond.notify_all()
         done_ns = time.time_ns()
-        self._throughput.append(time.monotonic())
-        for meta in metadata:
-            if meta is None:
-                continue
-            lat = self._latencies[meta.source_id]
-            lat.decoding.append((started_ns - meta.capture_ns) / 1e9)
-            lat.inference.append((processed_ns - started_ns) / 1e9)
-            lat.e2e.append((done_ns - meta.capture_ns) / 1e9)
+        with self._stats_lock:
+            self._throughput.append(time.monotonic())
+            for meta in metadata:
+                if meta is None:
+                    continue
+                lat = self._latencies[meta.source_id]
+                lat.decoding.append((started_ns - meta.capture_ns) / 1e9)
+                lat.inference.append((processed_ns - started_ns) / 1e9)
+                lat.e2e.append((done_ns - meta.capture_ns) / 1e9)
 
     def _close_sources(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, []
@@ -555,24 +557,25 @@ class Pipeline:
                 sources = list(self._closed_reports)
                 source_events = list(self._closed_events)
         events = sorted([*self._events, *source_events], key=lambda e: e.timestamp)
-        now = time.monotonic()
-        recent = [t for t in self._throughput if now - t <= 5.0]
-        throughput = 0.0
-        if len(recent) >= 2:
-            span = max(now - recent[0], recent[-1] - recent[0])
-            throughput = (len(recent) - 1) / span if span > 0 else 0.0
-        latency_reports = [
-            LatencyReport(
-                source_id=source_id,
-                frame_decoding_latency=_mean(lat.decoding),
-                inference_latency=_mean(lat.inference),
-                e2e_latency=_mean(lat.e2e),
-                e2e_latency_p50_ms=_percentile_ms(lat.e2e, 50),
-                e2e_latency_p99_ms=_percentile_ms(lat.e2e, 99),
-                samples=len(lat.e2e),
-            )
-            for source_id, lat in self._latencies.items()
-        ]
+        with self._stats_lock:
+            now = time.monotonic()
+            recent = [t for t in self._throughput if now - t <= 5.0]
+            throughput = 0.0
+            if len(recent) >= 2:
+                span = max(now - recent[0], recent[-1] - recent[0])
+                throughput = (len(recent) - 1) / span if span > 0 else 0.0
+            latency_reports = [
+                LatencyReport(
+                    source_id=source_id,
+                    frame_decoding_latency=_mean(lat.decoding),
+                    inference_latency=_mean(lat.inference),
+                    e2e_latency=_mean(lat.e2e),
+                    e2e_latency_p50_ms=_percentile_ms(lat.e2e, 50),
+                    e2e_latency_p99_ms=_percentile_ms(lat.e2e, 99),
+                    samples=len(lat.e2e),
+                )
+                for source_id, lat in self._latencies.items()
+            ]
         return PipelineReport(
             state=self._state,
             status_updates=events,
