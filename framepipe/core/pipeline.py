@@ -223,7 +223,7 @@ class Pipeline:
         source_buffer_consumption_strategy: BufferConsumptionStrategy | str | None = None,
         video_source_properties: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
         batch_collection_timeout: float | None = None,
-        decoding_buffer_size: int = DEFAULT_DECODING_BUFFER_SIZE,
+        decoding_buffer_size: int | None = DEFAULT_DECODING_BUFFER_SIZE,
         results_buffer_size: int = DEFAULT_RESULTS_BUFFER_SIZE,
         decoder: DecoderBackendName | str | None = None,
         hub: SourceHub | None = None,
@@ -237,6 +237,8 @@ class Pipeline:
             raise InvalidPayloadError("video_reference list is empty")
         if max_fps is not None and (not isinstance(max_fps, int | float) or max_fps <= 0):
             raise InvalidPayloadError(f"max_fps must be a positive number, got {max_fps!r}")
+        if decoding_buffer_size is None:
+            decoding_buffer_size = DEFAULT_DECODING_BUFFER_SIZE
         if decoding_buffer_size < 1:
             raise InvalidPayloadError(
                 f"decoding_buffer_size must be >= 1, got {decoding_buffer_size}"

@@ -93,6 +93,39 @@ class SubscriptionRequest:
     backend: DecoderBackendName | None = None
 
 
+def ring_geometry(
+    width: int,
+    height: int,
+    buffer_size: int,
+    max_consumers: int = 1,
+    ring_budget_bytes: int = DEFAULT_RING_BUDGET_BYTES,
+) -> tuple[int, int]:
+    """(queue depth, slots) of the ring a decoder of ``width`` x ``height`` BGR frames gets.
+
+    The queue depth is ``buffer_size`` (the reference's ``decoding_buffer_size``), shrunk so
+    the ring stays near ``ring_budget_bytes``; slots = depth x consumers + leases in flight + 1
+    (the writer never waits for a slot under WAIT). A Pipeline's private hub has one consumer
+    per ring; a shared :class:`SourceHub` has ``max_consumers`` (default 4).
+    """
+    frame_bytes = max(1, width * height * 3)
+    fit = ring_budget_bytes // frame_bytes
+    leases = max_consumers * _LEASES_PER_CONSUMER
+    depth = max(1, min(buffer_size, (fit - leases - 1) // max_consumers))
+    return depth, FrameRing.required_slots(depth, max_consumers, _LEASES_PER_CONSUMER)
+
+
+def ring_bytes(
+    width: int,
+    height: int,
+    buffer_size: int,
+    max_consumers: int = 1,
+    ring_budget_bytes: int = DEFAULT_RING_BUDGET_BYTES,
+) -> int:
+    """Shared-memory bytes of that ring (headers included): for RAM budgets."""
+    depth, slots = ring_geometry(width, height, buffer_size, max_consumers, ring_budget_bytes)
+    return FrameRing.segment_size(slots, (height, width, 3), np.uint8, max_consumers, depth)
+
+
 def default_strategies(
     reference: ParsedReference | None,
 ) -> tuple[BufferFillingStrategy, BufferConsumptionStrategy]:
@@ -289,13 +322,10 @@ class DecoderHandle:
                     "video_source",
                 )
             )
-            frame_bytes = info.width * info.height * 3
             consumers = self.max_consumers
-            fit = self.ring_budget_bytes // frame_bytes
-            depth = max(
-                1, min(self.buffer_size, (fit - consumers * _LEASES_PER_CONSUMER - 1) // consumers)
+            depth, slots = ring_geometry(
+                info.width, info.height, self.buffer_size, consumers, self.ring_budget_bytes
             )
-            slots = FrameRing.required_slots(depth, consumers, _LEASES_PER_CONSUMER)
             try:
                 self.ring = FrameRing.create(
                     slots,
