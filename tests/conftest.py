@@ -24,35 +24,57 @@ def framepipe_shm_entries() -> set[str]:
         return set()
 
 
-_ROOT = Path(__file__).resolve().parents[1]
+# multiprocessing's helper daemons live for the whole session by design; they are not leaks
+# (and killing one makes the next spawn warn "resource_tracker: process died unexpectedly").
+_DAEMONS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
-def _owner_pid(name: str) -> int | None:
-    pid_text = name.removeprefix("sem.").removeprefix("fp-").split("-", 1)[0]
-    return int(pid_text) if pid_text.isdigit() else None
-
-
-def _foreign(name: str) -> bool:
-    """An entry owned by a live process of another checkout (a parallel test run on the same
-    machine): not this test's leak, and not ours to unlink. Processes started by this suite,
-    orphaned or not, run with their working directory in this checkout."""
-    pid = _owner_pid(name)
-    if pid is None:
-        return False
+def _is_daemon(proc: psutil.Process) -> bool:
+    # Only the daemons themselves (our direct children): a process forked BY the forkserver
+    # (a decode process) has the forkserver's command line too, and must still be checked.
     try:
-        owner = psutil.Process(pid)
-        if owner.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return not Path(owner.cwd()).resolve().is_relative_to(_ROOT)
-    except (psutil.Error, OSError):
+        return proc.ppid() == os.getpid() and any(
+            marker in " ".join(proc.cmdline()) for marker in _DAEMONS
+        )
+    except psutil.Error:
         return False
 
 
 def _children() -> list[psutil.Process]:
     try:
-        return psutil.Process().children(recursive=True)
+        return [p for p in psutil.Process().children(recursive=True) if not _is_daemon(p)]
     except psutil.Error:
         return []
+
+
+def _entry_pid(name: str) -> int | None:
+    # fp-<pid>-<id> / sem.fp-<pid>-<id>
+    try:
+        return int(name.split("fp-", 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return None
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ours(name: str, tree: set[int]) -> bool:
+    """The machine is shared: an entry owned by a live process outside this test's process
+    tree belongs to someone else and is neither a leak of ours nor ours to delete — unless
+    that process runs in this checkout (an orphan of ours, reparented when its parent died,
+    still holding the segment: a leak)."""
+    pid = _entry_pid(name)
+    if pid is None or pid in tree:
+        return True
+    try:
+        owner = psutil.Process(pid)
+        if owner.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return Path(owner.cwd()).resolve().is_relative_to(_ROOT)
+    except psutil.Error:
+        return True  # dead
+    except OSError:
+        return False
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +90,8 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     while True:
         new_children = [p for p in _children() if p.pid not in children_before and p.is_running()]
         new_children = [p for p in new_children if p.status() != psutil.STATUS_ZOMBIE]
-        leaked_shm = {n for n in framepipe_shm_entries() - shm_before if not _foreign(n)}
+        tree = {os.getpid()} | children_before | {p.pid for p in _children()}
+        leaked_shm = {n for n in framepipe_shm_entries() - shm_before if _ours(n, tree)}
         if (not new_children and not leaked_shm) or time.monotonic() > deadline:
             break
         time.sleep(0.05)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -87,10 +88,20 @@ class RtspServer:
         if process is None:
             return
         if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
             process.kill()
         process.wait(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the socket stays open but nothing answers (a hung camera)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def restart(self, timeout: float = 10.0) -> None:
         self.kill()

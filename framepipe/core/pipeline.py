@@ -223,7 +223,7 @@ class Pipeline:
         source_buffer_consumption_strategy: BufferConsumptionStrategy | str | None = None,
         video_source_properties: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
         batch_collection_timeout: float | None = None,
-        decoding_buffer_size: int = DEFAULT_DECODING_BUFFER_SIZE,
+        decoding_buffer_size: int | None = DEFAULT_DECODING_BUFFER_SIZE,
         results_buffer_size: int = DEFAULT_RESULTS_BUFFER_SIZE,
         decoder: DecoderBackendName | str | None = None,
         hub: SourceHub | None = None,
@@ -237,6 +237,8 @@ class Pipeline:
             raise InvalidPayloadError("video_reference list is empty")
         if max_fps is not None and (not isinstance(max_fps, int | float) or max_fps <= 0):
             raise InvalidPayloadError(f"max_fps must be a positive number, got {max_fps!r}")
+        if decoding_buffer_size is None:
+            decoding_buffer_size = DEFAULT_DECODING_BUFFER_SIZE
         if decoding_buffer_size < 1:
             raise InvalidPayloadError(
                 f"decoding_buffer_size must be >= 1, got {decoding_buffer_size}"
@@ -315,11 +317,14 @@ class Pipeline:
         self._events: deque[StatusUpdate] = deque(maxlen=_EVENTS_KEPT)
         self._latencies = {r.source_id: _Latencies() for r in self._requests}
         self._throughput: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._stats_lock = threading.Lock()  # status() reads what the processing thread appends
         self._state = PipelineState.NOT_STARTED
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started_at = 0.0
+        self._closed_reports: list[SourceReport] = []  # the sources' last reports once closed
+        self._closed_events: list[StatusUpdate] = []
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -420,6 +425,8 @@ class Pipeline:
 
     def results(self, timeout: float | None = None) -> Iterator[PipelineResult]:
         """Results in order until the pipeline stops; ``timeout`` bounds each wait (then stops)."""
+        if self._state is PipelineState.NOT_STARTED:
+            raise OperationError("pipeline not started: call start() before results()")
         while True:
             with self._results_cond:
                 deadline = None if timeout is None else time.monotonic() + timeout
@@ -519,14 +526,15 @@ class Pipeline:
             self._results_produced += 1
             self._results_cond.notify_all()
         done_ns = time.time_ns()
-        self._throughput.append(time.monotonic())
-        for meta in metadata:
-            if meta is None:
-                continue
-            lat = self._latencies[meta.source_id]
-            lat.decoding.append((started_ns - meta.capture_ns) / 1e9)
-            lat.inference.append((processed_ns - started_ns) / 1e9)
-            lat.e2e.append((done_ns - meta.capture_ns) / 1e9)
+        with self._stats_lock:
+            self._throughput.append(time.monotonic())
+            for meta in metadata:
+                if meta is None:
+                    continue
+                lat = self._latencies[meta.source_id]
+                lat.decoding.append((started_ns - meta.capture_ns) / 1e9)
+                lat.inference.append((processed_ns - started_ns) / 1e9)
+                lat.e2e.append((done_ns - meta.capture_ns) / 1e9)
 
     def _close_sources(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, []
@@ -535,12 +543,9 @@ class Pipeline:
                 subscription.close()
             except Exception:
                 logger.exception("closing source %s failed", subscription.source_id)
-        self._closed_reports = [s.report() for s in subscriptions] or getattr(
-            self, "_closed_reports", []
-        )
-        self._closed_events = [e for s in subscriptions for e in s.events()] or getattr(
-            self, "_closed_events", []
-        )
+        if subscriptions:
+            self._closed_reports = [s.report() for s in subscriptions]
+            self._closed_events = [e for s in subscriptions for e in s.events()]
 
     # -- status -----------------------------------------------------------------------------
 
@@ -551,27 +556,28 @@ class Pipeline:
                 sources = [s.report() for s in subscriptions]
                 source_events = [e for s in subscriptions for e in s.events()]
             else:
-                sources = list(getattr(self, "_closed_reports", []))
-                source_events = list(getattr(self, "_closed_events", []))
+                sources = list(self._closed_reports)
+                source_events = list(self._closed_events)
         events = sorted([*self._events, *source_events], key=lambda e: e.timestamp)
-        now = time.monotonic()
-        recent = [t for t in self._throughput if now - t <= 5.0]
-        throughput = 0.0
-        if len(recent) >= 2:
-            span = max(now - recent[0], recent[-1] - recent[0])
-            throughput = (len(recent) - 1) / span if span > 0 else 0.0
-        latency_reports = [
-            LatencyReport(
-                source_id=source_id,
-                frame_decoding_latency=_mean(lat.decoding),
-                inference_latency=_mean(lat.inference),
-                e2e_latency=_mean(lat.e2e),
-                e2e_latency_p50_ms=_percentile_ms(lat.e2e, 50),
-                e2e_latency_p99_ms=_percentile_ms(lat.e2e, 99),
-                samples=len(lat.e2e),
-            )
-            for source_id, lat in self._latencies.items()
-        ]
+        with self._stats_lock:
+            now = time.monotonic()
+            recent = [t for t in self._throughput if now - t <= 5.0]
+            throughput = 0.0
+            if len(recent) >= 2:
+                span = max(now - recent[0], recent[-1] - recent[0])
+                throughput = (len(recent) - 1) / span if span > 0 else 0.0
+            latency_reports = [
+                LatencyReport(
+                    source_id=source_id,
+                    frame_decoding_latency=_mean(lat.decoding),
+                    inference_latency=_mean(lat.inference),
+                    e2e_latency=_mean(lat.e2e),
+                    e2e_latency_p50_ms=_percentile_ms(lat.e2e, 50),
+                    e2e_latency_p99_ms=_percentile_ms(lat.e2e, 99),
+                    samples=len(lat.e2e),
+                )
+                for source_id, lat in self._latencies.items()
+            ]
         return PipelineReport(
             state=self._state,
             status_updates=events,

@@ -459,8 +459,12 @@ class FrameProducer:
         )
         self._published += 1
         modes = self._consumer_modes
+        view = self._view
         for index in self._active():
             if consumers is not None and index not in consumers:
+                continue
+            # re-read: a wait for an earlier consumer may have reclaimed this one meanwhile
+            if view.load_u32(self._centry[index]) != ConsumerState.ACTIVE:
                 continue
             mode = modes.get(index, self._mode)
             queue = self._queues[index]

@@ -30,6 +30,7 @@ cdef extern from "fp_spsc.h" nogil:
         unsigned char *headers
         uint64_t header_stride
         uint64_t nslots
+        int64_t woke_ns
 
 
 cdef class NamedSemaphore:

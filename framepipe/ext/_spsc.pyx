@@ -422,6 +422,7 @@ cdef class SpscQueue:
         self._q.base = view.ptr(offset, 64)
         view.ptr(offset + size - 8, 8)
         self._q.capacity = capacity
+        self._q.woke_ns = 0
         self._consumer = consumer
         self._producer = producer
         self._q.consumer = consumer._w
@@ -454,6 +455,11 @@ cdef class SpscQueue:
     @property
     def capacity(self):
         return self._q.capacity
+
+    @property
+    def last_wake_ns(self):
+        """CLOCK_MONOTONIC ns when ``get`` last came back from sleeping (0: never slept)."""
+        return self._q.woke_ns
 
     def qsize(self):
         self._live()

@@ -156,6 +156,7 @@ typedef struct {
     unsigned char *headers; /* slot headers of the ring (NULL: none), to complete mailbox takes */
     uint64_t header_stride;
     uint64_t nslots;
+    int64_t woke_ns; /* CLOCK_MONOTONIC when the consumer last returned from a semaphore sleep */
 } fp_queue;
 
 /* Slot header of a ring (64 bytes): the same field order as a descriptor, minus the slot. */
@@ -268,6 +269,7 @@ static inline int fp_q_take_wait(fp_queue *q, fp_desc *d, int64_t deadline_ns,
             return fp_q_take(q, d);
         }
         rc = fp_sem_wait_until(q->consumer.sem, deadline_ns);
+        q->woke_ns = fp_monotonic_ns();
         fp_cancel_sleep(&q->consumer);
         if (rc < 0) return rc;
         /* Woken (or timed out): return what is there, possibly nothing - a wake-up without a

@@ -96,6 +96,11 @@ class OpenCVBackend:
         import cv2
 
         opts = self._options
+        # This process is the decode process alone: keep FFmpeg's and OpenCV's per-attempt
+        # chatter ("connection refused" on every reconnect try) off stderr; the reason of a
+        # failure is reported in the source's state instead.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         if isinstance(self._target, str) and self._target.lower().startswith("rtsp"):
             # Read by FFmpeg when the capture opens; this process is the decode process alone.
             os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = (
@@ -148,7 +153,7 @@ class OpenCVBackend:
         ok, image = self._cap.retrieve(image=out)
         if not ok or image is None:
             raise SourceOpenError("the decoder returned no image for a grabbed frame")
-        if image.ctypes.data != out.ctypes.data:
+        if image is not out and image.ctypes.data != out.ctypes.data:
             # OpenCV allocated its own array (size changed mid-stream): copy, and count it.
             self.copies += 1
             if image.shape != out.shape:

@@ -202,6 +202,7 @@ class DecoderStats:
     ring_slots: int = 0
     copies: int = 0  # frames that could not be decoded straight into their slot
     last_error: str = ""
+    cpu_s: float = 0.0  # CPU time the decode process used so far (user + system)
 
     def count_drop(self, reason: DropReason, n: int = 1) -> None:
         self.dropped[reason.value] = self.dropped.get(reason.value, 0) + n
@@ -232,6 +233,7 @@ class SourceReport:
     buffer_filling_strategy: BufferFillingStrategy
     buffer_consumption_strategy: BufferConsumptionStrategy
     shared_with: int  # other consumers of the same decoder
+    decoder_cpu_s: float = 0.0  # CPU time of the decode process
 
     def to_wire_metadata(self) -> dict[str, Any]:
         """The reference's ``sources_metadata`` entry."""
@@ -265,4 +267,5 @@ class SourceReport:
             "ring_occupancy": self.ring_occupancy,
             "shm_bytes": self.shm_bytes,
             "shared_with": self.shared_with,
+            "decoder_cpu_s": self.decoder_cpu_s,
         }

@@ -21,7 +21,7 @@ import itertools
 import logging
 import os
 import threading
-import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -91,6 +91,39 @@ class SubscriptionRequest:
     buffer_size: int = 64
     video_source_properties: dict[str, Any] = field(default_factory=dict)
     backend: DecoderBackendName | None = None
+
+
+def ring_geometry(
+    width: int,
+    height: int,
+    buffer_size: int,
+    max_consumers: int = 1,
+    ring_budget_bytes: int = DEFAULT_RING_BUDGET_BYTES,
+) -> tuple[int, int]:
+    """(queue depth, slots) of the ring a decoder of ``width`` x ``height`` BGR frames gets.
+
+    The queue depth is ``buffer_size`` (the reference's ``decoding_buffer_size``), shrunk so
+    the ring stays near ``ring_budget_bytes``; slots = depth x consumers + leases in flight + 1
+    (the writer never waits for a slot under WAIT). A Pipeline's private hub has one consumer
+    per ring; a shared :class:`SourceHub` has ``max_consumers`` (default 4).
+    """
+    frame_bytes = max(1, width * height * 3)
+    fit = ring_budget_bytes // frame_bytes
+    leases = max_consumers * _LEASES_PER_CONSUMER
+    depth = max(1, min(buffer_size, (fit - leases - 1) // max_consumers))
+    return depth, FrameRing.required_slots(depth, max_consumers, _LEASES_PER_CONSUMER)
+
+
+def ring_bytes(
+    width: int,
+    height: int,
+    buffer_size: int,
+    max_consumers: int = 1,
+    ring_budget_bytes: int = DEFAULT_RING_BUDGET_BYTES,
+) -> int:
+    """Shared-memory bytes of that ring (headers included): for RAM budgets."""
+    depth, slots = ring_geometry(width, height, buffer_size, max_consumers, ring_budget_bytes)
+    return FrameRing.segment_size(slots, (height, width, 3), np.uint8, max_consumers, depth)
 
 
 def default_strategies(
@@ -289,13 +322,10 @@ class DecoderHandle:
                     "video_source",
                 )
             )
-            frame_bytes = info.width * info.height * 3
             consumers = self.max_consumers
-            fit = self.ring_budget_bytes // frame_bytes
-            depth = max(
-                1, min(self.buffer_size, (fit - consumers * _LEASES_PER_CONSUMER - 1) // consumers)
+            depth, slots = ring_geometry(
+                info.width, info.height, self.buffer_size, consumers, self.ring_budget_bytes
             )
-            slots = FrameRing.required_slots(depth, consumers, _LEASES_PER_CONSUMER)
             try:
                 self.ring = FrameRing.create(
                     slots,
@@ -309,9 +339,11 @@ class DecoderHandle:
                 self.send(Terminate())
                 self._set_state(StreamState.ERROR, f"could not create the frame ring: {exc}")
                 return
-            self.send(AttachRing(self.ring.name))
+            # Consumers first, then the ring: the decoder starts with every consumer known,
+            # so none misses the first frames.
             for subscription in list(self.subscriptions):
                 subscription._attach(self.ring)
+            self.send(AttachRing(self.ring.name))
         self.ring_ready.set()
 
     # -- consumers --------------------------------------------------------------------------
@@ -328,16 +360,6 @@ class DecoderHandle:
             if subscription in self.subscriptions:
                 self.subscriptions.remove(subscription)
             return not self.subscriptions
-
-    def wait_removed(self, index: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while index not in self._removed_indices and self.alive:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._removed.wait(min(left, 0.1))
-            self._removed_indices.discard(index)
 
     def stop(self) -> None:
         """Stop the decode process (after its subscriptions closed) and unlink the ring."""
@@ -390,6 +412,7 @@ class Subscription:
         self._delivered = 0
         self._closed = False
         self._dropped_before_close: dict[str, int] = {}
+        self._final_ring_info = (0, 0, 0)  # slots, free slots, bytes when it closed
 
     # -- wiring (called by the handle) ------------------------------------------------------
 
@@ -399,7 +422,7 @@ class Subscription:
         consumer = FrameConsumer(ring, eager=self._consumption is BufferConsumptionStrategy.EAGER)
         self._consumer = consumer
         self.handle.send(
-            AddConsumer(consumer.index, "", self.filling_strategy, self.request.max_fps, self._mode)
+            AddConsumer(consumer.index, self.filling_strategy, self.request.max_fps, self._mode)
         )
 
     # -- frames -----------------------------------------------------------------------------
@@ -473,7 +496,8 @@ class Subscription:
 
     @property
     def delivering(self) -> bool:
-        return self.state is StreamState.RUNNING
+        """Frames are coming (or about to: a source still opening is worth a batch's wait)."""
+        return self.state in (StreamState.RUNNING, StreamState.INITIALISING)
 
     def _set_mode(self, mode: str) -> None:
         self._mode = mode
@@ -550,7 +574,7 @@ class Subscription:
         if ring is not None and not ring.closed:
             slots, occupancy, shm_bytes = ring.slots, ring.slots - ring.free_slots(), ring.nbytes
         else:
-            slots, free, shm_bytes = getattr(self, "_final_ring_info", (0, 0, 0))
+            slots, free, shm_bytes = self._final_ring_info
             occupancy = slots - free if slots else 0
             if self._closed:
                 shm_bytes = 0
@@ -578,6 +602,7 @@ class Subscription:
             buffer_filling_strategy=self.filling_strategy,
             buffer_consumption_strategy=self._consumption,
             shared_with=max(0, len(handle.subscriptions) - 1),
+            decoder_cpu_s=stats.cpu_s,
         )
 
 
@@ -607,6 +632,20 @@ class SourceHub:
         self._lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
+        # A hub dropped without close() (or still open at interpreter exit) still stops its
+        # decode processes and unlinks its rings.
+        self._finalizer = weakref.finalize(self, SourceHub._stop_all, self._decoders, self._pid)
+
+    @staticmethod
+    def _stop_all(decoders: list[tuple[tuple[Any, ...], DecoderHandle]], pid: int) -> None:
+        if os.getpid() != pid:
+            return
+        for _, handle in list(decoders):
+            for subscription in list(handle.subscriptions):
+                with contextlib.suppress(Exception):
+                    subscription.close()
+            with contextlib.suppress(Exception):
+                handle.stop()
 
     @staticmethod
     def _key(request: SubscriptionRequest, backend: DecoderBackendName) -> tuple[Any, ...]:
@@ -627,7 +666,7 @@ class SourceHub:
         with self._lock:
             if self._closed:
                 raise OperationError("the SourceHub is closed")
-            self._decoders = [(k, h) for k, h in self._decoders if not h._closed]
+            self._decoders[:] = [(k, h) for k, h in self._decoders if not h._closed]
             handle = None
             if self.share and request.reference is not None:
                 handle = next((h for k, h in self._decoders if k == key and h.accepting), None)
@@ -664,7 +703,7 @@ class SourceHub:
         with self._lock:
             self._closed = True
             handles = [h for _, h in self._decoders]
-            self._decoders = []
+            self._decoders.clear()
         for handle in handles:
             for subscription in list(handle.subscriptions):
                 subscription.close()

@@ -43,10 +43,22 @@ def decode_context() -> multiprocessing.context.ForkServerContext:
     return context
 
 
-def warm_forkserver() -> None:
-    """Start the forkserver now (it imports the decode stack once) rather than on first use."""
+def _noop() -> None:
+    """Target of the warm-up process."""
+
+
+def warm_forkserver(timeout: float = 60.0) -> None:
+    """Start the forkserver now and wait until it has imported the decode stack (one no-op
+    child is forked and reaped), so the first decode process starts as fast as the rest."""
     decode_context()
     forkserver.ensure_running()
+    process = DecodeProcess(target=_noop, name="framepipe-warmup", daemon=True)
+    process.start()
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    process.close()
 
 
 class _DecodePopen(popen_forkserver.Popen):

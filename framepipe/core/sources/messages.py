@@ -29,8 +29,9 @@ class AttachRing:
 
 @dataclass(frozen=True)
 class AddConsumer:
+    """Consumer ``index`` of the ring (already registered there) wants frames like this."""
+
     index: int
-    queue_name: str
     strategy: BufferFillingStrategy
     max_fps: float | None
     mode: str = ConsumerMode.RUNNING

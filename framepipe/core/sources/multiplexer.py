@@ -66,16 +66,16 @@ class _Reader(threading.Thread):
         self.source = source
         self.mailbox: LeasedFrame | None = None
         self._wake = wake
-        self._stop = stop
+        self._halt = stop
         self.eager = source.consumption_strategy is BufferConsumptionStrategy.EAGER
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             if not self.eager:
                 with self._wake:
-                    while self.mailbox is not None and not self._stop.is_set():
+                    while self.mailbox is not None and not self._halt.is_set():
                         self._wake.wait(_POLL_S)
-            if self._stop.is_set():
+            if self._halt.is_set():
                 break
             frame = self.source.take(_POLL_S)
             if frame is None:

@@ -207,6 +207,7 @@ class _Decoder:
             self.update_adaptive(elapsed)
         if self.backend is not None:
             self.stats.copies = int(getattr(self.backend, "copies", 0))
+        self.stats.cpu_s = time.process_time()
         published: dict[int, int] = {}
         if self.ring is not None:
             for index in self.consumers:
@@ -307,7 +308,9 @@ class _Decoder:
 
     def pace_file(self) -> None:
         """Files with max_fps on every consumer: decode no faster than the fastest of them."""
-        rates = [c.max_fps for c in self.consumers.values() if c.mode == ConsumerMode.RUNNING]
+        rates = [
+            c.max_fps for c in self.consumers.values()
+        ]  # muted ones too: a muted file keeps its pace
         if not rates or any(r is None for r in rates):
             return
         interval = 1.0 / max(r for r in rates if r is not None)
@@ -348,6 +351,7 @@ class _Decoder:
                 if reference.is_live:
                     self.reconnect()
                     continue
+                self.send_stats(force=True)  # final figures arrive before ENDED does
                 self.set_state(StreamState.ENDED)
                 return
             capture_ns = time.time_ns()
@@ -405,14 +409,14 @@ class _Decoder:
 
     def shutdown(self, terminated: bool) -> None:
         self.close_backend()
+        with contextlib.suppress(_Stop):
+            self.send_stats(force=True)
         if self.producer is not None:
             self.producer.close()
         if terminated and not self.state.is_final:
             with contextlib.suppress(_Stop):
                 self.set_state(StreamState.TERMINATING)
                 self.set_state(StreamState.ENDED)
-        with contextlib.suppress(_Stop):
-            self.send_stats(force=True)
         if self.ring is not None:
             self.ring.close()
 
@@ -429,6 +433,7 @@ def run_decoder(config: DecoderConfig, control: Connection) -> None:
         terminated = True
     except Exception as exc:  # report, never die silently
         with contextlib.suppress(_Stop):
+            decoder.send_stats(force=True)
             decoder.set_state(StreamState.ERROR, f"decoder failed: {type(exc).__name__}: {exc}")
     finally:
         decoder.shutdown(terminated)
