@@ -104,26 +104,14 @@ def shared_segments_bytes(owner_pids: Collection[int], shm_dir: Path = SHM_DIR) 
 def ring_bytes(frame_shapes: Iterable[tuple[int, int]], buffer_size: int) -> int:
     """Shared memory the source rings of a new pipeline will take: one ring per source.
 
-    Mirrors how :class:`framepipe.core.sources.hub.SourceHub` sizes a ring (queue depth is
-    ``buffer_size`` shrunk to fit the hub's per-ring budget, slots for every consumer and its
-    leases) and asks :meth:`FrameRing.segment_size` for the bytes, headers included. Imported
-    lazily: the manager needs numpy only once a pipeline is admitted.
+    A pipeline's private :class:`~framepipe.core.sources.hub.SourceHub` gives each source one
+    ring with one consumer; :func:`~framepipe.core.sources.hub.ring_bytes` says how big (queue
+    depth ``buffer_size`` shrunk to the hub's ring budget, headers included). Imported lazily:
+    the manager needs numpy only once a pipeline is admitted.
     """
-    from framepipe.core.ring import FrameRing
     from framepipe.core.sources import hub
 
-    consumers = 4  # SourceHub's default max_consumers
-    leases = 3  # hub._LEASES_PER_CONSUMER
-    total = 0
-    for width, height in frame_shapes:
-        frame_bytes = max(1, width * height * 3)
-        fit = hub.DEFAULT_RING_BUDGET_BYTES // frame_bytes
-        depth = max(1, min(buffer_size, (fit - consumers * leases - 1) // consumers))
-        slots = FrameRing.required_slots(depth, consumers, leases)
-        total += FrameRing.segment_size(
-            slots, (height, width, 3), max_consumers=consumers, queue_depth=depth
-        )
-    return total
+    return sum(hub.ring_bytes(width, height, buffer_size) for width, height in frame_shapes)
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def test_segments_are_counted_once_by_owner(tmp_path: Path) -> None:
 
 def test_ring_bytes_and_uss() -> None:
     small = ring_bytes([(1280, 720)], 2)
-    assert small > (2 * 4 + 3 * 4 + 1) * 1280 * 720 * 3  # depth x consumers + leases + 1 slots
+    assert small > (2 + 3 + 1) * 1280 * 720 * 3  # depth x consumers + leases + 1 slots
     assert ring_bytes([(1280, 720), (1280, 720)], 2) == 2 * small
     assert ring_bytes([(1280, 720)], 64) > small
     assert process_unique_bytes(os.getpid()) > 1 * MB
