@@ -106,7 +106,12 @@ def _serve(args: argparse.Namespace) -> int:
     def announce(host: str, port: int) -> None:
         print(f"framepipe: stream manager listening on {host}:{port}", flush=True)
 
-    asyncio.run(serve(settings, announce=announce))
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(settings, announce=announce))
+    else:
+        asyncio.run(serve(settings, announce=announce))
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ class ServerSettings:
     # Framing limits of the TCP front end.
     max_message_bytes: int = 16 * 1024 * 1024
     read_timeout_s: float = 10.0
+    # The event loop: "uvloop" (faster with many short connections) when it is installed,
+    # else "asyncio"; FRAMEPIPE_EVENT_LOOP=asyncio|uvloop chooses explicitly.
+    event_loop: str = "asyncio"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -72,6 +76,7 @@ class ServerSettings:
                 env, "FRAMEPIPE_MAX_MESSAGE_BYTES", defaults.max_message_bytes, minimum=1024
             ),
             read_timeout_s=_float(env, "FRAMEPIPE_READ_TIMEOUT", defaults.read_timeout_s),
+            event_loop=_event_loop(env.get("FRAMEPIPE_EVENT_LOOP", "auto")),
         )
 
     def with_overrides(self, **changes: object) -> ServerSettings:
@@ -129,6 +134,18 @@ def _validate(settings: ServerSettings) -> None:
         raise SettingsError(f"preloaded processes must be >= 0, got {settings.preloaded_processes}")
     if settings.max_ram_mb is not None and settings.max_ram_mb <= 0:
         raise SettingsError(f"max RAM must be > 0 MB, got {settings.max_ram_mb}")
+
+
+def _event_loop(choice: str) -> str:
+    choice = choice.strip().lower() or "auto"
+    if choice not in ("auto", "asyncio", "uvloop"):
+        raise SettingsError(f"FRAMEPIPE_EVENT_LOOP must be auto, asyncio or uvloop, got {choice!r}")
+    if choice == "asyncio":
+        return choice
+    installed = importlib.util.find_spec("uvloop") is not None
+    if choice == "uvloop" and not installed:
+        raise SettingsError("FRAMEPIPE_EVENT_LOOP=uvloop but uvloop is not installed")
+    return "uvloop" if installed else "asyncio"
 
 
 def _int(

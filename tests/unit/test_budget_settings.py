@@ -87,6 +87,9 @@ def test_settings_from_env() -> None:
         None,
     )
     assert ServerSettings.from_env({}).port == 7070
+    assert ServerSettings.from_env({"FRAMEPIPE_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+    with pytest.raises(SettingsError, match="FRAMEPIPE_EVENT_LOOP"):
+        ServerSettings.from_env({"FRAMEPIPE_EVENT_LOOP": "trio"})
 
 
 @pytest.mark.parametrize(
