@@ -152,15 +152,31 @@ def init_to_first_result(port: int, video: Path, max_fps: float | None = None) -
 
 
 def wait_idle_ready(manager: Manager, count: int, timeout: float = 60.0) -> None:
+    """Until ``count`` idle workers run with their decode forkserver and have gone quiet (no
+    CPU used for a moment: imports and the forkserver's preload are done), as a pool worker
+    that has waited for its pipeline would be."""
     deadline = time.monotonic() + timeout
+    last = -1.0
     while time.monotonic() < deadline:
         workers = manager.workers()
-        # ready: imports done and the decode forkserver running under it
         if len(workers) >= count and all(w.children() for w in workers):
-            time.sleep(0.3)
-            return
-        time.sleep(0.05)
+            used = sum(_tree_cpu(w) for w in workers)
+            if last >= 0 and used - last < 0.01:
+                return
+            last = used
+        time.sleep(0.25)
     raise RuntimeError(f"{count} idle workers not ready within {timeout} s")
+
+
+def _tree_cpu(proc: psutil.Process) -> float:
+    total = 0.0
+    try:
+        for p in [proc, *proc.children(recursive=True)]:
+            times = p.cpu_times()
+            total += times.user + times.system
+    except psutil.Error:
+        pass
+    return total
 
 
 def bench_accept(runs: int) -> dict[str, float]:
@@ -265,34 +281,40 @@ async def _load(port: int, request: dict[str, Any], clients: int, per_client: in
     return latencies
 
 
-def bench_status(video: Path, clients: int, per_client: int) -> dict[str, float]:
+def bench_status(video: Path, clients: int, per_client: int, rounds: int = 8) -> dict[str, float]:
+    """Status under load, with one hung worker and without, interleaved in ``rounds`` so that
+    the machine's load (shared with other jobs) falls on both alike."""
     manager = Manager({"FRAMEPIPE_COMMAND_TIMEOUT": "120"})
-    hung_waiter: threading.Thread | None = None
+    loaded: list[float] = []
+    baseline: list[float] = []
+    floor: list[float] = []
     try:
         manager.time_to_accept()
         _, healthy = init_to_first_result(manager.port, video, max_fps=30)
         status = {"type": "status", "pipeline_id": healthy}
-        baseline = asyncio.run(_load(manager.port, status, clients, per_client))
         known = {w.pid for w in manager.workers()}
         _, hung_id = init_to_first_result(manager.port, video, max_fps=30)
         (hung,) = [w for w in manager.workers() if w.pid not in known]
-        os.kill(hung.pid, signal.SIGSTOP)
-        # A request to the hung pipeline stays in flight during the whole measurement.
-        hung_waiter = threading.Thread(
-            target=lambda: request(
-                manager.port, {"type": "status", "pipeline_id": hung_id}, timeout=300
-            ),
-            daemon=True,
-        )
-        hung_waiter.start()
-        time.sleep(0.2)
-        loaded = asyncio.run(_load(manager.port, status, clients, per_client))
-        floor = asyncio.run(_load(manager.port, {"type": "list_pipelines"}, clients, per_client))
-        os.kill(hung.pid, signal.SIGCONT)
+        asyncio.run(_load(manager.port, status, clients, 5))  # warm-up, not counted
+        chunk = max(1, per_client // rounds)
+        for _ in range(rounds):
+            os.kill(hung.pid, signal.SIGSTOP)
+            # A request to the hung pipeline stays in flight while the load runs.
+            waiter = threading.Thread(
+                target=request,
+                args=(manager.port, {"type": "status", "pipeline_id": hung_id}, 300),
+                daemon=True,
+            )
+            waiter.start()
+            time.sleep(0.1)
+            loaded += asyncio.run(_load(manager.port, status, clients, chunk))
+            floor += asyncio.run(_load(manager.port, {"type": "list_pipelines"}, clients, chunk))
+            os.kill(hung.pid, signal.SIGCONT)
+            waiter.join(30)
+            time.sleep(0.5)  # the resumed worker catches up on its backlog: let that pass
+            baseline += asyncio.run(_load(manager.port, status, clients, chunk))
     finally:
         manager.stop()
-    if hung_waiter is not None:
-        hung_waiter.join(10)
     return {
         "status_rtt_p50_ms": 1000 * _percentile(loaded, 50),
         "status_rtt_p99_ms": 1000 * _percentile(loaded, 99),
@@ -315,7 +337,7 @@ def main() -> int:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object as the last line"
     )
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--per-client", type=int, default=40)
     args = parser.parse_args()
