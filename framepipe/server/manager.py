@@ -30,11 +30,11 @@ from framepipe.core.budget import (
     MB,
     MemoryUsage,
     RamBudget,
+    children_map,
     process_unique_bytes,
     ring_bytes,
     shared_segments_bytes,
     tree_pids,
-    tree_unique_bytes,
 )
 from framepipe.errors import FramepipeError, InvalidPayloadError, NotFoundError, OperationError
 from framepipe.protocol.commands import (
@@ -467,11 +467,12 @@ class StreamManager:
         manager_pid = os.getpid()
         workers_total = 0.0
         owners = {manager_pid}
+        children = children_map()
         for row in rows:
-            sample = tree_unique_bytes(row.worker.pid) / MB
+            pids = tree_pids(row.worker.pid, children)
+            sample = sum(process_unique_bytes(pid) for pid in pids) / MB
             row.ram_samples_mb.append(sample)
             workers_total += sample
-            pids = tree_pids(row.worker.pid)
             row.known_pids |= pids
             owners |= pids
         return MemoryUsage(
