@@ -288,6 +288,7 @@ def bench_status(video: Path, clients: int, per_client: int, rounds: int = 8) ->
     loaded: list[float] = []
     baseline: list[float] = []
     floor: list[float] = []
+    cpu = {"status": 0.0, "list": 0.0}
     try:
         manager.time_to_accept()
         _, healthy = init_to_first_result(manager.port, video, max_fps=30)
@@ -307,8 +308,12 @@ def bench_status(video: Path, clients: int, per_client: int, rounds: int = 8) ->
             )
             waiter.start()
             time.sleep(0.1)
+            before = _cpu(manager.proc.pid)
             loaded += asyncio.run(_load(manager.port, status, clients, chunk))
+            middle = _cpu(manager.proc.pid)
             floor += asyncio.run(_load(manager.port, {"type": "list_pipelines"}, clients, chunk))
+            cpu["status"] += middle - before
+            cpu["list"] += _cpu(manager.proc.pid) - middle
             os.kill(hung.pid, signal.SIGCONT)
             waiter.join(30)
             time.sleep(0.5)  # the resumed worker catches up on its backlog: let that pass
@@ -323,7 +328,14 @@ def bench_status(video: Path, clients: int, per_client: int, rounds: int = 8) ->
         "list_rtt_p50_ms_same_load": 1000 * _percentile(floor, 50),
         "list_rtt_p99_ms_same_load": 1000 * _percentile(floor, 99),
         "status_requests": float(len(loaded)),
+        "manager_cpu_us_per_status": 1e6 * cpu["status"] / len(loaded),
+        "manager_cpu_us_per_list": 1e6 * cpu["list"] / len(floor),
     }
+
+
+def _cpu(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -387,6 +399,12 @@ def main() -> int:
         ),
         ("list_pipelines p50, same load (ms)", "list_rtt_p50_ms_same_load", None, "floor"),
         ("list_pipelines p99, same load (ms)", "list_rtt_p99_ms_same_load", None, "floor"),
+        (
+            "manager CPU per status request (us)",
+            "manager_cpu_us_per_status",
+            "manager_cpu_us_per_list",
+            "vs list",
+        ),
     ]
     print(f"{'metric':<44} {'framepipe':>10} {'baseline':>10}  target")
     for label, key, base, target in rows:
