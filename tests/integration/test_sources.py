@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -463,3 +464,37 @@ def _port_open(port: int) -> bool:
 
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.rtsp
+def test_crashed_decode_process_of_a_live_source_is_replaced(rtsp_server: RtspServer) -> None:
+    reader = NumberReaderAny()
+    with SourceHub() as hub, Pipeline(rtsp_server.url, processor=reader, hub=hub) as pipeline:
+        wait_for(lambda: reader.count >= 5, 15, "frames from the RTSP stream")
+        (decoder,) = hub.decoders()
+        crashed = decoder.pid
+        assert crashed is not None
+        os.kill(crashed, signal.SIGKILL)
+        wait_for(lambda: source_state(pipeline) is StreamState.RESTARTING, 5, "RESTARTING")
+        wait_for(
+            lambda: source_state(pipeline) is StreamState.RUNNING, 10, "RUNNING with a new decoder"
+        )
+        before = reader.count
+        wait_for(lambda: reader.count >= before + 10, 10, "frames from the new decode process")
+        report = pipeline.status().sources[0]
+        assert report.decoder_restarts == 1
+        assert report.last_error is not None and "exit code -9" in report.last_error
+        assert decoder.pid not in (None, crashed)  # a new process, same ring
+        assert len(hub.decoders()) == 1
+
+
+def test_crashed_decode_process_of_a_file_is_an_error(video_120: SyntheticVideo) -> None:
+    with SourceHub() as hub, Pipeline(str(video_120.path), hub=hub, max_fps=30) as pipeline:
+        wait_for(lambda: source_state(pipeline) is StreamState.RUNNING, 10, "RUNNING")
+        (decoder,) = hub.decoders()
+        assert decoder.pid is not None
+        os.kill(decoder.pid, signal.SIGKILL)
+        wait_for(lambda: pipeline.finished, 10, "the pipeline to finish")
+        report = pipeline.status().sources[0]
+    assert report.state is StreamState.ERROR
+    assert report.last_error == "decode process exited unexpectedly (exit code -9)"

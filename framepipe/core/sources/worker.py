@@ -72,6 +72,8 @@ class DecoderConfig:
     reconnect_initial_backoff_s: float = 0.1
     reconnect_max_backoff_s: float = 1.0
     stats_interval_s: float = 0.25
+    retry_open: bool = False  # a replacement decoder: keep retrying the stream, never ERROR
+    first_frame_id: int = 1
     wait_slice_s: float = 0.05  # longest a WAIT blocks before commands are looked at again
 
 
@@ -114,7 +116,7 @@ class _Decoder:
         self.backend: DecodeBackend | None = None
         self.ring: FrameRing | None = None  # once attached
         self.producer: FrameProducer | None = None  # once attached
-        self.frame_id = 0
+        self.frame_id = config.first_frame_id - 1
         self.fps: float | None = None
         self._next_stats = 0.0
         self._rate_window: list[float] = []
@@ -185,6 +187,9 @@ class _Decoder:
 
         ring = FrameRing.attach(ring_name)
         self.ring = ring
+        # A decoder that replaces a crashed one: a slot it died writing (odd seq) is given back.
+        for slot in range(ring.slots):
+            ring.abandon(slot)
         self.producer = FrameProducer(ring, "DROP_OLDEST")
         self.stats.ring_slots = ring.slots
         for consumer in self.consumers.values():
@@ -326,10 +331,12 @@ class _Decoder:
         try:
             self.open(reconnect=False)
         except SourceOpenError as exc:
-            self.set_state(
-                StreamState.ERROR, f"could not open video_reference {reference.masked!r}: {exc}"
-            )
-            return
+            if not self.config.retry_open:
+                self.set_state(
+                    StreamState.ERROR, f"could not open video_reference {reference.masked!r}: {exc}"
+                )
+                return
+            self.reconnect()
         # The owner creates the ring from the stream's size and sends its name.
         while self.producer is None:
             self.poll_commands(0.1)
