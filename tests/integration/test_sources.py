@@ -498,3 +498,29 @@ def test_crashed_decode_process_of_a_file_is_an_error(video_120: SyntheticVideo)
         report = pipeline.status().sources[0]
     assert report.state is StreamState.ERROR
     assert report.last_error == "decode process exited unexpectedly (exit code -9)"
+
+
+@pytest.mark.rtsp
+def test_multiplexing_does_not_wait_for_a_stalled_source(
+    rtsp_server: RtspServer, video_60: SyntheticVideo
+) -> None:
+    """A live source that drops out gives None in each batch; the other source keeps flowing."""
+    reader = NumberReader()
+    with Pipeline(
+        [rtsp_server.url, str(video_60.path)],
+        processor=reader,
+        max_fps=15,
+        batch_collection_timeout=0.2,
+        decoder="opencv",
+    ) as pipeline:
+        wait_for(lambda: sum(1 for b in reader.seen if b[0] is not None) >= 3, 15, "RTSP frames")
+        rtsp_server.kill()
+        wait_for(lambda: source_state(pipeline, 0) is StreamState.RESTARTING, 10, "RESTARTING")
+        stalled_from = len(reader.seen)
+        wait_for(lambda: source_state(pipeline, 1) is StreamState.ENDED, 15, "the file to end")
+        wait_for(lambda: len(reader.numbers(1)) == 60, 5, "every frame of the file")
+        report = pipeline.status()
+    after = reader.seen[stalled_from:]
+    assert len(after) >= 5 and all(b[0] is None and b[1] is not None for b in after)
+    assert reader.numbers(1) == list(range(60))  # the file source never waited for the camera
+    assert report.sources[1].state is StreamState.ENDED
