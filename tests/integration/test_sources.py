@@ -524,3 +524,33 @@ def test_multiplexing_does_not_wait_for_a_stalled_source(
     assert len(after) >= 5 and all(b[0] is None and b[1] is not None for b in after)
     assert reader.numbers(1) == list(range(60))  # the file source never waited for the camera
     assert report.sources[1].state is StreamState.ENDED
+
+
+@pytest.mark.rtsp
+def test_fan_out_of_a_camera_with_different_rates(rtsp_server: RtspServer) -> None:
+    """Two pipelines on one camera: one decode process, each pipeline at its own max_fps."""
+    full, slow = NumberReaderAny(), NumberReaderAny()
+    with SourceHub() as hub:
+        a = Pipeline(rtsp_server.url, processor=full, hub=hub).start()
+        b = Pipeline(rtsp_server.url, processor=slow, hub=hub, max_fps=5).start()
+        try:
+            wait_for(lambda: full.count >= 5 and slow.count >= 2, 15, "frames in both pipelines")
+            assert len(hub.decoders()) == 1
+            first_full, first_slow = len(full.captures), len(slow.captures)
+            time.sleep(2.0)
+            report_a, report_b = a.status().sources[0], b.status().sources[0]
+        finally:
+            a.terminate()
+            b.terminate()
+    full_rate = (len(full.captures) - first_full - 1) / (
+        (full.captures[-1] - full.captures[first_full]) / 1e9
+    )
+    slow_rate = (len(slow.captures) - first_slow - 1) / (
+        (slow.captures[-1] - slow.captures[first_slow]) / 1e9
+    )
+    assert full_rate == pytest.approx(15, rel=0.15)
+    assert slow_rate == pytest.approx(5, rel=0.15)
+    assert report_a.shared_with == 1 and report_b.shared_with == 1
+    assert (
+        report_b.frames_dropped.get("max_fps", 0) > 0 and "max_fps" not in report_a.frames_dropped
+    )
