@@ -554,3 +554,15 @@ def test_fan_out_of_a_camera_with_different_rates(rtsp_server: RtspServer) -> No
     assert (
         report_b.frames_dropped.get("max_fps", 0) > 0 and "max_fps" not in report_a.frames_dropped
     )
+
+
+@pytest.mark.parametrize("decoder", ["opencv", "pyav"])
+def test_a_file_that_is_not_a_video_is_error(tmp_path: Path, decoder: str) -> None:
+    bogus = tmp_path / "notes.mp4"
+    bogus.write_bytes(b"this is not a video\n" * 100)
+    with Pipeline(str(bogus), decoder=decoder) as pipeline:
+        wait_for(lambda: pipeline.finished, 15, "the source to give up")
+        source = pipeline.status().sources[0]
+    assert source.state is StreamState.ERROR
+    assert source.last_error is not None
+    assert source.last_error.startswith(f"could not open video_reference '{bogus}'")
