@@ -56,7 +56,6 @@ from framepipe.core.sources.messages import (
     AttachRing,
     Command,
     ConsumerMode,
-    ConsumerRemoved,
     Opened,
     RemoveConsumer,
     SetConsumerMode,
@@ -175,8 +174,6 @@ class DecoderHandle:
         self._history: deque[StatusUpdate] = deque(maxlen=_EVENTS_KEPT)
         self._lock = threading.RLock()
         self._send_lock = threading.Lock()
-        self._removed = threading.Condition(self._lock)
-        self._removed_indices: set[int] = set()
         self._conn: Connection | None = None
         self._process: BaseProcess | None = None
         self._listener: threading.Thread | None = None
@@ -305,7 +302,6 @@ class DecoderHandle:
                     self._set_state(StreamState.RESTARTING, f"{reason}; starting a new one")
                 else:
                     self._set_state(StreamState.ERROR, reason)
-            self._removed.notify_all()
         if restart:
             backoff = min(_RESTART_BACKOFF_S * 2 ** min(self.decoder_restarts - 1, 5), 5.0)
             if self._halt.wait(backoff):
@@ -314,6 +310,8 @@ class DecoderHandle:
                 if self._closed:
                     return
                 conn.close()
+                with contextlib.suppress(ValueError):
+                    process.close()
                 self._base = DecoderStats(
                     frames_decoded=self._base.frames_decoded + self.stats.frames_decoded,
                     reconnects=self._base.reconnects + self.stats.reconnects,
@@ -336,10 +334,6 @@ class DecoderHandle:
                     self.last_error = event.stats.last_error
         elif isinstance(event, Opened):
             self._on_opened(event)
-        elif isinstance(event, ConsumerRemoved):
-            with self._lock:
-                self._removed_indices.add(event.index)
-                self._removed.notify_all()
 
     def _on_opened(self, event: Opened) -> None:
         info = event.info

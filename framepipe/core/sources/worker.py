@@ -44,7 +44,6 @@ from framepipe.core.sources.messages import (
     AttachRing,
     Command,
     ConsumerMode,
-    ConsumerRemoved,
     Event,
     Opened,
     RemoveConsumer,
@@ -170,7 +169,6 @@ class _Decoder:
             if self.producer is not None:
                 self.producer.set_consumer_strategy(command.index, None)
                 self.producer.reap()
-            self.send(ConsumerRemoved(command.index))
         elif isinstance(command, SetConsumerMode):
             consumer = self.consumers.get(command.index)
             if consumer is not None:
