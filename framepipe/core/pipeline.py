@@ -310,6 +310,7 @@ class Pipeline:
         self._subscriptions: list[Subscription] = []
         self._results: deque[PipelineResult] = deque(maxlen=results_buffer_size)
         self._results_cond = threading.Condition()
+        self._iterators = 0  # results() generators being consumed
         self._results_produced = 0
         self._results_dropped = 0
         self._processing_errors = 0
@@ -424,21 +425,35 @@ class Pipeline:
     # -- results ----------------------------------------------------------------------------
 
     def results(self, timeout: float | None = None) -> Iterator[PipelineResult]:
-        """Results in order until the pipeline stops; ``timeout`` bounds each wait (then stops)."""
+        """Results in order until the pipeline stops; ``timeout`` bounds each wait (then stops).
+
+        While an iterator is being consumed, or when there is no ``on_prediction`` (so
+        ``results()`` is the only output), a full results buffer holds the processing back:
+        every result reaches the reader. With an ``on_prediction`` and nobody iterating, the
+        buffer keeps the newest ``results_buffer_size`` results and counts the ones it drops.
+        """
         if self._state is PipelineState.NOT_STARTED:
             raise OperationError("pipeline not started: call start() before results()")
-        while True:
+        with self._results_cond:
+            self._iterators += 1
+        try:
+            while True:
+                with self._results_cond:
+                    deadline = None if timeout is None else time.monotonic() + timeout
+                    while not self._results:
+                        if self._processing_done():
+                            return
+                        left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+                        if left <= 0:
+                            return
+                        self._results_cond.wait(left)
+                    result = self._results.popleft()
+                    self._results_cond.notify_all()
+                yield result
+        finally:
             with self._results_cond:
-                deadline = None if timeout is None else time.monotonic() + timeout
-                while not self._results:
-                    if self._processing_done():
-                        return
-                    left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
-                    if left <= 0:
-                        return
-                    self._results_cond.wait(left)
-                result = self._results.popleft()
-            yield result
+                self._iterators -= 1
+                self._results_cond.notify_all()
 
     def _processing_done(self) -> bool:
         thread = self._thread
@@ -520,6 +535,14 @@ class Pipeline:
                 )
         result = PipelineResult(outputs, metadata)
         with self._results_cond:
+            # An iterator is reading, or results() is the only output (no on_prediction):
+            # wait for the reader rather than drop a result.
+            while (
+                (self._iterators or self._on_prediction is None)
+                and len(self._results) == self._results.maxlen
+                and not self._stop.is_set()
+            ):
+                self._results_cond.wait(0.1)
             if len(self._results) == self._results.maxlen:
                 self._results_dropped += 1
             self._results.append(result)

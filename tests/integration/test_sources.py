@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -463,3 +464,105 @@ def _port_open(port: int) -> bool:
 
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.rtsp
+def test_crashed_decode_process_of_a_live_source_is_replaced(rtsp_server: RtspServer) -> None:
+    reader = NumberReaderAny()
+    with SourceHub() as hub, Pipeline(rtsp_server.url, processor=reader, hub=hub) as pipeline:
+        wait_for(lambda: reader.count >= 5, 15, "frames from the RTSP stream")
+        (decoder,) = hub.decoders()
+        crashed = decoder.pid
+        assert crashed is not None
+        os.kill(crashed, signal.SIGKILL)
+        wait_for(lambda: source_state(pipeline) is StreamState.RESTARTING, 5, "RESTARTING")
+        wait_for(
+            lambda: source_state(pipeline) is StreamState.RUNNING, 10, "RUNNING with a new decoder"
+        )
+        before = reader.count
+        wait_for(lambda: reader.count >= before + 10, 10, "frames from the new decode process")
+        report = pipeline.status().sources[0]
+        assert report.decoder_restarts == 1
+        assert report.last_error is not None and "exit code -9" in report.last_error
+        assert decoder.pid not in (None, crashed)  # a new process, same ring
+        assert len(hub.decoders()) == 1
+
+
+def test_crashed_decode_process_of_a_file_is_an_error(video_120: SyntheticVideo) -> None:
+    with SourceHub() as hub, Pipeline(str(video_120.path), hub=hub, max_fps=30) as pipeline:
+        wait_for(lambda: source_state(pipeline) is StreamState.RUNNING, 10, "RUNNING")
+        (decoder,) = hub.decoders()
+        assert decoder.pid is not None
+        os.kill(decoder.pid, signal.SIGKILL)
+        wait_for(lambda: pipeline.finished, 10, "the pipeline to finish")
+        report = pipeline.status().sources[0]
+    assert report.state is StreamState.ERROR
+    assert report.last_error == "decode process exited unexpectedly (exit code -9)"
+
+
+@pytest.mark.rtsp
+def test_multiplexing_does_not_wait_for_a_stalled_source(
+    rtsp_server: RtspServer, video_60: SyntheticVideo
+) -> None:
+    """A live source that drops out gives None in each batch; the other source keeps flowing."""
+    reader = NumberReader()
+    with Pipeline(
+        [rtsp_server.url, str(video_60.path)],
+        processor=reader,
+        max_fps=15,
+        batch_collection_timeout=0.2,
+        decoder="opencv",
+    ) as pipeline:
+        wait_for(lambda: sum(1 for b in reader.seen if b[0] is not None) >= 3, 15, "RTSP frames")
+        rtsp_server.kill()
+        wait_for(lambda: source_state(pipeline, 0) is StreamState.RESTARTING, 10, "RESTARTING")
+        stalled_from = len(reader.seen)
+        wait_for(lambda: source_state(pipeline, 1) is StreamState.ENDED, 15, "the file to end")
+        wait_for(lambda: len(reader.numbers(1)) == 60, 5, "every frame of the file")
+        report = pipeline.status()
+    after = reader.seen[stalled_from:]
+    assert len(after) >= 5 and all(b[0] is None and b[1] is not None for b in after)
+    assert reader.numbers(1) == list(range(60))  # the file source never waited for the camera
+    assert report.sources[1].state is StreamState.ENDED
+
+
+@pytest.mark.rtsp
+def test_fan_out_of_a_camera_with_different_rates(rtsp_server: RtspServer) -> None:
+    """Two pipelines on one camera: one decode process, each pipeline at its own max_fps."""
+    full, slow = NumberReaderAny(), NumberReaderAny()
+    with SourceHub() as hub:
+        a = Pipeline(rtsp_server.url, processor=full, hub=hub).start()
+        b = Pipeline(rtsp_server.url, processor=slow, hub=hub, max_fps=5).start()
+        try:
+            wait_for(lambda: full.count >= 5 and slow.count >= 2, 15, "frames in both pipelines")
+            assert len(hub.decoders()) == 1
+            first_full, first_slow = len(full.captures), len(slow.captures)
+            time.sleep(2.0)
+            report_a, report_b = a.status().sources[0], b.status().sources[0]
+        finally:
+            a.terminate()
+            b.terminate()
+    full_rate = (len(full.captures) - first_full - 1) / (
+        (full.captures[-1] - full.captures[first_full]) / 1e9
+    )
+    slow_rate = (len(slow.captures) - first_slow - 1) / (
+        (slow.captures[-1] - slow.captures[first_slow]) / 1e9
+    )
+    assert full_rate == pytest.approx(15, rel=0.15)
+    assert slow_rate == pytest.approx(5, rel=0.15)
+    assert report_a.shared_with == 1 and report_b.shared_with == 1
+    assert (
+        report_b.frames_dropped.get("max_fps", 0) > 0 and "max_fps" not in report_a.frames_dropped
+    )
+
+
+@pytest.mark.parametrize("decoder", ["opencv", "pyav"])
+def test_a_file_that_is_not_a_video_is_error(tmp_path: Path, decoder: str) -> None:
+    bogus = tmp_path / "notes.mp4"
+    bogus.write_bytes(b"this is not a video\n" * 100)
+    with Pipeline(str(bogus), decoder=decoder) as pipeline:
+        wait_for(lambda: pipeline.finished, 15, "the source to give up")
+        source = pipeline.status().sources[0]
+    assert source.state is StreamState.ERROR
+    assert source.last_error is not None
+    assert source.last_error.startswith(f"could not open video_reference '{bogus}'")

@@ -18,7 +18,15 @@ from framepipe.core.sources.entities import (
     StatusUpdate,
     StreamState,
 )
-from framepipe.core.sources.hub import DecoderHandle, SourceHub, Subscription, SubscriptionRequest
+from framepipe.core.sources.hub import (
+    DecoderHandle,
+    SourceHub,
+    Subscription,
+    SubscriptionRequest,
+    default_strategies,
+    ring_bytes,
+    ring_geometry,
+)
 from framepipe.core.sources.launcher import warm_forkserver
 from framepipe.core.sources.multiplexer import BatchCollector, LeasedFrame
 from framepipe.core.sources.reference import (
@@ -50,8 +58,11 @@ __all__ = [
     "StreamState",
     "Subscription",
     "SubscriptionRequest",
+    "default_strategies",
     "mask_credentials",
     "parse_reference",
     "parse_references",
+    "ring_bytes",
+    "ring_geometry",
     "warm_forkserver",
 ]

@@ -233,7 +233,8 @@ class SourceReport:
     buffer_filling_strategy: BufferFillingStrategy
     buffer_consumption_strategy: BufferConsumptionStrategy
     shared_with: int  # other consumers of the same decoder
-    decoder_cpu_s: float = 0.0  # CPU time of the decode process
+    decoder_cpu_s: float = 0.0  # CPU time of the decode process(es)
+    decoder_restarts: int = 0  # decode processes that died and were replaced (live sources)
 
     def to_wire_metadata(self) -> dict[str, Any]:
         """The reference's ``sources_metadata`` entry."""
@@ -268,4 +269,5 @@ class SourceReport:
             "shm_bytes": self.shm_bytes,
             "shared_with": self.shared_with,
             "decoder_cpu_s": self.decoder_cpu_s,
+            "decoder_restarts": self.decoder_restarts,
         }

@@ -56,7 +56,6 @@ from framepipe.core.sources.messages import (
     AttachRing,
     Command,
     ConsumerMode,
-    ConsumerRemoved,
     Opened,
     RemoveConsumer,
     SetConsumerMode,
@@ -75,6 +74,7 @@ DEFAULT_RING_BUDGET_BYTES = 128 * 1024 * 1024
 _EVENTS_KEPT = 256
 _LEASES_PER_CONSUMER = 3  # being processed + multiplexer mailbox + DROP_OLDEST mailbox
 _STOP_TIMEOUT_S = 3.0
+_RESTART_BACKOFF_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -174,12 +174,13 @@ class DecoderHandle:
         self._history: deque[StatusUpdate] = deque(maxlen=_EVENTS_KEPT)
         self._lock = threading.RLock()
         self._send_lock = threading.Lock()
-        self._removed = threading.Condition(self._lock)
-        self._removed_indices: set[int] = set()
         self._conn: Connection | None = None
         self._process: BaseProcess | None = None
         self._listener: threading.Thread | None = None
         self._closed = False
+        self._halt = threading.Event()
+        self._base = DecoderStats()  # totals of earlier decode processes (after restarts)
+        self.decoder_restarts = 0
         self.created_at = datetime.now()
         if error is not None:
             self._set_state(StreamState.ERROR, error)
@@ -189,6 +190,14 @@ class DecoderHandle:
     def start(self) -> None:
         if self.state is not StreamState.NOT_STARTED or self.reference is None:
             return
+        self._set_state(StreamState.INITIALISING)
+        with self._lock:
+            self._spawn(restart=False)
+
+    def _spawn(self, restart: bool) -> None:
+        """Start a decode process (under the lock). A restart attaches it to the existing
+        ring and consumers straight away and keeps retrying the stream until it opens."""
+        assert self.reference is not None
         context = decode_context()
         parent_conn, child_conn = context.Pipe(duplex=True)
         config = DecoderConfig(
@@ -196,6 +205,10 @@ class DecoderHandle:
             reference=self.reference,
             backend=self.backend,
             options=self.options,
+            retry_open=restart,
+            first_frame_id=self._base.frames_decoded + self.stats.frames_decoded + 1
+            if restart
+            else 1,
         )
         process = DecodeProcess(
             target=run_decoder,
@@ -203,13 +216,19 @@ class DecoderHandle:
             name=f"framepipe-decode-{self.decoder_id}",
             daemon=True,
         )
-        self._set_state(StreamState.INITIALISING)
         process.start()
         child_conn.close()
         self._conn = parent_conn
         self._process = process
+        if restart and self.ring is not None:
+            for subscription in self.subscriptions:
+                subscription._announce()
+            self.send(AttachRing(self.ring.name))
         self._listener = threading.Thread(
-            target=self._listen, name=f"framepipe-decode-{self.decoder_id}-events", daemon=True
+            target=self._listen,
+            args=(parent_conn, process),
+            name=f"framepipe-decode-{self.decoder_id}-events",
+            daemon=True,
         )
         self._listener.start()
 
@@ -228,6 +247,12 @@ class DecoderHandle:
     def history(self) -> list[StatusUpdate]:
         with self._lock:
             return list(self._history)
+
+    @property
+    def pid(self) -> int | None:
+        """The current decode process's pid (None before it starts)."""
+        process = self._process
+        return process.pid if process is not None else None
 
     @property
     def alive(self) -> bool:
@@ -253,9 +278,7 @@ class DecoderHandle:
 
     # -- events from the decode process -----------------------------------------------------
 
-    def _listen(self) -> None:
-        conn = self._conn
-        assert conn is not None
+    def _listen(self, conn: Connection, process: BaseProcess) -> None:
         while True:
             try:
                 event = conn.recv()
@@ -265,16 +288,38 @@ class DecoderHandle:
                 self._on_event(event)
             except Exception:
                 logger.exception("decode process %s: handling %r failed", self.decoder_id, event)
-        process = self._process
-        if process is not None:
-            process.join(_STOP_TIMEOUT_S)
+        process.join(_STOP_TIMEOUT_S)
+        restart = False
         with self._lock:
-            if not self.state.is_final:
-                code = process.exitcode if process is not None else None
-                self._set_state(
-                    StreamState.ERROR, f"decode process exited unexpectedly (exit code {code})"
+            if not self.state.is_final and not self._closed:
+                reason = f"decode process exited unexpectedly (exit code {process.exitcode})"
+                live = self.reference is not None and self.reference.is_live
+                if live and self.ring is not None:
+                    # A crashed decoder of a live source is replaced, like a dropped stream.
+                    restart = True
+                    self.decoder_restarts += 1
+                    self.last_error = reason
+                    self._set_state(StreamState.RESTARTING, f"{reason}; starting a new one")
+                else:
+                    self._set_state(StreamState.ERROR, reason)
+        if restart:
+            backoff = min(_RESTART_BACKOFF_S * 2 ** min(self.decoder_restarts - 1, 5), 5.0)
+            if self._halt.wait(backoff):
+                return
+            with self._lock:
+                if self._closed:
+                    return
+                conn.close()
+                with contextlib.suppress(ValueError):
+                    process.close()
+                self._base = DecoderStats(
+                    frames_decoded=self._base.frames_decoded + self.stats.frames_decoded,
+                    reconnects=self._base.reconnects + self.stats.reconnects,
+                    cpu_s=self._base.cpu_s + self.stats.cpu_s,
                 )
-            self._removed.notify_all()
+                self.stats = DecoderStats()
+                self._spawn(restart=True)
+            return
         self.ring_ready.set()  # nobody waits for a ring that will never come
 
     def _on_event(self, event: object) -> None:
@@ -289,10 +334,6 @@ class DecoderHandle:
                     self.last_error = event.stats.last_error
         elif isinstance(event, Opened):
             self._on_opened(event)
-        elif isinstance(event, ConsumerRemoved):
-            with self._lock:
-                self._removed_indices.add(event.index)
-                self._removed.notify_all()
 
     def _on_opened(self, event: Opened) -> None:
         info = event.info
@@ -366,8 +407,9 @@ class DecoderHandle:
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
-        process = self._process
+            self._closed = True  # from here on no new decode process is spawned
+            process, listener = self._process, self._listener
+        self._halt.set()
         if process is not None:
             if process.is_alive():
                 self.send(Terminate())
@@ -375,7 +417,6 @@ class DecoderHandle:
             if process.is_alive():
                 process.kill()
                 process.join(_STOP_TIMEOUT_S)
-        listener = self._listener
         if listener is not None:
             listener.join(_STOP_TIMEOUT_S)
         if self._conn is not None:
@@ -421,9 +462,15 @@ class Subscription:
             return
         consumer = FrameConsumer(ring, eager=self._consumption is BufferConsumptionStrategy.EAGER)
         self._consumer = consumer
-        self.handle.send(
-            AddConsumer(consumer.index, self.filling_strategy, self.request.max_fps, self._mode)
-        )
+        self._announce()
+
+    def _announce(self) -> None:
+        """Tell the decode process how this consumer wants its frames."""
+        consumer = self._consumer
+        if consumer is not None:
+            self.handle.send(
+                AddConsumer(consumer.index, self.filling_strategy, self.request.max_fps, self._mode)
+            )
 
     # -- frames -----------------------------------------------------------------------------
 
@@ -589,10 +636,11 @@ class Subscription:
             properties=handle.properties,
             declared_fps=info.fps if info is not None else None,
             measured_fps=stats.measured_fps,
-            frames_decoded=stats.frames_decoded,
+            frames_decoded=handle._base.frames_decoded + stats.frames_decoded,
             frames_delivered=self._delivered,
             frames_dropped=self._dropped(consumer),
-            reconnects=stats.reconnects,
+            reconnects=handle._base.reconnects + stats.reconnects,
+            decoder_restarts=handle.decoder_restarts,
             last_error=handle.last_error,
             decode_latency_ms=stats.decode_latency_ms,
             ring_slots=slots,
@@ -602,7 +650,7 @@ class Subscription:
             buffer_filling_strategy=self.filling_strategy,
             buffer_consumption_strategy=self._consumption,
             shared_with=max(0, len(handle.subscriptions) - 1),
-            decoder_cpu_s=stats.cpu_s,
+            decoder_cpu_s=handle._base.cpu_s + stats.cpu_s,
         )
 
 

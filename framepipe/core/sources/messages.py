@@ -83,9 +83,4 @@ class StatsUpdate:
     dropped: dict[int, dict[str, int]]
 
 
-@dataclass(frozen=True)
-class ConsumerRemoved:
-    index: int
-
-
-Event = StateChanged | Opened | StatsUpdate | ConsumerRemoved
+Event = StateChanged | Opened | StatsUpdate

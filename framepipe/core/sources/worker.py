@@ -17,6 +17,8 @@ so the process never hangs; EOF on the control pipe (owner gone) stops it.
 from __future__ import annotations
 
 import contextlib
+import math
+import select
 import signal
 import time
 from dataclasses import dataclass, field
@@ -42,7 +44,6 @@ from framepipe.core.sources.messages import (
     AttachRing,
     Command,
     ConsumerMode,
-    ConsumerRemoved,
     Event,
     Opened,
     RemoveConsumer,
@@ -72,6 +73,8 @@ class DecoderConfig:
     reconnect_initial_backoff_s: float = 0.1
     reconnect_max_backoff_s: float = 1.0
     stats_interval_s: float = 0.25
+    retry_open: bool = False  # a replacement decoder: keep retrying the stream, never ERROR
+    first_frame_id: int = 1
     wait_slice_s: float = 0.05  # longest a WAIT blocks before commands are looked at again
 
 
@@ -108,13 +111,15 @@ class _Decoder:
     def __init__(self, config: DecoderConfig, control: Connection) -> None:
         self.config = config
         self.control = control
+        self._poller = select.poll()
+        self._poller.register(control.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
         self.state = StreamState.INITIALISING
         self.consumers: dict[int, _Consumer] = {}
         self.stats = DecoderStats()
         self.backend: DecodeBackend | None = None
         self.ring: FrameRing | None = None  # once attached
         self.producer: FrameProducer | None = None  # once attached
-        self.frame_id = 0
+        self.frame_id = config.first_frame_id - 1
         self.fps: float | None = None
         self._next_stats = 0.0
         self._rate_window: list[float] = []
@@ -137,11 +142,14 @@ class _Decoder:
         self.send(StateChanged(previous, new, time.time_ns(), message))
 
     def poll_commands(self, timeout: float = 0.0) -> None:
+        # One persistent poll object: Connection.poll() builds a selector per call (~0.2 ms),
+        # which every frame would pay.
+        poller = self._poller
         try:
-            ready = self.control.poll(timeout)
+            ready = poller.poll(math.ceil(timeout * 1000) if timeout > 0 else 0)
             while ready:
                 self.handle(self.control.recv())
-                ready = self.control.poll(0)
+                ready = poller.poll(0)
         except (EOFError, OSError):
             raise _Stop from None
 
@@ -161,7 +169,6 @@ class _Decoder:
             if self.producer is not None:
                 self.producer.set_consumer_strategy(command.index, None)
                 self.producer.reap()
-            self.send(ConsumerRemoved(command.index))
         elif isinstance(command, SetConsumerMode):
             consumer = self.consumers.get(command.index)
             if consumer is not None:
@@ -185,6 +192,9 @@ class _Decoder:
 
         ring = FrameRing.attach(ring_name)
         self.ring = ring
+        # A decoder that replaces a crashed one: a slot it died writing (odd seq) is given back.
+        for slot in range(ring.slots):
+            ring.abandon(slot)
         self.producer = FrameProducer(ring, "DROP_OLDEST")
         self.stats.ring_slots = ring.slots
         for consumer in self.consumers.values():
@@ -326,10 +336,12 @@ class _Decoder:
         try:
             self.open(reconnect=False)
         except SourceOpenError as exc:
-            self.set_state(
-                StreamState.ERROR, f"could not open video_reference {reference.masked!r}: {exc}"
-            )
-            return
+            if not self.config.retry_open:
+                self.set_state(
+                    StreamState.ERROR, f"could not open video_reference {reference.masked!r}: {exc}"
+                )
+                return
+            self.reconnect()
         # The owner creates the ring from the stream's size and sends its name.
         while self.producer is None:
             self.poll_commands(0.1)
