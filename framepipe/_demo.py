@@ -48,7 +48,7 @@ def run_demo(*, seconds: float = 20.0, model: str | None = None) -> int:
         video = sample_video(Path(scratch))
         model = model or default_model()
         console.print(f"[bold]framepipe demo[/]: video [cyan]{video}[/], model [cyan]{model}[/]")
-        manager = _start_manager(Path(scratch) / "manager.log")
+        manager = _start_manager(Path(scratch) / "manager.log", model)
         try:
             host, port = manager.address
             console.print(f"stream manager (pid {manager.proc.pid}) listening on {host}:{port}")
@@ -205,8 +205,10 @@ class _ManagerProcess:
             self.proc.wait(10)
 
 
-def _start_manager(log_path: Path) -> _ManagerProcess:
+def _start_manager(log_path: Path, model: str) -> _ManagerProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "STREAM_API_PRELOADED_PROCESSES": "1"}
+    if model != "passthrough":
+        env["FRAMEPIPE_PRELOAD_MODELS"] = model  # the pool worker loads it while we connect
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "framepipe.cli", "serve", "--port", "0"],

@@ -118,7 +118,9 @@ def uss_mb(pid: int, tree: bool) -> float:
     return sum(p.memory_full_info().uss for p in procs) / 2**20
 
 
-def init_message(video: Path, max_fps: float | None = None) -> dict[str, Any]:
+def init_message(
+    video: Path, max_fps: float | None = None, model: str = "passthrough"
+) -> dict[str, Any]:
     video_configuration: dict[str, Any] = {
         "type": "VideoConfiguration",
         "video_reference": str(video),
@@ -128,15 +130,17 @@ def init_message(video: Path, max_fps: float | None = None) -> dict[str, Any]:
     return {
         "type": "init",
         "video_configuration": video_configuration,
-        "processing_configuration": {"type": "ModelConfiguration", "model": "passthrough"},
+        "processing_configuration": {"type": "ModelConfiguration", "model": model},
         "sink_configuration": {"type": "MemorySinkConfiguration", "results_buffer_size": 64},
         "decoding_buffer_size": 8,
     }
 
 
-def init_to_first_result(port: int, video: Path, max_fps: float | None = None) -> tuple[float, str]:
+def init_to_first_result(
+    port: int, video: Path, max_fps: float | None = None, model: str = "passthrough"
+) -> tuple[float, str]:
     started = time.perf_counter()
-    reply = request(port, init_message(video, max_fps))
+    reply = request(port, init_message(video, max_fps, model))
     if reply["response"]["status"] != "success":
         raise RuntimeError(f"init failed: {reply['response']}")
     pipeline_id = reply["pipeline_id"]
@@ -259,6 +263,42 @@ def bench_init(video: Path, runs: int) -> dict[str, Any]:
     }
 
 
+def bench_init_model(video: Path, runs: int, model: str = "centerface") -> dict[str, Any]:
+    """Warm-pool init with a real model: loaded ahead of time by the idle worker
+    (FRAMEPIPE_PRELOAD_MODELS) against loaded by the `init` (baseline)."""
+    results: dict[str, Any] = {}
+    for key, env in (
+        ("init_to_first_result_ms_warm_model_preloaded", {"FRAMEPIPE_PRELOAD_MODELS": model}),
+        ("init_to_first_result_ms_warm_model_loaded_at_init", {}),
+    ):
+        samples: list[float] = []
+        manager = Manager({"STREAM_API_PRELOADED_PROCESSES": "1", **env})
+        try:
+            manager.time_to_accept()
+            for _ in range(runs):
+                wait_idle_ready(manager, 1)
+                seconds, pipeline_id = init_to_first_result(manager.port, video, model=model)
+                samples.append(seconds)
+                request(manager.port, {"type": "terminate", "pipeline_id": pipeline_id})
+            if key.endswith("preloaded"):
+                wait_idle_ready(manager, 1)
+                (worker,) = manager.workers()
+                results["idle_worker_uss_mb_model_preloaded"] = uss_mb(worker.pid, tree=True)
+        finally:
+            manager.stop()
+        results[key] = 1000 * statistics.median(samples)
+    return results
+
+
+def model_available(model: str) -> bool:
+    try:
+        from framepipe.core.processing import ModelRegistry, ProcessingSettings
+
+        return model in ModelRegistry.from_settings(ProcessingSettings.from_env()).names()
+    except Exception:
+        return False
+
+
 async def _load(port: int, request: dict[str, Any], clients: int, per_client: int) -> list[float]:
     """``clients`` concurrent clients, each sending ``per_client`` requests one after another
     (one connection per request, as the protocol does); returns every round trip."""
@@ -368,6 +408,8 @@ def main() -> int:
         results.update(bench_accept(args.runs))
         results.update(bench_idle_memory())
         results.update(bench_init(video, args.runs))
+        if model_available("centerface"):
+            results.update(bench_init_model(video, args.runs))
         results.update(bench_status(long_video, args.clients, args.per_client))
 
     rows = [
@@ -400,6 +442,18 @@ def main() -> int:
         ("list_pipelines p50, same load (ms)", "list_rtt_p50_ms_same_load", None, "floor"),
         ("list_pipelines p99, same load (ms)", "list_rtt_p99_ms_same_load", None, "floor"),
         (
+            "init -> first result, warm + centerface preloaded (ms)",
+            "init_to_first_result_ms_warm_model_preloaded",
+            "init_to_first_result_ms_warm_model_loaded_at_init",
+            "",
+        ),
+        (
+            "idle worker USS, centerface preloaded (MB)",
+            "idle_worker_uss_mb_model_preloaded",
+            "idle_worker_uss_mb",
+            "< 150",
+        ),
+        (
             "manager CPU per status request (us)",
             "manager_cpu_us_per_status",
             "manager_cpu_us_per_list",
@@ -408,6 +462,8 @@ def main() -> int:
     ]
     print(f"{'metric':<44} {'framepipe':>10} {'baseline':>10}  target")
     for label, key, base, target in rows:
+        if key not in results:
+            continue
         baseline = f"{results[base]:>10.1f}" if base else f"{'-':>10}"
         print(f"{label:<44} {results[key]:>10.1f} {baseline}  {target}")
     print(

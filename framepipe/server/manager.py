@@ -360,7 +360,10 @@ class StreamManager:
     async def _spawn_row(self, state: RowState) -> ManagedPipeline:
         self._spawning += 1
         try:
-            worker = await WorkerHandle.spawn(terminate_timeout_s=self.settings.terminate_timeout_s)
+            worker = await WorkerHandle.spawn(
+                terminate_timeout_s=self.settings.terminate_timeout_s,
+                preload_models=self.settings.preload_models,
+            )
         finally:
             self._spawning -= 1
         row = ManagedPipeline(

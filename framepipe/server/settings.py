@@ -48,6 +48,9 @@ class ServerSettings:
     # The event loop: "uvloop" (faster with many short connections) when it is installed,
     # else "asyncio"; FRAMEPIPE_EVENT_LOOP=asyncio|uvloop chooses explicitly.
     event_loop: str = "asyncio"
+    # Registered model names every idle worker loads ahead of time (FRAMEPIPE_PRELOAD_MODELS,
+    # comma-separated): an `init` asking for one skips loading it.
+    preload_models: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -77,6 +80,11 @@ class ServerSettings:
             ),
             read_timeout_s=_float(env, "FRAMEPIPE_READ_TIMEOUT", defaults.read_timeout_s),
             event_loop=_event_loop(env.get("FRAMEPIPE_EVENT_LOOP", "auto")),
+            preload_models=tuple(
+                name.strip()
+                for name in env.get("FRAMEPIPE_PRELOAD_MODELS", "").split(",")
+                if name.strip()
+            ),
         )
 
     def with_overrides(self, **changes: object) -> ServerSettings:
@@ -104,6 +112,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--token", help="shared token clients must send (FRAMEPIPE_TOKEN)")
     parser.add_argument(
+        "--preload-model",
+        action="append",
+        dest="preload_models",
+        help="model idle workers load ahead of time; repeatable (FRAMEPIPE_PRELOAD_MODELS)",
+    )
+    parser.add_argument(
         "--command-timeout",
         type=float,
         help="seconds a worker has to answer (FRAMEPIPE_COMMAND_TIMEOUT)",
@@ -122,6 +136,7 @@ def from_arguments(
         preloaded_processes=args.preloaded_processes,
         token=args.token,
         command_timeout_s=args.command_timeout,
+        preload_models=tuple(args.preload_models) if args.preload_models else None,
     )
     _validate(settings)
     return settings

@@ -80,6 +80,10 @@ class WorkerOptions:
 
     parent_pid: int
     terminate_timeout_s: float = 10.0
+    # Models an idle worker loads ahead of time (registered names): an `init` asking for one
+    # of them, with the same settings, skips loading and warming the model up.
+    preload_models: tuple[str, ...] = ()
+    log_level: int = logging.INFO
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -121,6 +125,10 @@ def warm_decoders() -> None:
 def worker_main(conn: Connection, options: WorkerOptions) -> None:
     """Entry point of the worker process (a ``spawn`` context target)."""
     die_with_parent(options.parent_pid)
+    logging.basicConfig(
+        level=options.log_level,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signo, _frame: stop.set())
@@ -130,6 +138,7 @@ def worker_main(conn: Connection, options: WorkerOptions) -> None:
     if missing:
         log.info("worker %d: not available in this build: %s", os.getpid(), ", ".join(missing))
     runner = PipelineRunner(options)
+    runner.preload(options.preload_models)
     try:
         conn.send(WorkerReady(pid=os.getpid(), warmup_s=time.perf_counter() - started))
         while not stop.is_set() and not runner.done:
@@ -160,6 +169,7 @@ class PipelineRunner:
         self._pipeline: PipelineLike | None = None
         self._sink: InMemoryBufferSink | None = None
         self._consumption_timeout_s: float | None = None
+        self._preloaded: dict[Any, Any] = {}
         self._last_consumed = time.monotonic()
         self.done = False
 
@@ -211,7 +221,8 @@ class PipelineRunner:
             raise OperationError("this worker already runs a pipeline")
         payload = parse_init_payload(wire_payload)
         sink = InMemoryBufferSink(payload.sink_configuration.results_buffer_size)
-        pipeline = build_pipeline(payload, on_prediction=sink.on_prediction)
+        processor = self._processor_for(payload.raw_processing_configuration)
+        pipeline = build_pipeline(payload, on_prediction=sink.on_prediction, processor=processor)
         try:
             pipeline.start()
         except BaseException:
@@ -249,10 +260,32 @@ class PipelineRunner:
         self.close()
         return f"no result consumed for {idle:.1f} s (consumption_timeout={timeout:g} s)"
 
+    def preload(self, models: tuple[str, ...]) -> None:
+        """Load and warm up ``models`` now (a failure is logged: the worker stays usable)."""
+        for name in models:
+            try:
+                spec = processing_spec({"type": "ModelConfiguration", "model": name})
+                self._preloaded[spec] = build_processor_for_spec(spec)
+                log.info("worker %d: model %r loaded ahead of time", os.getpid(), name)
+            except Exception:
+                log.exception("worker %d: could not preload model %r", os.getpid(), name)
+
+    def _processor_for(self, processing_configuration: dict[str, Any]) -> Any:
+        """A preloaded processor when the configuration asks for exactly that one, else a new one."""
+        spec = processing_spec(processing_configuration)
+        if spec is None:
+            return None
+        preloaded = self._preloaded.pop(spec, None)
+        return preloaded if preloaded is not None else build_processor_for_spec(spec)
+
     def close(self) -> None:
         """Terminate and join the pipeline (idempotent); the worker then exits."""
         pipeline, self._pipeline = self._pipeline, None
         self.done = True
+        for processor in self._preloaded.values():
+            with contextlib.suppress(Exception):
+                processor.close()
+        self._preloaded.clear()
         if pipeline is None:
             return
         try:
@@ -272,13 +305,15 @@ def parse_init_payload(wire_payload: dict[str, Any]) -> InitialisePipelinePayloa
         ) from None
 
 
-def build_pipeline(payload: InitialisePipelinePayload, on_prediction: OnPrediction) -> PipelineLike:
-    """A :class:`Pipeline` from an ``init`` payload."""
+def build_pipeline(
+    payload: InitialisePipelinePayload, on_prediction: OnPrediction, processor: Any
+) -> PipelineLike:
+    """A :class:`Pipeline` from an ``init`` payload, running ``processor`` (None: passthrough)."""
     from framepipe.core.pipeline import Pipeline
 
     video = payload.video_configuration
     kwargs: dict[str, Any] = {
-        "processor": build_processor(payload.raw_processing_configuration),
+        "processor": processor,
         "on_prediction": on_prediction,
         "max_fps": video.max_fps,
         "source_buffer_filling_strategy": video.source_buffer_filling_strategy,
@@ -291,17 +326,27 @@ def build_pipeline(payload: InitialisePipelinePayload, on_prediction: OnPredicti
     return pipeline
 
 
-def build_processor(processing_configuration: dict[str, Any]) -> Any:
-    """The processor for a ``processing_configuration`` wire dict (None: passthrough)."""
+def processing_spec(processing_configuration: dict[str, Any]) -> Any:
+    """The processing helper's typed spec for a wire configuration (None: not in this build)."""
     try:
         processing = importlib.import_module("framepipe.core.processing")
     except ModuleNotFoundError:
-        log.warning(
-            "framepipe.core.processing is not available: running the pipeline as passthrough"
-        )
+        log.warning("framepipe.core.processing is not available: running as passthrough")
         return None
-    spec = processing.processing_spec_from_wire(processing_configuration)
-    return processing.build_processor(spec)  # loads and warms the model up
+    return processing.processing_spec_from_wire(processing_configuration)
+
+
+def build_processor_for_spec(spec: Any) -> Any:
+    """Load and warm up the processor of a spec."""
+    from framepipe.core.processing import build_processor as build
+
+    return build(spec)
+
+
+def build_processor(processing_configuration: dict[str, Any]) -> Any:
+    """The processor for a ``processing_configuration`` wire dict (None: passthrough)."""
+    spec = processing_spec(processing_configuration)
+    return None if spec is None else build_processor_for_spec(spec)
 
 
 def _report_to_wire(report: Any) -> dict[str, Any]:

@@ -44,11 +44,10 @@ class WorkerTimeout(OperationError):
     """The worker did not answer within the bound."""
 
 
-def start_worker_process(terminate_timeout_s: float) -> tuple[SpawnProcess, Connection]:
+def start_worker_process(options: WorkerOptions) -> tuple[SpawnProcess, Connection]:
     """Spawn a worker process; returns it and the manager's end of its command pipe."""
     ctx = multiprocessing.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe(duplex=True)
-    options = WorkerOptions(parent_pid=os.getpid(), terminate_timeout_s=terminate_timeout_s)
     process = ctx.Process(
         target=worker_main,
         args=(child_conn, options),
@@ -99,13 +98,21 @@ class WorkerHandle:
         self._reader.start()
 
     @classmethod
-    async def spawn(cls, *, terminate_timeout_s: float) -> WorkerHandle:
+    async def spawn(
+        cls, *, terminate_timeout_s: float, preload_models: tuple[str, ...] = ()
+    ) -> WorkerHandle:
         """Start a worker (``spawn`` start method; safe with threads, CUDA and ONNX Runtime).
 
         The fork-exec and the hand-over of the start-up data run in a thread, off the loop.
         """
         loop = asyncio.get_running_loop()
-        started = loop.run_in_executor(None, start_worker_process, terminate_timeout_s)
+        options = WorkerOptions(
+            parent_pid=os.getpid(),
+            terminate_timeout_s=terminate_timeout_s,
+            preload_models=preload_models,
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
+        started = loop.run_in_executor(None, start_worker_process, options)
         try:
             process, conn = await asyncio.shield(started)
         except asyncio.CancelledError:

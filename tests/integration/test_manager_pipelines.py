@@ -351,3 +351,32 @@ def test_operation_error_for_a_worker_that_died_during_a_command(
         client.get_status(pipeline_id)
     with pytest.raises(NotFoundError):
         client.get_status(pipeline_id)
+
+
+def _centerface_available() -> bool:
+    try:
+        from framepipe.core.processing import ModelRegistry, ProcessingSettings
+
+        return "centerface" in ModelRegistry.from_settings(ProcessingSettings.from_env()).names()
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(
+    not _centerface_available(), reason="the bundled model is not fetched (make models)"
+)
+def test_idle_worker_with_a_preloaded_model_runs_it() -> None:
+    demo = Path(__file__).resolve().parents[2] / "framepipe" / "data" / "demo_faces.mp4"
+    env = {"STREAM_API_PRELOADED_PROCESSES": "1", "FRAMEPIPE_PRELOAD_MODELS": "centerface"}
+    with running_manager(env) as manager:
+        wait_for(
+            lambda: "'centerface' loaded ahead of time" in manager.output(), 60, "the model preload"
+        )
+        client = client_for(manager)
+        message = payload(demo).to_wire() | {"type": "init"}
+        message["processing_configuration"] = {"type": "ModelConfiguration", "model": "centerface"}
+        reply = manager.request(message)
+        assert reply["response"]["status"] == "success", reply
+        first = first_result(client, reply["pipeline_id"])
+        assert "predictions" in first.outputs[0]
+        client.terminate_pipeline(reply["pipeline_id"])
