@@ -211,7 +211,11 @@ class StreamManager:
         raise InvalidPayloadError(f"Unsupported command {type(command).__name__}")
 
     async def list_pipelines(self) -> list[str]:
-        return [row.pipeline_id for row in self._table.values() if row.state is RowState.RUNNING]
+        return [
+            row.pipeline_id
+            for row in self._table.values()
+            if row.state is RowState.RUNNING and row.worker.exit_reason is None
+        ]
 
     async def initialise(self, payload: dict[str, Any], request_id: str | None = None) -> str:
         """Start a pipeline from an ``init`` payload (wire dict); returns its id.
@@ -322,7 +326,7 @@ class StreamManager:
 
     def _lookup(self, pipeline_id: str) -> ManagedPipeline:
         row = self._table.get(pipeline_id)
-        if row is None or row.state is not RowState.RUNNING:
+        if row is None or row.state is not RowState.RUNNING or row.worker.exit_reason is not None:
             raise NotFoundError(_not_found_message(pipeline_id))
         return row
 
@@ -350,7 +354,10 @@ class StreamManager:
                 f"its worker (pid {row.worker.pid}) was killed and the pipeline removed."
             ) from None
         except WorkerGone as exc:
+            ended_on_purpose = row.worker.exit_reason is not None
             await self._fail_row(row, exc.message)
+            if ended_on_purpose:  # e.g. consumption timeout: as if the health loop had reaped it
+                raise NotFoundError(_not_found_message(pipeline_id)) from None
             raise OperationError(
                 f"Pipeline {pipeline_id} is gone: {exc.message}; it was removed."
             ) from None
