@@ -29,6 +29,7 @@ Public API (stable; other modules code against it)::
         .lease(timeout: float | None = None) -> Lease | None       # None: timeout or stream over
         .release(lease) -> None, .release_all() -> int
         .finished -> bool                                          # producer closed and drained
+        .last_wake_ns -> int                                       # last semaphore wake-up
         .statistics() -> ConsumerStatistics
         .close()                                                   # releases, unregisters
     Lease: .descriptor, .array (read-only view, no copy), .slot, .frame_id, .release(),
@@ -69,7 +70,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -101,6 +102,9 @@ __all__ = [
     "Lease",
     "ProducerStatistics",
 ]
+
+# FrameDescriptor(*t) without the Python-level __new__ frame (a NamedTuple is a tuple)
+_new_descriptor: Any = tuple.__new__
 
 _WAIT_SLICE_S = 0.05  # longest sleep before the producer re-checks consumer liveness
 _IDLE_SLICE_S = 0.5  # longest sleep before a consumer re-checks that the producer lives
@@ -322,6 +326,13 @@ class DescriptorQueue:
 # -- producer ------------------------------------------------------------------------------------
 
 
+_C_MODES = {
+    Backpressure.WAIT: _spsc.MODE_WAIT,
+    Backpressure.DROP_LATEST: _spsc.MODE_DROP_LATEST,
+    Backpressure.DROP_OLDEST: _spsc.MODE_MAILBOX,
+}
+
+
 class FrameProducer:
     """The single writer of a FrameRing: fans every frame out to the ring's live consumers."""
 
@@ -347,25 +358,28 @@ class FrameProducer:
         self._wait_ns = 0
         self._consumers_reclaimed = 0
         self._leases_reclaimed = 0
+        self._reclaimed_during_wait: set[int] = set()
         self._queues = ring._queues
+        self._core = ring._core
+        self._cmode = _C_MODES[self._mode]
         self._view = ring._view
         self._centry = [ring._centry(i) for i in range(ring.max_consumers)]
-        self._consumer_modes: dict[int, Backpressure] = {}
+        # fan-out of one source to consumers with different strategies (set_consumer_strategy)
+        self._modes = bytearray([self._cmode]) * ring.max_consumers
+        self._all_mask = (1 << min(ring.max_consumers, 64)) - 1
+        self._uniform = True
         self._any_wait = self._mode is Backpressure.WAIT
         ring._set_producer(os.getpid())
 
     def set_consumer_strategy(self, index: int, strategy: Backpressure | str | None) -> None:
-        """Give consumer ``index`` its own strategy (fan-out: consumers of one source with
-        different needs); None returns it to the producer's strategy. ``acquire`` waits for
-        a slot when any consumer's strategy is WAIT."""
+        """Give consumer ``index`` its own strategy (consumers of one source with different
+        needs); None returns it to the producer's. ``acquire`` waits for a slot when any
+        consumer's strategy is WAIT."""
         self.ring._centry(index)  # range check
-        if strategy is None:
-            self._consumer_modes.pop(index, None)
-        else:
-            self._consumer_modes[index] = Backpressure.parse(strategy).base
-        self._any_wait = self._mode is Backpressure.WAIT or any(
-            m is Backpressure.WAIT for m in self._consumer_modes.values()
-        )
+        base = self._mode if strategy is None else Backpressure.parse(strategy).base
+        self._modes[index] = _C_MODES[base]
+        self._uniform = all(m == self._cmode for m in self._modes)
+        self._any_wait = any(m == _spsc.MODE_WAIT for m in self._modes)
 
     # -- consumers ----------------------------------------------------------------------------
 
@@ -381,18 +395,9 @@ class FrameProducer:
             ):
                 self._leases_reclaimed += ring.reclaim_consumer(index)
                 self._consumers_reclaimed += 1
+                self._reclaimed_during_wait.add(index)
                 reclaimed += 1
         return reclaimed
-
-    def _maybe_reap(self) -> None:
-        if time.monotonic() >= self._next_reap:
-            self.reap()
-
-    def _active(self) -> list[int]:
-        view = self._view
-        return [
-            i for i, off in enumerate(self._centry) if view.load_u32(off) == ConsumerState.ACTIVE
-        ]
 
     def _bump(self, index: int, field: int) -> None:
         off = self._centry[index] + field
@@ -445,53 +450,60 @@ class FrameProducer:
         pts: int = 0,
         capture_ns: int | None = None,
         timeout: float | None = None,
-        consumers: Collection[int] | None = None,
+        consumers: Iterable[int] | None = None,
     ) -> FrameDescriptor:
         """Publish the frame written into ``slot`` and hand it to every live consumer under
         the strategy. ``timeout`` bounds the total WAIT time for this frame. ``consumers``
         (optional) restricts delivery to those consumer indices."""
         if self._closed:
             raise OperationError(f"producer of ring {self.ring.name} is closed")
-        self._maybe_reap()
-        ring = self.ring
-        d = ring.publish(
-            slot, frame_id=frame_id, source_id=source_id, pts=pts, capture_ns=capture_ns
-        )
+        if time.monotonic() >= self._next_reap:
+            self.reap()
+        if capture_ns is None:
+            capture_ns = time.time_ns()
+        if consumers is None and self._uniform:
+            result = self._core.publish(slot, frame_id, source_id, pts, capture_ns, self._cmode)
+        else:
+            mask = self._all_mask
+            if consumers is not None:
+                mask = 0
+                for index in consumers:
+                    mask |= 1 << index
+            result = self._core.publish_each(
+                slot, frame_id, source_id, pts, capture_ns, self._modes, mask
+            )
+        seq, publish_ns, delivered, dropped_full, replaced, wait_mask = result
+        if seq < 0:
+            raise OperationError(
+                f"slot {slot} of ring {self.ring.name} was not acquired for writing"
+            )
         self._published += 1
-        modes = self._consumer_modes
-        view = self._view
-        for index in self._active():
-            if consumers is not None and index not in consumers:
-                continue
-            # re-read: a wait for an earlier consumer may have reclaimed this one meanwhile
-            if view.load_u32(self._centry[index]) != ConsumerState.ACTIVE:
-                continue
-            mode = modes.get(index, self._mode)
-            queue = self._queues[index]
-            ring.grant(index, slot)
-            if mode is Backpressure.DROP_OLDEST:
-                old = queue.post_latest(slot, d.seq)
-                if old is not None:
-                    ring.release(index, old[0])
-                    self._dropped_replaced += 1
-                    self._bump(index, _C_DROPPED)
-                self._delivered += 1
-                self._bump(index, _C_DELIVERED)
-            elif queue.try_put(*d) or (
-                mode is Backpressure.WAIT and self._wait_put(index, d, timeout)
-            ):
-                self._delivered += 1
-                self._bump(index, _C_DELIVERED)
-            else:
-                # the consumer never saw it: taking the grant back is safe
-                ring.release(index, slot)
-                if ring.consumer_state(index) == ConsumerState.ACTIVE:
-                    if mode is Backpressure.WAIT:
-                        self._dropped_timeout += 1
-                    else:
-                        self._dropped_queue_full += 1
-                    self._bump(index, _C_DROPPED)
+        self._delivered += delivered
+        self._dropped_queue_full += dropped_full
+        self._dropped_replaced += replaced
+        d = FrameDescriptor(slot, seq, frame_id, source_id, pts, capture_ns, publish_ns)
+        if wait_mask:
+            self._wait_for(wait_mask, d, timeout)
         return d
+
+    def _wait_for(self, wait_mask: int, d: FrameDescriptor, timeout: float | None) -> None:
+        """WAIT: hand ``d`` to the consumers whose queues were full (their leases are already
+        granted), blocking until each has room, the timeout passes, or it goes away."""
+        deadline = _deadline(timeout)
+        self._reclaimed_during_wait.clear()
+        for index in range(self.ring.max_consumers):
+            if not (wait_mask >> index) & 1:
+                continue
+            if self._wait_put(index, d, _remaining(deadline)):
+                self._delivered += 1
+                self._bump(index, _C_DELIVERED)
+                continue
+            if index in self._reclaimed_during_wait:
+                continue  # gone: its leases were released, no drop to count
+            # never seen by the consumer: taking the grant back is safe
+            self.ring.release(index, d.slot)
+            self._dropped_timeout += 1
+            self._bump(index, _C_DROPPED)
 
     def _wait_put(self, index: int, d: FrameDescriptor, timeout: float | None) -> bool:
         """Block (GIL released) until consumer ``index`` has room; False on timeout or if
@@ -504,12 +516,13 @@ class FrameProducer:
                 remaining = _remaining(deadline)
                 if remaining is not None and remaining <= 0:
                     return False
+                if index in self._reclaimed_during_wait:
+                    # reclaimed (its grant is gone); the index may already serve a new consumer
+                    return False
                 step = _WAIT_SLICE_S if remaining is None else min(remaining, _WAIT_SLICE_S)
                 if queue.put(*d, timeout=step):
                     return True
                 self.reap()
-                if self.ring.consumer_state(index) != ConsumerState.ACTIVE:
-                    return False
         finally:
             self._wait_ns += time.monotonic_ns() - started
 
@@ -658,6 +671,7 @@ class FrameConsumer:
         self._queue = self.ring._queues[self.index]
         self._view = self.ring._view
         self._received_off = self.ring._centry(self.index) + _C_RECEIVED
+        self._arrays = self.ring._readonly
         self._held: dict[int, Lease] = {}
         self._received = 0
         self._released = 0
@@ -665,52 +679,53 @@ class FrameConsumer:
         self._stale = 0
         self._closed = False
 
-    def _take(self, t: tuple[Any, ...]) -> Lease | None:
-        d = FrameDescriptor(*t[:7])
-        self._received += 1
-        self._view.store_u64(self._received_off, self._received)
-        if not self.ring.is_current(d):  # cannot happen while the lease byte is set
-            self._stale += 1
-            self.ring.release(self.index, d.slot)
-            return None
-        lease = Lease(self, d, self.ring._readonly[d.slot])
-        self._held[d.slot] = lease
-        return lease
-
-    def _next(self, timeout: float | None) -> tuple[Any, ...] | None:
-        t = self._queue.get(timeout)
-        if t is None or not self.eager:
-            return t
-        while True:  # EAGER: keep the newest, release the rest unread
-            newer = self._queue.try_get()
-            if newer is None:
-                return t
+    def _drain_older(self, t: _spsc.DescriptorTuple) -> _spsc.DescriptorTuple:
+        """EAGER: keep the newest descriptor, release the older ones unread."""
+        while (newer := self._queue.try_get()) is not None:
             self._received += 1
             self._skipped += 1
             self.ring.release(self.index, t[0])
             self._released += 1
             t = newer
+        return t
 
     def lease(self, timeout: float | None = None) -> Lease | None:
         """The next frame (eager: the newest one), waiting up to ``timeout`` s (None = until
         one comes or the stream ends). None on timeout or when the producer is finished."""
         if self._closed:
             raise OperationError("consumer is closed")
-        deadline = _deadline(timeout)
+        queue = self._queue
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        step = _IDLE_SLICE_S if timeout is None else min(max(0.0, timeout), _IDLE_SLICE_S)
         while True:
-            remaining = _remaining(deadline)
-            step = _IDLE_SLICE_S if remaining is None else min(max(remaining, 0.0), _IDLE_SLICE_S)
-            t = self._next(step)
+            t = queue.get(step)
             if t is not None:
-                lease = self._take(t)
-                if lease is not None:
-                    return lease
-                continue
+                # the hot path right after a wake-up: keep it short
+                if self.eager:
+                    t = self._drain_older(t)
+                self._received += 1
+                self._view.store_u64(self._received_off, self._received)
+                slot = t[0]
+                if t[7] & 2:  # the slot's seq moved on: impossible while our lease byte is set
+                    self._stale += 1
+                    self.ring.release(self.index, slot)
+                    continue
+                lease = Lease(self, _new_descriptor(FrameDescriptor, t[:7]), self._arrays[slot])
+                self._held[slot] = lease
+                return lease
             if self.finished:
                 return None
-            remaining = _remaining(deadline)
-            if remaining is not None and remaining <= 0:
-                return None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                step = min(remaining, _IDLE_SLICE_S)
+
+    @property
+    def last_wake_ns(self) -> int:
+        """CLOCK_MONOTONIC ns at which ``lease`` last woke from sleeping on the semaphore
+        (0: never slept) - for latency measurements."""
+        return int(self._queue.last_wake_ns)
 
     @property
     def finished(self) -> bool:

@@ -308,6 +308,16 @@ class FrameRing:
                     nslots=geometry.slots,
                 )
             )
+        self._core = _spsc.RingCore(
+            self._view,
+            self._queues,
+            geometry.slots,
+            geometry.consumers_off,
+            geometry.leases_off,
+            geometry.lease_stride,
+            geometry.headers_off,
+            _H_PUBLISHED,
+        )
         self._writable = [
             np.ndarray(
                 geometry.shape, geometry.dtype, buf, geometry.data_off + s * geometry.slot_stride
@@ -457,22 +467,11 @@ class FrameRing:
 
         This does not hand the frame to anyone: :class:`framepipe.core.queues.FrameProducer`
         grants leases and enqueues descriptors."""
-        off = self._g.headers_off + slot * _SLOT_HEADER_SIZE + _S_SEQ
-        seq = int(self._view.load_u64(off))
-        if seq % 2 == 0:
-            raise OperationError(f"slot {slot} of ring {self.name} was not acquired for writing")
         if capture_ns is None:
             capture_ns = time.time_ns()
-        publish_ns = time.monotonic_ns()
-        h = self._headers[slot]
-        h[1] = frame_id
-        h[2] = source_id
-        h[3] = pts
-        h[4] = capture_ns
-        h[5] = publish_ns
-        seq += 1
-        self._view.store_u64(off, seq)
-        self._view.fetch_add_u64(_H_PUBLISHED, 1)
+        seq, publish_ns = self._core.stamp(slot, frame_id, source_id, pts, capture_ns)
+        if seq < 0:
+            raise OperationError(f"slot {slot} of ring {self.name} was not acquired for writing")
         return FrameDescriptor(slot, seq, frame_id, source_id, pts, capture_ns, publish_ns)
 
     def abandon(self, slot: int) -> None:
@@ -630,6 +629,8 @@ class FrameRing:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _close_handles(self) -> None:
+        if hasattr(self, "_core"):
+            self._core.close()
         for q in getattr(self, "_queues", []):
             q.close()
         for w in getattr(self, "_consumer_wakers", []):

@@ -22,6 +22,20 @@ cdef extern from "fp_spsc.h" nogil:
         uint32_t *flag
         sem_t *sem
 
+    ctypedef struct fp_slot_header:
+        uint64_t seq
+        int64_t frame_id
+        int64_t source_id
+        int64_t pts
+        int64_t capture_ns
+        int64_t publish_ns
+
+    ctypedef struct fp_fanout_result:
+        uint64_t delivered
+        uint64_t dropped_full
+        uint64_t replaced
+        uint64_t wait_mask
+
     ctypedef struct fp_queue:
         unsigned char *base
         uint64_t capacity
@@ -76,3 +90,18 @@ cdef class SpscQueue:
                     int64_t source_id, int64_t pts, int64_t capture_ns,
                     int64_t publish_ns) noexcept
     cdef tuple _tuple(self, fp_desc *d)
+
+
+cdef class RingCore:
+    cdef SharedView _view
+    cdef unsigned char *_base
+    cdef list _queues
+    cdef fp_queue **_qptrs
+    cdef readonly Py_ssize_t slots
+    cdef readonly Py_ssize_t consumers
+    cdef size_t _consumers_off
+    cdef size_t _leases_off
+    cdef size_t _lease_stride
+    cdef size_t _headers_off
+    cdef size_t _published_off
+    cdef fp_slot_header *_header(self, Py_ssize_t slot) except NULL

@@ -5,9 +5,12 @@ from typing import Any
 DESCRIPTOR_SIZE: int
 QUEUE_HEADER_SIZE: int
 DEFAULT_SPIN: int
+MODE_WAIT: int
+MODE_DROP_LATEST: int
+MODE_MAILBOX: int
 
-# (slot, seq, frame_id, source_id, pts, capture_ns, publish_ns, from_mailbox)
-DescriptorTuple = tuple[int, int, int, int, int, int, int, bool]
+# (slot, seq, frame_id, source_id, pts, capture_ns, publish_ns, flags: 1 mailbox | 2 stale)
+DescriptorTuple = tuple[int, int, int, int, int, int, int, int]
 
 def queue_region_size(capacity: int) -> int: ...
 def monotonic_ns() -> int: ...
@@ -124,4 +127,36 @@ class SpscQueue:
     def post_latest(self, slot: int, seq: int) -> tuple[int, int] | None: ...
     def reset(self) -> None: ...
     def wake_consumer(self) -> bool: ...
+    def close(self) -> None: ...
+
+class RingCore:
+    slots: int
+    consumers: int
+    def __init__(
+        self,
+        view: SharedView,
+        queues: list[SpscQueue],
+        slots: int,
+        consumers_off: int,
+        leases_off: int,
+        lease_stride: int,
+        headers_off: int,
+        published_off: int,
+    ) -> None: ...
+    def stamp(
+        self, slot: int, frame_id: int, source_id: int, pts: int, capture_ns: int
+    ) -> tuple[int, int]: ...
+    def publish(
+        self, slot: int, frame_id: int, source_id: int, pts: int, capture_ns: int, mode: int
+    ) -> tuple[int, int, int, int, int, int]: ...
+    def publish_each(
+        self,
+        slot: int,
+        frame_id: int,
+        source_id: int,
+        pts: int,
+        capture_ns: int,
+        modes: bytes | bytearray,
+        target_mask: int,
+    ) -> tuple[int, int, int, int, int, int]: ...
     def close(self) -> None: ...

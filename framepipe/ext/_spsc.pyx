@@ -17,13 +17,15 @@ Queue region layout (``queue_region_size(capacity)`` bytes, 64-byte aligned)::
          publish_ns, flags)
 
 A descriptor crosses as a 7-tuple ``(slot, seq, frame_id, source_id, pts, capture_ns,
-publish_ns)`` plus, from ``get``/``try_get``, an 8th item: ``True`` when it came from the
-mailbox rather than the queue.
+publish_ns)`` plus, from ``get``/``try_get``, an 8th item, flags: bit 0 = it came from the
+mailbox rather than the queue, bit 1 = stale (the slot's seq no longer matches; a broken
+lease invariant, never expected).
 """
 
 from cpython.bytes cimport PyBytes_AsString
 from libc.errno cimport EEXIST, ENOENT, errno
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 import os
@@ -76,9 +78,22 @@ cdef extern from "fp_spsc.h" nogil:
     int fp_q_take_wait(fp_queue *q, fp_desc *d, int64_t deadline_ns, int spin)
     int fp_q_put_wait(fp_queue *q, const fp_desc *d, int64_t deadline_ns, int spin)
     uint64_t fp_q_post_mailbox(fp_queue *q, uint64_t word)
+    int FP_MODE_WAIT
+    int FP_MODE_DROP_LATEST
+    int FP_MODE_MAILBOX
+    void fp_fanout(unsigned char *base, fp_queue **queues, uint64_t nconsumers,
+                   size_t consumers_off, size_t leases_off, size_t lease_stride,
+                   const fp_desc *d, int mode, fp_fanout_result *r)
+    void fp_fanout_each(unsigned char *base, fp_queue **queues, uint64_t nconsumers,
+                        size_t consumers_off, size_t leases_off, size_t lease_stride,
+                        const fp_desc *d, const unsigned char *modes, uint64_t target_mask,
+                        fp_fanout_result *r)
 
 
 DESCRIPTOR_SIZE = FP_DESC_SIZE
+MODE_WAIT = FP_MODE_WAIT
+MODE_DROP_LATEST = FP_MODE_DROP_LATEST
+MODE_MAILBOX = FP_MODE_MAILBOX
 QUEUE_HEADER_SIZE = FP_QUEUE_HEADER
 DEFAULT_SPIN = 256
 
@@ -518,7 +533,7 @@ cdef class SpscQueue:
 
     cdef tuple _tuple(self, fp_desc *d):
         return (d.slot, d.seq, d.frame_id, d.source_id, d.pts, d.capture_ns, d.publish_ns,
-                d.flags == 1)
+                d.flags)
 
     def try_get(self):
         """Consumer: the next descriptor (queue first, then mailbox) or None."""
@@ -576,3 +591,147 @@ cdef class SpscQueue:
         self._view = None
         self._consumer = None
         self._producer = None
+
+
+cdef class RingCore:
+    """The producer's per-frame hot path over a FrameRing segment, in C: stamp a slot header
+    (seqlock to even) and fan the descriptor out to every ACTIVE consumer.
+
+    Layout knowledge (offsets) comes from :mod:`framepipe.core.ring`; slot headers are
+    64-byte ``fp_slot_header`` records, consumer entries 64 bytes each.
+    """
+
+    def __cinit__(self):
+        self._qptrs = NULL
+
+    def __init__(self, SharedView view, list queues, Py_ssize_t slots, Py_ssize_t consumers_off,
+                 Py_ssize_t leases_off, Py_ssize_t lease_stride, Py_ssize_t headers_off,
+                 Py_ssize_t published_off):
+        cdef Py_ssize_t i, n = len(queues)
+        if n < 1 or slots < 1 or lease_stride < n:
+            raise ValueError("bad ring geometry")
+        self._view = view
+        self._base = view.ptr(0, 1)
+        view.ptr(consumers_off + n * 64 - 8, 8)
+        view.ptr(leases_off + slots * lease_stride - 1, 1)
+        view.ptr(headers_off + slots * 64 - 8, 8)
+        view.ptr(published_off, 8)
+        self._queues = list(queues)
+        self._qptrs = <fp_queue **>malloc(n * sizeof(fp_queue *))
+        if self._qptrs == NULL:
+            raise MemoryError()
+        for i in range(n):
+            self._qptrs[i] = &(<SpscQueue?>self._queues[i])._q
+        self.slots = slots
+        self.consumers = n
+        self._consumers_off = consumers_off
+        self._leases_off = leases_off
+        self._lease_stride = lease_stride
+        self._headers_off = headers_off
+        self._published_off = published_off
+
+    def __dealloc__(self):
+        if self._qptrs != NULL:
+            free(self._qptrs)
+            self._qptrs = NULL
+
+    cdef fp_slot_header *_header(self, Py_ssize_t slot) except NULL:
+        if self._base == NULL:
+            raise ValueError("ring core is closed")
+        if slot < 0 or slot >= self.slots:
+            raise IndexError(f"slot {slot} out of range [0, {self.slots})")
+        return <fp_slot_header *>(self._base + self._headers_off + slot * 64)
+
+    def stamp(self, Py_ssize_t slot, int64_t frame_id, int64_t source_id, int64_t pts,
+              int64_t capture_ns):
+        """Write the header of an acquired (odd seq) slot and publish it (seq even, release).
+        Returns ``(seq, publish_ns)``; -1 seq if the slot was not acquired."""
+        cdef fp_slot_header *h = self._header(slot)
+        cdef uint64_t seq = fp_load_u64(<unsigned char *>&h.seq, 0)
+        if (seq & 1) == 0:
+            return (-1, 0)
+        h.frame_id = frame_id
+        h.source_id = source_id
+        h.pts = pts
+        h.capture_ns = capture_ns
+        cdef int64_t now = fp_monotonic_ns()
+        h.publish_ns = now
+        fp_store_u64(<unsigned char *>&h.seq, 0, seq + 1)
+        fp_fetch_add_u64(self._base, self._published_off, 1)
+        return (seq + 1, now)
+
+    def publish(self, Py_ssize_t slot, int64_t frame_id, int64_t source_id, int64_t pts,
+                int64_t capture_ns, int mode):
+        """``stamp`` + fan-out. Returns ``(seq, publish_ns, delivered, dropped_full, replaced,
+        wait_mask)``; ``wait_mask`` has bit i set for WAIT consumers whose queue was full (their
+        lease is granted, the descriptor not yet enqueued: the caller waits and puts)."""
+        cdef fp_slot_header *h = self._header(slot)
+        cdef uint64_t seq = fp_load_u64(<unsigned char *>&h.seq, 0)
+        cdef fp_desc d
+        cdef fp_fanout_result r
+        if (seq & 1) == 0:
+            return (-1, 0, 0, 0, 0, 0)
+        if mode != FP_MODE_WAIT and mode != FP_MODE_DROP_LATEST and mode != FP_MODE_MAILBOX:
+            raise ValueError(f"bad fan-out mode {mode}")
+        h.frame_id = frame_id
+        h.source_id = source_id
+        h.pts = pts
+        h.capture_ns = capture_ns
+        d.slot = slot
+        d.seq = seq + 1
+        d.frame_id = frame_id
+        d.source_id = source_id
+        d.pts = pts
+        d.capture_ns = capture_ns
+        d.flags = 0
+        d.publish_ns = fp_monotonic_ns()
+        h.publish_ns = d.publish_ns
+        fp_store_u64(<unsigned char *>&h.seq, 0, d.seq)
+        fp_fetch_add_u64(self._base, self._published_off, 1)
+        fp_fanout(self._base, self._qptrs, <uint64_t>self.consumers, self._consumers_off,
+                  self._leases_off, self._lease_stride, &d, mode, &r)
+        return (d.seq, d.publish_ns, r.delivered, r.dropped_full, r.replaced, r.wait_mask)
+
+    def publish_each(self, Py_ssize_t slot, int64_t frame_id, int64_t source_id, int64_t pts,
+                     int64_t capture_ns, const unsigned char[::1] modes, uint64_t target_mask):
+        """``publish`` with a fan-out mode per consumer (``modes[i]``, one byte each, at least
+        ``consumers`` long) to the consumers in ``target_mask`` (bit i) only. Same result
+        tuple as ``publish``."""
+        cdef fp_slot_header *h = self._header(slot)
+        cdef uint64_t seq = fp_load_u64(<unsigned char *>&h.seq, 0)
+        cdef fp_desc d
+        cdef fp_fanout_result r
+        cdef Py_ssize_t i
+        if (seq & 1) == 0:
+            return (-1, 0, 0, 0, 0, 0)
+        if modes.shape[0] < self.consumers:
+            raise ValueError(f"modes has {modes.shape[0]} entries for {self.consumers} consumers")
+        for i in range(self.consumers):
+            if modes[i] != FP_MODE_WAIT and modes[i] != FP_MODE_DROP_LATEST and modes[i] != FP_MODE_MAILBOX:
+                raise ValueError(f"bad fan-out mode {modes[i]} for consumer {i}")
+        h.frame_id = frame_id
+        h.source_id = source_id
+        h.pts = pts
+        h.capture_ns = capture_ns
+        d.slot = slot
+        d.seq = seq + 1
+        d.frame_id = frame_id
+        d.source_id = source_id
+        d.pts = pts
+        d.capture_ns = capture_ns
+        d.flags = 0
+        d.publish_ns = fp_monotonic_ns()
+        h.publish_ns = d.publish_ns
+        fp_store_u64(<unsigned char *>&h.seq, 0, d.seq)
+        fp_fetch_add_u64(self._base, self._published_off, 1)
+        fp_fanout_each(self._base, self._qptrs, <uint64_t>self.consumers, self._consumers_off,
+                       self._leases_off, self._lease_stride, &d, &modes[0], target_mask, &r)
+        return (d.seq, d.publish_ns, r.delivered, r.dropped_full, r.replaced, r.wait_mask)
+
+    def close(self):
+        self._base = NULL
+        self._queues = []
+        if self._qptrs != NULL:
+            free(self._qptrs)
+            self._qptrs = NULL
+        self._view = None

@@ -183,6 +183,7 @@ static inline void fp_q_fill_from_word(fp_queue *q, uint64_t w, fp_desc *d) {
         d->pts = h->pts;
         d->capture_ns = h->capture_ns;
         d->publish_ns = h->publish_ns;
+        if (__atomic_load_n(&h->seq, __ATOMIC_ACQUIRE) != d->seq) d->flags |= 2;
     }
 }
 
@@ -233,7 +234,15 @@ static inline uint64_t fp_q_post_mailbox(fp_queue *q, uint64_t word) {
 
 /* Consumer: take from the queue, else from the mailbox. 1 = queue, 2 = mailbox, 0 = nothing. */
 static inline int fp_q_take(fp_queue *q, fp_desc *d) {
-    if (fp_q_try_get(q, d)) return 1;
+    if (fp_q_try_get(q, d)) {
+        /* flag a descriptor whose slot no longer holds that frame (cannot happen while the
+         * lease byte is set; checked so that a broken invariant is loud, not silent) */
+        if (q->headers != NULL && (uint64_t)d->slot < q->nslots) {
+            fp_slot_header *h = (fp_slot_header *)(q->headers + (uint64_t)d->slot * q->header_stride);
+            if (__atomic_load_n(&h->seq, __ATOMIC_ACQUIRE) != d->seq) d->flags |= 2;
+        }
+        return 1;
+    }
     uint64_t w = fp_q_take_mailbox(q);
     if (w != 0) {
         fp_q_fill_from_word(q, w, d);
@@ -303,6 +312,104 @@ static inline int fp_q_put_wait(fp_queue *q, const fp_desc *d, int64_t deadline_
         if (rc < 0) return rc;
         if (rc == 0) return fp_q_try_put(q, d);
         spin = 0;
+    }
+}
+
+
+/* ---- ring fan-out (the producer's per-frame hot path) --------------------------------------- */
+
+#define FP_C_STATE 0
+#define FP_C_DELIVERED 32
+#define FP_C_DROPPED 40
+#define FP_STATE_ACTIVE 1
+#define FP_MODE_WAIT 0
+#define FP_MODE_DROP_LATEST 1
+#define FP_MODE_MAILBOX 2
+
+typedef struct {
+    uint64_t delivered;
+    uint64_t dropped_full;
+    uint64_t replaced;
+    uint64_t wait_mask; /* WAIT: consumers whose queue was full (lease granted, not enqueued) */
+} fp_fanout_result;
+
+static inline void fp_bump(unsigned char *base, size_t off) {
+    fp_store_u64(base, off, __atomic_load_n(fp_u64(base, off), __ATOMIC_RELAXED) + 1);
+}
+
+/* Hand a published slot to every ACTIVE consumer: set its lease byte (release) BEFORE the
+ * descriptor becomes visible, then enqueue / post to its mailbox under the mode. */
+static inline void fp_fanout(unsigned char *base, fp_queue *const *queues, uint64_t nconsumers,
+                             size_t consumers_off, size_t leases_off, size_t lease_stride,
+                             const fp_desc *d, int mode, fp_fanout_result *r) {
+    uint64_t i;
+    memset(r, 0, sizeof(*r));
+    for (i = 0; i < nconsumers; i++) {
+        size_t centry = consumers_off + i * FP_CACHE_LINE;
+        if (fp_load_u32(base, centry + FP_C_STATE) != FP_STATE_ACTIVE) continue;
+        size_t lease = leases_off + (size_t)d->slot * lease_stride + i;
+        fp_store_u8(base, lease, 1);
+        fp_queue *q = queues[i];
+        if (mode == FP_MODE_MAILBOX) {
+            uint64_t old = fp_q_post_mailbox(q, fp_mb_pack((uint64_t)d->slot, d->seq));
+            if (old != 0) {
+                /* the consumer never took the old frame: its lease is ours to clear */
+                fp_store_u8(base, leases_off + (size_t)fp_mb_slot(old) * lease_stride + i, 0);
+                fp_bump(base, centry + FP_C_DROPPED);
+                r->replaced++;
+            }
+            fp_bump(base, centry + FP_C_DELIVERED);
+            r->delivered++;
+        } else if (fp_q_try_put(q, d)) {
+            fp_bump(base, centry + FP_C_DELIVERED);
+            r->delivered++;
+        } else if (mode == FP_MODE_WAIT && i < 64) {
+            r->wait_mask |= 1ULL << i;
+        } else {
+            fp_store_u8(base, lease, 0); /* never seen by the consumer: safe to take back */
+            fp_bump(base, centry + FP_C_DROPPED);
+            r->dropped_full++;
+        }
+    }
+}
+
+/* One source fanned out to consumers that want different things: like fp_fanout, but with
+ * a mode per consumer (modes[i]) and only for the consumers in target_mask (bit i; the
+ * others - muted, rate-limited - are skipped). Consumers at index >= 64 are never targeted. */
+static inline void fp_fanout_each(unsigned char *base, fp_queue *const *queues,
+                                  uint64_t nconsumers, size_t consumers_off, size_t leases_off,
+                                  size_t lease_stride, const fp_desc *d,
+                                  const unsigned char *modes, uint64_t target_mask,
+                                  fp_fanout_result *r) {
+    uint64_t i;
+    memset(r, 0, sizeof(*r));
+    for (i = 0; i < nconsumers && i < 64; i++) {
+        if (!((target_mask >> i) & 1)) continue;
+        size_t centry = consumers_off + i * FP_CACHE_LINE;
+        if (fp_load_u32(base, centry + FP_C_STATE) != FP_STATE_ACTIVE) continue;
+        size_t lease = leases_off + (size_t)d->slot * lease_stride + i;
+        fp_store_u8(base, lease, 1);
+        fp_queue *q = queues[i];
+        int mode = modes[i];
+        if (mode == FP_MODE_MAILBOX) {
+            uint64_t old = fp_q_post_mailbox(q, fp_mb_pack((uint64_t)d->slot, d->seq));
+            if (old != 0) {
+                fp_store_u8(base, leases_off + (size_t)fp_mb_slot(old) * lease_stride + i, 0);
+                fp_bump(base, centry + FP_C_DROPPED);
+                r->replaced++;
+            }
+            fp_bump(base, centry + FP_C_DELIVERED);
+            r->delivered++;
+        } else if (fp_q_try_put(q, d)) {
+            fp_bump(base, centry + FP_C_DELIVERED);
+            r->delivered++;
+        } else if (mode == FP_MODE_WAIT) {
+            r->wait_mask |= 1ULL << i;
+        } else {
+            fp_store_u8(base, lease, 0);
+            fp_bump(base, centry + FP_C_DROPPED);
+            r->dropped_full++;
+        }
     }
 }
 

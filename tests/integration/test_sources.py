@@ -566,3 +566,12 @@ def test_a_file_that_is_not_a_video_is_error(tmp_path: Path, decoder: str) -> No
     assert source.state is StreamState.ERROR
     assert source.last_error is not None
     assert source.last_error.startswith(f"could not open video_reference '{bogus}'")
+
+
+def test_wait_with_a_slow_consumer_loses_nothing(video_60: SyntheticVideo) -> None:
+    reader = NumberReader(delay_s=0.08)  # far slower than decoding; the queue holds 2 frames
+    with Pipeline(str(video_60.path), processor=reader, decoding_buffer_size=2) as pipeline:
+        list(pipeline.results(timeout=30))
+        report = pipeline.status().sources[0]
+    assert reader.numbers() == list(range(60))
+    assert report.frames_dropped == {}

@@ -398,7 +398,9 @@ class _Decoder:
                 source_id=self.config.decoder_id,
                 pts=PTS_NONE if pts is None else round(pts * 1e6),
                 capture_ns=capture_ns,
-                timeout=self.config.wait_slice_s if self._waiting(targets) else None,
+                # WAIT: block until every WAIT consumer has room, however slow it is (a
+                # consumer that leaves or dies unblocks it: the producer reclaims it).
+                timeout=None,
                 consumers=targets,
             )
             self.stats.frames_published += 1
