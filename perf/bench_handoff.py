@@ -20,7 +20,9 @@ producer + consumer over the timed window (``time.process_time`` in each) / fram
 
 Latency: the producer publishes one frame every 2 ms while the consumer sleeps on the
 semaphore; latency = consumer wake-up (``time.monotonic_ns`` right after ``lease`` returns)
-minus ``publish_ns`` (CLOCK_MONOTONIC, stamped at publish).
+minus ``publish_ns`` (CLOCK_MONOTONIC, stamped at publish). Also shown: when the semaphore
+wait returned inside the extension, and - as this machine's floor, in the same run - a bare
+POSIX semaphore post -> wake-up between two processes with nothing else around it.
 
     python perf/bench_handoff.py [--quick] [--json] [--seconds S] [--latency-frames N]
 """
@@ -28,9 +30,11 @@ minus ``publish_ns`` (CLOCK_MONOTONIC, stamped at publish).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import sys
 import time
@@ -47,6 +51,8 @@ if ROOT not in sys.path:
 
 from framepipe.core.queues import Backpressure, FrameConsumer, FrameProducer  # noqa: E402
 from framepipe.core.ring import FrameRing  # noqa: E402
+from framepipe.core.shm import Segment  # noqa: E402
+from framepipe.ext import _spsc  # noqa: E402
 
 SHAPE = (1080, 1920, 3)
 QUEUE_DEPTH = 4
@@ -58,6 +64,11 @@ class Side:
     wall_s: float
     cpu_s: float
     errors: int = 0
+
+
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: a benchmark child never outlives the benchmark."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def _prepared_frame() -> np.ndarray:
@@ -79,6 +90,7 @@ def _stamped(frame: np.ndarray) -> int:
 
 
 def _shm_producer(ring_name: str, mode: str, seconds: float, start: Any, out: Connection) -> None:
+    _die_with_parent()
     ring = FrameRing.attach(ring_name)
     producer = FrameProducer(ring, Backpressure.WAIT)
     prepared = _prepared_frame()
@@ -103,6 +115,7 @@ def _shm_producer(ring_name: str, mode: str, seconds: float, start: Any, out: Co
 
 
 def _shm_consumer(ring_name: str, ready: Any, out: Connection) -> None:
+    _die_with_parent()
     consumer = FrameConsumer(ring_name)
     ready.set()
     n = errors = 0
@@ -123,6 +136,7 @@ def _shm_consumer(ring_name: str, ready: Any, out: Connection) -> None:
 
 
 def _shm_latency_producer(ring_name: str, frames: int, period_s: float, start: Any) -> None:
+    _die_with_parent()
     ring = FrameRing.attach(ring_name)
     producer = FrameProducer(ring, Backpressure.WAIT)
     start.wait()
@@ -141,6 +155,7 @@ def _shm_latency_producer(ring_name: str, frames: int, period_s: float, start: A
 
 
 def _shm_latency_consumer(ring_name: str, ready: Any, out: Connection) -> None:
+    _die_with_parent()
     consumer = FrameConsumer(ring_name)
     ready.set()
     lat: list[int] = []
@@ -160,6 +175,70 @@ def _shm_latency_consumer(ring_name: str, ready: Any, out: Connection) -> None:
     consumer.close()
 
 
+def _floor_producer(seg_name: str, sem_name: str, frames: int, period_s: float, start: Any) -> None:
+    _die_with_parent()
+    seg = Segment.attach(seg_name)
+    sem = _spsc.NamedSemaphore(sem_name)
+    stamp = np.ndarray((1,), np.int64, seg.buf)
+    start.wait()
+    next_t = time.perf_counter()
+    for _ in range(frames):
+        next_t += period_s
+        while (delay := next_t - time.perf_counter()) > 0:
+            time.sleep(delay)
+        stamp[0] = time.monotonic_ns()
+        sem.post()
+    del stamp
+    sem.close()
+    seg.close()
+
+
+def _floor_consumer(seg_name: str, sem_name: str, frames: int, ready: Any, out: Connection) -> None:
+    _die_with_parent()
+    seg = Segment.attach(seg_name)
+    sem = _spsc.NamedSemaphore(sem_name)
+    stamp = np.ndarray((1,), np.int64, seg.buf)
+    ready.set()
+    lat = []
+    for _ in range(frames):
+        if not sem.wait(30.0):
+            break
+        lat.append(time.monotonic_ns() - int(stamp[0]))
+    out.send(lat)
+    del stamp
+    sem.close()
+    seg.close()
+
+
+def run_floor(ctx: Any, frames: int, period_s: float) -> list[int]:
+    """The environment's floor: a bare POSIX semaphore post -> wake between two processes."""
+    with Segment.create(4096, tag="floor") as seg:
+        sem_name = seg.name + "-s"
+        sem = _spsc.NamedSemaphore(sem_name, True)
+        try:
+            ready, start = ctx.Event(), ctx.Event()
+            rx, tx = ctx.Pipe(duplex=False)
+            cons = ctx.Process(
+                target=_floor_consumer, args=(seg.name, sem_name, frames, ready, tx), name="floor-c"
+            )
+            prod = ctx.Process(
+                target=_floor_producer,
+                args=(seg.name, sem_name, frames, period_s, start),
+                name="floor-p",
+            )
+            cons.start()
+            prod.start()
+            if not ready.wait(60):
+                raise RuntimeError("consumer did not start")
+            start.set()
+            lat: list[int] = rx.recv()
+            _join(prod, cons)
+        finally:
+            sem.close()
+            _spsc.NamedSemaphore.unlink(sem_name)
+    return lat
+
+
 @dataclass
 class Latency:
     usable_ns: list[int]  # publish -> lease() returned the frame to Python
@@ -172,6 +251,7 @@ class Latency:
 
 
 def _q_producer(q: Any, mode: str, seconds: float, start: Any, out: Connection) -> None:
+    _die_with_parent()
     prepared = _prepared_frame()
     start.wait()
     n = 0
@@ -193,6 +273,7 @@ def _q_producer(q: Any, mode: str, seconds: float, start: Any, out: Connection) 
 
 
 def _q_consumer(q: Any, ready: Any, out: Connection) -> None:
+    _die_with_parent()
     ready.set()
     n = errors = 0
     checksum = 0
@@ -331,7 +412,18 @@ def main(argv: list[str] | None = None) -> int:
             "shm": run_shm(ctx, mode, seconds),
             "queue": run_queue(ctx, mode, seconds),
         }
-    latency = run_latency(ctx, lat_frames, 0.002)
+    # ring and bare-semaphore floor in alternating chunks, so both see the same machine noise
+    chunks = 3
+    latency = Latency([], [], 0, 0)
+    floor: list[int] = []
+    for _ in range(chunks):
+        part = run_latency(ctx, lat_frames // chunks, 0.002)
+        latency.usable_ns += part.usable_ns
+        latency.wake_ns += part.wake_ns
+        latency.slept += part.slept
+        latency.errors += part.errors
+        floor += run_floor(ctx, lat_frames // chunks, 0.002)
+    floor = floor or [0]
     lat, lat_errors = latency.usable_ns, latency.errors
 
     rows = []
@@ -376,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
         f"max {pmax:.1f} us  mean {statistics.fmean(lat) / 1000:.1f} us"
     )
     print(f"  semaphore wait returned (in C):     p50 {w50:.1f} us  p99 {w99:.1f} us")
+    f50, f99 = _pct(floor, 0.50), _pct(floor, 0.99)
+    print(
+        f"  baseline, bare sem_post -> wake-up:  p50 {f50:.1f} us  p99 {f99:.1f} us  "
+        "(this machine's floor, same run)"
+    )
 
     def ratios(mode: str) -> dict[str, float]:
         shm, q = results[mode]["shm"], results[mode]["queue"]
@@ -401,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency_max_us": round(pmax, 1),
         "wake_p50_us": round(w50, 1),
         "wake_p99_us": round(w99, 1),
+        "floor_sem_p50_us": round(f50, 1),
+        "floor_sem_p99_us": round(f99, 1),
         "latency_slept_fraction": round(latency.slept / max(len(lat), 1), 3),
         "latency_frames": len(lat),
         "content_errors": sum(r[k].errors for r in results.values() for k in r) + lat_errors,

@@ -10,7 +10,8 @@ Public API (stable; other modules code against it)::
         .try_get() -> FrameDescriptor | None, .get(timeout=None) -> FrameDescriptor | None,
         .qsize(), .empty(), .full(), .close(), .unlink(), context manager
 
-    FrameProducer(ring: FrameRing, strategy: Backpressure = Backpressure.WAIT)
+    FrameProducer(ring: FrameRing, strategy: Backpressure | str = Backpressure.WAIT, *,
+                  reap_interval: float = 0.2)     # ONE producer per ring, used from one thread
         .acquire(timeout: float | None = None) -> int | None      # free slot index or None
         .writable(slot) -> np.ndarray                             # write the frame here
         .publish(slot, *, frame_id: int, source_id: int = 0, pts: int = 0,
@@ -24,7 +25,7 @@ Public API (stable; other modules code against it)::
         .statistics() -> ProducerStatistics
         .close()                                                  # end of stream; idempotent
 
-    FrameConsumer(ring: FrameRing | str, *, eager: bool = False)
+    FrameConsumer(ring: FrameRing | str, *, eager: bool = False)   # a name: attach and own it
         .index -> int, .ring -> FrameRing
         .lease(timeout: float | None = None) -> Lease | None       # None: timeout or stream over
         .release(lease) -> None, .release_all() -> int
@@ -82,7 +83,6 @@ from numpy.typing import NDArray
 from framepipe.core.ring import (
     _C_DELIVERED,
     _C_DROPPED,
-    _C_RECEIVED,
     ConsumerState,
     FrameDescriptor,
     FrameRing,
@@ -102,9 +102,6 @@ __all__ = [
     "Lease",
     "ProducerStatistics",
 ]
-
-# FrameDescriptor(*t) without the Python-level __new__ frame (a NamedTuple is a tuple)
-_new_descriptor: Any = tuple.__new__
 
 _WAIT_SLICE_S = 0.05  # longest sleep before the producer re-checks consumer liveness
 _IDLE_SLICE_S = 0.5  # longest sleep before a consumer re-checks that the producer lives
@@ -670,24 +667,22 @@ class FrameConsumer:
             raise
         self._queue = self.ring._queues[self.index]
         self._view = self.ring._view
-        self._received_off = self.ring._centry(self.index) + _C_RECEIVED
         self._arrays = self.ring._readonly
         self._held: dict[int, Lease] = {}
-        self._received = 0
         self._released = 0
         self._skipped = 0
         self._stale = 0
         self._closed = False
 
-    def _drain_older(self, t: _spsc.DescriptorTuple) -> _spsc.DescriptorTuple:
+    def _drain_older(self, d: FrameDescriptor) -> FrameDescriptor:
         """EAGER: keep the newest descriptor, release the older ones unread."""
-        while (newer := self._queue.try_get()) is not None:
-            self._received += 1
+        queue = self._queue
+        while (newer := queue.take(0)) is not None:
             self._skipped += 1
-            self.ring.release(self.index, t[0])
+            self.ring.release(self.index, d.slot)
             self._released += 1
-            t = newer
-        return t
+            d = newer
+        return d
 
     def lease(self, timeout: float | None = None) -> Lease | None:
         """The next frame (eager: the newest one), waiting up to ``timeout`` s (None = until
@@ -698,19 +693,17 @@ class FrameConsumer:
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         step = _IDLE_SLICE_S if timeout is None else min(max(0.0, timeout), _IDLE_SLICE_S)
         while True:
-            t = queue.get(step)
-            if t is not None:
+            d: FrameDescriptor | None = queue.take(step)
+            if d is not None:
                 # the hot path right after a wake-up: keep it short
                 if self.eager:
-                    t = self._drain_older(t)
-                self._received += 1
-                self._view.store_u64(self._received_off, self._received)
-                slot = t[0]
-                if t[7] & 2:  # the slot's seq moved on: impossible while our lease byte is set
+                    d = self._drain_older(d)
+                slot = d[0]
+                if queue.last_flags & 2:  # slot reused under us: impossible while leased
                     self._stale += 1
                     self.ring.release(self.index, slot)
                     continue
-                lease = Lease(self, _new_descriptor(FrameDescriptor, t[:7]), self._arrays[slot])
+                lease = Lease(self, d, self._arrays[slot])
                 self._held[slot] = lease
                 return lease
             if self.finished:
@@ -759,7 +752,7 @@ class FrameConsumer:
         info = self.ring.consumer_info(self.index)
         return ConsumerStatistics(
             index=self.index,
-            received=self._received,
+            received=int(self._queue.taken),
             released=self._released,
             skipped=self._skipped,
             stale=self._stale,

@@ -37,11 +37,13 @@ Public API (stable; other modules code against it)::
     ring.free_slots() -> int
 
     # consumer table
-    ring.register_consumer(pid: int | None = None) -> int      # index, or ShmExhaustedError-free
-                                                               # OperationError if the table is full
+    ring.register_consumer(pid: int | None = None) -> int      # index; OperationError when full
     ring.unregister_consumer(index) -> None   # consumer leaves; the producer reclaims the entry
     ring.consumer_info(index) -> ConsumerInfo
     ring.consumers() -> list[ConsumerInfo]
+    ring.consumer_state(index) -> ConsumerState, ring.consumer_pid(index) -> int
+    ring.reclaim_consumer(index) -> int       # producer side: empty its queue, free its leases
+    ring.published -> int, ring.producer_done -> bool, ring.producer_pid -> int
 
     ring.close() / ring.unlink()              # idempotent; `with` closes (and unlinks if owner)
 
@@ -125,7 +127,6 @@ _H_PUBLISHED = 384  # uint64 frames published, own cache line
 # consumer table entry
 _C_STATE = 0  # uint32
 _C_PID = 8  # int64
-_C_RECEIVED = 24  # uint64, written by the consumer
 _C_DELIVERED = 32  # uint64, written by the producer
 _C_DROPPED = 40  # uint64, written by the producer
 _C_REGISTERED_NS = 48  # int64
@@ -266,16 +267,20 @@ class FrameRing:
         buf = segment.buf
         self._view = _spsc.SharedView(buf)
         try:
-            self._producer_sem = self._open_sem(f"{self.name}-p", create=initialise)
-            self._consumer_sems = [
-                self._open_sem(f"{self.name}-c{i}", create=initialise)
-                for i in range(geometry.max_consumers)
-            ]
+            self._setup(geometry, buf, initialise)
         except BaseException:
             self._close_handles()
             if initialise:
-                self._unlink_names()
+                with contextlib.suppress(OSError):
+                    self._unlink_names()
             raise
+
+    def _setup(self, geometry: _Geometry, buf: memoryview, initialise: bool) -> None:
+        self._producer_sem = self._open_sem(f"{self.name}-p", create=initialise)
+        self._consumer_sems = [
+            self._open_sem(f"{self.name}-c{i}", create=initialise)
+            for i in range(geometry.max_consumers)
+        ]
         self._producer_waker = _spsc.Waker(self._view, _H_PRODUCER_WAIT, self._producer_sem)
         self._leases = _spsc.LeaseTable(
             self._view,
@@ -308,6 +313,7 @@ class FrameRing:
                     nslots=geometry.slots,
                 )
             )
+            self._queues[-1].set_descriptor_type(FrameDescriptor)
         self._core = _spsc.RingCore(
             self._view,
             self._queues,
@@ -547,7 +553,7 @@ class FrameRing:
             off = self._centry(index)
             if self._view.cas_u32(off + _C_STATE, ConsumerState.FREE, ConsumerState.REGISTERING):
                 self._view.store_i64(off + _C_PID, pid)
-                self._view.store_u64(off + _C_RECEIVED, 0)
+                self._queues[index].reset_taken()
                 self._view.store_i64(off + _C_REGISTERED_NS, time.monotonic_ns())
                 self._view.store_u32(off + _C_STATE, ConsumerState.ACTIVE)
                 return index
@@ -575,7 +581,7 @@ class FrameRing:
             index=index,
             state=ConsumerState(self._view.load_u32(off + _C_STATE)),
             pid=int(self._view.load_i64(off + _C_PID)),
-            received=int(self._view.load_u64(off + _C_RECEIVED)),
+            received=int(self._queues[index].taken),
             delivered=int(self._view.load_u64(off + _C_DELIVERED)),
             dropped=int(self._view.load_u64(off + _C_DROPPED)),
         )

@@ -84,7 +84,10 @@ cdef class SpscQueue:
     cdef SharedView _view
     cdef Waker _consumer
     cdef Waker _producer
-    cdef readonly int spin
+    cdef public int spin
+    cdef readonly int last_flags
+    cdef object _desc_type
+    cdef object _make_desc(self, fp_desc *d)
     cdef int _live(self) except -1
     cdef void _fill(self, fp_desc *d, int64_t slot, uint64_t seq, int64_t frame_id,
                     int64_t source_id, int64_t pts, int64_t capture_ns,

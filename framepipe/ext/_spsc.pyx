@@ -54,6 +54,7 @@ cdef extern from "fp_spsc.h" nogil:
     int FP_Q_CWAIT
     int FP_Q_MAILBOX
     int FP_Q_CONFIG
+    int FP_Q_TAKEN
     uint32_t FP_QUEUE_MAGIC
     uint64_t fp_mb_pack(uint64_t slot, uint64_t seq)
     int64_t fp_mb_slot(uint64_t w)
@@ -438,6 +439,8 @@ cdef class SpscQueue:
         view.ptr(offset + size - 8, 8)
         self._q.capacity = capacity
         self._q.woke_ns = 0
+        self._desc_type = None
+        self.last_flags = 0
         self._consumer = consumer
         self._producer = producer
         self._q.consumer = consumer._w
@@ -542,6 +545,50 @@ cdef class SpscQueue:
         if fp_q_take(&self._q, &d):
             return self._tuple(&d)
         return None
+
+    def set_descriptor_type(self, object cls):
+        """The tuple subclass (FrameDescriptor) ``take`` returns."""
+        if not issubclass(cls, tuple):
+            raise TypeError("descriptor type must be a tuple subclass")
+        self._desc_type = cls
+
+    cdef object _make_desc(self, fp_desc *d):
+        self.last_flags = <int>d.flags
+        return tuple.__new__(self._desc_type, (d.slot, d.seq, d.frame_id, d.source_id, d.pts,
+                                               d.capture_ns, d.publish_ns))
+
+    @property
+    def taken(self):
+        """Descriptors the consumer took so far (queue and mailbox)."""
+        self._live()
+        return fp_load_u64(self._q.base, FP_Q_TAKEN)
+
+    def reset_taken(self):
+        self._live()
+        fp_store_u64(self._q.base, FP_Q_TAKEN, 0)
+
+    def take(self, timeout=None):
+        """Consumer: like ``get`` but returns a descriptor of the type given to
+        ``set_descriptor_type`` (flags in ``last_flags``); None on timeout / empty wake-up."""
+        cdef fp_desc d
+        cdef int64_t deadline
+        cdef int rc
+        cdef int spin = self.spin
+        self._live()
+        if self._desc_type is None:
+            raise ValueError("set_descriptor_type() first")
+        if fp_q_take(&self._q, &d):
+            return self._make_desc(&d)
+        if timeout is not None and timeout <= 0:
+            return None
+        deadline = _deadline(timeout)
+        with nogil:
+            rc = fp_q_take_wait(&self._q, &d, deadline, spin)
+        if rc < 0:
+            raise _error("SPSC get wait", -rc)
+        if rc == 0:
+            return None
+        return self._make_desc(&d)
 
     def get(self, timeout=None):
         """Consumer: wait up to ``timeout`` s (None = forever); None on timeout."""

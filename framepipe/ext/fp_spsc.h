@@ -43,6 +43,7 @@ typedef struct {
 #define FP_Q_CWAIT 128     /* uint32, "consumer sleeping" flag */
 #define FP_Q_MAILBOX 192   /* uint64, one-deep latest-frame mailbox (0 = empty) */
 #define FP_Q_CONFIG 256    /* uint32 magic, uint32 capacity */
+#define FP_Q_TAKEN 264     /* uint64 descriptors taken (queue + mailbox), consumer-written */
 #define FP_QUEUE_HEADER 320
 #define FP_QUEUE_MAGIC 0x51505346u /* "FSPQ" */
 
@@ -233,8 +234,13 @@ static inline uint64_t fp_q_post_mailbox(fp_queue *q, uint64_t word) {
 }
 
 /* Consumer: take from the queue, else from the mailbox. 1 = queue, 2 = mailbox, 0 = nothing. */
+static inline void fp_q_count_taken(fp_queue *q) {
+    fp_store_u64(q->base, FP_Q_TAKEN, __atomic_load_n(fp_u64(q->base, FP_Q_TAKEN), __ATOMIC_RELAXED) + 1);
+}
+
 static inline int fp_q_take(fp_queue *q, fp_desc *d) {
     if (fp_q_try_get(q, d)) {
+        fp_q_count_taken(q);
         /* flag a descriptor whose slot no longer holds that frame (cannot happen while the
          * lease byte is set; checked so that a broken invariant is loud, not silent) */
         if (q->headers != NULL && (uint64_t)d->slot < q->nslots) {
@@ -246,6 +252,7 @@ static inline int fp_q_take(fp_queue *q, fp_desc *d) {
     uint64_t w = fp_q_take_mailbox(q);
     if (w != 0) {
         fp_q_fill_from_word(q, w, d);
+        fp_q_count_taken(q);
         return 2;
     }
     return 0;

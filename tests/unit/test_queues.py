@@ -239,3 +239,20 @@ def test_send_rejects_wrong_shape(ring: FrameRing) -> None:
     producer = FrameProducer(ring)
     with pytest.raises(InvalidPayloadError, match="shape"):
         producer.send(np.zeros((3, 3), np.int64), frame_id=0)
+
+
+def test_a_descriptor_whose_slot_was_reused_is_skipped_and_counted(ring: FrameRing) -> None:
+    producer = FrameProducer(ring)
+    consumer = FrameConsumer(ring)
+    assert _send(producer, 0)
+    d = ring.header(0)
+    # forge a descriptor with an old sequence number: the consumer must not hand it out
+    ring.grant(consumer.index, 0)
+    assert ring._queues[consumer.index].try_put(0, d.seq - 2, 99)
+    first = consumer.lease(0)
+    assert first is not None and first.frame_id == 0
+    first.release()
+    assert consumer.lease(0) is None
+    stats = consumer.statistics()
+    assert stats.stale == 1 and stats.received == 2
+    consumer.close()

@@ -201,3 +201,12 @@ def test_required_slots() -> None:
 def test_descriptor_is_a_plain_tuple() -> None:
     d = FrameDescriptor(1, 2, 3, 4, 5, 6, 7)
     assert tuple(d) == (1, 2, 3, 4, 5, 6, 7) and d.frame_id == 3
+
+
+def test_attach_fails_cleanly_when_a_semaphore_is_gone() -> None:
+    from framepipe.ext import _spsc
+
+    with FrameRing.create(2, (4,), np.uint8, 2) as ring:
+        _spsc.NamedSemaphore.unlink(ring.name + "-c1")
+        with pytest.raises(FileNotFoundError, match="-c1 does not exist"):
+            FrameRing.attach(ring.name)
