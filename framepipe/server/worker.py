@@ -19,6 +19,7 @@ import ctypes
 import importlib
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -139,6 +140,9 @@ def worker_main(conn: Connection, options: WorkerOptions) -> None:
         log.info("worker %d: not available in this build: %s", os.getpid(), ", ".join(missing))
     runner = PipelineRunner(options)
     runner.preload(options.preload_models)
+    # One poll object for the life of the worker (Connection.poll builds a selector per call).
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN | select.POLLHUP)
     try:
         conn.send(WorkerReady(pid=os.getpid(), warmup_s=time.perf_counter() - started))
         while not stop.is_set() and not runner.done:
@@ -146,7 +150,7 @@ def worker_main(conn: Connection, options: WorkerOptions) -> None:
             if expired is not None:
                 conn.send(WorkerExiting(reason=expired))
                 break
-            if not conn.poll(_POLL_INTERVAL_S):
+            if not poller.poll(_POLL_INTERVAL_S * 1000):
                 continue
             try:
                 message = conn.recv()
