@@ -310,7 +310,7 @@ class Pipeline:
         self._subscriptions: list[Subscription] = []
         self._results: deque[PipelineResult] = deque(maxlen=results_buffer_size)
         self._results_cond = threading.Condition()
-        self._iterators = 0  # results() generators being consumed
+        self._readers = 0  # results() iterators open now
         self._results_produced = 0
         self._results_dropped = 0
         self._processing_errors = 0
@@ -427,33 +427,33 @@ class Pipeline:
     def results(self, timeout: float | None = None) -> Iterator[PipelineResult]:
         """Results in order until the pipeline stops; ``timeout`` bounds each wait (then stops).
 
-        While an iterator is being consumed, or when there is no ``on_prediction`` (so
-        ``results()`` is the only output), a full results buffer holds the processing back:
-        every result reaches the reader. With an ``on_prediction`` and nobody iterating, the
-        buffer keeps the newest ``results_buffer_size`` results and counts the ones it drops.
+        From this call until the iterator is exhausted or closed, a full results buffer holds
+        the processing back, so every result reaches the reader. With nobody reading, the
+        buffer keeps the newest ``results_buffer_size`` results and counts the ones it drops
+        (``on_prediction`` sees every result either way).
         """
         if self._state is PipelineState.NOT_STARTED:
             raise OperationError("pipeline not started: call start() before results()")
+        return _ResultReader(self, timeout)
+
+    def _add_reader(self, n: int) -> None:
         with self._results_cond:
-            self._iterators += 1
-        try:
-            while True:
-                with self._results_cond:
-                    deadline = None if timeout is None else time.monotonic() + timeout
-                    while not self._results:
-                        if self._processing_done():
-                            return
-                        left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
-                        if left <= 0:
-                            return
-                        self._results_cond.wait(left)
-                    result = self._results.popleft()
-                    self._results_cond.notify_all()
-                yield result
-        finally:
-            with self._results_cond:
-                self._iterators -= 1
-                self._results_cond.notify_all()
+            self._readers += n
+            self._results_cond.notify_all()
+
+    def _next_result(self, timeout: float | None) -> PipelineResult | None:
+        with self._results_cond:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not self._results:
+                if self._processing_done():
+                    return None
+                left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+                if left <= 0:
+                    return None
+                self._results_cond.wait(left)
+            result = self._results.popleft()
+            self._results_cond.notify_all()
+            return result
 
     def _processing_done(self) -> bool:
         thread = self._thread
@@ -535,10 +535,9 @@ class Pipeline:
                 )
         result = PipelineResult(outputs, metadata)
         with self._results_cond:
-            # An iterator is reading, or results() is the only output (no on_prediction):
-            # wait for the reader rather than drop a result.
+            # Someone is reading results(): wait for the reader rather than drop a result.
             while (
-                (self._iterators or self._on_prediction is None)
+                self._readers
                 and len(self._results) == self._results.maxlen
                 and not self._stop.is_set()
             ):
@@ -613,6 +612,34 @@ class Pipeline:
             last_processing_error=self._last_processing_error,
             uptime_s=(now - self._started_at) if self._started_at else 0.0,
         )
+
+
+class _ResultReader(Iterator[PipelineResult]):
+    """The iterator ``Pipeline.results()`` returns; it counts as a reader from its creation
+    until it is exhausted, closed or dropped."""
+
+    def __init__(self, pipeline: Pipeline, timeout: float | None) -> None:
+        self._pipeline: Pipeline | None = pipeline
+        self._timeout = timeout
+        pipeline._add_reader(1)
+
+    def __next__(self) -> PipelineResult:
+        pipeline = self._pipeline
+        if pipeline is None:
+            raise StopIteration
+        result = pipeline._next_result(self._timeout)
+        if result is None:
+            self.close()
+            raise StopIteration
+        return result
+
+    def close(self) -> None:
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            pipeline._add_reader(-1)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class InternalProcessorError(RuntimeError):

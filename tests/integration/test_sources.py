@@ -575,3 +575,15 @@ def test_wait_with_a_slow_consumer_loses_nothing(video_60: SyntheticVideo) -> No
         report = pipeline.status().sources[0]
     assert reader.numbers() == list(range(60))
     assert report.frames_dropped == {}
+
+
+def test_nobody_reading_results_never_stalls_the_pipeline(video_120: SyntheticVideo) -> None:
+    """Processing only for its side effects: the results buffer keeps the newest and counts drops."""
+    reader = NumberReader()
+    with Pipeline(str(video_120.path), processor=reader, results_buffer_size=16) as pipeline:
+        assert pipeline.join(20), "the pipeline stalled on its unread results"
+        report = pipeline.status()
+        kept = [r.outputs[0] for r in pipeline.results(timeout=1)]
+    assert reader.numbers() == list(range(120))
+    assert report.results_produced == 120 and report.results_dropped == 120 - 16
+    assert kept == [{"number": n} for n in range(104, 120)]  # the newest 16
