@@ -12,6 +12,25 @@ from framepipe.errors import (
 
 __version__ = "0.1.0"
 
+# The pipeline pulls in numpy, OpenCV and the data plane; load it only when asked for, so
+# that ``import framepipe.client`` stays light.
+_LAZY = {
+    "Pipeline": "framepipe.core.pipeline",
+    "PipelineReport": "framepipe.core.pipeline",
+    "PipelineResult": "framepipe.core.pipeline",
+    "SourceHub": "framepipe.core.sources.hub",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'framepipe' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
     "AuthorisationError",
     "FramepipeError",
@@ -19,6 +38,10 @@ __all__ = [
     "InvalidPayloadError",
     "NotFoundError",
     "OperationError",
+    "Pipeline",
+    "PipelineReport",
+    "PipelineResult",
     "ShmExhaustedError",
+    "SourceHub",
     "__version__",
 ]

@@ -30,14 +30,12 @@ _DAEMONS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
 def _is_daemon(proc: psutil.Process) -> bool:
-    """A multiprocessing helper daemon itself — not a process a forkserver forked for us,
-    which inherits the forkserver's command line and must still be counted."""
-
-    def marked(p: psutil.Process | None) -> bool:
-        return p is not None and any(m in " ".join(p.cmdline()) for m in _DAEMONS)
-
+    # Only the daemons themselves (our direct children): a process forked BY the forkserver
+    # (a decode process) has the forkserver's command line too, and must still be checked.
     try:
-        return marked(proc) and not marked(proc.parent())
+        return proc.ppid() == os.getpid() and any(
+            marker in " ".join(proc.cmdline()) for marker in _DAEMONS
+        )
     except psutil.Error:
         return False
 
@@ -57,16 +55,26 @@ def _entry_pid(name: str) -> int | None:
         return None
 
 
+_ROOT = Path(__file__).resolve().parents[1]
+
+
 def _ours(name: str, tree: set[int]) -> bool:
     """The machine is shared: an entry owned by a live process outside this test's process
-    tree belongs to someone else and is neither a leak of ours nor ours to delete."""
+    tree belongs to someone else and is neither a leak of ours nor ours to delete — unless
+    that process runs in this checkout (an orphan of ours, reparented when its parent died,
+    still holding the segment: a leak)."""
     pid = _entry_pid(name)
     if pid is None or pid in tree:
         return True
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        owner = psutil.Process(pid)
+        if owner.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return Path(owner.cwd()).resolve().is_relative_to(_ROOT)
     except psutil.Error:
         return True  # dead
+    except OSError:
+        return False
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +118,13 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "allow_leaks: the test manages leak checks itself")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def decode_forkserver() -> None:
+    """Start the forkserver that decode processes fork from (and its resource tracker) once,
+    before any test, so they are not counted as processes a test leaked. They exit with
+    the test session."""
+    from framepipe.core.sources.launcher import warm_forkserver
+
+    warm_forkserver()

@@ -20,6 +20,8 @@ Public API (stable; other modules code against it)::
         .send(frame: np.ndarray, *, frame_id, source_id=0, pts=0, capture_ns=None,
               timeout=None) -> FrameDescriptor | None             # acquire + copy + publish
         .reap() -> int                                            # reclaim dead/leaving consumers
+        .set_consumer_strategy(index, strategy | None)            # per-consumer override
+        (publish(..., consumers=[indices]) hands the frame only to those consumers)
         .statistics() -> ProducerStatistics
         .close()                                                  # end of stream; idempotent
 
@@ -69,6 +71,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -320,6 +323,13 @@ class DescriptorQueue:
 # -- producer ------------------------------------------------------------------------------------
 
 
+_C_MODES = {
+    Backpressure.WAIT: _spsc.MODE_WAIT,
+    Backpressure.DROP_LATEST: _spsc.MODE_DROP_LATEST,
+    Backpressure.DROP_OLDEST: _spsc.MODE_MAILBOX,
+}
+
+
 class FrameProducer:
     """The single writer of a FrameRing: fans every frame out to the ring's live consumers."""
 
@@ -348,14 +358,25 @@ class FrameProducer:
         self._reclaimed_during_wait: set[int] = set()
         self._queues = ring._queues
         self._core = ring._core
-        self._cmode = {
-            Backpressure.WAIT: _spsc.MODE_WAIT,
-            Backpressure.DROP_LATEST: _spsc.MODE_DROP_LATEST,
-            Backpressure.DROP_OLDEST: _spsc.MODE_MAILBOX,
-        }[self._mode]
+        self._cmode = _C_MODES[self._mode]
         self._view = ring._view
         self._centry = [ring._centry(i) for i in range(ring.max_consumers)]
+        # fan-out of one source to consumers with different strategies (set_consumer_strategy)
+        self._modes = bytearray([self._cmode]) * ring.max_consumers
+        self._all_mask = (1 << min(ring.max_consumers, 64)) - 1
+        self._uniform = True
+        self._any_wait = self._mode is Backpressure.WAIT
         ring._set_producer(os.getpid())
+
+    def set_consumer_strategy(self, index: int, strategy: Backpressure | str | None) -> None:
+        """Give consumer ``index`` its own strategy (consumers of one source with different
+        needs); None returns it to the producer's. ``acquire`` waits for a slot when any
+        consumer's strategy is WAIT."""
+        self.ring._centry(index)  # range check
+        base = self._mode if strategy is None else Backpressure.parse(strategy).base
+        self._modes[index] = _C_MODES[base]
+        self._uniform = all(m == self._cmode for m in self._modes)
+        self._any_wait = any(m == _spsc.MODE_WAIT for m in self._modes)
 
     # -- consumers ----------------------------------------------------------------------------
 
@@ -393,7 +414,7 @@ class FrameProducer:
         slot = ring.try_acquire()
         if slot is not None:
             return slot
-        if self._mode is not Backpressure.WAIT:
+        if not self._any_wait:
             self._dropped_no_slot += 1
             return None
         deadline = _deadline(timeout)
@@ -426,18 +447,29 @@ class FrameProducer:
         pts: int = 0,
         capture_ns: int | None = None,
         timeout: float | None = None,
+        consumers: Iterable[int] | None = None,
     ) -> FrameDescriptor:
         """Publish the frame written into ``slot`` and hand it to every live consumer under
-        the strategy. ``timeout`` bounds the total WAIT time for this frame."""
+        the strategy. ``timeout`` bounds the total WAIT time for this frame. ``consumers``
+        (optional) restricts delivery to those consumer indices."""
         if self._closed:
             raise OperationError(f"producer of ring {self.ring.name} is closed")
         if time.monotonic() >= self._next_reap:
             self.reap()
         if capture_ns is None:
             capture_ns = time.time_ns()
-        seq, publish_ns, delivered, dropped_full, replaced, wait_mask = self._core.publish(
-            slot, frame_id, source_id, pts, capture_ns, self._cmode
-        )
+        if consumers is None and self._uniform:
+            result = self._core.publish(slot, frame_id, source_id, pts, capture_ns, self._cmode)
+        else:
+            mask = self._all_mask
+            if consumers is not None:
+                mask = 0
+                for index in consumers:
+                    mask |= 1 << index
+            result = self._core.publish_each(
+                slot, frame_id, source_id, pts, capture_ns, self._modes, mask
+            )
+        seq, publish_ns, delivered, dropped_full, replaced, wait_mask = result
         if seq < 0:
             raise OperationError(
                 f"slot {slot} of ring {self.ring.name} was not acquired for writing"

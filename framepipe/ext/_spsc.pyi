@@ -155,4 +155,14 @@ class RingCore:
     def publish(
         self, slot: int, frame_id: int, source_id: int, pts: int, capture_ns: int, mode: int
     ) -> tuple[int, int, int, int, int, int]: ...
+    def publish_each(
+        self,
+        slot: int,
+        frame_id: int,
+        source_id: int,
+        pts: int,
+        capture_ns: int,
+        modes: bytes | bytearray,
+        target_mask: int,
+    ) -> tuple[int, int, int, int, int, int]: ...
     def close(self) -> None: ...

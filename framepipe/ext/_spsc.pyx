@@ -85,6 +85,10 @@ cdef extern from "fp_spsc.h" nogil:
     void fp_fanout(unsigned char *base, fp_queue **queues, uint64_t nconsumers,
                    size_t consumers_off, size_t leases_off, size_t lease_stride,
                    const fp_desc *d, int mode, fp_fanout_result *r)
+    void fp_fanout_each(unsigned char *base, fp_queue **queues, uint64_t nconsumers,
+                        size_t consumers_off, size_t leases_off, size_t lease_stride,
+                        const fp_desc *d, const unsigned char *modes, uint64_t target_mask,
+                        fp_fanout_result *r)
 
 
 DESCRIPTOR_SIZE = FP_DESC_SIZE
@@ -733,6 +737,42 @@ cdef class RingCore:
         fp_fetch_add_u64(self._base, self._published_off, 1)
         fp_fanout(self._base, self._qptrs, <uint64_t>self.consumers, self._consumers_off,
                   self._leases_off, self._lease_stride, &d, mode, &r)
+        return (d.seq, d.publish_ns, r.delivered, r.dropped_full, r.replaced, r.wait_mask)
+
+    def publish_each(self, Py_ssize_t slot, int64_t frame_id, int64_t source_id, int64_t pts,
+                     int64_t capture_ns, const unsigned char[::1] modes, uint64_t target_mask):
+        """``publish`` with a fan-out mode per consumer (``modes[i]``, one byte each, at least
+        ``consumers`` long) to the consumers in ``target_mask`` (bit i) only. Same result
+        tuple as ``publish``."""
+        cdef fp_slot_header *h = self._header(slot)
+        cdef uint64_t seq = fp_load_u64(<unsigned char *>&h.seq, 0)
+        cdef fp_desc d
+        cdef fp_fanout_result r
+        cdef Py_ssize_t i
+        if (seq & 1) == 0:
+            return (-1, 0, 0, 0, 0, 0)
+        if modes.shape[0] < self.consumers:
+            raise ValueError(f"modes has {modes.shape[0]} entries for {self.consumers} consumers")
+        for i in range(self.consumers):
+            if modes[i] != FP_MODE_WAIT and modes[i] != FP_MODE_DROP_LATEST and modes[i] != FP_MODE_MAILBOX:
+                raise ValueError(f"bad fan-out mode {modes[i]} for consumer {i}")
+        h.frame_id = frame_id
+        h.source_id = source_id
+        h.pts = pts
+        h.capture_ns = capture_ns
+        d.slot = slot
+        d.seq = seq + 1
+        d.frame_id = frame_id
+        d.source_id = source_id
+        d.pts = pts
+        d.capture_ns = capture_ns
+        d.flags = 0
+        d.publish_ns = fp_monotonic_ns()
+        h.publish_ns = d.publish_ns
+        fp_store_u64(<unsigned char *>&h.seq, 0, d.seq)
+        fp_fetch_add_u64(self._base, self._published_off, 1)
+        fp_fanout_each(self._base, self._qptrs, <uint64_t>self.consumers, self._consumers_off,
+                       self._leases_off, self._lease_stride, &d, &modes[0], target_mask, &r)
         return (d.seq, d.publish_ns, r.delivered, r.dropped_full, r.replaced, r.wait_mask)
 
     def close(self):

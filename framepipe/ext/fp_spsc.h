@@ -380,4 +380,44 @@ static inline void fp_fanout(unsigned char *base, fp_queue *const *queues, uint6
     }
 }
 
+/* One source fanned out to consumers that want different things: like fp_fanout, but with
+ * a mode per consumer (modes[i]) and only for the consumers in target_mask (bit i; the
+ * others - muted, rate-limited - are skipped). Consumers at index >= 64 are never targeted. */
+static inline void fp_fanout_each(unsigned char *base, fp_queue *const *queues,
+                                  uint64_t nconsumers, size_t consumers_off, size_t leases_off,
+                                  size_t lease_stride, const fp_desc *d,
+                                  const unsigned char *modes, uint64_t target_mask,
+                                  fp_fanout_result *r) {
+    uint64_t i;
+    memset(r, 0, sizeof(*r));
+    for (i = 0; i < nconsumers && i < 64; i++) {
+        if (!((target_mask >> i) & 1)) continue;
+        size_t centry = consumers_off + i * FP_CACHE_LINE;
+        if (fp_load_u32(base, centry + FP_C_STATE) != FP_STATE_ACTIVE) continue;
+        size_t lease = leases_off + (size_t)d->slot * lease_stride + i;
+        fp_store_u8(base, lease, 1);
+        fp_queue *q = queues[i];
+        int mode = modes[i];
+        if (mode == FP_MODE_MAILBOX) {
+            uint64_t old = fp_q_post_mailbox(q, fp_mb_pack((uint64_t)d->slot, d->seq));
+            if (old != 0) {
+                fp_store_u8(base, leases_off + (size_t)fp_mb_slot(old) * lease_stride + i, 0);
+                fp_bump(base, centry + FP_C_DROPPED);
+                r->replaced++;
+            }
+            fp_bump(base, centry + FP_C_DELIVERED);
+            r->delivered++;
+        } else if (fp_q_try_put(q, d)) {
+            fp_bump(base, centry + FP_C_DELIVERED);
+            r->delivered++;
+        } else if (mode == FP_MODE_WAIT) {
+            r->wait_mask |= 1ULL << i;
+        } else {
+            fp_store_u8(base, lease, 0);
+            fp_bump(base, centry + FP_C_DROPPED);
+            r->dropped_full++;
+        }
+    }
+}
+
 #endif

@@ -1,0 +1,220 @@
+"""``framepipe demo``: a stream manager, one pipeline on the sample video, results as they come.
+
+It starts a real manager process on a free local port, initialises a pipeline over TCP with the
+client, drains results with the ``max_entries`` extension and prints them, then terminates the
+pipeline and shuts the manager down with SIGTERM (as an operator would), and checks that it
+exited cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from framepipe.client import FramepipeError, NotFoundError, SyncStreamManagerClient
+from framepipe.protocol.payloads import (
+    InitialisePipelinePayload,
+    MemorySinkConfiguration,
+    ModelConfiguration,
+    VideoConfiguration,
+)
+
+_LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
+# Where the processing helper's assets live (bundled sample video and model cache).
+_SAMPLE_VIDEO_CANDIDATES = (
+    "framepipe/data/demo_faces.mp4",
+    "framepipe/data/sample.mp4",
+    "framepipe/data/demo.mp4",
+    "models/cache/sample.mp4",
+    "models/cache/demo.mp4",
+)
+
+
+def run_demo(*, seconds: float = 20.0, model: str | None = None) -> int:
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="framepipe-demo-") as scratch:
+        video = sample_video(Path(scratch))
+        model = model or default_model()
+        console.print(f"[bold]framepipe demo[/]: video [cyan]{video}[/], model [cyan]{model}[/]")
+        manager = _start_manager(Path(scratch) / "manager.log", model)
+        try:
+            host, port = manager.address
+            console.print(f"stream manager (pid {manager.proc.pid}) listening on {host}:{port}")
+            results = _drive_pipeline(console, host, port, video, model, seconds)
+        except FramepipeError as exc:
+            manager.stop()
+            console.print(manager.log_tail(), style="dim")
+            console.print(f"[red]the demo failed[/]: {exc.error_type.value}: {exc.message}")
+            return 1
+        except BaseException:
+            manager.kill()
+            console.print(manager.log_tail(), style="dim")
+            raise
+        code = manager.stop()
+        if code != 0:
+            console.print(manager.log_tail(), style="dim")
+            console.print(f"[red]the manager exited with status {code}[/]")
+            return 1
+        console.print(f"[green]done[/]: {results} results; manager shut down cleanly (exit 0)")
+        return 0
+
+
+def sample_video(scratch: Path) -> Path:
+    """The bundled sample video if present, else a generated 5 s 640x360 clip."""
+    root = Path(__file__).resolve().parent.parent
+    for candidate in _SAMPLE_VIDEO_CANDIDATES:
+        if (root / candidate).is_file():
+            return root / candidate
+    from framepipe.testing.media import make_test_video
+
+    return make_test_video(scratch / "demo.mp4", frames=150, width=640, height=360, fps=30.0).path
+
+
+def default_model() -> str:
+    """The bundled face detector when its weights are present (``make models``), else passthrough."""
+    try:
+        from framepipe.core.processing import ModelRegistry, ProcessingSettings
+
+        names = ModelRegistry.from_settings(ProcessingSettings.from_env()).names()
+    except Exception:
+        return "passthrough"
+    return "centerface" if "centerface" in names else "passthrough"
+
+
+def _drive_pipeline(
+    console: Console, host: str, port: int, video: Path, model: str, seconds: float
+) -> int:
+    client = SyncStreamManagerClient(host=host, port=port, operations_timeout=30.0)
+    payload = InitialisePipelinePayload(
+        video_configuration=VideoConfiguration(video_reference=str(video), max_fps=30),
+        processing_configuration=ModelConfiguration(model=model),
+        sink_configuration=MemorySinkConfiguration(results_buffer_size=256),
+    )
+    started = time.monotonic()
+    pipeline_id = client.initialise_pipeline(payload).context.pipeline_id
+    assert pipeline_id is not None
+    console.print(
+        f"pipeline [cyan]{pipeline_id}[/] started in {1000 * (time.monotonic() - started):.0f} ms"
+    )
+    results = 0
+    deadline = started + seconds
+    ended = False
+    while time.monotonic() < deadline:
+        try:
+            response = client.consume_pipeline_result(
+                pipeline_id, excluded_fields=["image"], max_entries=64
+            )
+        except NotFoundError:
+            ended = True  # the health loop ended it: every source reached its end
+            break
+        for entry in response.entries:
+            results += 1
+            console.print(_describe(entry.outputs, entry.frames_metadata))
+        if not response.entries:
+            time.sleep(0.05)
+    if not ended:
+        status = client.get_status(pipeline_id)
+        _print_status(console, status.report)
+        with contextlib.suppress(NotFoundError):
+            client.terminate_pipeline(pipeline_id)
+    console.print(f"pipeline ended ({'video finished' if ended else 'terminated'})")
+    return results
+
+
+def _describe(outputs: list[dict[str, Any] | None], frames: list[Any]) -> str:
+    parts = []
+    for output, frame in zip(outputs, frames, strict=False):
+        if frame is None:
+            parts.append("(no frame)")
+            continue
+        head = f"frame {frame.frame_id:>5} @ {frame.frame_timestamp:%H:%M:%S.%f}"[:-3]
+        if not output:
+            parts.append(f"{head}  (passthrough)")
+            continue
+        predictions = output.get("predictions")
+        if isinstance(predictions, dict):
+            predictions = predictions.get("predictions")
+        if isinstance(predictions, list):
+            parts.append(f"{head}  {len(predictions)} detections")
+        else:
+            parts.append(f"{head}  {', '.join(sorted(output))}")
+    return " | ".join(parts)
+
+
+def _print_status(console: Console, report: dict[str, Any]) -> None:
+    table = Table(title="pipeline status")
+    table.add_column("field")
+    table.add_column("value")
+    for key in ("inference_throughput",):
+        if key in report:
+            table.add_row(key, f"{report[key]:.1f}")
+    for source in report.get("sources_metadata", []):
+        table.add_row(f"source {source.get('source_id')}", str(source.get("state")))
+    console.print(table)
+
+
+class _ManagerProcess:
+    def __init__(self, proc: subprocess.Popen[str], log_path: Path) -> None:
+        self.proc = proc
+        self.log_path = log_path
+        self.address: tuple[str, int] = ("", 0)
+        self._ready = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+        if not self._ready.wait(15) or not self.address[1]:
+            self.kill()
+            raise RuntimeError("the stream manager did not start:\n" + self.log_tail())
+
+    def _watch(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            match = _LISTENING.search(line)
+            if match:
+                self.address = (match.group(1), int(match.group(2)))
+                self._ready.set()
+        self._ready.set()
+
+    def log_tail(self) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-30:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _start_manager(log_path: Path, model: str) -> _ManagerProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "STREAM_API_PRELOADED_PROCESSES": "1"}
+    if model != "passthrough":
+        env["FRAMEPIPE_PRELOAD_MODELS"] = model  # the pool worker loads it while we connect
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "framepipe.cli", "serve", "--port", "0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+    return _ManagerProcess(proc, log_path)

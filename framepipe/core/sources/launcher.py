@@ -1,0 +1,111 @@
+"""Starting decode processes cheaply and making sure they die with their owner.
+
+Decode processes come from a ``forkserver`` (never a plain fork of a process that may run
+threads or ONNX Runtime): the server process imports numpy, OpenCV and PyAV once, and every
+decode process is a fork of it, so starting one costs a few tens of milliseconds instead of
+the ~0.5 s of a spawn that re-imports them.
+
+A decode process is a child of the forkserver, which exits when its owner's process exits;
+``PR_SET_PDEATHSIG`` then kills the decode process. The decode process also treats EOF on
+its control pipe (its owner is gone) as the order to stop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import io
+import multiprocessing
+import multiprocessing.context
+import os
+import signal
+import threading
+from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+#: Modules the forkserver imports once, so forked decode processes start warm.
+PRELOAD = ["numpy", "cv2", "av", "framepipe.core.sources.worker"]
+
+_lock = threading.Lock()
+_configured = False
+
+
+def decode_context() -> multiprocessing.context.ForkServerContext:
+    """The multiprocessing context decode processes are started from."""
+    global _configured
+    context = multiprocessing.get_context("forkserver")
+    assert isinstance(context, multiprocessing.context.ForkServerContext)
+    with _lock:
+        if not _configured:
+            context.set_forkserver_preload(PRELOAD)
+            _configured = True
+    return context
+
+
+def _noop() -> None:
+    """Target of the warm-up process."""
+
+
+def warm_forkserver(timeout: float = 60.0) -> None:
+    """Start the forkserver now and wait until it has imported the decode stack (one no-op
+    child is forked and reaped), so the first decode process starts as fast as the rest."""
+    decode_context()
+    forkserver.ensure_running()
+    process = DecodeProcess(target=_noop, name="framepipe-warmup", daemon=True)
+    process.start()
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    process.close()
+
+
+class _DecodePopen(popen_forkserver.Popen):
+    """The forkserver Popen, minus re-running the owner's ``__main__`` in the child.
+
+    A decode process needs nothing from ``__main__`` (its target lives in this package), and
+    re-importing a user's script in every decode process is slow and surprising (a script
+    without an ``if __name__ == "__main__"`` guard would start pipelines recursively).
+    The body is CPython's ``popen_forkserver.Popen._launch`` with those two keys dropped.
+    """
+
+    def _launch(self, process_obj: Any) -> None:
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        prep_data.pop("init_main_from_path", None)
+        prep_data.pop("init_main_from_name", None)
+        buf = io.BytesIO()
+        popen_forkserver.set_spawning_popen(self)  # type: ignore[attr-defined]
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            popen_forkserver.set_spawning_popen(None)  # type: ignore[attr-defined]
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)  # type: ignore[attr-defined]
+        parent_w = os.dup(w)
+        self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))  # type: ignore[attr-defined]
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class DecodeProcess(multiprocessing.context.ForkServerProcess):
+    """A forkserver child that does not re-run the owner's ``__main__``."""
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        decode_context()
+        return _DecodePopen(process_obj)
+
+
+def die_with_parent() -> None:
+    """In a child: SIGKILL me when my parent dies (Linux); a no-op elsewhere."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    parent = os.getppid()
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)

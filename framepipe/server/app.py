@@ -1,0 +1,56 @@
+"""Running the stream manager: listen first, then warm up, until SIGINT/SIGTERM.
+
+The socket is bound before anything slow happens (the orphan sweep runs in a thread, idle
+workers start in the background), so clients can connect well within a second of launch.
+On SIGINT or SIGTERM the manager stops accepting, terminates every pipeline and idle worker,
+unlinks every segment they left, and returns normally (exit status 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+
+from framepipe.server.manager import StreamManager
+from framepipe.server.settings import ServerSettings
+from framepipe.server.tcp import TcpFrontSettings, start_server
+
+log = logging.getLogger("framepipe.server")
+
+Announce = Callable[[str, int], None]
+
+
+async def serve(settings: ServerSettings, *, announce: Announce | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; ``announce(host, port)`` is called once the port accepts."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signo in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signo, stop.set)
+    manager = StreamManager(settings)
+    front = await start_server(
+        manager,
+        TcpFrontSettings(
+            host=settings.host,
+            port=settings.port,
+            max_message_size=settings.max_message_bytes,
+            read_timeout_s=settings.read_timeout_s,
+            auth_token=settings.token,
+        ),
+    )
+    host, port = settings.host, front.port
+    log.info("stream manager listening on %s:%d", host, port)
+    if announce is not None:
+        announce(host, port)
+    try:
+        await manager.start()
+        await stop.wait()
+        log.info("shutting down: terminating %d pipelines", len(await manager.list_pipelines()))
+    finally:
+        await front.close()
+        await manager.close()
+        for signo in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signo)

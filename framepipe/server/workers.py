@@ -1,0 +1,259 @@
+"""The manager's side of one worker process: spawn, request/reply by id, kill, reap.
+
+Replies are read by a small thread per worker that blocks in ``Connection.recv()`` and hands
+each message to the event loop; the loop never blocks on a pipe. Every request waits with a
+timeout; a worker that misses it is for the caller to kill (:meth:`WorkerHandle.kill`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import uuid
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+import psutil
+
+from framepipe.errors import FramepipeError, OperationError
+from framepipe.protocol.errors import ERROR_CLASSES
+from framepipe.server._messages import (
+    WorkerExiting,
+    WorkerOp,
+    WorkerReady,
+    WorkerReply,
+    WorkerRequest,
+)
+from framepipe.server.worker import WorkerOptions, worker_main
+
+log = logging.getLogger("framepipe.manager")
+
+
+class WorkerGone(OperationError):
+    """The worker process ended (or closed its pipe) before answering."""
+
+
+class WorkerTimeout(OperationError):
+    """The worker did not answer within the bound."""
+
+
+def start_worker_process(options: WorkerOptions) -> tuple[SpawnProcess, Connection]:
+    """Spawn a worker process; returns it and the manager's end of its command pipe."""
+    ctx = multiprocessing.get_context("spawn")
+    parent_conn, child_conn = ctx.Pipe(duplex=True)
+    process = ctx.Process(
+        target=worker_main,
+        args=(child_conn, options),
+        name="framepipe-worker",
+        daemon=False,  # a worker has children of its own (decode processes)
+    )
+    try:
+        process.start()
+    finally:
+        child_conn.close()  # else EOF never arrives here when the worker dies
+    return process, parent_conn
+
+
+def _is_resource_tracker(proc: psutil.Process) -> bool:
+    try:
+        return any("resource_tracker" in part for part in proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _end_orphan(started: asyncio.Future[tuple[SpawnProcess, Connection]]) -> None:
+    if started.cancelled() or started.exception() is not None:
+        return
+    process, conn = started.result()
+    process.kill()
+    conn.close()
+    threading.Thread(target=process.join, args=(10,), daemon=True).start()
+
+
+class WorkerHandle:
+    """One spawned worker process and its command pipe."""
+
+    def __init__(
+        self, process: SpawnProcess, conn: Connection, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.process = process
+        self.conn = conn
+        self.pid: int = process.pid or 0
+        self.spawned_at = time.monotonic()
+        self.ready: asyncio.Future[WorkerReady] = loop.create_future()
+        self.closed = asyncio.Event()
+        self.exit_reason: str | None = None
+        self._loop = loop
+        self._pending: dict[str, asyncio.Future[WorkerReply]] = {}
+        self._reader = threading.Thread(
+            target=self._read_forever, name=f"worker-{self.pid}-reader", daemon=True
+        )
+        self._reader.start()
+
+    @classmethod
+    async def spawn(
+        cls, *, terminate_timeout_s: float, preload_models: tuple[str, ...] = ()
+    ) -> WorkerHandle:
+        """Start a worker (``spawn`` start method; safe with threads, CUDA and ONNX Runtime).
+
+        The fork-exec and the hand-over of the start-up data run in a thread, off the loop.
+        """
+        loop = asyncio.get_running_loop()
+        options = WorkerOptions(
+            parent_pid=os.getpid(),
+            terminate_timeout_s=terminate_timeout_s,
+            preload_models=preload_models,
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
+        started = loop.run_in_executor(None, start_worker_process, options)
+        try:
+            process, conn = await asyncio.shield(started)
+        except asyncio.CancelledError:
+            started.add_done_callback(_end_orphan)  # nobody will own it: end it once started
+            raise
+        return cls(process, conn, loop)
+
+    # ---- the reader thread -------------------------------------------------------------------
+
+    def _read_forever(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            except Exception:  # an unpicklable message: report and keep reading
+                log.exception("worker %d sent a message that could not be read", self.pid)
+                continue
+            self._call_in_loop(self._deliver, message)
+        self._call_in_loop(self._on_closed)
+
+    def _call_in_loop(self, func: Any, *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self._loop.call_soon_threadsafe(func, *args)
+
+    def _deliver(self, message: object) -> None:
+        if isinstance(message, WorkerReply):
+            future = self._pending.pop(message.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif isinstance(message, WorkerReady):
+            if not self.ready.done():
+                self.ready.set_result(message)
+        elif isinstance(message, WorkerExiting):
+            self.exit_reason = message.reason
+            log.info("worker %d ends its pipeline: %s", self.pid, message.reason)
+        else:
+            log.warning("worker %d sent an unexpected %s", self.pid, type(message).__name__)
+
+    def _on_closed(self) -> None:
+        self.closed.set()
+        error = WorkerGone(self._gone_message())
+        if not self.ready.done():
+            self.ready.set_exception(error)
+            self.ready.exception()  # mark retrieved: nobody may be waiting for it
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+
+    def _gone_message(self) -> str:
+        code = self.process.exitcode
+        detail = self.exit_reason or (f"exit code {code}" if code is not None else "pipe closed")
+        return f"the pipeline worker (pid {self.pid}) has ended ({detail})"
+
+    # ---- requests ----------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return not self.closed.is_set() and self.process.is_alive()
+
+    async def wait_ready(self, timeout: float) -> WorkerReady:
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(self.ready)
+        except TimeoutError:
+            raise WorkerTimeout(
+                f"the pipeline worker (pid {self.pid}) did not start within {timeout:g} s"
+            ) from None
+
+    async def request(
+        self,
+        op: WorkerOp,
+        payload: dict[str, Any],
+        *,
+        timeout: float,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Send one command and wait for its reply; raises the error class the worker reported."""
+        if self.closed.is_set():
+            raise WorkerGone(self._gone_message())
+        request_id = request_id or str(uuid.uuid4())
+        while request_id in self._pending:  # a client may reuse an id; ours must stay unique
+            request_id = f"{request_id}+"
+        future: asyncio.Future[WorkerReply] = self._loop.create_future()
+        self._pending[request_id] = future
+        try:
+            # Commands are small; a socketpair buffer holds many, so this does not block even
+            # when the worker is stopped (at most one command per pipeline is in flight).
+            self.conn.send(WorkerRequest(request_id=request_id, op=op, payload=payload))
+            async with asyncio.timeout(timeout):
+                reply = await future
+        except TimeoutError:
+            raise WorkerTimeout(
+                f"the pipeline worker (pid {self.pid}) did not answer '{op.value}' within {timeout:g} s"
+            ) from None
+        except (BrokenPipeError, ConnectionResetError, OSError) as exc:
+            if isinstance(exc, FramepipeError):
+                raise
+            raise WorkerGone(self._gone_message()) from None
+        finally:
+            self._pending.pop(request_id, None)
+        if reply.failure is not None:
+            failure = reply.failure
+            raise ERROR_CLASSES[failure.error_type](
+                failure.message, failure.public_message, error_class=failure.error_class
+            )
+        return reply.body or {}
+
+    # ---- ending ------------------------------------------------------------------------------
+
+    def signal_tree(self, signo: signal.Signals) -> None:
+        """Send a signal to the worker and every process under it.
+
+        multiprocessing's resource trackers are spared: once their owner is gone they unlink
+        the semaphores it registered (a killed tracker would leak them in /dev/shm).
+        """
+        try:
+            procs = [psutil.Process(self.pid), *psutil.Process(self.pid).children(recursive=True)]
+        except psutil.Error:
+            procs = []
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                if proc.pid != self.pid and _is_resource_tracker(proc):
+                    continue
+                proc.send_signal(signo)
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its descendants (works on a stopped process too)."""
+        self.signal_tree(signal.SIGKILL)
+
+    async def reap(self, timeout: float) -> None:
+        """Wait for the process to exit (SIGTERM, then SIGKILL after ``timeout``) and collect it."""
+        loop = asyncio.get_running_loop()
+        if self.process.is_alive():
+            await loop.run_in_executor(None, self.process.join, timeout)
+        if self.process.is_alive():
+            log.warning("worker %d did not exit within %.1f s: killing it", self.pid, timeout)
+            self.kill()
+            await loop.run_in_executor(None, self.process.join, 5.0)
+        with contextlib.suppress(OSError):
+            self.conn.close()
+        with contextlib.suppress(ValueError):
+            self.process.close()

@@ -1,0 +1,165 @@
+"""A real stream manager process for tests, and a raw wire client (one request per connection)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from framepipe.protocol.framing import encode_message
+
+ROOT = Path(__file__).resolve().parents[2]
+_LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
+
+
+class ManagerProcess:
+    """``python -m framepipe.cli serve --port 0`` with the given environment."""
+
+    def __init__(self, env: Mapping[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        full_env.update(env or {})
+        self.launched_at = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "framepipe.cli", "serve", "--port", "0", *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.log: list[str] = []
+        self.port = 0
+        self.announced_at = 0.0
+        self._port_known = threading.Event()
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+        if not self._port_known.wait(20):
+            self.kill()
+            raise RuntimeError("manager did not announce its port:\n" + self.output())
+        if not self.port:
+            raise RuntimeError("manager exited before listening:\n" + self.output())
+
+    def _read_output(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line.rstrip())
+            match = _LISTENING.search(line)
+            if match and not self.port:
+                self.port = int(match.group(2))
+                self.announced_at = time.monotonic()
+                self._port_known.set()
+        self._port_known.set()
+
+    def output(self) -> str:
+        return "\n".join(self.log[-200:])
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def workers(self) -> list[psutil.Process]:
+        """Direct children that are pipeline workers (not the resource tracker)."""
+        try:
+            children = psutil.Process(self.pid).children()
+        except psutil.Error:
+            return []
+        workers = []
+        for child in children:
+            try:
+                if "resource_tracker" not in " ".join(child.cmdline()):
+                    workers.append(child)
+            except psutil.Error:
+                continue
+        return workers
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        self._close_output()
+        return code
+
+    def _close_output(self) -> None:
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def kill(self) -> None:
+        for child in self.tree():
+            with suppress(psutil.Error):
+                child.kill()
+        self.proc.kill()
+        self.proc.wait(10)
+        self._close_output()
+
+    def request(self, message: dict[str, Any] | bytes, timeout: float = 30.0) -> dict[str, Any]:
+        return wire_request(self.port, message, timeout)
+
+
+@contextmanager
+def running_manager(env: Mapping[str, str] | None = None) -> Iterator[ManagerProcess]:
+    manager = ManagerProcess(env)
+    try:
+        yield manager
+    finally:
+        if manager.proc.poll() is None:
+            code = manager.stop()
+            assert code == 0, f"manager exited with {code}:\n{manager.output()}"
+
+
+def wire_request(
+    port: int, message: dict[str, Any] | bytes, timeout: float = 30.0
+) -> dict[str, Any]:
+    data = message if isinstance(message, bytes) else encode_message(message)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        header = _recv_exact(sock, 4)
+        body = _recv_exact(sock, int.from_bytes(header, "big"))
+    document: dict[str, Any] = json.loads(body)
+    return document
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            raise ConnectionError(f"connection closed after {len(chunks)} of {size} bytes")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def wait_for(
+    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)

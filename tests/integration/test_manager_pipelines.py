@@ -1,0 +1,382 @@
+"""The real manager running real pipelines (worker processes, decode processes, shared memory).
+
+Every test starts its own manager process and talks to it over TCP: with the typed client for
+the lifecycle, with raw frames where the exact bytes matter.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from framepipe.client import NotFoundError, OperationError, SyncStreamManagerClient
+from framepipe.protocol.payloads import (
+    InitialisePipelinePayload,
+    MemorySinkConfiguration,
+    ModelConfiguration,
+    VideoConfiguration,
+)
+from framepipe.testing.media import make_test_video
+from tests.conftest import framepipe_shm_entries
+from tests.integration.manager_harness import ManagerProcess, running_manager, wait_for
+
+pytest.importorskip("framepipe.core.pipeline", reason="needs the sources branch's Pipeline")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("videos")
+    return {
+        # 20 s at 30 fps: runs for the whole of any test here.
+        "long": make_test_video(
+            root / "long.mp4", frames=600, width=320, height=240, fps=30.0
+        ).path,
+        # 1 s: ends on its own.
+        "short": make_test_video(
+            root / "short.mp4", frames=30, width=320, height=240, fps=30.0
+        ).path,
+    }
+
+
+def payload(video: Path, **extra: Any) -> InitialisePipelinePayload:
+    return InitialisePipelinePayload(
+        video_configuration=VideoConfiguration(video_reference=str(video), max_fps=30),
+        processing_configuration=ModelConfiguration(model="passthrough"),
+        sink_configuration=MemorySinkConfiguration(
+            results_buffer_size=extra.pop("results_buffer_size", 64)
+        ),
+        decoding_buffer_size=extra.pop("decoding_buffer_size", 8),
+        **extra,
+    )
+
+
+def client_for(manager: ManagerProcess, timeout: float = 30.0) -> SyncStreamManagerClient:
+    return SyncStreamManagerClient(host="127.0.0.1", port=manager.port, operations_timeout=timeout)
+
+
+def start(client: SyncStreamManagerClient, video: Path, **extra: Any) -> str:
+    pipeline_id = client.initialise_pipeline(payload(video, **extra)).context.pipeline_id
+    assert pipeline_id
+    return pipeline_id
+
+
+def first_result(client: SyncStreamManagerClient, pipeline_id: str, timeout: float = 20.0) -> Any:
+    def poll() -> Any:
+        response = client.consume_pipeline_result(pipeline_id)
+        return response if response.outputs else None
+
+    return wait_for(poll, timeout, "a first result", interval=0.02)
+
+
+def worker_of(manager: ManagerProcess, known: set[int] = frozenset()) -> psutil.Process:  # type: ignore[assignment]
+    candidates = [w for w in manager.workers() if w.pid not in known]
+    assert len(candidates) == 1, candidates
+    return candidates[0]
+
+
+def segments_of(pids: set[int]) -> set[str]:
+    owned = set()
+    for name in framepipe_shm_entries():
+        pid_text = name.removeprefix("sem.").removeprefix("fp-").split("-", 1)[0]
+        if pid_text.isdigit() and int(pid_text) in pids:
+            owned.add(name)
+    return owned
+
+
+def tree_of(proc: psutil.Process) -> set[int]:
+    try:
+        return {proc.pid, *(c.pid for c in proc.children(recursive=True))}
+    except psutil.Error:
+        return set()
+
+
+@pytest.fixture
+def manager() -> Iterator[ManagerProcess]:
+    with running_manager({"FRAMEPIPE_COMMAND_TIMEOUT": "3"}) as running:
+        yield running
+
+
+def test_pipeline_lifecycle_over_tcp(manager: ManagerProcess, videos: dict[str, Path]) -> None:
+    client = client_for(manager)
+    pipeline_id = start(client, videos["long"])
+    assert client.list_pipelines().pipelines == [pipeline_id]
+
+    first = first_result(client, pipeline_id)
+    assert len(first.outputs) == len(first.frames_metadata) == 1
+    assert first.frames_metadata[0].source_id == 0
+    assert first.frames_metadata[0].frame_id >= 0
+
+    raw = manager.request(
+        {"type": "consume_result", "pipeline_id": pipeline_id, "excluded_fields": []}
+    )
+    assert list(raw) == ["request_id", "response", "pipeline_id"]
+    assert list(raw["response"]) == ["status", "outputs", "frames_metadata"]
+
+    time.sleep(0.3)
+    drained = client.consume_pipeline_result(pipeline_id, max_entries=100)
+    assert len(drained.entries) >= 2, "a multi-entry drain returns every buffered entry"
+    ids = [entry.frames_metadata[0].frame_id for entry in drained.entries]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+    report = client.get_status(pipeline_id).report
+    assert report["sources_metadata"][0]["source_reference"].endswith("long.mp4")
+    assert client.pause_pipeline(pipeline_id).status == "success"
+    assert client.resume_pipeline(pipeline_id).status == "success"
+    first_result(client, pipeline_id)
+
+    assert client.terminate_pipeline(pipeline_id).status == "success"
+    assert client.list_pipelines().pipelines == []
+    with pytest.raises(NotFoundError):
+        client.get_status(pipeline_id)
+    reply = manager.request({"type": "terminate", "pipeline_id": pipeline_id})
+    assert reply["response"]["error_type"] == "not_found"
+    wait_for(lambda: manager.workers() == [], 10, "the worker to be gone")
+
+
+def test_hung_worker_does_not_block_other_pipelines(
+    manager: ManagerProcess, videos: dict[str, Path]
+) -> None:
+    client = client_for(manager)
+    hung_id = start(client, videos["long"])
+    hung = worker_of(manager)
+    healthy_id = start(client, videos["long"])
+    first_result(client, healthy_id)
+    hung_tree = tree_of(hung)
+    os.kill(hung.pid, signal.SIGSTOP)
+
+    outcome: dict[str, Any] = {}
+
+    def status_of_hung() -> None:
+        started = time.monotonic()
+        outcome["reply"] = manager.request({"type": "status", "pipeline_id": hung_id})
+        outcome["seconds"] = time.monotonic() - started
+
+    waiter = threading.Thread(target=status_of_hung)
+    waiter.start()
+    time.sleep(0.2)
+    latencies = []
+    while waiter.is_alive():
+        began = time.monotonic()
+        assert client.get_status(healthy_id).status == "success"
+        assert client.list_pipelines().pipelines
+        latencies.append(time.monotonic() - began)
+    waiter.join()
+    assert len(latencies) >= 5
+    assert max(latencies) < 1.0, (
+        f"a healthy pipeline waited {max(latencies):.2f} s behind a hung one"
+    )
+
+    response = outcome["reply"]["response"]
+    assert response["error_type"] == "operation_error", response
+    assert "killed" in response["error_message"]
+    assert 2.5 < outcome["seconds"] < 8.0
+    wait_for(
+        lambda: not psutil.pid_exists(hung.pid) or hung.status() == psutil.STATUS_ZOMBIE,
+        5,
+        "the hung worker to die",
+    )
+    assert client.list_pipelines().pipelines == [healthy_id]
+    wait_for(lambda: not segments_of(hung_tree), 5, "the hung worker's segments to be freed")
+    client.terminate_pipeline(healthy_id)
+
+
+def test_killed_worker_is_reaped_within_two_seconds(
+    manager: ManagerProcess, videos: dict[str, Path]
+) -> None:
+    client = client_for(manager)
+    pipeline_id = start(client, videos["long"])
+    first_result(client, pipeline_id)
+    worker = worker_of(manager)
+    tree = tree_of(worker)
+    worker.kill()
+    killed_at = time.monotonic()
+    wait_for(
+        lambda: client.list_pipelines().pipelines == [], 2.0, "the dead pipeline to be removed"
+    )
+    wait_for(
+        lambda: not segments_of(tree),
+        2.0 - (time.monotonic() - killed_at) + 0.5,
+        "segments to be freed",
+    )
+    with pytest.raises(NotFoundError):
+        client.get_status(pipeline_id)
+    wait_for(
+        lambda: (
+            not any(
+                psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                for p in tree
+            )
+        ),
+        5,
+        "decode processes to end",
+    )
+
+
+def test_sigterm_with_three_running_pipelines_exits_cleanly(videos: dict[str, Path]) -> None:
+    manager = ManagerProcess()
+    try:
+        client = client_for(manager)
+        ids = [start(client, videos["long"]) for _ in range(3)]
+        for pipeline_id in ids:
+            first_result(client, pipeline_id)
+        tree = {p.pid for p in manager.tree()}
+        assert len(manager.workers()) == 3
+        assert segments_of(tree | {manager.pid}), "running pipelines hold shared memory"
+    except BaseException:
+        manager.kill()
+        raise
+    assert manager.stop(30) == 0, manager.output()
+    alive = [
+        p
+        for p in tree
+        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
+    assert alive == [], f"processes left behind: {alive}"
+    assert segments_of(tree | {manager.pid}) == set()
+
+
+def test_idle_pool_worker_takes_the_next_init(videos: dict[str, Path]) -> None:
+    with running_manager({"STREAM_API_PRELOADED_PROCESSES": "1"}) as manager:
+        idle = wait_for(lambda: manager.workers(), 30, "an idle worker")[0]
+        time.sleep(1.0)  # let it finish importing
+        client = client_for(manager)
+        pipeline_id = start(client, videos["long"])
+        first_result(client, pipeline_id)
+        assert idle.is_running() and idle.children(), "the idle worker now runs the pipeline"
+        wait_for(lambda: len(manager.workers()) == 2, 30, "the pool to be refilled")
+        client.terminate_pipeline(pipeline_id)
+        assert idle.wait(10) is not None or not idle.is_running()
+
+
+def test_consumption_timeout_ends_the_pipeline(
+    manager: ManagerProcess, videos: dict[str, Path]
+) -> None:
+    client = client_for(manager)
+    pipeline_id = start(client, videos["long"], consumption_timeout=1.0)
+    started = time.monotonic()
+    wait_for(lambda: client.list_pipelines().pipelines == [], 8, "the unconsumed pipeline to end")
+    assert time.monotonic() - started >= 0.9
+    with pytest.raises(NotFoundError):
+        client.consume_pipeline_result(pipeline_id)
+    wait_for(lambda: manager.workers() == [], 5, "its worker to exit")
+
+
+def test_pipeline_whose_video_ended_is_removed(
+    manager: ManagerProcess, videos: dict[str, Path]
+) -> None:
+    client = client_for(manager)
+    start(client, videos["short"])
+    wait_for(
+        lambda: client.list_pipelines().pipelines == [], 15, "the finished pipeline to be removed"
+    )
+    wait_for(lambda: manager.workers() == [], 5, "its worker to exit")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"processing_configuration": {"type": "ModelConfiguration", "model": "no-such-model"}},
+        {
+            "video_configuration": {
+                "type": "VideoConfiguration",
+                "video_reference": "/nonexistent/video.mp4",
+            }
+        },
+    ],
+    ids=["unknown-model", "missing-file"],
+)
+def test_failed_init_leaves_no_process_and_is_not_listed(
+    manager: ManagerProcess, videos: dict[str, Path], bad: dict[str, Any]
+) -> None:
+    message = payload(videos["long"]).to_wire() | {"type": "init"} | bad
+    reply = manager.request(message)
+    response = reply["response"]
+    if response["status"] == "success":  # a source may only fail once it runs (as in the reference)
+        pipeline_id = reply["pipeline_id"]
+        wait_for(
+            lambda: manager.request({"type": "list_pipelines"})["response"]["pipelines"] == [],
+            15,
+            "removal",
+        )
+        assert (
+            manager.request({"type": "status", "pipeline_id": pipeline_id})["response"][
+                "error_type"
+            ]
+            == "not_found"
+        )
+    else:
+        assert response["error_type"] in ("invalid_payload", "not_found", "operation_error"), (
+            response
+        )
+        assert manager.request({"type": "list_pipelines"})["response"]["pipelines"] == []
+    wait_for(lambda: manager.workers() == [], 5, "no worker left behind")
+
+
+def test_fifty_concurrent_clients_with_running_pipelines(
+    manager: ManagerProcess, videos: dict[str, Path]
+) -> None:
+    client = client_for(manager)
+    ids = [start(client, videos["long"]) for _ in range(2)]
+
+    def status(i: int) -> float:
+        began = time.monotonic()
+        reply = manager.request({"type": "status", "pipeline_id": ids[i % 2]})
+        assert reply["response"]["status"] == "success", reply
+        return time.monotonic() - began
+
+    with ThreadPoolExecutor(50) as pool:
+        latencies = sorted(pool.map(status, range(200)))
+    assert latencies[-1] < 5.0
+    for pipeline_id in ids:
+        client.terminate_pipeline(pipeline_id)
+
+
+def test_operation_error_for_a_worker_that_died_during_a_command(
+    manager: ManagerProcess, videos: dict[str, Path]
+) -> None:
+    client = client_for(manager)
+    pipeline_id = start(client, videos["long"])
+    worker = worker_of(manager)
+    os.kill(worker.pid, signal.SIGSTOP)
+    with pytest.raises(OperationError, match="killed"):
+        client.get_status(pipeline_id)
+    with pytest.raises(NotFoundError):
+        client.get_status(pipeline_id)
+
+
+def _centerface_available() -> bool:
+    try:
+        from framepipe.core.processing import ModelRegistry, ProcessingSettings
+
+        return "centerface" in ModelRegistry.from_settings(ProcessingSettings.from_env()).names()
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(
+    not _centerface_available(), reason="the bundled model is not fetched (make models)"
+)
+def test_idle_worker_with_a_preloaded_model_runs_it() -> None:
+    demo = Path(__file__).resolve().parents[2] / "framepipe" / "data" / "demo_faces.mp4"
+    env = {"STREAM_API_PRELOADED_PROCESSES": "1", "FRAMEPIPE_PRELOAD_MODELS": "centerface"}
+    with running_manager(env) as manager:
+        wait_for(
+            lambda: "'centerface' loaded ahead of time" in manager.output(), 60, "the model preload"
+        )
+        client = client_for(manager)
+        message = payload(demo).to_wire() | {"type": "init"}
+        message["processing_configuration"] = {"type": "ModelConfiguration", "model": "centerface"}
+        reply = manager.request(message)
+        assert reply["response"]["status"] == "success", reply
+        first = first_result(client, reply["pipeline_id"])
+        assert "predictions" in first.outputs[0]
+        client.terminate_pipeline(reply["pipeline_id"])

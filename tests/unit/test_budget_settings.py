@@ -1,0 +1,105 @@
+"""RAM budget arithmetic and the settings object (pure; the live checks are integration tests)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from framepipe.core.budget import (
+    MB,
+    MemoryUsage,
+    RamBudget,
+    process_unique_bytes,
+    ring_bytes,
+    segment_owner_pid,
+    shared_segments_bytes,
+)
+from framepipe.errors import OperationError, ShmExhaustedError
+from framepipe.server.settings import ServerSettings, SettingsError
+
+
+def test_refusal_names_the_numbers(tmp_path: Path) -> None:
+    budget = RamBudget(max_ram_mb=1000, shm_dir=tmp_path)
+    usage = MemoryUsage(manager_mb=100, workers_mb=600, shared_segments_mb=50)
+    with pytest.raises(OperationError) as caught:
+        budget.admit(usage=usage, worker_samples_mb=[[200.0, 300.0]], new_rings_bytes=int(10 * MB))
+    message = caught.value.message
+    for figure in ("750.0 MB", "310.0 MB", "rings 10.0 MB", "worker 300.0 MB", "1000.0 MB"):
+        assert figure in message
+
+
+def test_admits_within_budget_and_reused_worker_counts_growth_only(tmp_path: Path) -> None:
+    budget = RamBudget(max_ram_mb=1000, shm_dir=tmp_path)
+    usage = MemoryUsage(manager_mb=100, workers_mb=600, shared_segments_mb=50)
+    with pytest.raises(OperationError):
+        budget.admit(usage=usage, worker_samples_mb=[[300.0]], new_rings_bytes=0)
+    admission = budget.admit(
+        usage=usage, worker_samples_mb=[[300.0]], new_rings_bytes=0, reused_worker_mb=100.0
+    )
+    assert admission.predicted_mb == pytest.approx(200.0)
+    assert RamBudget(None, shm_dir=tmp_path).admit(
+        usage=usage, worker_samples_mb=[], new_rings_bytes=0
+    )
+
+
+def test_shm_space_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ShmExhaustedError, match="shared memory"):
+        RamBudget(None, shm_dir=tmp_path).admit(
+            usage=MemoryUsage(0, 0, 0), worker_samples_mb=[], new_rings_bytes=1 << 62
+        )
+
+
+def test_segments_are_counted_once_by_owner(tmp_path: Path) -> None:
+    (tmp_path / "fp-123-a").write_bytes(b"x" * 8192)
+    (tmp_path / "fp-456-b").write_bytes(b"x" * 8192)
+    (tmp_path / "other").write_bytes(b"x" * 8192)
+    assert shared_segments_bytes({123}, tmp_path) >= 8192
+    assert shared_segments_bytes({123}, tmp_path) < 16384
+    assert shared_segments_bytes({999}, tmp_path) == 0
+    assert segment_owner_pid("sem.fp-42-x") == 42
+    assert segment_owner_pid("fpx") is None
+
+
+def test_ring_bytes_and_uss() -> None:
+    small = ring_bytes([(1280, 720)], 2)
+    assert small > (2 + 3 + 1) * 1280 * 720 * 3  # depth x consumers + leases + 1 slots
+    assert ring_bytes([(1280, 720), (1280, 720)], 2) == 2 * small
+    assert ring_bytes([(1280, 720)], 64) > small
+    assert process_unique_bytes(os.getpid()) > 1 * MB
+    assert process_unique_bytes(2**22 + 12345) == 0
+
+
+def test_settings_from_env() -> None:
+    settings = ServerSettings.from_env(
+        {
+            "STREAM_MANAGER_PORT": "7171",
+            "STREAM_MANAGER_MAX_RAM_MB": "2048",
+            "STREAM_API_PRELOADED_PROCESSES": "2",
+            "STREAM_MANAGER_RAM_USAGE_QUEUE_SIZE": "5",
+        }
+    )
+    assert (settings.host, settings.port, settings.max_ram_mb) == ("127.0.0.1", 7171, 2048.0)
+    assert (settings.preloaded_processes, settings.ram_usage_queue_size, settings.token) == (
+        2,
+        5,
+        None,
+    )
+    assert ServerSettings.from_env({}).port == 7070
+    assert ServerSettings.from_env({"FRAMEPIPE_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+    with pytest.raises(SettingsError, match="FRAMEPIPE_EVENT_LOOP"):
+        ServerSettings.from_env({"FRAMEPIPE_EVENT_LOOP": "trio"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STREAM_MANAGER_PORT", "x"),
+        ("STREAM_MANAGER_PORT", "70000"),
+        ("STREAM_MANAGER_MAX_RAM_MB", "-1"),
+    ],
+)
+def test_bad_settings_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        ServerSettings.from_env({name: value})

@@ -1,0 +1,75 @@
+"""The public Pipeline API is what BRIEF contract 2 says it is (other parts build on it)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import framepipe
+from framepipe.core.pipeline import Pipeline
+from framepipe.core.sources import SourceHub
+from framepipe.protocol.errors import InvalidPayloadError, OperationError
+
+
+def test_top_level_names_are_lazy_aliases() -> None:
+    assert framepipe.Pipeline is Pipeline
+    assert framepipe.SourceHub is SourceHub
+    with pytest.raises(AttributeError):
+        _ = framepipe.NoSuchThing  # type: ignore[attr-defined]
+
+
+def test_constructor_keywords_match_the_contract() -> None:
+    params = inspect.signature(Pipeline).parameters
+    assert next(iter(params)) == "video_reference"
+    contract = {
+        "processor",
+        "on_prediction",
+        "max_fps",
+        "source_buffer_filling_strategy",
+        "source_buffer_consumption_strategy",
+        "video_source_properties",
+        "batch_collection_timeout",
+        "decoding_buffer_size",
+    }
+    assert contract <= set(params)
+    assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in contract)
+    for method in ("start", "mute", "pause", "resume", "terminate", "join", "status", "results"):
+        assert callable(getattr(Pipeline, method))
+    assert isinstance(inspect.getattr_static(Pipeline, "finished"), property)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_fps": 0}, "max_fps"),
+        ({"source_buffer_filling_strategy": "SOMETIMES"}, "source_buffer_filling_strategy"),
+        ({"source_buffer_consumption_strategy": "GREEDY"}, "source_buffer_consumption_strategy"),
+        ({"decoding_buffer_size": 0}, "decoding_buffer_size"),
+        ({"batch_collection_timeout": -1}, "batch_collection_timeout"),
+        ({"decoder": "gstreamer"}, "decoder"),
+        ({"video_source_properties": [{}, {}]}, "video_source_properties"),
+    ],
+)
+def test_bad_arguments_are_invalid_payload_naming_the_field(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidPayloadError, match=message):
+        Pipeline("rtsp://127.0.0.1:1/x", **kwargs)  # type: ignore[arg-type]
+
+
+def test_strategies_accept_wire_strings_in_any_case() -> None:
+    Pipeline(
+        "rtsp://127.0.0.1:1/x",
+        source_buffer_filling_strategy="drop_oldest",
+        source_buffer_consumption_strategy="eager",
+    )
+
+
+def test_results_before_start_is_an_operation_error() -> None:
+    pipeline = Pipeline("rtsp://127.0.0.1:1/x")
+    with pytest.raises(OperationError, match="start"):
+        next(pipeline.results())
+    with pytest.raises(OperationError):
+        pipeline.mute()
+    pipeline.terminate()  # idempotent, harmless before start
