@@ -36,7 +36,7 @@ class ConsumedEntry(BaseModel):
     """One result-sink entry: one output per video source, aligned with ``frames_metadata``."""
 
     outputs: list[dict[str, Any] | None]
-    frames_metadata: list[FrameMetadata]
+    frames_metadata: list[FrameMetadata | None]
 
 
 class ConsumePipelineResponse(CommandResponse):
@@ -44,7 +44,7 @@ class ConsumePipelineResponse(CommandResponse):
     ``entries``: every entry received, oldest first (more than one only with ``max_entries``)."""
 
     outputs: list[dict[str, Any] | None]
-    frames_metadata: list[FrameMetadata]
+    frames_metadata: list[FrameMetadata | None]
     entries: list[ConsumedEntry] = Field(default_factory=list)
 
 

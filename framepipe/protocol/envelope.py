@@ -51,7 +51,7 @@ class ResultEntry:
     (``None`` for a source without a frame in that batch), aligned with ``frames_metadata``."""
 
     outputs: list[dict[str, Any] | None]
-    frames_metadata: list[WireFrameMetadata]
+    frames_metadata: list[WireFrameMetadata | None]
 
     def to_wire(self) -> dict[str, Any]:
         return {"outputs": self.outputs, "frames_metadata": self.frames_metadata}
@@ -94,7 +94,7 @@ class ConsumeResultBody(SuccessBody):
     """
 
     outputs: list[dict[str, Any] | None] = field(default_factory=list)
-    frames_metadata: list[WireFrameMetadata] = field(default_factory=list)
+    frames_metadata: list[WireFrameMetadata | None] = field(default_factory=list)
     extra_entries: list[ResultEntry] | None = None
 
     @classmethod

@@ -380,3 +380,38 @@ def test_idle_worker_with_a_preloaded_model_runs_it() -> None:
         first = first_result(client, reply["pipeline_id"])
         assert "predictions" in first.outputs[0]
         client.terminate_pipeline(reply["pipeline_id"])
+
+
+def test_multi_source_batches_report_a_source_without_a_frame_as_null(
+    videos: dict[str, Path],
+) -> None:
+    """Two sources in one pipeline; once the short one has ended, each batch has no frame of
+    it: the client receives ``null`` in both ``outputs`` and ``frames_metadata`` at its place."""
+    with running_manager() as manager:
+        client = client_for(manager)
+        pipeline_id = client.initialise_pipeline(
+            InitialisePipelinePayload(
+                video_configuration=VideoConfiguration(
+                    video_reference=[str(videos["short"]), str(videos["long"])],
+                    max_fps=30,
+                    batch_collection_timeout=0.05,
+                ),
+                processing_configuration=ModelConfiguration(model="passthrough"),
+                sink_configuration=MemorySinkConfiguration(results_buffer_size=256),
+            )
+        ).context.pipeline_id
+        assert pipeline_id
+
+        def a_batch_without_the_short_source() -> Any:
+            entries = client.consume_pipeline_result(pipeline_id, max_entries=64).entries
+            for entry in entries:
+                assert len(entry.outputs) == len(entry.frames_metadata) == 2
+                if entry.frames_metadata[0] is None:
+                    return entry
+            return None
+
+        entry = wait_for(a_batch_without_the_short_source, 20.0, "a batch without source 0")
+        assert entry.outputs[0] is None
+        assert entry.frames_metadata[1] is not None and entry.frames_metadata[1].source_id == 1
+        assert entry.outputs[1] is not None
+        client.terminate_pipeline(pipeline_id)
