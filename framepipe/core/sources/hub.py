@@ -543,8 +543,13 @@ class Subscription:
 
     @property
     def delivering(self) -> bool:
-        """Frames are coming (or about to: a source still opening is worth a batch's wait)."""
-        return self.state in (StreamState.RUNNING, StreamState.INITIALISING)
+        """Frames are coming (or about to: a source not yet started or still opening is
+        worth a batch's wait, so the first batches of a multi-source pipeline are whole)."""
+        return self.state in (
+            StreamState.RUNNING,
+            StreamState.INITIALISING,
+            StreamState.NOT_STARTED,
+        )
 
     def _set_mode(self, mode: str) -> None:
         self._mode = mode
