@@ -12,20 +12,22 @@ from rich.console import Console
 
 from framepipe.core.sinks import FrameMetadataLike, frame_metadata_to_wire
 from framepipe.errors import InvalidPayloadError
-from framepipe.server.worker import build_processor
 
 
 def run_local(
     video: str, *, model: str, max_fps: float | None, frames: int | None, output: str | None = None
 ) -> int:
     from framepipe.core.pipeline import Pipeline
+    from framepipe.core.processing import build_processor, processing_spec_from_wire
 
     if output is not None and not Path(video).is_file():
         raise InvalidPayloadError(f"--output needs a video file to re-read, {video!r} is not one")
 
     console = Console()
     reference: str | int = int(video) if video.isdigit() else video
-    processor = build_processor({"type": "ModelConfiguration", "model": model})
+    processor = build_processor(
+        processing_spec_from_wire({"type": "ModelConfiguration", "model": model})
+    )
     count = 0
     enough = threading.Event()
     kept: dict[int, dict[str, Any] | None] = {}

@@ -392,7 +392,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--per-client", type=int, default=40)
+    parser.add_argument("--quick", action="store_true", help="2 runs per figure (about 40 s)")
     args = parser.parse_args()
+    if args.quick:
+        args.runs = min(args.runs, 2)
 
     from framepipe.testing.media import make_test_video
 

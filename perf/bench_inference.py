@@ -121,7 +121,10 @@ def main() -> int:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object as the last line"
     )
+    parser.add_argument("--quick", action="store_true", help="50 frames")
     args = parser.parse_args()
+    if args.quick:
+        args.frames = min(args.frames, 50)
     cv2.setNumThreads(args.threads)
     settings = ProcessingSettings(intra_op_threads=args.threads, providers=("cpu",))
     registry = ModelRegistry.from_settings(settings)

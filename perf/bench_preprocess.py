@@ -211,7 +211,10 @@ def main() -> int:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object as the last line"
     )
+    parser.add_argument("--quick", action="store_true", help="100 iterations per case")
     args = parser.parse_args()
+    if args.quick:
+        args.iterations = min(args.iterations, 100)
     cv2.setNumThreads(THREADS)
     frame_1080 = test_frame(1920, 1080)
     frame_720 = test_frame(1280, 720)

@@ -270,7 +270,10 @@ def main() -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object as the last line"
     )
+    parser.add_argument("--quick", action="store_true", help="20 requests per client")
     args = parser.parse_args()
+    if args.quick:
+        args.requests = min(args.requests, 20)
 
     # (row name, JSON key, server, hung request present)
     plan: list[tuple[str, str, Any, bool]] = [

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -41,6 +41,10 @@ from framepipe.server._messages import (
     WorkerReply,
     WorkerRequest,
 )
+
+if TYPE_CHECKING:  # imported lazily at run time: the manager imports this module too
+    from framepipe.core.pipeline import Pipeline
+    from framepipe.core.processing import ProcessingSpec, Processor
 
 log = logging.getLogger("framepipe.worker")
 
@@ -59,20 +63,6 @@ WARM_MODULES = (
     "framepipe.core.pipeline",
     "framepipe.core.processing",
 )
-
-
-class PipelineLike(Protocol):
-    """The part of :class:`framepipe.core.pipeline.Pipeline` the worker drives."""
-
-    def start(self) -> object: ...
-    def mute(self) -> None: ...
-    def resume(self) -> None: ...
-    def terminate(self) -> None: ...
-    def join(self, timeout: float | None = None) -> object: ...
-    def status(self) -> Any: ...
-
-    @property
-    def finished(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -113,10 +103,8 @@ def warm_imports() -> list[str]:
 
 def warm_decoders() -> None:
     """Start the decode processes' forkserver now, so that `init` does not wait for it."""
-    try:
-        from framepipe.core.sources.launcher import warm_forkserver
-    except ImportError:
-        return
+    from framepipe.core.sources.launcher import warm_forkserver
+
     try:
         warm_forkserver()
     except Exception:
@@ -170,10 +158,10 @@ class PipelineRunner:
 
     def __init__(self, options: WorkerOptions) -> None:
         self._options = options
-        self._pipeline: PipelineLike | None = None
+        self._pipeline: Pipeline | None = None
         self._sink: InMemoryBufferSink | None = None
         self._consumption_timeout_s: float | None = None
-        self._preloaded: dict[Any, Any] = {}
+        self._preloaded: dict[ProcessingSpec, Processor] = {}
         self._last_consumed = time.monotonic()
         self.done = False
 
@@ -204,7 +192,7 @@ class PipelineRunner:
             return {}
         pipeline = self._require_pipeline(op)
         if op is WorkerOp.STATUS:
-            return {"report": _report_to_wire(pipeline.status())}
+            return {"report": pipeline.status().to_wire()}
         if op is WorkerOp.MUTE:
             pipeline.mute()
             return {}
@@ -215,7 +203,7 @@ class PipelineRunner:
             return self._consume(request.payload)
         raise InvalidPayloadError(f"unknown worker command {op!r}")
 
-    def _require_pipeline(self, op: WorkerOp) -> PipelineLike:
+    def _require_pipeline(self, op: WorkerOp) -> Pipeline:
         if self._pipeline is None:
             raise OperationError(f"cannot {op.value}: this worker runs no pipeline")
         return self._pipeline
@@ -266,21 +254,23 @@ class PipelineRunner:
 
     def preload(self, models: tuple[str, ...]) -> None:
         """Load and warm up ``models`` now (a failure is logged: the worker stays usable)."""
+        from framepipe.core.processing import build_processor, processing_spec_from_wire
+
         for name in models:
             try:
-                spec = processing_spec({"type": "ModelConfiguration", "model": name})
-                self._preloaded[spec] = build_processor_for_spec(spec)
+                spec = processing_spec_from_wire({"type": "ModelConfiguration", "model": name})
+                self._preloaded[spec] = build_processor(spec)
                 log.info("worker %d: model %r loaded ahead of time", os.getpid(), name)
             except Exception:
                 log.exception("worker %d: could not preload model %r", os.getpid(), name)
 
-    def _processor_for(self, processing_configuration: dict[str, Any]) -> Any:
+    def _processor_for(self, processing_configuration: dict[str, Any]) -> Processor:
         """A preloaded processor when the configuration asks for exactly that one, else a new one."""
-        spec = processing_spec(processing_configuration)
-        if spec is None:
-            return None
+        from framepipe.core.processing import build_processor, processing_spec_from_wire
+
+        spec = processing_spec_from_wire(processing_configuration)
         preloaded = self._preloaded.pop(spec, None)
-        return preloaded if preloaded is not None else build_processor_for_spec(spec)
+        return preloaded if preloaded is not None else build_processor(spec)
 
     def close(self) -> None:
         """Terminate and join the pipeline (idempotent); the worker then exits."""
@@ -310,8 +300,8 @@ def parse_init_payload(wire_payload: dict[str, Any]) -> InitialisePipelinePayloa
 
 
 def build_pipeline(
-    payload: InitialisePipelinePayload, on_prediction: OnPrediction, processor: Any
-) -> PipelineLike:
+    payload: InitialisePipelinePayload, on_prediction: OnPrediction, processor: Processor
+) -> Pipeline:
     """A :class:`Pipeline` from an ``init`` payload, running ``processor`` (None: passthrough)."""
     from framepipe.core.pipeline import Pipeline
 
@@ -326,38 +316,4 @@ def build_pipeline(
         "batch_collection_timeout": video.batch_collection_timeout,
         "decoding_buffer_size": payload.decoding_buffer_size,
     }
-    pipeline: PipelineLike = Pipeline(video.video_reference, **kwargs)
-    return pipeline
-
-
-def processing_spec(processing_configuration: dict[str, Any]) -> Any:
-    """The processing helper's typed spec for a wire configuration (None: not in this build)."""
-    try:
-        processing = importlib.import_module("framepipe.core.processing")
-    except ModuleNotFoundError:
-        log.warning("framepipe.core.processing is not available: running as passthrough")
-        return None
-    return processing.processing_spec_from_wire(processing_configuration)
-
-
-def build_processor_for_spec(spec: Any) -> Any:
-    """Load and warm up the processor of a spec."""
-    from framepipe.core.processing import build_processor as build
-
-    return build(spec)
-
-
-def build_processor(processing_configuration: dict[str, Any]) -> Any:
-    """The processor for a ``processing_configuration`` wire dict (None: passthrough)."""
-    spec = processing_spec(processing_configuration)
-    return None if spec is None else build_processor_for_spec(spec)
-
-
-def _report_to_wire(report: Any) -> dict[str, Any]:
-    to_wire = getattr(report, "to_wire", None)
-    if callable(to_wire):
-        wire: dict[str, Any] = to_wire()
-        return wire
-    if isinstance(report, dict):
-        return report
-    raise TypeError(f"pipeline status() returned a {type(report).__name__} without to_wire()")
+    return Pipeline(video.video_reference, **kwargs)
