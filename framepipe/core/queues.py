@@ -80,6 +80,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from framepipe.core._lifecycle import Closing, OwnedResource
 from framepipe.core.ring import (
     _C_DELIVERED,
     _C_DROPPED,
@@ -201,13 +202,14 @@ _Q_PRODUCER_FLAG = 64
 _Q_REGION = 128
 
 
-class DescriptorQueue:
+class DescriptorQueue(OwnedResource):
     """A standalone SPSC queue of FrameDescriptors in its own segment (one producer process,
     one consumer process). Rings embed one such queue per consumer; use this one for other
     descriptor streams."""
 
     def __init__(self, segment: Segment, capacity: int, *, initialise: bool) -> None:
         self.segment = segment
+        self.owner = segment.owner
         self.name = segment.name
         self.capacity = capacity
         self._closed = False
@@ -306,19 +308,6 @@ class DescriptorQueue:
             with contextlib.suppress(OSError):
                 _spsc.NamedSemaphore.unlink(self.name + suffix)
 
-    def __enter__(self) -> DescriptorQueue:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        if self.segment.owner:
-            self.unlink()
-
 
 # -- producer ------------------------------------------------------------------------------------
 
@@ -330,7 +319,7 @@ _C_MODES = {
 }
 
 
-class FrameProducer:
+class FrameProducer(Closing):
     """The single writer of a FrameRing: fans every frame out to the ring's live consumers."""
 
     def __init__(
@@ -596,17 +585,6 @@ class FrameProducer:
         if not self.ring.closed:
             self.ring._mark_producer_done()
 
-    def __enter__(self) -> FrameProducer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 # -- consumer ------------------------------------------------------------------------------------
 
@@ -652,7 +630,7 @@ class Lease:
         return f"<Lease slot={self.slot} frame_id={self.frame_id} {state}>"
 
 
-class FrameConsumer:
+class FrameConsumer(Closing):
     """One reader of a FrameRing (one per process and ring): leases frames in order."""
 
     def __init__(self, ring: FrameRing | str, *, eager: bool = False) -> None:
@@ -772,17 +750,6 @@ class FrameConsumer:
         self._closed = True
         if self._owns_ring:
             self.ring.close()
-
-    def __enter__(self) -> FrameConsumer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 __all__ += ["StaleFrameError"]

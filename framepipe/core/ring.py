@@ -73,12 +73,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from types import TracebackType
 from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
+from framepipe.core._lifecycle import OwnedResource
 from framepipe.core.shm import Segment, pid_alive
 from framepipe.ext import _spsc
 from framepipe.protocol.errors import FramepipeError, OperationError
@@ -252,7 +252,7 @@ class _Geometry:
         )
 
 
-class FrameRing:
+class FrameRing(OwnedResource):
     """N fixed-shape frame slots in one shared segment, with leases, queues and mailboxes."""
 
     def __init__(self, segment: Segment, geometry: _Geometry, *, initialise: bool) -> None:
@@ -676,19 +676,6 @@ class FrameRing:
         self.segment.unlink()
         with contextlib.suppress(OSError):
             self._unlink_names()
-
-    def __enter__(self) -> FrameRing:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        if self.owner:
-            self.unlink()
 
     def __repr__(self) -> str:
         return (

@@ -42,10 +42,10 @@ import os
 import re
 import secrets
 from pathlib import Path
-from types import TracebackType
 
 import posix_ipc
 
+from framepipe.core._lifecycle import OwnedResource
 from framepipe.protocol.errors import NotFoundError, OperationError, ShmExhaustedError
 
 __all__ = [
@@ -130,7 +130,7 @@ def sweep_orphans(shm_dir: str | Path = SHM_DIR) -> list[str]:
     return removed
 
 
-class Segment:
+class Segment(OwnedResource):
     """One named shared-memory segment, mapped read-write into this process."""
 
     __slots__ = ("_buf", "_closed", "_mmap", "_unlinked", "name", "owner", "size")
@@ -254,19 +254,6 @@ class Segment:
         self._unlinked = True
         with contextlib.suppress(posix_ipc.ExistentialError):
             posix_ipc.unlink_shared_memory(self.name)
-
-    def __enter__(self) -> Segment:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        if self.owner:
-            self.unlink()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
