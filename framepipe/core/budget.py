@@ -121,17 +121,22 @@ def shared_segments_bytes(owner_pids: Collection[int], shm_dir: Path = SHM_DIR) 
     return total
 
 
-def ring_bytes(frame_shapes: Iterable[tuple[int, int]], buffer_size: int) -> int:
+def ring_bytes(
+    frame_shapes: Iterable[tuple[int, int]], buffer_size: int, max_consumers: int = 1
+) -> int:
     """Shared memory the source rings of a new pipeline will take: one ring per source.
 
     A pipeline's private :class:`~framepipe.core.sources.hub.SourceHub` gives each source one
     ring with one consumer; :func:`~framepipe.core.sources.hub.ring_bytes` says how big (queue
     depth ``buffer_size`` shrunk to the hub's ring budget, headers included). Imported lazily:
-    the manager needs numpy only once a pipeline is admitted.
+    the manager needs numpy only once a pipeline is admitted. A shared decoder's ring has
+    ``max_consumers`` consumers (and is counted once, by whoever starts it).
     """
     from framepipe.core.sources import hub
 
-    return sum(hub.ring_bytes(width, height, buffer_size) for width, height in frame_shapes)
+    return sum(
+        hub.ring_bytes(width, height, buffer_size, max_consumers) for width, height in frame_shapes
+    )
 
 
 @dataclass(frozen=True)

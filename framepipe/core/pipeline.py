@@ -402,6 +402,11 @@ class Pipeline:
         return not thread.is_alive()
 
     @property
+    def requests(self) -> list[SubscriptionRequest]:
+        """What this pipeline asks of each of its sources (one per video reference)."""
+        return list(self._requests)
+
+    @property
     def finished(self) -> bool:
         """True when every source is ENDED or ERROR (or the pipeline was terminated)."""
         if self._state is PipelineState.TERMINATED:

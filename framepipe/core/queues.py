@@ -25,7 +25,9 @@ Public API (stable; other modules code against it)::
         .statistics() -> ProducerStatistics
         .close()                                                  # end of stream; idempotent
 
-    FrameConsumer(ring: FrameRing | str, *, eager: bool = False)   # a name: attach and own it
+    FrameConsumer(ring: FrameRing | str, *, eager: bool = False, index: int | None = None)
+                                  # a name: attach and own it; index: adopt a consumer that
+                                  # another process registered for this one (register_consumer(pid))
         .index -> int, .ring -> FrameRing
         .lease(timeout: float | None = None) -> Lease | None       # None: timeout or stream over
         .release(lease) -> None, .release_all() -> int
@@ -633,12 +635,14 @@ class Lease:
 class FrameConsumer(Closing):
     """One reader of a FrameRing (one per process and ring): leases frames in order."""
 
-    def __init__(self, ring: FrameRing | str, *, eager: bool = False) -> None:
+    def __init__(
+        self, ring: FrameRing | str, *, eager: bool = False, index: int | None = None
+    ) -> None:
         self._owns_ring = isinstance(ring, str)
         self.ring = FrameRing.attach(ring) if isinstance(ring, str) else ring
         self.eager = eager
         try:
-            self.index = self.ring.register_consumer()
+            self.index = self.ring.register_consumer() if index is None else self._adopt(index)
         except BaseException:
             if self._owns_ring:
                 self.ring.close()
@@ -651,6 +655,18 @@ class FrameConsumer(Closing):
         self._skipped = 0
         self._stale = 0
         self._closed = False
+
+    def _adopt(self, index: int) -> int:
+        """Take over consumer ``index``, registered for this process by another one (a
+        process that hands out consumers of a ring it does not read, e.g. a shared decoder's
+        owner)."""
+        info = self.ring.consumer_info(index)
+        if info.state is not ConsumerState.ACTIVE or info.pid != os.getpid():
+            raise OperationError(
+                f"consumer {index} of ring {self.ring.name} is not registered for this process "
+                f"(state {info.state.name}, pid {info.pid})"
+            )
+        return index
 
     def _drain_older(self, d: FrameDescriptor) -> FrameDescriptor:
         """EAGER: keep the newest descriptor, release the older ones unread."""

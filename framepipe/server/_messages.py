@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from framepipe.errors import ErrorType, FramepipeError
+
+if TYPE_CHECKING:  # the manager imports this module at start: nothing heavy at import time
+    from framepipe.core.sources.remote import SourceSnapshot
 
 
 class WorkerOp(StrEnum):
@@ -72,6 +75,13 @@ class WorkerExiting:
     """Sent when the worker ends its pipeline on its own (e.g. consumption timeout)."""
 
     reason: str
+
+
+@dataclass(frozen=True)
+class SourceUpdates:
+    """Manager → worker, unanswered: the latest state of the shared decoders it reads."""
+
+    snapshots: tuple[SourceSnapshot, ...]
 
 
 WorkerMessage = WorkerReply | WorkerReady | WorkerExiting

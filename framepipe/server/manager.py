@@ -55,8 +55,10 @@ from framepipe.protocol.envelope import (
     StatusBody,
     SuccessBody,
 )
-from framepipe.server._messages import WorkerOp
+from framepipe.server._messages import SourceUpdates, WorkerOp
 from framepipe.server.settings import ServerSettings
+from framepipe.server.shared import SharedDecoders, SharedLease
+from framepipe.server.worker import SHARED_SOURCES_KEY
 from framepipe.server.workers import WorkerGone, WorkerHandle, WorkerTimeout
 
 log = logging.getLogger("framepipe.manager")
@@ -67,6 +69,8 @@ DEFAULT_FRAME_SIZE = (1920, 1080)
 POOL_REFILL_DELAY_S = 1.0
 # The payload's default (framepipe.protocol.payloads.DEFAULT_DECODING_BUFFER_SIZE).
 DEFAULT_DECODING_BUFFER_SIZE = 64
+# How often a worker reading shared decoders is sent their state (when it changed).
+SHARED_STATE_INTERVAL_S = 0.2
 
 
 class RowState(StrEnum):
@@ -91,6 +95,10 @@ class ManagedPipeline:
     # worker dies): its segments are swept only once all of them are gone.
     known_pids: set[int] = field(default_factory=set)
     started_at: float = field(default_factory=time.monotonic)
+    # The sources it reads from the manager's shared decoders, and the task that sends their
+    # state to the worker.
+    shared: list[SharedLease] = field(default_factory=list)
+    shared_task: asyncio.Task[Any] | None = None
 
     @property
     def is_idle(self) -> bool:
@@ -107,6 +115,7 @@ class StreamManager:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.budget = RamBudget(settings.max_ram_mb)
+        self.decoders = SharedDecoders(open_timeout_s=settings.init_timeout_s / 2)
         self._table: dict[str, ManagedPipeline] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._pool_wakeup = asyncio.Event()
@@ -161,6 +170,7 @@ class StreamManager:
         self._table.clear()
         pids = set().union(*(row.known_pids for row in rows)) if rows else set()
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.decoders.close)
         await loop.run_in_executor(None, wait_for_exit, pids, 5.0)
         await loop.run_in_executor(None, sweep_orphan_segments)
         remove_own_segments(os.getpid())
@@ -249,6 +259,7 @@ class StreamManager:
                 warm = True
             try:
                 await row.worker.wait_ready(self.settings.spawn_timeout_s)
+                payload = await self._share_sources(row, payload)
                 await row.worker.request(
                     WorkerOp.INIT,
                     payload,
@@ -261,6 +272,10 @@ class StreamManager:
                     exc.pipeline_id = row.pipeline_id
                 raise
             row.state = RowState.RUNNING
+            if row.shared:
+                row.shared_task = self._spawn_background(
+                    self._send_shared_state(row), f"shared-{row.pipeline_id}"
+                )
             log.info(
                 "pipeline %s started on %s worker %d",
                 row.pipeline_id,
@@ -291,10 +306,18 @@ class StreamManager:
         return await asyncio.shield(pending)
 
     async def mute(self, pipeline_id: str, request_id: str | None = None) -> dict[str, Any]:
-        return await self._command(pipeline_id, WorkerOp.MUTE, {}, request_id)
+        body = await self._command(pipeline_id, WorkerOp.MUTE, {}, request_id)
+        row = self._table.get(pipeline_id)
+        for lease in row.shared if row is not None else []:  # the decode process is ours
+            lease.subscription.mute()
+        return body
 
     async def resume(self, pipeline_id: str, request_id: str | None = None) -> dict[str, Any]:
-        return await self._command(pipeline_id, WorkerOp.RESUME, {}, request_id)
+        body = await self._command(pipeline_id, WorkerOp.RESUME, {}, request_id)
+        row = self._table.get(pipeline_id)
+        for lease in row.shared if row is not None else []:
+            lease.subscription.resume()
+        return body
 
     async def consume_result(
         self,
@@ -430,6 +453,7 @@ class StreamManager:
             else:
                 row.worker.process.terminate()
             await row.worker.reap(self.settings.terminate_timeout_s)
+            await self._release_shared(row)
             await self._free_segments_of(row)
         finally:
             self._table.pop(row.pipeline_id, None)
@@ -446,6 +470,7 @@ class StreamManager:
         if row.worker.alive:
             row.worker.process.terminate()  # SIGTERM: the worker ends what it started
         await row.worker.reap(self.settings.terminate_timeout_s)
+        await self._release_shared(row)
         await self._free_segments_of(row)
 
     async def _fail_row(self, row: ManagedPipeline, reason: str) -> None:
@@ -456,8 +481,46 @@ class StreamManager:
         row.known_pids |= tree_pids(row.worker.pid)
         row.worker.kill()
         await row.worker.reap(1.0)
+        await self._release_shared(row)
         await self._free_segments_of(row)
         self._pool_wakeup.set()
+
+    # ---- shared decoders ---------------------------------------------------------------------
+
+    async def _share_sources(self, row: ManagedPipeline, payload: dict[str, Any]) -> dict[str, Any]:
+        """Subscribe the row's worker to shared decoders of its sources (when sharing is on);
+        returns the payload to send it, naming the sources it reads from them."""
+        if not self.settings.share_decoders:
+            return payload
+        leases, sources = await asyncio.get_running_loop().run_in_executor(
+            None, self.decoders.subscribe, payload, row.worker.pid
+        )
+        row.shared = leases
+        if not sources:
+            return payload
+        return {**payload, SHARED_SOURCES_KEY: sources}
+
+    async def _send_shared_state(self, row: ManagedPipeline) -> None:
+        """Send the worker the state of the shared decoders it reads, whenever it changes."""
+        last: tuple[Any, ...] = ()
+        while self._table.get(row.pipeline_id) is row and not row.is_terminating:
+            snapshots = self.decoders.snapshots(row.shared)
+            if snapshots != last:
+                try:
+                    row.worker.conn.send(SourceUpdates(snapshots))
+                except (OSError, ValueError):
+                    return  # the worker is gone: the health loop removes it
+                last = snapshots
+            await asyncio.sleep(SHARED_STATE_INTERVAL_S)
+
+    async def _release_shared(self, row: ManagedPipeline) -> None:
+        """Leave the row's shared decoders (its worker is gone); the last leaver stops one."""
+        task, row.shared_task = row.shared_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        leases, row.shared = row.shared, []
+        if leases:
+            await asyncio.get_running_loop().run_in_executor(None, self.decoders.release, leases)
 
     async def _free_segments_of(self, row: ManagedPipeline) -> None:
         """Once every process of the row's tree is gone (bounded wait), sweep their segments."""
@@ -498,11 +561,18 @@ class StreamManager:
             references = [references]
         properties = video.get("video_source_properties") or {}
         buffer_size = int(payload.get("decoding_buffer_size") or DEFAULT_DECODING_BUFFER_SIZE)
+        consumers = 1
+        if self.settings.share_decoders:
+            # A decoder already shared is counted once: by the pipeline that started it.
+            references = [ref for ref in references if not self.decoders.is_decoding(ref)]
+            consumers = self.decoders.max_consumers
+        if not isinstance(properties, dict):
+            properties = {}
         loop = asyncio.get_running_loop()
         shapes = await loop.run_in_executor(
             None, lambda: [_frame_size(ref, properties) for ref in references]
         )
-        return await loop.run_in_executor(None, ring_bytes, shapes, buffer_size)
+        return await loop.run_in_executor(None, ring_bytes, shapes, buffer_size, consumers)
 
     # ---- background loops --------------------------------------------------------------------
 
@@ -573,6 +643,7 @@ class StreamManager:
                 self._table.pop(row.pipeline_id, None)
                 row.worker.kill()  # its decode processes, if any are left
                 await row.worker.reap(1.0)
+                await self._release_shared(row)
                 reaped = True
                 continue
             if (

@@ -51,6 +51,9 @@ class ServerSettings:
     # Registered model names every idle worker loads ahead of time (FRAMEPIPE_PRELOAD_MODELS,
     # comma-separated): an `init` asking for one skips loading it.
     preload_models: tuple[str, ...] = ()
+    # Pipelines on the same video reference share one decode process and ring, owned by the
+    # manager (FRAMEPIPE_SHARE_DECODERS=0 gives every pipeline its own decoder).
+    share_decoders: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -85,6 +88,7 @@ class ServerSettings:
                 for name in env.get("FRAMEPIPE_PRELOAD_MODELS", "").split(",")
                 if name.strip()
             ),
+            share_decoders=_bool(env, "FRAMEPIPE_SHARE_DECODERS", defaults.share_decoders),
         )
 
     def with_overrides(self, **changes: object) -> ServerSettings:
@@ -177,6 +181,18 @@ def _int(
         bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
         raise SettingsError(f"{name} must be {bound}, got {value}")
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

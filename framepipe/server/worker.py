@@ -34,6 +34,7 @@ from framepipe.errors import InvalidPayloadError, OperationError
 from framepipe.protocol.commands import describe_validation_error
 from framepipe.protocol.payloads import InitialisePipelinePayload
 from framepipe.server._messages import (
+    SourceUpdates,
     WorkerExiting,
     WorkerFailure,
     WorkerOp,
@@ -45,6 +46,12 @@ from framepipe.server._messages import (
 if TYPE_CHECKING:  # imported lazily at run time: the manager imports this module too
     from framepipe.core.pipeline import Pipeline
     from framepipe.core.processing import ProcessingSpec, Processor
+    from framepipe.core.sources.hub import SourceHub
+    from framepipe.core.sources.remote import RemoteHub, SharedSource
+
+# Key of the `init` payload under which the manager lists the sources this worker reads from
+# the manager's shared decoders (a list of SharedSource; never on the wire).
+SHARED_SOURCES_KEY = "_framepipe_shared_sources"
 
 log = logging.getLogger("framepipe.worker")
 
@@ -144,6 +151,9 @@ def worker_main(conn: Connection, options: WorkerOptions) -> None:
                 message = conn.recv()
             except EOFError:
                 break  # the manager closed its end: nothing more will come
+            if isinstance(message, SourceUpdates):
+                runner.apply(message)  # no reply: the manager does not wait for it
+                continue
             conn.send(runner.handle(message))
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the manager is gone; PR_SET_PDEATHSIG would end us anyway
@@ -159,6 +169,7 @@ class PipelineRunner:
     def __init__(self, options: WorkerOptions) -> None:
         self._options = options
         self._pipeline: Pipeline | None = None
+        self._hub: RemoteHub | None = None  # sources read from the manager's decoders
         self._sink: InMemoryBufferSink | None = None
         self._consumption_timeout_s: float | None = None
         self._preloaded: dict[ProcessingSpec, Processor] = {}
@@ -211,20 +222,37 @@ class PipelineRunner:
     def _initialise(self, wire_payload: dict[str, Any]) -> None:
         if self._pipeline is not None:
             raise OperationError("this worker already runs a pipeline")
+        wire_payload = dict(wire_payload)
+        shared: list[SharedSource] = wire_payload.pop(SHARED_SOURCES_KEY, None) or []
         payload = parse_init_payload(wire_payload)
         sink = InMemoryBufferSink(payload.sink_configuration.results_buffer_size)
         processor = self._processor_for(payload.raw_processing_configuration)
-        pipeline = build_pipeline(payload, on_prediction=sink.on_prediction, processor=processor)
+        hub = None
+        if shared:
+            from framepipe.core.sources.remote import RemoteHub
+
+            hub = RemoteHub(shared)
+        pipeline = build_pipeline(
+            payload, on_prediction=sink.on_prediction, processor=processor, hub=hub
+        )
         try:
             pipeline.start()
         except BaseException:
             with contextlib.suppress(Exception):
                 pipeline.terminate()
                 pipeline.join(self._options.terminate_timeout_s)
+            if hub is not None:
+                hub.close()
             raise
-        self._pipeline, self._sink = pipeline, sink
+        self._pipeline, self._sink, self._hub = pipeline, sink, hub
         self._consumption_timeout_s = payload.consumption_timeout
         self._last_consumed = time.monotonic()
+
+    def apply(self, updates: SourceUpdates) -> None:
+        """The manager's latest view of the shared decoders this pipeline reads."""
+        if self._hub is not None:
+            for snapshot in updates.snapshots:
+                self._hub.apply(snapshot)
 
     def _consume(self, payload: dict[str, Any]) -> dict[str, Any]:
         assert self._sink is not None
@@ -280,13 +308,16 @@ class PipelineRunner:
             with contextlib.suppress(Exception):
                 processor.close()
         self._preloaded.clear()
-        if pipeline is None:
-            return
+        hub, self._hub = self._hub, None
         try:
-            pipeline.terminate()
-            pipeline.join(self._options.terminate_timeout_s)
+            if pipeline is not None:
+                pipeline.terminate()
+                pipeline.join(self._options.terminate_timeout_s)
         except Exception:
             log.exception("terminating the pipeline failed")
+        finally:
+            if hub is not None:
+                hub.close()
 
 
 def parse_init_payload(wire_payload: dict[str, Any]) -> InitialisePipelinePayload:
@@ -300,7 +331,10 @@ def parse_init_payload(wire_payload: dict[str, Any]) -> InitialisePipelinePayloa
 
 
 def build_pipeline(
-    payload: InitialisePipelinePayload, on_prediction: OnPrediction, processor: Processor
+    payload: InitialisePipelinePayload,
+    on_prediction: OnPrediction,
+    processor: Processor | None,
+    hub: SourceHub | None = None,
 ) -> Pipeline:
     """A :class:`Pipeline` from an ``init`` payload, running ``processor`` (None: passthrough)."""
     from framepipe.core.pipeline import Pipeline
@@ -315,5 +349,6 @@ def build_pipeline(
         "video_source_properties": video.video_source_properties,
         "batch_collection_timeout": video.batch_collection_timeout,
         "decoding_buffer_size": payload.decoding_buffer_size,
+        "hub": hub,
     }
     return Pipeline(video.video_reference, **kwargs)

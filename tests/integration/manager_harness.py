@@ -78,11 +78,24 @@ class ManagerProcess:
         workers = []
         for child in children:
             try:
-                if "resource_tracker" not in " ".join(child.cmdline()):
+                cmdline = " ".join(child.cmdline())
+                if "resource_tracker" not in cmdline and "forkserver" not in cmdline:
                     workers.append(child)
             except psutil.Error:
                 continue
         return workers
+
+    def decoders(self) -> list[psutil.Process]:
+        """Decode processes anywhere in the manager's tree (children of a decode forkserver)."""
+        found = []
+        for proc in self.tree():
+            try:
+                parent = proc.parent()
+                if parent is not None and "forkserver" in " ".join(parent.cmdline()):
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
 
     def tree(self) -> list[psutil.Process]:
         try:

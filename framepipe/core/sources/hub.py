@@ -659,6 +659,70 @@ class Subscription:
         )
 
 
+class ServedSubscription(Subscription):
+    """A subscription whose frames another process reads (``consumer_pid``).
+
+    The owner registers a consumer of the ring for that process and tells the decode process
+    how it wants its frames; the other process adopts the consumer by index
+    (``FrameConsumer(ring_name, index=...)``) and reads frames in place. If that process
+    dies, the decode process's producer reclaims the consumer (its pid is dead). Frames are
+    never taken here.
+    """
+
+    def __init__(
+        self,
+        request: SubscriptionRequest,
+        handle: DecoderHandle,
+        filling: BufferFillingStrategy,
+        consumption: BufferConsumptionStrategy,
+        consumer_pid: int,
+    ) -> None:
+        super().__init__(request, handle, filling, consumption)
+        self.consumer_pid = consumer_pid
+        self.index: int | None = None
+        self.ring_name: str | None = None
+
+    def _attach(self, ring: FrameRing) -> None:
+        if self.index is not None or self._closed:
+            return
+        self.index = ring.register_consumer(self.consumer_pid)
+        self.ring_name = ring.name
+        self._announce()
+
+    def _announce(self) -> None:
+        if self.index is not None:
+            self.handle.send(
+                AddConsumer(self.index, self.filling_strategy, self.request.max_fps, self._mode)
+            )
+
+    def _set_mode(self, mode: str) -> None:
+        self._mode = mode
+        if self.index is not None:
+            self.handle.send(SetConsumerMode(self.index, mode))
+
+    def take(self, timeout: float) -> LeasedFrame | None:
+        raise OperationError("the frames of a served subscription are read by its consumer")
+
+    def close(self) -> None:
+        """Leave the source (idempotent): the consumer entry is freed (it is still the one
+        registered for ``consumer_pid``: an index the producer reclaimed may be someone
+        else's by now); the last subscription stops the decode process."""
+        if self._closed:
+            return
+        self._closed = True
+        handle = self.handle
+        index, self.index = self.index, None
+        ring = handle.ring
+        if index is not None and ring is not None and ring.consumer_pid(index) == self.consumer_pid:
+            handle.send(RemoveConsumer(index))
+            if handle.alive:
+                ring.unregister_consumer(index)  # the producer frees it
+            else:
+                ring.reclaim_consumer(index)
+        if handle.remove(self):
+            handle.stop()
+
+
 class SourceHub:
     """Decode processes shared by the pipelines of one process (decode once, fan out).
 
@@ -707,8 +771,14 @@ class SourceHub:
         props = tuple(sorted((str(k), repr(v)) for k, v in request.video_source_properties.items()))
         return (target, backend, props)
 
-    def subscribe(self, request: SubscriptionRequest) -> Subscription:
-        """A new consumer of ``request.reference`` (starts or joins its decode process)."""
+    def subscribe(
+        self, request: SubscriptionRequest, *, consumer_pid: int | None = None
+    ) -> Subscription:
+        """A new consumer of ``request.reference`` (starts or joins its decode process).
+
+        ``consumer_pid``: the frames are read by that process, not this one (a
+        :class:`ServedSubscription`).
+        """
         if os.getpid() != self._pid:
             raise OperationError("a SourceHub cannot be used from a forked child process")
         backend = request.backend or DEFAULT_BACKEND
@@ -738,7 +808,11 @@ class SourceHub:
                     error=request.not_found,
                 )
                 self._decoders.append((key, handle))
-            subscription = Subscription(request, handle, filling, consumption)
+            subscription = (
+                Subscription(request, handle, filling, consumption)
+                if consumer_pid is None
+                else ServedSubscription(request, handle, filling, consumption, consumer_pid)
+            )
             handle.add(subscription)
         try:
             handle.start()
