@@ -15,12 +15,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -503,14 +505,19 @@ class StreamManager:
     async def _send_shared_state(self, row: ManagedPipeline) -> None:
         """Send the worker the state of the shared decoders it reads, whenever it changes."""
         last: tuple[Any, ...] = ()
-        while self._table.get(row.pipeline_id) is row and not row.is_terminating:
+        while (
+            self._table.get(row.pipeline_id) is row and not row.is_terminating and not self._closing
+        ):
             snapshots = self.decoders.snapshots(row.shared)
             if snapshots != last:
                 try:
-                    row.worker.conn.send(SourceUpdates(snapshots))
+                    # Only when the pipe has room: a stopped worker reads nothing, and the
+                    # loop must never block on it (the next change is sent later instead).
+                    if _writable(row.worker.conn):
+                        row.worker.conn.send(SourceUpdates(snapshots))
+                        last = snapshots
                 except (OSError, ValueError):
                     return  # the worker is gone: the health loop removes it
-                last = snapshots
             await asyncio.sleep(SHARED_STATE_INTERVAL_S)
 
     async def _release_shared(self, row: ManagedPipeline) -> None:
@@ -548,8 +555,10 @@ class StreamManager:
             workers_total += sample
             row.known_pids |= pids
             owners |= pids
+        # The manager and what it runs itself: the shared decode processes, their forkserver.
+        own = (tree_pids(manager_pid, children) - owners) | {manager_pid}
         return MemoryUsage(
-            manager_mb=process_unique_bytes(manager_pid) / MB,
+            manager_mb=sum(process_unique_bytes(pid) for pid in own) / MB,
             workers_mb=workers_total,
             shared_segments_mb=shared_segments_bytes(owners) / MB,
         )
@@ -688,6 +697,13 @@ def _preload_admission_modules() -> None:
 
     import framepipe.core.ring
     import framepipe.core.sources.hub  # noqa: F401
+
+
+def _writable(conn: Connection) -> bool:
+    """The pipe has room for a small message now (poll: no wait)."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLOUT)
+    return bool(poller.poll(0))
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -90,6 +90,14 @@ def test_settings_from_env() -> None:
     assert ServerSettings.from_env({"FRAMEPIPE_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
     with pytest.raises(SettingsError, match="FRAMEPIPE_EVENT_LOOP"):
         ServerSettings.from_env({"FRAMEPIPE_EVENT_LOOP": "trio"})
+    assert ServerSettings.from_env({}).share_decoders is True
+    assert ServerSettings.from_env({"FRAMEPIPE_SHARE_DECODERS": "off"}).share_decoders is False
+    assert ServerSettings.from_env({"FRAMEPIPE_SHARE_DECODERS": "1"}).share_decoders is True
+
+
+def test_shared_ring_has_room_for_its_consumers() -> None:
+    one = ring_bytes([(1280, 720)], 8)
+    assert ring_bytes([(1280, 720)], 8, max_consumers=4) > one
 
 
 @pytest.mark.parametrize(
@@ -98,6 +106,7 @@ def test_settings_from_env() -> None:
         ("STREAM_MANAGER_PORT", "x"),
         ("STREAM_MANAGER_PORT", "70000"),
         ("STREAM_MANAGER_MAX_RAM_MB", "-1"),
+        ("FRAMEPIPE_SHARE_DECODERS", "maybe"),
     ],
 )
 def test_bad_settings_name_the_variable(name: str, value: str) -> None:

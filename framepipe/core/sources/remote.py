@@ -39,6 +39,9 @@ from framepipe.core.sources.hub import (
     default_strategies,
 )
 
+# The newest decoder events a snapshot carries (it stays a few kB: it goes through a pipe).
+SNAPSHOT_EVENTS = 64
+
 
 @dataclass(frozen=True)
 class SourceSnapshot:
@@ -75,7 +78,7 @@ def snapshot_of(served: ServedSubscription, source_id: int) -> SourceSnapshot:
     return SourceSnapshot(
         source_id=source_id,
         state=handle.state,
-        history=tuple(handle.history()),
+        history=tuple(handle.history()[-SNAPSHOT_EVENTS:]),
         info=handle.info,
         properties=handle.properties,
         decode_start_ns=handle.decode_start_ns,
