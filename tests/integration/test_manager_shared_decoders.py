@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from framepipe.client import SyncStreamManagerClient
+from framepipe.core.ring import ConsumerState, FrameRing
 from framepipe.protocol.payloads import (
     InitialisePipelinePayload,
     MemorySinkConfiguration,
@@ -168,6 +169,14 @@ def test_killed_worker_leaves_the_other_pipeline_flowing(
     wait_for(
         lambda: source_stats(client, survivor)["shared_with"] == 0, 5, "the victim's lease freed"
     )
+    (ring_name,) = manager_rings(manager)
+    ring = FrameRing.attach("/" + ring_name)
+    try:
+        consumers = {c.pid: c.state for c in ring.consumers()}
+        assert consumers.get(victim_worker.pid, ConsumerState.FREE) is ConsumerState.FREE
+        assert consumers[survivor_worker.pid] is ConsumerState.ACTIVE
+    finally:
+        ring.close()
     client.terminate_pipeline(survivor)
     wait_for(lambda: not manager.decoders(), 10, "the shared decoder to stop")
 
