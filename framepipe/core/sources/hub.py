@@ -543,13 +543,13 @@ class Subscription:
 
     @property
     def delivering(self) -> bool:
-        """Frames are coming (or about to: a source not yet started or still opening is
-        worth a batch's wait, so the first batches of a multi-source pipeline are whole)."""
-        return self.state in (
-            StreamState.RUNNING,
-            StreamState.INITIALISING,
-            StreamState.NOT_STARTED,
-        )
+        """Frames are coming: the source runs, or is about to (not yet started, still
+        opening), or it has ended but frames it decoded are still queued for us (a file
+        decoded ahead into the ring). Each is worth a batch's wait, so batches stay whole."""
+        state = self.state
+        if state in (StreamState.RUNNING, StreamState.INITIALISING, StreamState.NOT_STARTED):
+            return True
+        return state.is_final and not self.exhausted
 
     def _set_mode(self, mode: str) -> None:
         self._mode = mode
