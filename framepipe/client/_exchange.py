@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from pydantic import ValidationError
 
@@ -22,6 +22,52 @@ from framepipe.protocol.errors import FramepipeError
 from framepipe.protocol.framing import decode_payload, encode_message
 
 DEFAULT_CLIENT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+
+
+class ClientSettings:
+    """Where a client connects and its limits; shared by the async and the sync client."""
+
+    @classmethod
+    def init(
+        cls,
+        host: str,
+        port: int,
+        operations_timeout: float | None = None,
+        *,
+        connect_timeout: float | None = None,
+        auth_token: str | None = None,
+        max_message_size: int = DEFAULT_CLIENT_MAX_MESSAGE_SIZE,
+    ) -> Self:
+        """``operations_timeout`` bounds each whole call (connect, send, receive);
+        ``connect_timeout`` (default: ``operations_timeout``) bounds the connect alone."""
+        return cls(
+            host=host,
+            port=port,
+            operations_timeout=operations_timeout,
+            connect_timeout=connect_timeout,
+            auth_token=auth_token,
+            max_message_size=max_message_size,
+        )
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        operations_timeout: float | None = None,
+        connect_timeout: float | None = None,
+        auth_token: str | None = None,
+        max_message_size: int = DEFAULT_CLIENT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.operations_timeout = operations_timeout
+        self.connect_timeout = (
+            connect_timeout if connect_timeout is not None else operations_timeout
+        )
+        self.auth_token = auth_token
+        self.max_message_size = max_message_size
+
+
 """Responses carry images; the client accepts larger frames than the server does."""
 READ_CHUNK = 256 * 1024
 

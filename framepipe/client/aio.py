@@ -37,47 +37,7 @@ from framepipe.protocol.framing import FrameDecoder, FramingError
 from framepipe.protocol.payloads import InitialisePipelinePayload, InitialiseWebRTCPipelinePayload
 
 
-class StreamManagerClient:
-    @classmethod
-    def init(
-        cls,
-        host: str,
-        port: int,
-        operations_timeout: float | None = None,
-        *,
-        connect_timeout: float | None = None,
-        auth_token: str | None = None,
-        max_message_size: int = _exchange.DEFAULT_CLIENT_MAX_MESSAGE_SIZE,
-    ) -> StreamManagerClient:
-        """``operations_timeout`` bounds each whole call (connect, send, receive);
-        ``connect_timeout`` (default: ``operations_timeout``) bounds the connect alone."""
-        return cls(
-            host=host,
-            port=port,
-            operations_timeout=operations_timeout,
-            connect_timeout=connect_timeout,
-            auth_token=auth_token,
-            max_message_size=max_message_size,
-        )
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        operations_timeout: float | None = None,
-        connect_timeout: float | None = None,
-        auth_token: str | None = None,
-        max_message_size: int = _exchange.DEFAULT_CLIENT_MAX_MESSAGE_SIZE,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.operations_timeout = operations_timeout
-        self.connect_timeout = (
-            connect_timeout if connect_timeout is not None else operations_timeout
-        )
-        self.auth_token = auth_token
-        self.max_message_size = max_message_size
-
+class StreamManagerClient(_exchange.ClientSettings):
     async def list_pipelines(self) -> ListPipelinesResponse:
         return _exchange.list_pipelines_response(await self.send(ListPipelinesCommand()))
 

@@ -31,45 +31,7 @@ from framepipe.protocol.framing import FrameDecoder, FramingError
 from framepipe.protocol.payloads import InitialisePipelinePayload, InitialiseWebRTCPipelinePayload
 
 
-class SyncStreamManagerClient:
-    @classmethod
-    def init(
-        cls,
-        host: str,
-        port: int,
-        operations_timeout: float | None = None,
-        *,
-        connect_timeout: float | None = None,
-        auth_token: str | None = None,
-        max_message_size: int = _exchange.DEFAULT_CLIENT_MAX_MESSAGE_SIZE,
-    ) -> SyncStreamManagerClient:
-        return cls(
-            host=host,
-            port=port,
-            operations_timeout=operations_timeout,
-            connect_timeout=connect_timeout,
-            auth_token=auth_token,
-            max_message_size=max_message_size,
-        )
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        operations_timeout: float | None = None,
-        connect_timeout: float | None = None,
-        auth_token: str | None = None,
-        max_message_size: int = _exchange.DEFAULT_CLIENT_MAX_MESSAGE_SIZE,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.operations_timeout = operations_timeout
-        self.connect_timeout = (
-            connect_timeout if connect_timeout is not None else operations_timeout
-        )
-        self.auth_token = auth_token
-        self.max_message_size = max_message_size
-
+class SyncStreamManagerClient(_exchange.ClientSettings):
     def list_pipelines(self) -> ListPipelinesResponse:
         return _exchange.list_pipelines_response(self.send(ListPipelinesCommand()))
 
