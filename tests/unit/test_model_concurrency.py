@@ -1,0 +1,143 @@
+"""One LoadedModel (one ONNX Runtime session) shared by concurrent threads, the wire shape of
+predictions, and which tasks a model serves."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from framepipe.core.processing import (
+    LoadedModel,
+    ModelRegistry,
+    ModelTask,
+    ProcessingSettings,
+    Thresholds,
+    build_processor,
+    prediction_to_wire,
+    processing_spec_from_wire,
+    serves_task,
+)
+from framepipe.protocol.errors import InvalidPayloadError
+from tests.models import centerface_registry, demo_frames, without_ids
+from tests.unit.test_postprocess import FRAME, NAMES, constant_model, yolov8_output
+
+FACES = Thresholds(confidence=0.5, iou=0.3, max_detections=100)
+
+
+@pytest.fixture(scope="module")
+def registry() -> ModelRegistry:
+    return centerface_registry(providers=("cpu",))
+
+
+@pytest.fixture(scope="module")
+def centerface(registry: ModelRegistry) -> LoadedModel:
+    return LoadedModel(registry.get("centerface"), registry.settings)
+
+
+def wire(model: LoadedModel, frame: Any) -> dict[str, Any] | None:
+    [result] = model.infer([frame], FACES)
+    assert result is not None
+    return without_ids(prediction_to_wire(result, model.class_names, model.keypoint_names))
+
+
+def test_concurrent_threads_on_one_session_get_their_own_frames_answers(
+    centerface: LoadedModel,
+) -> None:
+    # frames with the face in different places: a buffer shared between threads would hand
+    # one thread the other's input or outputs
+    frames = [demo_frames(120)[i] for i in (0, 60, 119)]
+    expected = [wire(centerface, frame) for frame in frames]
+    assert len({str(e) for e in expected}) == len(frames)
+    mismatches: list[tuple[int, int]] = []
+    start = threading.Barrier(len(frames))
+
+    def hammer(k: int) -> None:
+        start.wait()
+        for n in range(12):
+            if wire(centerface, frames[k]) != expected[k]:
+                mismatches.append((k, n))
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(len(frames))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert mismatches == []
+
+
+def test_a_thread_reuses_its_buffers(centerface: LoadedModel) -> None:
+    frame = demo_frames(1)[0]
+    centerface.runner.run(np.zeros((1, 3, 384, 640), np.float32))  # this shape's buffers
+    first = centerface.runner.run(np.zeros((1, 3, 384, 640), np.float32))
+    again = centerface.runner.run(np.zeros((1, 3, 384, 640), np.float32))
+    assert all(a is b for a, b in zip(first, again, strict=True))  # no allocation
+    other: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: other.extend(centerface.runner.run(np.zeros((1, 3, 384, 640), np.float32)))
+    )
+    thread.start()
+    thread.join()
+    # another thread's run did not write into this thread's outputs
+    assert not any(np.shares_memory(a, b) for a, b in zip(again, other, strict=True))
+    assert wire(centerface, frame) is not None
+
+
+def test_prediction_to_wire_is_the_processors_shape(tmp_path: Path) -> None:
+    constant_model(tmp_path / "toy8.onnx", yolov8_output(), {"names": NAMES})
+    logits = np.asarray([[0.0, 3.0, 1.0]], np.float32)
+    constant_model(tmp_path / "cls.onnx", logits, {"names": "{0: 'cat', 1: 'dog', 2: 'bird'}"})
+    registry = ModelRegistry.from_settings(ProcessingSettings(models_dir=tmp_path))
+    for name, confidence in (("toy8", 0.5), ("cls", None)):
+        wire_spec = {"type": "ModelConfiguration", "model": name, "confidence": confidence}
+        spec = processing_spec_from_wire(wire_spec)
+        with build_processor(spec, registry) as processor:
+            [expected] = processor.process([FRAME], [None])
+        model = LoadedModel(registry.get(name), registry.settings)
+        thresholds = Thresholds(0.5, 0.45, 300)
+        [result] = model.infer([FRAME], thresholds)
+        assert result is not None
+        got = prediction_to_wire(result, model.class_names, model.keypoint_names)
+        assert without_ids(got) == without_ids(expected)
+    assert got["top"] == "dog" and got["image"] == {"width": 200, "height": 100}
+
+
+def test_a_face_detector_serves_object_detection_requests(registry: ModelRegistry) -> None:
+    assert serves_task(ModelTask.FACE_DETECTION, ModelTask.OBJECT_DETECTION)
+    assert not serves_task(ModelTask.OBJECT_DETECTION, ModelTask.FACE_DETECTION)
+    assert not serves_task(ModelTask.FACE_DETECTION, ModelTask.CLASSIFICATION)
+    entry = registry.get("centerface")
+    model = LoadedModel(entry, registry.settings, task=ModelTask.OBJECT_DETECTION)
+    assert model.task is ModelTask.FACE_DETECTION  # decoded as faces, with their landmarks
+    out = wire(model, demo_frames(1)[0])
+    assert out is not None and [p["class"] for p in out["predictions"]] == ["face"]
+    with pytest.raises(InvalidPayloadError, match="face-detection model, not classification"):
+        LoadedModel(entry, registry.settings, task=ModelTask.CLASSIFICATION)
+
+
+def test_a_workflow_detection_step_runs_on_centerface(registry: ModelRegistry) -> None:
+    step = {
+        "type": "roboflow_core/roboflow_object_detection_model@v1",
+        "name": "faces",
+        "image": "$inputs.image",
+        "model_id": "centerface",
+    }
+    spec = processing_spec_from_wire(
+        {
+            "type": "WorkflowConfiguration",
+            "workflow_specification": {
+                "version": "1.0",
+                "inputs": [{"type": "WorkflowImage", "name": "image"}],
+                "steps": [step],
+                "outputs": [
+                    {"type": "JsonField", "name": "out", "selector": "$steps.faces.predictions"}
+                ],
+            },
+        }
+    )
+    with build_processor(spec, registry) as processor:
+        [out] = processor.process([demo_frames(1)[0]], [None])
+    assert out is not None and [p["class"] for p in out["out"]["predictions"]] == ["face"]
