@@ -31,23 +31,24 @@ def centerface_registry(**settings: Any) -> ModelRegistry:
 
 
 @cache
-def _demo_frames(count: int) -> tuple[Frame, ...]:
+def _demo_frames(count: int, step: int) -> tuple[Frame, ...]:
     capture = cv2.VideoCapture(str(demo_video_path()))
     frames = []
     try:
-        for _ in range(count):
+        for index in range(count * step):
             ok, frame = capture.read()
-            assert ok, f"cannot read {demo_video_path()}"
-            frame.flags.writeable = False
-            frames.append(frame)
+            assert ok, f"cannot read frame {index} of {demo_video_path()}"
+            if index % step == 0:
+                frame.flags.writeable = False
+                frames.append(frame)
     finally:
         capture.release()
     return tuple(frames)
 
 
-def demo_frames(count: int = 200) -> list[Frame]:
-    """The first ``count`` frames of the demo video (1280x720 BGR), read-only."""
-    return list(_demo_frames(count))
+def demo_frames(count: int = 200, step: int = 1) -> list[Frame]:
+    """``count`` frames of the demo video (1280x720 BGR, read-only): frames 0, step, 2 step..."""
+    return list(_demo_frames(count, step))
 
 
 def demo_truth() -> list[dict[str, Any]]:
