@@ -178,6 +178,10 @@ class RemoteInference:
         self.close_timeout_s = close_timeout_s
         self.retry_max_s = retry_max_s
         self._clock = clock
+        # Lock order: _send_lock, then _lock. Sends hold only _send_lock (a send may block
+        # on a service that stopped reading), so the receiver, which needs _lock, never waits
+        # behind a blocked send.
+        self._send_lock = threading.Lock()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._conn: Connection | None = None
@@ -228,15 +232,18 @@ class RemoteInference:
                 f"pipeline {name!r} asks for model {spec.model!r}; this service runs {self.address.model!r}"
             )
         deadline = time.monotonic() + self.open_timeout_s
+        with self._send_lock:
+            with self._lock:
+                if self._stop.is_set():
+                    raise OperationError("this inference client is closed")
+                number = self._next_channel
+                self._next_channel += 1
+                channel = _Channel(number, name, spec, _Deliveries(f"{name}"))
+                self._channels[number] = channel
+                conn = self._conn
+            if conn is not None:  # else it is registered when the connection comes
+                self._send(conn, RegisterChannel(number, name, spec))
         with self._lock:
-            if self._stop.is_set():
-                raise OperationError("this inference client is closed")
-            number = self._next_channel
-            self._next_channel += 1
-            channel = _Channel(number, name, spec, _Deliveries(f"{name}"))
-            self._channels[number] = channel
-            if self._conn is not None:
-                self._send_locked(self._conn, RegisterChannel(number, name, spec))
             while not channel.registered and not self._stop.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -281,23 +288,24 @@ class RemoteInference:
     # ---- channels -----------------------------------------------------------------------------
 
     def _submit(self, ch: _Channel, refs: tuple[FrameRef | None, ...], on_done: OnDone) -> None:
-        with self._lock:
-            if ch.closed:
-                raise OperationError(f"inference channel {ch.name!r} is closed")
-            seq = ch.next_seq
-            ch.next_seq += 1
-            ch.submitted += 1
-            conn = self._conn
-            if conn is None:
-                # queued behind the failures of the submits in flight: order holds
-                ch.failed += 1
-                ch.deliveries.put(on_done, self._unavailable())
-                return
-            ch.pending[seq] = on_done
-            self._send_locked(conn, Infer(ch.number, seq, refs))
+        with self._send_lock:  # held from the seq to the send: sent in seq order
+            with self._lock:
+                if ch.closed:
+                    raise OperationError(f"inference channel {ch.name!r} is closed")
+                seq = ch.next_seq
+                ch.next_seq += 1
+                ch.submitted += 1
+                conn = self._conn
+                if conn is None:
+                    # queued behind the failures of the submits in flight: order holds
+                    ch.failed += 1
+                    ch.deliveries.put(on_done, self._unavailable())
+                    return
+                ch.pending[seq] = on_done
+            self._send(conn, Infer(ch.number, seq, refs))
 
-    def _send_locked(self, conn: Connection, message: object) -> None:
-        """Send under the lock; a broken connection is shut down so that the reader thread
+    def _send(self, conn: Connection, message: object) -> None:
+        """Send (``_send_lock`` held); a broken connection is shut down so that the receiver
         fails everything in flight, in order."""
         try:
             conn.send(message)
@@ -321,8 +329,10 @@ class RemoteInference:
                 ch, OperationError(f"inference channel {ch.name!r} was closed")
             )
             self._channels.pop(ch.number, None)
-            if self._conn is not None:
-                self._send_locked(self._conn, UnregisterChannel(ch.number))
+            conn = self._conn
+        if conn is not None:
+            with self._send_lock:
+                self._send(conn, UnregisterChannel(ch.number))
         ch.deliveries.close(self.close_timeout_s)
 
     def _fail_pending_locked(self, ch: _Channel, error: BaseException) -> None:
@@ -370,12 +380,20 @@ class RemoteInference:
             self._disconnected(conn, reason)
 
     def _connected(self, conn: Connection) -> bool:
+        with self._send_lock:
+            with self._lock:
+                if self._stop.is_set():
+                    return False
+                channels = list(self._channels.values())
+            for ch in channels:
+                # sent before the connection is published: no Infer can overtake them
+                self._send(conn, RegisterChannel(ch.number, ch.name, ch.spec))
+            return self._publish(conn)
+
+    def _publish(self, conn: Connection) -> bool:
         with self._lock:
             if self._stop.is_set():
                 return False
-            for ch in self._channels.values():
-                # sent before the connection is published: no Infer can overtake them
-                self._send_locked(conn, RegisterChannel(ch.number, ch.name, ch.spec))
             self._conn = conn
             self._connects += 1
             if self._gaps and self._gaps[-1].ended_at is None:

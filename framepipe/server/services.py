@@ -121,8 +121,8 @@ class _Process:
         process: SpawnProcess,
         conn: Connection,
         loop: asyncio.AbstractEventLoop,
-        on_message: Callable[[object], None],
-        on_gone: Callable[[], None],
+        on_message: Callable[[_Process, object], None],
+        on_gone: Callable[[_Process], None],
     ) -> None:
         self.process = process
         self.conn = conn
@@ -144,8 +144,8 @@ class _Process:
             except Exception:
                 log.exception("inference service %d sent an unreadable message", self.pid)
                 continue
-            self._call(self._on_message, message)
-        self._call(self._on_gone)
+            self._call(self._on_message, self, message)
+        self._call(self._on_gone, self)
 
     def _call(self, func: Callable[..., None], *args: object) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
@@ -212,7 +212,12 @@ class _Service:
 
     # ---- messages from the reader thread (on the loop) ----------------------------------------
 
-    def _on_message(self, message: object) -> None:
+    # An old process's reader may still post after its successor started: each callback
+    # says which process it is about, and only the current one counts.
+
+    def _on_message(self, proc: _Process, message: object) -> None:
+        if proc is not self.proc:
+            return
         if isinstance(message, ServicePong):
             self._last_pong = time.monotonic()
             self.statistics = message.statistics
@@ -223,10 +228,12 @@ class _Service:
         else:
             log.warning("inference service sent an unexpected %s", type(message).__name__)
 
-    def _on_gone(self) -> None:
+    def _on_gone(self, proc: _Process) -> None:
+        if proc is not self.proc:
+            return
         self._gone.set()
         if self._started is not None and not self._started.done():
-            code = self.proc.process.exitcode if self.proc is not None else None
+            code = proc.process.exitcode
             self._started.set_exception(
                 OperationError(f"the process exited while starting (exit code {code})")
             )

@@ -398,3 +398,33 @@ def test_concurrent_ensures_share_one_start_and_close_is_orderly() -> None:
     finally:
         running.close()
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_the_service_refuses_a_bad_spec_and_strangers(services: Services) -> None:
+    address = services.ensure()
+    with RemoteInference(address) as client:
+        with pytest.raises(InvalidPayloadError, match=r"class_filter: \['person'\]"):
+            client.open_channel(ModelSpec("centerface", class_filter=("person",)), "bad")
+        with pytest.raises(InvalidPayloadError, match="asks for model 'yolo'"):
+            client.open_channel(ModelSpec("yolo"), "other")
+        channel = client.open_channel(FACES, "good")  # the connection is still fine
+        assert isinstance(wait_outcome(channel, [None]), list)
+    stranger = ServiceAddress(address.address, b"not the key", address.model, address.providers)
+    with (
+        RemoteInference(stranger, open_timeout_s=1.0) as client,
+        pytest.raises(InferenceUnavailableError, match="AuthenticationError"),
+    ):
+        client.open_channel(FACES, "stranger")
+    assert services.statistics().restarts == 0
+
+
+def test_without_a_service_opening_a_channel_says_so_in_time() -> None:
+    nobody = ServiceAddress("\0framepipe-test-nobody-listens", b"k" * 32, "centerface", ("cpu",))
+    started = time.monotonic()
+    with (
+        RemoteInference(nobody, open_timeout_s=0.5) as client,
+        pytest.raises(InferenceUnavailableError, match="ConnectionRefusedError"),
+    ):
+        client.open_channel(FACES, "p")
+    assert time.monotonic() - started < WAIT_S
+    assert not client.connected and client.state().gap_count == 0
