@@ -49,7 +49,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -798,3 +798,9 @@ def local_engine(
     use with ``registry`` and ``options``; later callers share it as it is). Close the
     handle when done; the engine closes with the last handle."""
     return _LOCAL_ENGINES.acquire(model, providers, registry, options)
+
+
+if TYPE_CHECKING:  # mypy checks that both implement what a pipeline codes against
+
+    def _backends(engine: InferenceEngine, local: LocalEngine) -> list[InferenceBackend]:
+        return [engine, local]

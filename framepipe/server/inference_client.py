@@ -32,10 +32,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 from framepipe.core.inference import (
     ChannelState,
     FrameRef,
+    InferenceBackend,
     InferenceUnavailableError,
     OnDone,
     Outputs,
@@ -456,3 +458,9 @@ class RemoteInference:
             conn.close()
         if not self._stop.is_set():
             log.warning("lost the inference service of %r: %s", self.address.model, reason)
+
+
+if TYPE_CHECKING:  # mypy checks that the client implements what a pipeline codes against
+
+    def _backend(remote: RemoteInference) -> InferenceBackend:
+        return remote

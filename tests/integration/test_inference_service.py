@@ -428,3 +428,45 @@ def test_without_a_service_opening_a_channel_says_so_in_time() -> None:
         client.open_channel(FACES, "p")
     assert time.monotonic() - started < WAIT_S
     assert not client.connected and client.state().gap_count == 0
+
+
+MANAGER = """
+import asyncio, sys
+from framepipe.core.processing import ProcessingSettings
+from framepipe.server.services import InferenceServices
+
+async def main() -> None:
+    services = InferenceServices(ProcessingSettings(providers=("cpu",)))
+    await services.ensure("centerface")
+    print(services.pids()[0], flush=True)
+    await asyncio.sleep(600)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_the_service_dies_with_its_manager(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    centerface_registry()
+    script = tmp_path / "manager.py"
+    script.write_text(MANAGER)
+    with subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ) as manager:
+        try:
+            assert manager.stdout is not None
+            service_pid = int(manager.stdout.readline())
+            service = psutil.Process(service_pid)
+            assert service.ppid() == manager.pid
+            manager.kill()  # SIGKILL: nothing of the manager runs any more
+            manager.wait(WAIT_S)
+            gone, _ = psutil.wait_procs([service], timeout=WAIT_S)
+            assert gone, f"inference service {service_pid} outlived its manager"
+        finally:
+            manager.kill()
