@@ -117,9 +117,7 @@ class _Peer:
                 elif isinstance(message, RegisterChannel):
                     self._register(message)
                 elif isinstance(message, UnregisterChannel):
-                    channel = self.channels.pop(message.channel, None)
-                    if channel is not None:
-                        channel.close()
+                    self._unregister(message.channel)
                 else:
                     log.warning(
                         "peer %d sent an unexpected %s", self.number, type(message).__name__
@@ -130,17 +128,27 @@ class _Peer:
             self.close()
 
     def _register(self, message: RegisterChannel) -> None:
+        self._unregister(message.channel)  # a client registers again after a reconnect
         error = None
-        old = self.channels.pop(message.channel, None)
-        if old is not None:
-            old.close()
         try:
-            self.channels[message.channel] = self.server.engine.open_channel(
-                message.spec, message.name
-            )
+            channel = self.server.engine.open_channel(message.spec, message.name)
         except Exception as exc:
             error = RemoteError.from_exception(exc)
+        else:
+            with self._lock:
+                closed = self._closed
+                if not closed:
+                    self.channels[message.channel] = channel
+            if closed:
+                channel.close()
+                return
         self._post(ChannelRegistered(message.channel, error))
+
+    def _unregister(self, number: int) -> None:
+        with self._lock:
+            channel = self.channels.pop(number, None)
+        if channel is not None:
+            channel.close()
 
     def _infer(self, message: Infer) -> None:
         with self._lock:
@@ -208,10 +216,11 @@ class _Peer:
             self._closed = True
             self._outbox.clear()
             self._changed.notify_all()
+            channels = list(self.channels.values())
+            self.channels.clear()
         _service_socket.shut_down(self.conn)
-        for channel in list(self.channels.values()):
+        for channel in channels:
             channel.close()
-        self.channels.clear()
         with contextlib.suppress(OSError):
             self.conn.close()
         self.server.forget(self)
