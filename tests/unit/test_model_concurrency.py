@@ -141,3 +141,18 @@ def test_a_workflow_detection_step_runs_on_centerface(registry: ModelRegistry) -
     with build_processor(spec, registry) as processor:
         [out] = processor.process([demo_frames(1)[0]], [None])
     assert out is not None and [p["class"] for p in out["out"]["predictions"]] == ["face"]
+
+
+def test_batches_of_any_size_share_one_input_buffer_per_size(registry: ModelRegistry) -> None:
+    model = LoadedModel(registry.get("centerface"), registry.settings)
+    frames = demo_frames(4, step=40)
+    alone = [wire(model, frame) for frame in frames]
+    for n in (3, 1, 4, 2):
+        results = model.infer(frames[:n], FACES)
+        for k, result in enumerate(results):
+            assert result is not None
+            got = without_ids(prediction_to_wire(result, model.class_names, model.keypoint_names))
+            assert got is not None and alone[k] is not None
+            assert len(got["predictions"]) == len(alone[k]["predictions"])  # type: ignore[index]
+    # one buffer for the 640x384 input, as large as the largest batch: no copy per batch size
+    assert [buf.shape for buf in model._buffers.inputs.values()] == [(4, 3, 384, 640)]

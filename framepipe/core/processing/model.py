@@ -45,7 +45,7 @@ from framepipe.protocol.errors import InvalidPayloadError
 CENTERFACE_OUTPUTS = ("heatmap", "scale", "offset", "landmarks")
 DEFAULT_INPUT_SIDE = 640
 _PLAN_CACHE = 16
-_BUFFER_CACHE = 8
+_BUFFER_CACHE = 8  # model input sizes with a buffer kept, per thread
 
 
 class Preprocessor:
@@ -118,11 +118,13 @@ def parse_names_metadata(raw: str) -> tuple[str, ...]:
 
 
 class _ThreadBuffers(threading.local):
-    """The input buffers of one calling thread, and which plan last filled their padding."""
+    """The input buffers of one calling thread — one per model input size, as large as the
+    largest batch so far; a batch of n uses its first n images — and which plan last filled
+    the padding of each image."""
 
     def __init__(self) -> None:
-        self.inputs: OrderedDict[tuple[int, int, int], npt.NDArray[np.floating]] = OrderedDict()
-        self.padded: dict[tuple[int, int, int, int], ResizePlan] = {}
+        self.inputs: OrderedDict[tuple[int, int], npt.NDArray[np.floating]] = OrderedDict()
+        self.padded: dict[tuple[int, int, int], ResizePlan] = {}  # (height, width, image)
 
 
 def serves_task(model_task: ModelTask, requested: ModelTask | None) -> bool:
@@ -249,17 +251,18 @@ class LoadedModel:
 
     def _buffer(self, batch: int, height: int, width: int) -> npt.NDArray[np.floating]:
         mine = self._buffers
-        key = (batch, height, width)
+        key = (height, width)
         buf = mine.inputs.get(key)
-        if buf is None:
+        if buf is None or buf.shape[0] < batch:
             buf = np.zeros((batch, 3, height, width), self.runner.input.dtype)
             mine.inputs[key] = buf
+            mine.padded = {k: v for k, v in mine.padded.items() if k[:2] != key}
             if len(mine.inputs) > _BUFFER_CACHE:
                 old_key, _ = mine.inputs.popitem(last=False)
-                mine.padded = {k: v for k, v in mine.padded.items() if k[:3] != old_key}
+                mine.padded = {k: v for k, v in mine.padded.items() if k[:2] != old_key}
         else:
             mine.inputs.move_to_end(key)
-        return buf
+        return buf[:batch]  # the first images of a C-contiguous buffer: contiguous too
 
     def infer(
         self, frames: Sequence[npt.NDArray[np.uint8] | None], thresholds: Thresholds, top_k: int = 5
@@ -291,18 +294,18 @@ class LoadedModel:
                 raise InvalidPayloadError(f"frame {i} has no decode options")
             groups.setdefault(self.input_hw(frame.shape[0], frame.shape[1]), []).append(i)
         fixed_batch = self.runner.fixed_batch
-        padded = self._buffers.padded
         for (dst_h, dst_w), indices in groups.items():
             chunk = fixed_batch or len(indices)
             for start in range(0, len(indices), chunk):
                 part = indices[start : start + chunk]
                 buf = self._buffer(fixed_batch or len(part), dst_h, dst_w)
+                padded = self._buffers.padded  # after _buffer: a new buffer starts a new record
                 plans: list[ResizePlan] = []
                 for b, i in enumerate(part):
                     frame = frames[i]
                     assert frame is not None
                     plan = self.preprocessor.plan(frame.shape[0], frame.shape[1], dst_h, dst_w)
-                    key = (buf.shape[0], dst_h, dst_w, b)
+                    key = (dst_h, dst_w, b)
                     # the padding of a reused buffer is already there for the same plan
                     fill = padded.get(key) is not plan
                     self.preprocessor.write(frame, buf, b, plan, fill_padding=fill)
