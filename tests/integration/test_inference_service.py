@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
 import threading
 import time
@@ -212,6 +213,8 @@ def test_frames_from_a_ring_come_back_as_predictions(services: Services, ring: F
     address = services.ensure()
     pid = services.statistics().pid
     assert services.ensure() == address and services.statistics().pid == pid  # started once
+    assert pickle.loads(pickle.dumps(address)) == address  # it travels to the workers
+    assert address.authkey.hex() not in repr(address)
     feeder = Feeder(ring)
     with RemoteInference(address) as client:
         faces = client.open_channel(FACES, "faces")
