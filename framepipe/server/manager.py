@@ -26,8 +26,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from framepipe.core.budget import (
     MB,
     MemoryUsage,
@@ -38,6 +36,7 @@ from framepipe.core.budget import (
     shared_segments_bytes,
     tree_pids,
 )
+from framepipe.core.processes import wait_for_exit
 from framepipe.errors import FramepipeError, InvalidPayloadError, NotFoundError, OperationError
 from framepipe.protocol.commands import (
     Command,
@@ -746,23 +745,6 @@ def _frame_size(reference: object, properties: dict[str, Any]) -> tuple[int, int
         except Exception:
             log.debug("could not probe %s for its frame size", reference, exc_info=True)
     return DEFAULT_FRAME_SIZE
-
-
-def wait_for_exit(pids: set[int], timeout: float) -> None:
-    """Wait (bounded) until none of ``pids`` is a live process (zombies count as gone)."""
-    deadline = time.monotonic() + timeout
-    remaining = set(pids)
-    while remaining and time.monotonic() < deadline:
-        remaining = {pid for pid in remaining if pid_alive(pid)}
-        if remaining:
-            time.sleep(0.02)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
 
 
 def sweep_orphan_segments() -> list[str]:

@@ -15,7 +15,6 @@ heavy at module level.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from framepipe.core.processes import die_with_parent
 from framepipe.core.sinks import InMemoryBufferSink, OnPrediction
 from framepipe.errors import InvalidPayloadError, OperationError
 from framepipe.protocol.commands import describe_validation_error
@@ -55,7 +55,6 @@ SHARED_SOURCES_KEY = "_framepipe_shared_sources"
 
 log = logging.getLogger("framepipe.worker")
 
-PR_SET_PDEATHSIG = 1
 # How often the command loop wakes up to check timeouts when no command arrives.
 _POLL_INTERVAL_S = 0.1
 # Modules an idle worker imports up front, so that `init` pays none of it.
@@ -66,7 +65,6 @@ WARM_MODULES = (
     "onnxruntime",
     "framepipe.core.shm",
     "framepipe.core.ring",
-    "framepipe.core.queues",
     "framepipe.core.pipeline",
     "framepipe.core.processing",
 )
@@ -82,15 +80,6 @@ class WorkerOptions:
     # of them, with the same settings, skips loading and warming the model up.
     preload_models: tuple[str, ...] = ()
     log_level: int = logging.INFO
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies; exit if it already has."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def warm_imports() -> list[str]:

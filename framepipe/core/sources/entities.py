@@ -12,6 +12,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+# The strategy types are the wire's (one type each), re-exported for the sources layer.
+from framepipe.protocol.payloads import BufferConsumptionStrategy as BufferConsumptionStrategy
+from framepipe.protocol.payloads import BufferFillingStrategy as BufferFillingStrategy
+
 
 class StreamState(StrEnum):
     """Life cycle of one video source (the reference's states, same names)."""
@@ -29,23 +33,6 @@ class StreamState(StrEnum):
     @property
     def is_final(self) -> bool:
         return self in (StreamState.ENDED, StreamState.ERROR)
-
-
-class BufferFillingStrategy(StrEnum):
-    """What the decoder does when a consumer's buffer is full."""
-
-    WAIT = "WAIT"
-    DROP_OLDEST = "DROP_OLDEST"
-    DROP_LATEST = "DROP_LATEST"
-    ADAPTIVE_DROP_OLDEST = "ADAPTIVE_DROP_OLDEST"
-    ADAPTIVE_DROP_LATEST = "ADAPTIVE_DROP_LATEST"
-
-
-class BufferConsumptionStrategy(StrEnum):
-    """How a consumer takes frames: every buffered frame in order (LAZY) or the newest (EAGER)."""
-
-    LAZY = "LAZY"
-    EAGER = "EAGER"
 
 
 class DropReason(StrEnum):

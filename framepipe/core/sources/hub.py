@@ -31,8 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from framepipe.core.queues import FrameConsumer, Lease
-from framepipe.core.ring import FrameRing
+from framepipe.core.ring import FrameConsumer, FrameRing, Lease
 from framepipe.core.sources.backends import DEFAULT_BACKEND, BackendOptions
 from framepipe.core.sources.entities import (
     SEVERITY_INFO,

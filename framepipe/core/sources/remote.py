@@ -17,8 +17,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from framepipe.core.queues import FrameConsumer
-from framepipe.core.ring import FrameRing
+from framepipe.core.ring import FrameConsumer, FrameRing
 from framepipe.core.sources.backends import DEFAULT_BACKEND, BackendOptions
 from framepipe.core.sources.entities import (
     BufferConsumptionStrategy,

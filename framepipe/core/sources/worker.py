@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
+from framepipe.core.processes import die_with_parent
 from framepipe.core.sources.backends import (
     BackendOptions,
     DecodeBackend,
@@ -38,7 +39,6 @@ from framepipe.core.sources.entities import (
     DropReason,
     StreamState,
 )
-from framepipe.core.sources.launcher import die_with_parent
 from framepipe.core.sources.messages import (
     AddConsumer,
     AttachRing,
@@ -55,8 +55,7 @@ from framepipe.core.sources.messages import (
 from framepipe.core.sources.reference import ParsedReference
 
 if TYPE_CHECKING:
-    from framepipe.core.queues import FrameProducer
-    from framepipe.core.ring import FrameRing
+    from framepipe.core.ring import FrameProducer, FrameRing
 
 #: pts travels in descriptors as integer microseconds; this means "no pts".
 PTS_NONE = -1
@@ -187,8 +186,7 @@ class _Decoder:
             self.set_state(StreamState.RUNNING)
 
     def attach(self, ring_name: str) -> None:
-        from framepipe.core.queues import FrameProducer
-        from framepipe.core.ring import FrameRing
+        from framepipe.core.ring import FrameProducer, FrameRing
 
         ring = FrameRing.attach(ring_name)
         self.ring = ring

@@ -54,7 +54,7 @@ byte (before it hands the descriptor over) and only the consumer - or whoever re
 consumer - clears it. No shared read-modify-write refcount exists, so a dead consumer's leases
 are released exactly by zeroing its column (``release_all``). A slot is never rewritten while
 any byte is set. Each consumer index also owns an SPSC descriptor queue and a one-deep
-"latest" mailbox inside the segment (see :mod:`framepipe.core.queues`).
+"latest" mailbox inside the segment (see ``_queues``).
 
 Size a ring with :meth:`FrameRing.required_slots`: queue depth x consumers + leases in flight
 + 1, so that under WAIT the writer always finds a free slot.
@@ -79,7 +79,8 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from framepipe.core._lifecycle import OwnedResource
-from framepipe.core.shm import Segment, pid_alive
+from framepipe.core.processes import pid_alive
+from framepipe.core.shm import Segment
 from framepipe.ext import _spsc
 from framepipe.protocol.errors import FramepipeError, OperationError
 
@@ -471,7 +472,7 @@ class FrameRing(OwnedResource):
     ) -> FrameDescriptor:
         """Stamp the slot header and make the frame visible (even seq); returns its descriptor.
 
-        This does not hand the frame to anyone: :class:`framepipe.core.queues.FrameProducer`
+        This does not hand the frame to anyone: :class:`~framepipe.core.ring.FrameProducer`
         grants leases and enqueues descriptors."""
         if capture_ns is None:
             capture_ns = time.time_ns()
