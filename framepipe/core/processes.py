@@ -6,6 +6,7 @@
   inference service): the kernel SIGKILLs it when its parent dies (``PR_SET_PDEATHSIG``), and
   it exits at once if the parent died before that took effect.
 * :func:`wait_for_exit` — a bounded wait until a set of pids are gone.
+* :func:`describe_exit` — how a child ended, in words (``was killed by SIGKILL``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["die_with_parent", "pid_alive", "wait_for_exit"]
+__all__ = ["describe_exit", "die_with_parent", "pid_alive", "wait_for_exit"]
 
 PR_SET_PDEATHSIG = 1
 
@@ -69,3 +70,16 @@ def wait_for_exit(pids: Iterable[int], timeout: float) -> set[int]:
         time.sleep(0.02)
         remaining = {pid for pid in remaining if pid_alive(pid)}
     return remaining
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """``killed by SIGKILL`` / ``exited with code 3`` (multiprocessing's exit codes)."""
+    if exitcode is None:
+        return "is still running"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"was killed by {name}"
+    return f"exited with code {exitcode}"

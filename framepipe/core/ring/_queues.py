@@ -71,7 +71,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -364,10 +364,14 @@ class FrameProducer(Closing):
 
     # -- producing ----------------------------------------------------------------------------
 
-    def acquire(self, timeout: float | None = None) -> int | None:
+    def acquire(
+        self, timeout: float | None = None, *, on_wait: Callable[[], None] | None = None
+    ) -> int | None:
         """A free slot to write into. Under WAIT, waits up to ``timeout`` (None = forever)
         while reclaiming dead consumers; under the DROP strategies never waits: None means
-        the frame is dropped (counted as ``dropped_no_slot``)."""
+        the frame is dropped (counted as ``dropped_no_slot``). ``on_wait`` is called between
+        wait slices (a decoder beats its heartbeat and reads its commands there; an exception
+        it raises ends the wait)."""
         ring = self.ring
         slot = ring.try_acquire()
         if slot is not None:
@@ -391,6 +395,8 @@ class FrameProducer(Closing):
                 if slot is not None:
                     return slot
                 self.reap()
+                if on_wait is not None:
+                    on_wait()
         finally:
             self._wait_ns += time.monotonic_ns() - started
 
@@ -410,10 +416,12 @@ class FrameProducer(Closing):
         capture_ns: int | None = None,
         timeout: float | None = None,
         consumers: Iterable[int] | None = None,
+        on_wait: Callable[[], None] | None = None,
     ) -> FrameDescriptor:
         """Publish the frame written into ``slot`` and hand it to every live consumer under
         the strategy. ``timeout`` bounds the total WAIT time for this frame. ``consumers``
-        (optional) restricts delivery to those consumer indices."""
+        (optional) restricts delivery to those consumer indices. ``on_wait``: as for
+        :meth:`acquire`."""
         if self._closed:
             raise OperationError(f"producer of ring {self.ring.name} is closed")
         if time.monotonic() >= self._next_reap:
@@ -442,10 +450,16 @@ class FrameProducer(Closing):
         self._dropped_replaced += replaced
         d = FrameDescriptor(slot, seq, frame_id, source_id, pts, capture_ns, publish_ns)
         if wait_mask:
-            self._wait_for(wait_mask, d, timeout)
+            self._wait_for(wait_mask, d, timeout, on_wait)
         return d
 
-    def _wait_for(self, wait_mask: int, d: FrameDescriptor, timeout: float | None) -> None:
+    def _wait_for(
+        self,
+        wait_mask: int,
+        d: FrameDescriptor,
+        timeout: float | None,
+        on_wait: Callable[[], None] | None,
+    ) -> None:
         """WAIT: hand ``d`` to the consumers whose queues were full (their leases are already
         granted), blocking until each has room, the timeout passes, or it goes away."""
         deadline = _deadline(timeout)
@@ -453,7 +467,7 @@ class FrameProducer(Closing):
         for index in range(self.ring.max_consumers):
             if not (wait_mask >> index) & 1:
                 continue
-            if self._wait_put(index, d, _remaining(deadline)):
+            if self._wait_put(index, d, _remaining(deadline), on_wait):
                 self._delivered += 1
                 self._bump(index, _C_DELIVERED)
                 continue
@@ -464,7 +478,13 @@ class FrameProducer(Closing):
             self._dropped_timeout += 1
             self._bump(index, _C_DROPPED)
 
-    def _wait_put(self, index: int, d: FrameDescriptor, timeout: float | None) -> bool:
+    def _wait_put(
+        self,
+        index: int,
+        d: FrameDescriptor,
+        timeout: float | None,
+        on_wait: Callable[[], None] | None,
+    ) -> bool:
         """Block (GIL released) until consumer ``index`` has room; False on timeout or if
         the consumer went away (it is reclaimed then)."""
         queue = self._queues[index]
@@ -482,6 +502,8 @@ class FrameProducer(Closing):
                 if queue.put(*d, timeout=step):
                     return True
                 self.reap()
+                if on_wait is not None:
+                    on_wait()
         finally:
             self._wait_ns += time.monotonic_ns() - started
 
