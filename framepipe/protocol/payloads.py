@@ -75,12 +75,18 @@ class VideoConfiguration(_WireModel):
     type: Literal["VideoConfiguration"] = "VideoConfiguration"
     video_reference: str | int | list[str | int]
     max_fps: float | int | None = None
-    source_buffer_filling_strategy: BufferFillingStrategy | None = BufferFillingStrategy.DROP_OLDEST
-    source_buffer_consumption_strategy: BufferConsumptionStrategy | None = (
-        BufferConsumptionStrategy.EAGER
-    )
+    # None (left out of the wire): the server picks per source — every frame of a file
+    # (WAIT/LAZY), the freshest frame of a live stream (DROP_OLDEST/EAGER). The reference's
+    # client always sends DROP_OLDEST/EAGER.
+    source_buffer_filling_strategy: BufferFillingStrategy | None = None
+    source_buffer_consumption_strategy: BufferConsumptionStrategy | None = None
     video_source_properties: dict[str, float] | None = None
     batch_collection_timeout: float | None = None
+    # framepipe extension (left out of the wire when None, so a reference-shaped request keeps
+    # its bytes): True decodes a file at its own frame rate, like a camera — a new pipeline on
+    # it then joins at the freshest frame. By default a file is read as fast as its consumers
+    # take frames, and `max_fps` picks frames by the video's own timeline.
+    realtime_replay: bool | None = None
 
 
 class MemorySinkConfiguration(_WireModel):
