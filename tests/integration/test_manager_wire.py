@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
+from framepipe.data import demo_video_path
 from tests.integration.manager_harness import ManagerProcess, running_manager, wait_for
 
 UNKNOWN = "00000000-0000-0000-0000-000000000000"
@@ -108,7 +109,7 @@ def test_shm_space_is_checked_before_admission() -> None:
         message = init_message()
         message["video_configuration"] = {
             "type": "VideoConfiguration",
-            "video_reference": "/nonexistent.mp4",
+            "video_reference": str(demo_video_path()),
             "video_source_properties": huge,
         }
         reply = manager.request(message)
