@@ -239,7 +239,7 @@ def create_app(context: GatewayContext, *, routers: Sequence[APIRouter] = ()) ->
     app.include_router(_probe_routes(context))
     for router in routers:
         app.include_router(router)
-    app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
 
 
@@ -275,8 +275,9 @@ def _install_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
-def _openapi_without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """FastAPI documents a 422 for validation errors; the gateway answers those with 400."""
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI's schema, amended: no 422 (the gateway answers validation errors with 400),
+    failures in JSON everywhere, and the stream's event data schemas in the components."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -288,7 +289,14 @@ def _openapi_without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
             )
             for path in schema.get("paths", {}).values():
                 for operation in path.values():
-                    operation.get("responses", {}).pop("422", None)
+                    responses = operation.get("responses", {})
+                    responses.pop("422", None)
+                    # Failures are JSON on every route, the event stream's included (FastAPI
+                    # would document them in the route's own media type).
+                    for code, response in responses.items():
+                        content = response.get("content", {})
+                        if code >= "400" and "text/event-stream" in content:
+                            content["application/json"] = content.pop("text/event-stream")
             components = schema.get("components", {}).get("schemas", {})
             components.pop("HTTPValidationError", None)
             components.pop("ValidationError", None)
