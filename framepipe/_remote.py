@@ -208,7 +208,7 @@ async def _pipelines(args: argparse.Namespace, client: StreamManagerClient) -> i
                         if meta is not None
                         else "no frame"
                     )
-                    console.print(Text(f"{where}: "), Text(json.dumps(output)), soft_wrap=True)
+                    console.print(Text(f"{where}: {json.dumps(output)}"), soft_wrap=True)
         return 0
     method = {
         "pause": client.pause_pipeline,

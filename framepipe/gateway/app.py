@@ -470,18 +470,17 @@ def _pipeline_routes(context: GatewayContext) -> APIRouter:
             fetch,
             capacity=buffer or context.settings.stream_buffer,
             excluded_fields=frozenset(excluded_fields or ()),
+            limit=limit,
         )
         return EventStreamResponse(
-            _sse(context, subscription, limit),
+            _sse(context, subscription),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     return router
 
 
-async def _sse(
-    context: GatewayContext, subscription: Subscription, limit: int | None
-) -> AsyncIterator[bytes]:
+async def _sse(context: GatewayContext, subscription: Subscription) -> AsyncIterator[bytes]:
     keepalive = context.settings.stream_keepalive_s
     try:
         yield f": results of pipeline {subscription.pipeline_id}\n\n".encode()
@@ -489,8 +488,7 @@ async def _sse(
             if not await subscription.wait(keepalive):
                 yield b": keep-alive\n\n"
                 continue
-            remaining = None if limit is None else limit - subscription.delivered
-            chunk = b"".join(_encode(event, subscription) for event in subscription.take(remaining))
+            chunk = b"".join(_encode(event, subscription) for event in subscription.take())
             if chunk:
                 yield chunk
     finally:

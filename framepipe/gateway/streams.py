@@ -5,7 +5,8 @@ How it behaves (what ``GET /inference_pipelines/{id}/results/stream`` promises):
 * **One drain per pipeline.** While at least one reader is attached, the gateway pops the
   pipeline's result sink with ``consume_result`` + ``max_entries`` (the existing wire, no new
   command): at once again after a non-empty batch, after ``stream_poll_s`` after an empty one.
-  With no reader attached nothing is drained, and results wait in the sink as usual.
+  With no reader attached nothing is drained, and results wait in the sink as usual; when
+  every reader has a ``limit``, no more is popped than they can still use.
 * **Every reader gets every result** drained while it is attached (a broadcast, not
   competing consumers): two dashboards on one pipeline show the same frames. A reader sees
   results from the moment it attaches; there is no history, and results a drain popped are
@@ -74,12 +75,19 @@ StreamEvent = ResultEvent | DroppedEvent | EndEvent
 class Subscription:
     """One reader: a bounded queue that drops its oldest result when full, and counts it."""
 
-    def __init__(self, pipeline_id: str, capacity: int, excluded_fields: frozenset[str]) -> None:
+    def __init__(
+        self,
+        pipeline_id: str,
+        capacity: int,
+        excluded_fields: frozenset[str],
+        limit: int | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError("a subscription holds at least one result")
         self.pipeline_id = pipeline_id
         self.capacity = capacity
         self.excluded_fields = excluded_fields
+        self.limit = limit
         self.delivered = 0
         self.dropped_total = 0
         self._queue: deque[ResultEvent] = deque()
@@ -110,20 +118,31 @@ class Subscription:
             self._end = (reason, message, error)
             self._wakeup.set()
 
-    def take(self, limit: int | None = None) -> list[StreamEvent]:
-        """The events ready now, in order (empty when there is none); ``limit``: results this
-        reader may still receive (the end follows once they are handed out)."""
+    @property
+    def wanted(self) -> int | None:
+        """Results this reader can still use (None: no limit); the drain pops no more than
+        its readers can use, so a reader with a ``limit`` leaves the rest in the sink."""
+        if self.limit is None:
+            return None
+        if self._end is not None:
+            return 0
+        return max(0, self.limit - self.delivered - len(self._queue))
+
+    def take(self) -> list[StreamEvent]:
+        """The events ready now, in order (empty when there is none). With a ``limit``, the
+        end follows the last result this reader may receive."""
         if self._ended:
             return []
         events: list[StreamEvent] = []
         if self._pending_dropped:
             events.append(DroppedEvent(self._pending_dropped, self.dropped_total))
             self._pending_dropped = 0
-        room = len(self._queue) if limit is None else min(limit, len(self._queue))
+        left = None if self.limit is None else self.limit - self.delivered
+        room = len(self._queue) if left is None else min(left, len(self._queue))
         for _ in range(room):
             events.append(self._queue.popleft())
         self.delivered += room
-        if limit is not None and limit <= room:
+        if left is not None and left <= room:
             self.finish("limit", f"{self.delivered} results delivered, as asked (limit)")
             self._queue.clear()
         if self._end is not None and not self._queue:
@@ -175,6 +194,13 @@ class PipelineDrain:
     def detach(self, subscription: Subscription) -> None:
         self.subscriptions.discard(subscription)
 
+    def _wanted(self) -> int:
+        """How many results to pop: a batch, unless every reader has a limit nearly reached."""
+        wanted = [s.wanted for s in self.subscriptions]
+        if any(w is None for w in wanted):
+            return self._batch
+        return min(self._batch, max((w for w in wanted if w is not None), default=0))
+
     def _excluded(self) -> frozenset[str]:
         """Fields no reader wants: left out by the manager already."""
         sets = [s.excluded_fields for s in self.subscriptions]
@@ -190,8 +216,12 @@ class PipelineDrain:
     async def _run(self) -> None:
         try:
             while self.subscriptions and not self.closed:
+                wanted = self._wanted()
+                if wanted == 0:  # every reader is about to end: leave the rest in the sink
+                    await asyncio.sleep(self._poll_s)
+                    continue
                 try:
-                    entries = await self._fetch(self.pipeline_id, self._excluded(), self._batch)
+                    entries = await self._fetch(self.pipeline_id, self._excluded(), wanted)
                 except NotFoundError as error:
                     self._finish_all(
                         "pipeline_gone",
@@ -208,7 +238,7 @@ class PipelineDrain:
                     for subscription in self.subscriptions:
                         subscription.offer(self._seq, entry)
                 # A full batch means more is waiting; otherwise give the sink time to fill.
-                await asyncio.sleep(0 if len(entries) >= self._batch else self._poll_s)
+                await asyncio.sleep(0 if len(entries) >= wanted else self._poll_s)
         except asyncio.CancelledError:
             self._finish_all("shutdown", "the gateway is shutting down")
             raise
@@ -251,10 +281,12 @@ class ResultStreams:
         *,
         capacity: int,
         excluded_fields: frozenset[str] = frozenset(),
+        limit: int | None = None,
     ) -> Subscription:
-        """A new reader of ``pipeline_id``. ``fetch`` is used when this reader starts the drain
-        (every reader's credentials were checked before it got here)."""
-        subscription = Subscription(pipeline_id, capacity, excluded_fields)
+        """A new reader of ``pipeline_id`` (``limit``: it ends after that many results).
+        ``fetch`` is used when this reader starts the drain (every reader's credentials were
+        checked before it got here)."""
+        subscription = Subscription(pipeline_id, capacity, excluded_fields, limit)
         if self._closing:
             subscription.finish("shutdown", "the gateway is shutting down")
             return subscription

@@ -48,10 +48,12 @@ def test_queued_results_come_out_before_the_end() -> None:
 
 
 def test_a_limit_ends_the_reader_after_that_many_results() -> None:
-    sub = Subscription("p", capacity=8, excluded_fields=frozenset())
+    sub = Subscription("p", capacity=8, excluded_fields=frozenset(), limit=3)
+    assert sub.wanted == 3
     for seq in range(1, 5):
         sub.offer(seq, entry(seq))
-    events = sub.take(limit=3)
+    assert sub.wanted == 0
+    events = sub.take()
     assert [e.seq for e in events if isinstance(e, ResultEvent)] == [1, 2, 3]
     assert isinstance(events[-1], EndEvent) and events[-1].reason == "limit"
     assert sub.finished
@@ -142,6 +144,15 @@ async def test_with_no_reader_left_the_drain_stops() -> None:
     for _ in range(20):
         await asyncio.sleep(0)
     assert len(sink.calls) == calls and len(sink.entries) == 3  # left for the next consumer
+
+
+async def test_readers_with_limits_leave_what_they_cannot_use_in_the_sink() -> None:
+    sink = InMemorySink([entry(n) for n in range(10)])
+    streams = ResultStreams(batch=64, poll_s=0.001)
+    events = await collect(streams.subscribe("p", sink.fetch, capacity=8, limit=3))
+    assert [e.seq for e in events if isinstance(e, ResultEvent)] == [1, 2, 3]
+    assert len(sink.entries) == 7
+    assert all(limit <= 3 for _, limit in sink.calls)
 
 
 async def test_a_failing_drain_ends_every_reader_with_the_error() -> None:
