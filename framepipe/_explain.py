@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from framepipe.client.errors import ConnectivityError, ProtocolViolationError
+from framepipe.gateway.errors import GatewayStartError
 from framepipe.protocol.errors import (
     AuthorisationError,
     CapacityError,
@@ -42,6 +43,8 @@ def hint_for(error: BaseException) -> str | None:
     if isinstance(error, InternalError):
         request = f" under request_id {error.request_id}" if error.request_id else ""
         return f"the manager's log has the details{request}"
+    if isinstance(error, GatewayStartError):
+        return "choose another --http-port (FRAMEPIPE_HTTP_PORT), or 0 for any free one"
     if isinstance(error, ImportError):
         return "install the extra it needs, e.g. pip install 'framepipe[http]'"
     return None
@@ -52,7 +55,7 @@ def explain(error: BaseException) -> str:
     if isinstance(error, FramepipeError):
         label = "" if isinstance(error, ConnectivityError) else f"{error.error_type.value}: "
         cause = f"{label}{_one_line(error.message)}"
-    elif isinstance(error, OSError | ImportError):
+    elif isinstance(error, OSError | ImportError | GatewayStartError):
         cause = _one_line(str(error))
     else:
         cause = f"unexpected {type(error).__name__}: {_one_line(str(error))}"

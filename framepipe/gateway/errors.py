@@ -28,6 +28,10 @@ from framepipe.protocol.errors import CapacityError, FramepipeError
 from framepipe.protocol.errors import ErrorType as WireErrorType
 
 
+class GatewayStartError(Exception):
+    """The gateway could not listen (the port is taken, the address is not local, ...)."""
+
+
 @dataclass(frozen=True)
 class HttpFailure:
     status_code: int

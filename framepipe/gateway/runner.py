@@ -18,16 +18,13 @@ import uvicorn
 
 from framepipe.client.address import reachable_host
 from framepipe.gateway.app import GatewayContext, ManagerAddress, create_app
+from framepipe.gateway.errors import GatewayStartError
 from framepipe.gateway.settings import GatewaySettings
 from framepipe.gateway.streams import ResultStreams
 
 logger = logging.getLogger(__name__)
 
 _GRACE_S = 5.0
-
-
-class GatewayStartError(OSError):
-    """The gateway could not listen (the port is taken, the address is not local, ...)."""
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -89,8 +86,7 @@ class Gateway:
             self._socket = socket.create_server((self.host, port), backlog=1024)
         except OSError as error:
             raise GatewayStartError(
-                error.errno,
-                f"cannot listen for HTTP on {self.host}:{port}: {error.strerror or error}",
+                f"cannot listen for HTTP on {self.host}:{port}: {error.strerror or error}"
             ) from error
         self._socket.set_inheritable(False)
         config = uvicorn.Config(

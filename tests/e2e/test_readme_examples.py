@@ -52,6 +52,7 @@ def test_readme_gateway_and_cli_examples_run(tmp_path: Path) -> None:
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
             STREAM_MANAGER_PORT=str(gateway.manager.port),
             CURL_HOME=str(tmp_path),
+            TMPDIR=str(tmp_path),
             COLUMNS="200",
         )
         result = subprocess.run(
@@ -69,6 +70,7 @@ def test_readme_gateway_and_cli_examples_run(tmp_path: Path) -> None:
         assert out.startswith("ready\n"), shown
         assert out.count("event: result") == 3 and '"reason":"limit"' in out, shown
         assert '"image"' not in out.split("event: end")[0], shown  # excluded_fields=image
+        assert (tmp_path / "framepipe-clip.mp4").exists()
         assert "drops by reason" in out and "recent events" in out, shown
         assert re.search(r"terminated [0-9a-f-]{36}", out), shown
         errors = result.stderr.strip().splitlines()

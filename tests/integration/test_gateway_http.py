@@ -253,20 +253,14 @@ def test_bearer_token_is_passed_to_the_manager_and_bodies_are_bounded() -> None:
 # --- a pipeline over HTTP ----------------------------------------------------------------------
 
 
-def test_pipeline_lifecycle(video_120: SyntheticVideo) -> None:
+def test_pipeline_lifecycle(video_3000: SyntheticVideo) -> None:
     with running_gateway() as gateway:
-        pipeline_id = start(
-            gateway,
-            video_120.path,
-            sink_configuration={
-                "type": "MemorySinkConfiguration",
-                "results_buffer_size": 200,
-            },
-        )
+        # max_fps paces a file in real time: 100 s, longer than the test
+        pipeline_id = start(gateway, video_3000.path, video_configuration=paced(video_3000))
         assert listed(gateway) == [pipeline_id]
         status = gateway.http.get(f"/inference_pipelines/{pipeline_id}/status")
         report = InferencePipelineStatusResponse.model_validate(status.json()).report
-        assert report.sources_metadata[0].source_reference == str(video_120.path)
+        assert report.sources_metadata[0].source_reference == str(video_3000.path)
         assert report.framepipe is not None and report.framepipe.sources
 
         url = f"/inference_pipelines/{pipeline_id}/consume"
@@ -282,7 +276,11 @@ def test_pipeline_lifecycle(video_120: SyntheticVideo) -> None:
         )
         assert first[0] is not None and "image" not in first[0] and "frame_id" in first[0]
         assert "entries" not in gateway.http.get(url).json()  # only for max_entries callers
-        batch = consume(params={"max_entries": 5, "excluded_fields": "image"})
+        def some() -> ConsumePipelineResponse | None:
+            batch = consume(params={"max_entries": 5, "excluded_fields": "image"})
+            return batch if batch.entries else None
+
+        batch = wait_for(some, 60, "results for a batch")
         assert batch.entries is not None and 1 <= len(batch.entries) <= 5
         ids = [e.frames_metadata[0].frame_id for e in batch.entries if e.frames_metadata[0]]
         assert ids == sorted(ids) and ids[0] > first[0]["frame_id"]
@@ -297,13 +295,27 @@ def test_pipeline_lifecycle(video_120: SyntheticVideo) -> None:
 # --- results pushed ----------------------------------------------------------------------------
 
 
+def paced(video: SyntheticVideo) -> dict[str, Any]:
+    """``video`` at its own pace (max_fps paces a file in real time)."""
+    return {
+        "type": "VideoConfiguration",
+        "video_reference": str(video.path),
+        "max_fps": video.fps,
+    }
+
+
 def big_sink(frames: int) -> dict[str, Any]:
     """A sink that holds every result: no result is lost before the gateway drains it."""
     return {"type": "MemorySinkConfiguration", "results_buffer_size": frames + 10}
 
 
+# The manager (today) removes a file pipeline about a second after its sources end, whether its
+# results were read or not: streams of unpaced files drain in large batches to keep up.
+FAST_DRAIN = {"FRAMEPIPE_HTTP_STREAM_BATCH": "1000"}
+
+
 def test_stream_delivers_every_result_in_order_then_ends(video_120: SyntheticVideo) -> None:
-    with running_gateway() as gateway:
+    with running_gateway(FAST_DRAIN) as gateway:
         pipeline_id = start(gateway, video_120.path, sink_configuration=big_sink(120))
         reader = Reader(gateway, pipeline_id, "?buffer=1000")
         reader.join()
@@ -346,7 +358,7 @@ def test_two_readers_each_get_every_result(rtsp_server: RtspServer) -> None:
 
 
 def test_a_slow_reader_loses_its_oldest_results_and_is_told(video_3000: SyntheticVideo) -> None:
-    with running_gateway() as gateway:
+    with running_gateway(FAST_DRAIN) as gateway:
         pipeline_id = start(gateway, video_3000.path, sink_configuration=big_sink(3000))
         host, port = gateway.url.removeprefix("http://").split(":")
         with socket.socket() as sock:
@@ -385,7 +397,7 @@ def test_a_slow_reader_loses_its_oldest_results_and_is_told(video_3000: Syntheti
 
 def test_a_closed_stream_stops_draining(video_3000: SyntheticVideo) -> None:
     with running_gateway() as gateway:
-        pipeline_id = start(gateway, video_3000.path, sink_configuration=big_sink(3000))
+        pipeline_id = start(gateway, video_3000.path, video_configuration=paced(video_3000))
         url = f"/inference_pipelines/{pipeline_id}/results/stream"
         with gateway.http.stream("GET", url) as response:
             first = next(e for e in parse_sse(response.iter_lines()) if e.event == "result")
@@ -395,13 +407,16 @@ def test_a_closed_stream_stops_draining(video_3000: SyntheticVideo) -> None:
             report = gateway.http.get(f"/inference_pipelines/{pipeline_id}/status").json()
             return int(report["report"]["framepipe"]["results_produced"])
 
-        wait_for(lambda: produced() == 3000, 120, "every frame processed")
+        closed_at = produced()
+        wait_for(lambda: produced() >= closed_at + 30, 60, "30 more results")
         left = gateway.http.get(
-            f"/inference_pipelines/{pipeline_id}/consume", params={"max_entries": 3000}
+            f"/inference_pipelines/{pipeline_id}/consume", params={"max_entries": 1000}
         ).json()["entries"]
         ids = [e["frames_metadata"][0]["frame_id"] for e in left]
-        assert ids, "with its reader gone the gateway stops draining: results wait in the sink"
-        assert ids == list(range(ids[0], ids[0] + len(ids))) and ids[0] > seen
+        # a drain still running would have popped them (it polls every 20 ms)
+        assert len(ids) >= 20, "with its reader gone the gateway stops draining"
+        assert ids == sorted(ids) and ids[0] > seen
+        gateway.http.post(f"/inference_pipelines/{pipeline_id}/terminate").raise_for_status()
 
 
 def test_each_reader_leaves_out_its_own_fields(rtsp_server: RtspServer) -> None:
@@ -421,8 +436,7 @@ def test_each_reader_leaves_out_its_own_fields(rtsp_server: RtspServer) -> None:
 
 def test_shutdown_ends_open_streams(video_3000: SyntheticVideo) -> None:
     with running_gateway() as gateway:
-        pipeline_id = start(gateway, video_3000.path)
-        gateway.http.post(f"/inference_pipelines/{pipeline_id}/pause").raise_for_status()
+        pipeline_id = start(gateway, video_3000.path, video_configuration=paced(video_3000))
         reader = Reader(gateway, pipeline_id)
         assert reader.attached.wait(60)
         assert gateway.manager.stop() == 0
