@@ -276,6 +276,7 @@ def test_pipeline_lifecycle(video_3000: SyntheticVideo) -> None:
         )
         assert first[0] is not None and "image" not in first[0] and "frame_id" in first[0]
         assert "entries" not in gateway.http.get(url).json()  # only for max_entries callers
+
         def some() -> ConsumePipelineResponse | None:
             batch = consume(params={"max_entries": 5, "excluded_fields": "image"})
             return batch if batch.entries else None
