@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 
 import uvicorn
+from fastapi import APIRouter
 
 from framepipe.client.address import reachable_host
 from framepipe.gateway.app import GatewayContext, ManagerAddress, create_app
@@ -38,8 +39,9 @@ class _EmbeddedServer(uvicorn.Server):
 class Gateway:
     """The HTTP gateway in front of the manager at ``manager_host:manager_port``.
 
-    ``announce(url)`` is called once it listens. Usable as a companion of
-    :func:`framepipe.server.app.serve` (``start(host, port)`` / ``close()``).
+    ``announce(url)`` is called once it listens; ``routers`` add routes (a ``/metrics`` router,
+    later). Usable as a companion of :func:`framepipe.server.app.serve` (``start(host, port)``
+    / ``close()``).
     """
 
     def __init__(
@@ -49,8 +51,10 @@ class Gateway:
         probe_token: str | None = None,
         default_host: str = "127.0.0.1",
         announce: Callable[[str], None] | None = None,
+        routers: Sequence[APIRouter] = (),
     ) -> None:
         self.settings = settings
+        self.routers = tuple(routers)
         self.probe_token = probe_token
         self.default_host = default_host
         self.announce = announce
@@ -90,7 +94,7 @@ class Gateway:
             ) from error
         self._socket.set_inheritable(False)
         config = uvicorn.Config(
-            create_app(context),
+            create_app(context, routers=self.routers),
             lifespan="off",
             log_config=None,
             access_log=False,
