@@ -9,8 +9,9 @@ process that maps it, and ignored the frame rings altogether. Here:
 * a new pipeline is predicted to need its rings (computed from its configuration) plus as much
   private memory as the largest worker observed so far.
 
-:meth:`RamBudget.admit` raises :class:`OperationError` naming the numbers when the total would
-pass the limit, and :class:`ShmExhaustedError` when /dev/shm has no room for the new rings.
+:meth:`RamBudget.admit` raises :class:`RamBudgetExceededError` naming the numbers when the total
+would pass the limit, and :class:`ShmExhaustedError` when /dev/shm has no room for the new rings
+(both :class:`~framepipe.protocol.errors.CapacityError`, an ``operation_error`` on the wire).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from framepipe.errors import OperationError, ShmExhaustedError
+from framepipe.errors import RamBudgetExceededError, ShmExhaustedError
 
 MB = 1024 * 1024
 SHM_DIR = Path("/dev/shm")
@@ -182,7 +183,7 @@ class RamBudget:
         worker_mb = largest if reused_worker_mb is None else max(0.0, largest - reused_worker_mb)
         predicted = new_rings_bytes / MB + worker_mb
         if self.max_ram_mb is not None and usage.total_mb + predicted > self.max_ram_mb:
-            raise OperationError(
+            raise RamBudgetExceededError(
                 "Cannot start a new pipeline: not enough RAM in the budget. "
                 f"In use: {usage.total_mb:.1f} MB (manager {usage.manager_mb:.1f} MB, "
                 f"workers {usage.workers_mb:.1f} MB, shared segments {usage.shared_segments_mb:.1f} MB); "

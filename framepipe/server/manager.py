@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from framepipe.core.budget import (
     MB,
@@ -84,6 +84,9 @@ from framepipe.server.table import (
 )
 from framepipe.server.workers import WorkerGone, WorkerHandle, WorkerTimeout
 
+if TYPE_CHECKING:
+    from framepipe.core.processing.registry import ModelRegistry
+
 log = logging.getLogger("framepipe.manager")
 
 
@@ -114,6 +117,7 @@ class StreamManager:
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._health_task: asyncio.Task[Any] | None = None
+        self._registry: ModelRegistry | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -203,6 +207,7 @@ class StreamManager:
         loop = asyncio.get_running_loop()
         begun_at = datetime.now()
         config = PipelineConfig.from_payload(payload)
+        self._check_models(config)
         requests = config.source_requests()
         rings = await loop.run_in_executor(None, self.decoders.new_rings_bytes, requests)
         row = self.table.take_idle(time.monotonic())
@@ -239,6 +244,19 @@ class StreamManager:
             return pipeline_id
         finally:
             self.table.settle(admission)
+
+    def _check_models(self, config: PipelineConfig) -> None:
+        """An unknown model is refused before any process starts (InvalidPayloadError naming
+        it, with the registered ones)."""
+        from framepipe.core.processing.processor import check_spec
+        from framepipe.core.processing.registry import ModelRegistry, ProcessingSettings
+
+        if self._registry is None:
+            self._registry = ModelRegistry.from_settings(ProcessingSettings.from_env())
+        try:
+            check_spec(config.processing, self._registry)
+        except InvalidPayloadError as exc:
+            raise InvalidPayloadError(exc.message, public_message=exc.message) from None
 
     async def status(self, pipeline_id: str, request_id: str | None = None) -> dict[str, Any]:
         """The pipeline's status report (wire dict).

@@ -30,7 +30,7 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 def test_pipelines_commands_against_a_running_manager() -> None:
     with running_manager() as manager:
-        listed = cli("pipelines", "--port", str(manager.port), "list")
+        listed = cli("pipelines", "--port", str(manager.port), "list", "--json")
         assert listed.returncode == 0, listed.stderr
         assert json.loads(listed.stdout)["pipelines"] == []
         missing = cli("pipelines", "--port", str(manager.port), "status", "no-such-id")

@@ -96,6 +96,7 @@ def test_ram_budget_refusal_is_operation_error_with_the_numbers() -> None:
         reply = manager.request(init_message(decoding_buffer_size=4))
         response = reply["response"]
         assert response["error_type"] == "operation_error", response
+        assert response["error_class"] == "RamBudgetExceededError"
         message = response["error_message"]
         assert "STREAM_MANAGER_MAX_RAM_MB=40.0 MB" in message
         assert "In use:" in message and "predicted for the new pipeline" in message

@@ -16,14 +16,14 @@ from framepipe.core.budget import (
     shared_segments_bytes,
 )
 from framepipe.core.sources.sizing import LEASES_PER_CONSUMER, rings_bytes
-from framepipe.errors import OperationError, ShmExhaustedError
+from framepipe.errors import OperationError, RamBudgetExceededError, ShmExhaustedError
 from framepipe.server.settings import ServerSettings, SettingsError
 
 
 def test_refusal_names_the_numbers() -> None:
     budget = RamBudget(max_ram_mb=1000)
     usage = MemoryUsage(manager_mb=100, workers_mb=600, shared_segments_mb=50)
-    with pytest.raises(OperationError) as caught:
+    with pytest.raises(RamBudgetExceededError) as caught:
         budget.admit(usage=usage, worker_samples_mb=[[200.0, 300.0]], new_rings_bytes=int(10 * MB))
     message = caught.value.message
     for figure in ("750.0 MB", "310.0 MB", "rings 10.0 MB", "worker 300.0 MB", "1000.0 MB"):

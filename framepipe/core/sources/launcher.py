@@ -21,7 +21,7 @@ from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from typing import Any
 
 #: Modules the forkserver imports once, so forked decode processes start warm.
-PRELOAD = ["numpy", "cv2", "av", "framepipe.core.sources.worker"]
+PRELOAD = ["numpy", "cv2", "av", "framepipe.core.sources.decoder"]
 
 _lock = threading.Lock()
 _configured = False
