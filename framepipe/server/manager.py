@@ -224,11 +224,12 @@ class StreamManager:
             pipeline_id = row.pipeline_id
             worker = self._workers[pipeline_id]
             try:
-                await worker.wait_ready(self.settings.spawn_timeout_s)
+                # The sources start opening while the worker finishes warming up.
                 tickets = await loop.run_in_executor(
                     None, self.decoders.serve, requests, worker.pid
                 )
                 self._tickets[pipeline_id] = tickets
+                await worker.wait_ready(self.settings.spawn_timeout_s)
                 await worker.request(
                     StartPipeline(config=config, sources=tickets, begun_at=begun_at),
                     timeout=self.settings.init_timeout_s,

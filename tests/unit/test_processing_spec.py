@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 
 from framepipe.core.processing import (
+    FrameTap,
     ModelRegistry,
     ModelSpec,
     ModelTask,
@@ -305,3 +306,23 @@ def test_check_spec_fails_fast_on_unknown_models(tmp_path: Path) -> None:
     bad_step = {**DETECTION_STEP, "model_id": "nope"}
     with pytest.raises(InvalidPayloadError, match="'nope'"):
         check_spec(processing_spec_from_wire(workflow([bad_step], [])), registry)
+
+
+def test_a_frame_tap_sees_each_frame_in_place_with_its_output() -> None:
+    seen: list[tuple[int, dict[str, object] | None, object]] = []
+    frames = [FRAME, None, FRAME[::2, ::2]]
+
+    def on_frame(frame: np.ndarray, output: dict[str, object] | None, meta: object) -> None:
+        seen.append((id(frame), output, meta))
+
+    tap = FrameTap(build_processor(PassthroughSpec()), on_frame)
+    assert tap.model is None
+    metas = [
+        SimpleNamespace(frame_id=1, source_id=0),
+        None,
+        SimpleNamespace(frame_id=1, source_id=2),
+    ]
+    outputs = tap.compose(frames, metas, None)
+    assert [s[0] for s in seen] == [id(FRAME), id(frames[2])]  # the frames themselves, no copy
+    assert [s[1] for s in seen] == [outputs[0], outputs[2]] and outputs[1] is None
+    assert [s[2] for s in seen] == [metas[0], metas[2]]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import base64
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -228,6 +228,36 @@ class WorkflowProcessor(Processor):
         return outputs
 
 
+FrameCallback = Callable[[Frame, Output, Any], None]
+
+
+class FrameTap(Processor):
+    """Another processor, whose every frame is also shown to ``on_frame(frame, output,
+    metadata)`` — in place, while it is still leased, right after its output was composed.
+
+    For whoever needs the pixels of the frames as they pass (drawing the results on them for a
+    return video track or a recording): ``frame`` is valid only during the call, so a callee
+    that keeps it copies it (``annotate`` draws on a copy).
+    """
+
+    def __init__(self, inner: Processor, on_frame: FrameCallback) -> None:
+        self.inner = inner
+        self.model = inner.model
+        self._on_frame = on_frame
+
+    def compose(
+        self,
+        frames: Sequence[Frame | None],
+        frames_metadata: Sequence[Any | None],
+        predictions: Sequence[Predictions | None] | None,
+    ) -> list[Output]:
+        outputs = self.inner.compose(frames, frames_metadata, predictions)
+        for frame, output, meta in zip(frames, outputs, frames_metadata, strict=True):
+            if frame is not None:
+                self._on_frame(frame, output, meta)
+        return outputs
+
+
 def check_spec(spec: ProcessingSpec, registry: ModelRegistry) -> None:
     """Fail fast, without loading anything: every model the spec names is registered and on
     disk (for a manager that answers ``init`` before the model is loaded)."""
@@ -254,6 +284,7 @@ def build_processor(spec: ProcessingSpec | str | None) -> Processor:
 
 
 __all__ = [
+    "FrameTap",
     "ModelProcessor",
     "PassthroughProcessor",
     "Processor",
