@@ -71,13 +71,13 @@ class Manager:
         raise RuntimeError("manager did not accept connections")
 
     def workers(self) -> list[psutil.Process]:
-        """The pipeline workers: the manager's children but its multiprocessing helpers (the
-        resource tracker, the decoders' forkserver)."""
+        """The pipeline workers: the manager's children but its helpers (the resource tracker,
+        the decoders' forkserver, the reaper)."""
         try:
             children = psutil.Process(self.proc.pid).children()
         except psutil.Error:
             return []
-        helpers = ("resource_tracker", "forkserver")
+        helpers = ("resource_tracker", "forkserver", "framepipe.server.reaper")
         return [c for c in children if not any(h in " ".join(_cmdline(c)) for h in helpers)]
 
     def stop(self) -> int:

@@ -71,6 +71,7 @@ from framepipe.server.messages import (
     WorkerCommand,
     expect,
 )
+from framepipe.server.reaper import Reaper
 from framepipe.server.settings import ServerSettings
 from framepipe.server.table import (
     CheckHealth,
@@ -109,7 +110,11 @@ class StreamManager:
             preloaded_workers=settings.preloaded_processes,
             ram_window=settings.ram_usage_queue_size,
         )
-        self.decoders = Decoders(share=settings.share_decoders)
+        self.decoders = Decoders(
+            share=settings.share_decoders,
+            open_timeout_s=settings.source_open_timeout_s,
+            read_timeout_s=settings.source_read_timeout_s,
+        )
         self._workers: dict[str, WorkerHandle] = {}
         self._tickets: dict[str, tuple[Any, ...]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -118,12 +123,15 @@ class StreamManager:
         self._closing = False
         self._health_task: asyncio.Task[Any] | None = None
         self._registry: ModelRegistry | None = None
+        self._reaper: Reaper | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Sweep orphaned segments and start the health loop (non-blocking)."""
-        swept = await asyncio.get_running_loop().run_in_executor(None, sweep_orphan_segments)
+        """Sweep orphaned segments, start the reaper and the health loop (non-blocking)."""
+        loop = asyncio.get_running_loop()
+        self._reaper = await loop.run_in_executor(None, Reaper)
+        swept = await loop.run_in_executor(None, sweep_orphan_segments)
         if swept:
             log.info("removed %d orphaned shared-memory entries: %s", len(swept), ", ".join(swept))
         self._health_task = self._spawn_background(self._health_loop(), "health-loop")
@@ -153,6 +161,8 @@ class StreamManager:
         await loop.run_in_executor(None, self.decoders.close)
         await loop.run_in_executor(None, sweep_orphan_segments)
         remove_own_segments(os.getpid())
+        if self._reaper is not None:
+            await loop.run_in_executor(None, self._reaper.close)
 
     def _spawn_background(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)

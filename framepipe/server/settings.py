@@ -60,6 +60,10 @@ class ServerSettings:
     # Pipelines on the same video reference share one decode process and ring, owned by the
     # manager (FRAMEPIPE_SHARE_DECODERS=0 gives every pipeline its own decoder).
     share_decoders: bool = True
+    # A source that does not open within this many seconds fails to open (a live one retries).
+    source_open_timeout_s: float = 5.0
+    # A live source that delivers no frame for this many seconds is RESTARTING and reconnected.
+    source_read_timeout_s: float = 3.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -97,6 +101,12 @@ class ServerSettings:
                 if name.strip()
             ),
             share_decoders=_bool(env, "FRAMEPIPE_SHARE_DECODERS", defaults.share_decoders),
+            source_open_timeout_s=_float(
+                env, "FRAMEPIPE_SOURCE_OPEN_TIMEOUT", defaults.source_open_timeout_s
+            ),
+            source_read_timeout_s=_float(
+                env, "FRAMEPIPE_SOURCE_READ_TIMEOUT", defaults.source_read_timeout_s
+            ),
         )
 
     def with_overrides(self, **changes: object) -> ServerSettings:

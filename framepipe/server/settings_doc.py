@@ -61,6 +61,18 @@ SERVER_SETTINGS: dict[str, SettingDoc] = {
     "health_interval_s": SettingDoc(
         "FRAMEPIPE_HEALTH_INTERVAL", "seconds between two rounds of the health loop", "2"
     ),
+    "source_open_timeout_s": SettingDoc(
+        "FRAMEPIPE_SOURCE_OPEN_TIMEOUT",
+        "seconds a source has to open (a live one keeps retrying with backoff)",
+        "10",
+    ),
+    "source_read_timeout_s": SettingDoc(
+        "FRAMEPIPE_SOURCE_READ_TIMEOUT",
+        "seconds without a frame after which a live source is RESTARTING and reconnected; a "
+        "decode process silent for twice the open and read timeouts together is killed (a live "
+        "source's is replaced)",
+        "5",
+    ),
     "ended_linger_s": SettingDoc(
         "FRAMEPIPE_ENDED_LINGER",
         "seconds a finished pipeline stays listed once its last result was consumed, and a "
