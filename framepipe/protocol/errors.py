@@ -16,7 +16,7 @@ How an error becomes a failure body (see :mod:`framepipe.protocol.envelope`):
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class ErrorType(StrEnum):
@@ -92,3 +92,12 @@ ERROR_CLASSES: dict[ErrorType, type[FramepipeError]] = {
     ErrorType.OPERATION_ERROR: OperationError,
     ErrorType.AUTHORISATION_ERROR: AuthorisationError,
 }
+
+
+def preview(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: an error message quotes what it
+    refuses, never megabytes of it."""
+    if isinstance(value, list | dict | tuple) and len(value) > limit:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."

@@ -17,7 +17,11 @@ from framepipe.protocol import _json
 from framepipe.protocol.errors import InvalidPayloadError
 
 HEADER_SIZE = 4
-DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+"""The largest request a server reads by default. Real commands are far smaller: an ``init``
+with a 40-step workflow on 4 cameras is 37 kB, a ``webrtc`` offer 41 kB with the same workflow
+(tests/realistic_requests.py); 1 MiB leaves ~25x headroom and bounds what an anonymous client
+can make the server buffer. Servers make it settable (``FRAMEPIPE_MAX_MESSAGE_BYTES``)."""
 MAX_ENCODABLE_SIZE = 2**32 - 1
 
 
