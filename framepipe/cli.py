@@ -57,7 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     pipelines.add_argument("--timeout", type=float, default=30.0, help="seconds per operation")
     pipelines.add_argument(
-        "--token", default=None, help="shared token, if the manager requires one"
+        "--token", default=None, help="shared token, if the manager requires one (FRAMEPIPE_TOKEN)"
+    )
+    pipelines.add_argument(
+        "--tls", action="store_true", help="connect with TLS, checked against the system's CAs"
+    )
+    pipelines.add_argument(
+        "--tls-ca",
+        default=None,
+        help="connect with TLS, checked against this CA bundle or self-signed certificate "
+        "(FRAMEPIPE_TLS_CA)",
     )
     actions = pipelines.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="ids of the running pipelines").set_defaults(run=_pipelines)
@@ -116,15 +125,26 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _pipelines(args: argparse.Namespace) -> int:
+    import os
+    import ssl
+
     from framepipe.server.settings import ServerSettings
 
-    defaults = ServerSettings.from_env()
+    defaults = ServerSettings.from_env()  # FRAMEPIPE_TOKEN too (an empty one is refused)
     host = args.host or defaults.host
     port = args.port if args.port is not None else defaults.port
+    token = args.token if args.token is not None else defaults.token
+    ca_file = args.tls_ca or os.environ.get("FRAMEPIPE_TLS_CA") or None
+    tls: ssl.SSLContext | bool = args.tls
+    if ca_file is not None:
+        try:
+            tls = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"TLS CA file {ca_file!r} cannot be loaded: {exc}") from None
     from framepipe.client import FramepipeError, SyncStreamManagerClient
 
     client = SyncStreamManagerClient(
-        host=host, port=port, operations_timeout=args.timeout, auth_token=args.token
+        host=host, port=port, operations_timeout=args.timeout, auth_token=token, tls=tls
     )
     try:
         result: Any

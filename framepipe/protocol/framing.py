@@ -78,6 +78,33 @@ def decode_object(payload: bytes) -> dict[str, Any]:
     return document
 
 
+def payload_size(header: bytes, max_message_size: int) -> int:
+    """The payload size a complete 4-byte header declares; a FramingError when it is zero or
+    above ``max_message_size`` (the body need not be read to refuse it)."""
+    size = int.from_bytes(header, "big")
+    if size <= 0:
+        raise MalformedHeaderError(f"Header is indicating non positive payload size: {size}")
+    if size > max_message_size:
+        raise MessageTooLargeError(
+            f"Header declares a payload of {size} bytes, above the limit of "
+            f"{max_message_size} bytes"
+        )
+    return size
+
+
+def short_header_error(received: bytes) -> MalformedHeaderError:
+    """The error for a connection that ended within the header."""
+    return MalformedHeaderError(f"Expected header size: {HEADER_SIZE}, received: {received!r}")
+
+
+def truncated_error(received: int, expected: int) -> TruncatedMessageError:
+    """The error for a connection that ended within the payload."""
+    return TruncatedMessageError(
+        "Socket was closed to read before payload was decoded "
+        f"(received {received} of {expected} bytes)."
+    )
+
+
 def _json_kind(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
@@ -149,15 +176,10 @@ class FrameDecoder:
             return
         if self._expected is None and self._buffer:
             self._failed = True
-            raise MalformedHeaderError(
-                f"Expected header size: {HEADER_SIZE}, received: {bytes(self._buffer)!r}"
-            )
+            raise short_header_error(bytes(self._buffer))
         if self._expected is not None:
             self._failed = True
-            raise TruncatedMessageError(
-                "Socket was closed to read before payload was decoded "
-                f"(received {len(self._buffer)} of {self._expected} bytes)."
-            )
+            raise truncated_error(len(self._buffer), self._expected)
 
     def _raise_pending(self) -> None:
         if self._pending_error is not None:
@@ -165,16 +187,9 @@ class FrameDecoder:
             raise error
 
     def _read_header(self, header: bytes) -> int:
-        size = int.from_bytes(header, "big")
-        if size <= 0 or size > self.max_message_size:
+        try:
+            return payload_size(header, self.max_message_size)
+        except FramingError:
             self._buffer.clear()
-        if size <= 0:
             self._failed = True
-            raise MalformedHeaderError(f"Header is indicating non positive payload size: {size}")
-        if size > self.max_message_size:
-            self._failed = True
-            raise MessageTooLargeError(
-                f"Header declares a payload of {size} bytes, above the limit of "
-                f"{self.max_message_size} bytes"
-            )
-        return size
+            raise
