@@ -41,7 +41,12 @@ _SIGNED_STEPS = bytes.maketrans(b"[]{}", b"\x01\xff\x01\xff")  # +1 / -1 as sign
 
 
 class JsonLimitError(FramingError):
-    """The request's JSON is larger or deeper than the server accepts (nothing was parsed)."""
+    """The request's JSON is larger or deeper than the server accepts (nothing was parsed).
+    ``limit`` says which: ``"items"`` or ``"depth"``."""
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +88,20 @@ def nesting_depth(body: bytes) -> int:
 def check_json_limits(body: bytes, limits: JsonLimits) -> None:
     """Raise :class:`JsonLimitError` if ``body`` holds more items or deeper nesting than
     ``limits`` allow. Says nothing about whether ``body`` is valid JSON (the parser does)."""
-    # Every item takes at least one byte: a short body needs no counting.
-    items = 0 if len(body) <= limits.max_items else count_items(body)
+    # Every item takes at least one byte: a short body needs no counting. A long one is
+    # counted on a prefix first (a prefix never holds more items than the whole): a body of
+    # millions of items is refused after reading a few hundred kB of it.
+    items = 0
+    if len(body) > limits.max_items:
+        items = count_items(body[: 4 * limits.max_items])
+        if items <= limits.max_items:
+            items = count_items(body)
     if items > limits.max_items:
         raise JsonLimitError(
             f"The request holds {items} JSON items (arrays, objects, commas and strings), "
             f"above the server's limit of {limits.max_items}; send a smaller request, or ask "
-            "the operator to raise the limit"
+            "the operator to raise the limit",
+            limit="items",
         )
     if body.count(b"[") + body.count(b"{") <= limits.max_depth:
         return  # fewer containers than the limit: the nesting cannot be deeper
@@ -97,5 +109,6 @@ def check_json_limits(body: bytes, limits: JsonLimits) -> None:
     if depth > limits.max_depth:
         raise JsonLimitError(
             f"The request's JSON is nested {depth} levels deep, above the server's limit of "
-            f"{limits.max_depth}; send a flatter request, or ask the operator to raise the limit"
+            f"{limits.max_depth}; send a flatter request, or ask the operator to raise the limit",
+            limit="depth",
         )

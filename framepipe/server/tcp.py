@@ -53,6 +53,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -117,10 +118,18 @@ one): status, list, consume, and nearly every init, are served however busy the 
 OFFLOAD_PARSE_BYTES = 64 * 1024
 """Requests larger than this are checked and parsed in a worker thread, off the event loop."""
 _LINGER_S = 1.0
+_DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
+_DRAIN_RATE_BYTES_S = 32 * 1024 * 1024
+"""After a rejection, the rest of the request is read and dropped for a moment (so that a
+client still sending gets its answer rather than a reset): at most _DRAIN_LIMIT_BYTES per
+connection, and at most _DRAIN_RATE_BYTES_S across all of them (a token bucket), beyond which
+connections are reset at once. Draining without a bound let an attacker make the server read
+1 GB/s of junk; a careless client that sent a few MB too many still gets its answer."""
 _FAST_READ_BYTES = 64 * 1024
 _ACCEPTS_PER_WAKEUP = 64
 _ACCEPT_PAUSE_S = 0.1
 _SCRATCH = bytearray(64 * 1024)  # where bytes to be dropped are read (never looked at)
+_EARLY_LIMIT_BYTES = 256 * 1024
 
 
 class RequestTimeoutError(FramingError):
@@ -129,6 +138,12 @@ class RequestTimeoutError(FramingError):
 
 class ConnectionLimitError(OperationError):
     """The server dropped this connection to make room for a new one (at max_connections)."""
+
+
+def _busy() -> ConnectionLimitError:
+    return ConnectionLimitError(
+        "The stream manager is receiving too many large requests at once; retry in a moment"
+    )
 
 
 class _Slot:
@@ -146,6 +161,24 @@ class _Slot:
             self.released = True
             self._front.open_connections -= 1
             self._front.slot_released()
+
+
+class _TokenBucket:
+    """``rate`` units per second, at most ``rate`` banked."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._level = rate
+        self._at = time.monotonic()
+
+    def take(self, amount: float) -> bool:
+        now = time.monotonic()
+        self._level = min(self.rate, self._level + (now - self._at) * self.rate)
+        self._at = now
+        if amount > self._level:
+            return False
+        self._level -= amount
+        return True
 
 
 class _PendingBytes:
@@ -203,7 +236,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._waiting = False  # for pending bytes
         self._request_taken = False
         self._draining = False
+        self._drained = 0
         self._lost = False
+        self._starting = False  # within connection_made
         self._timers: list[asyncio.TimerHandle] = []
 
     # asyncio.BufferedProtocol callbacks --------------------------------------------------
@@ -217,7 +252,11 @@ class _Connection(asyncio.BufferedProtocol):
         )
         if self._initial:
             initial, self._initial = self._initial, b""
-            self._consume(initial)
+            self._starting = True
+            try:
+                self._consume(initial)
+            finally:
+                self._starting = False
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._request_taken or self._waiting:
@@ -228,11 +267,20 @@ class _Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._waiting:  # reading is paused; a read already under way is kept, not lost
-            room = self._expected - len(self._early)
-            self._early += bytes(_SCRATCH[: min(nbytes, max(room, 0))])
+            if len(self._early) + nbytes > _EARLY_LIMIT_BYTES:
+                self._reject(_busy())  # the transport does not honour the pause: do not buffer
+                return
+            self._early += bytes(_SCRATCH[:nbytes])
+            return
+        if self._draining:
+            self._drained += nbytes
+            if (
+                self._drained > _DRAIN_LIMIT_BYTES or not self._front.drain_allowance.take(nbytes)
+            ) and self._transport is not None:
+                self._transport.abort()  # enough: whoever still sends this is not listening
             return
         if self._request_taken:
-            return  # drained (after a rejection), or bytes past the one request: dropped
+            return  # bytes past the one request: dropped
         if self._body is not None:
             self._body_got += nbytes
             if self._body_got == self._expected:
@@ -243,17 +291,20 @@ class _Connection(asyncio.BufferedProtocol):
             self._on_header()
 
     def eof_received(self) -> bool:
+        # Keep the write side open for the answer, where the transport can (TLS cannot: its
+        # close_notify ends both directions, and asyncio warns if asked to).
+        half_open = self._transport is not None and self._transport.can_write_eof()
         if self._draining:
             self.close()
             return False
         if self._request_taken:
-            return True  # keep the write side open for the reply
+            return half_open
         if self._body is not None or self._waiting:
             self._reject(truncated_error(self._body_got + len(self._early), self._expected))
-            return True
+            return half_open
         if self._header_got:
             self._reject(short_header_error(bytes(self._header[: self._header_got])))
-            return True
+            return half_open
         self.close()  # connected and closed without a byte: nothing to answer
         return False
 
@@ -300,8 +351,26 @@ class _Connection(asyncio.BufferedProtocol):
             self._body = bytearray(size)
             return
         self._waiting = True  # until _granted: the socket stays unread
-        if self._transport is not None:
-            self._transport.pause_reading()
+        self._pause_reading()
+
+    def _pause_reading(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.pause_reading()
+        if self._starting:
+            # uvloop starts reading after connection_made returns, whatever was paused in it:
+            # pause again once it has.
+            self._loop.call_soon(self._pause_again)
+
+    def _pause_again(self) -> None:
+        transport = self._transport
+        if (
+            transport is not None
+            and not transport.is_closing()
+            and (self._waiting or (self._request_taken and not self._draining))
+        ):
+            transport.pause_reading()
 
     def _granted(self) -> None:
         self._waiting = False
@@ -339,8 +408,7 @@ class _Connection(asyncio.BufferedProtocol):
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.pause_reading()
+        self._pause_reading()
         payload, self._body = bytes(self._body), None
         self._front.spawn(self._serve(payload))
 
@@ -440,6 +508,7 @@ class TcpFront:
         self.reading: dict[object, Callable[[], None]] = {}
         self.open_connections = 0
         self.pending = _PendingBytes(settings.max_pending_bytes)
+        self.drain_allowance = _TokenBucket(_DRAIN_RATE_BYTES_S)
         self._parse_slots = asyncio.Semaphore(settings.max_concurrent_parses)
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: socket.socket | None = None
@@ -493,7 +562,8 @@ class TcpFront:
         if listener is None:
             return
         for _ in range(_ACCEPTS_PER_WAKEUP):  # bounded: the loop has other work too
-            if self.open_connections >= self.settings.max_connections and not self._evict():
+            full = self.open_connections >= self.settings.max_connections
+            if full and not self.reading:
                 self._pause_accepting()  # every open connection is being served: wait for one
                 return
             try:
@@ -513,15 +583,15 @@ class TcpFront:
             if self._accept_failing:
                 logger.warning("accepting connections again")
                 self._accept_failing = False
+            if full:
+                self._evict()  # a connection is waiting: the oldest reader makes room for it
             conn.setblocking(False)
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._accepted(conn, _Slot(self))
 
-    def _evict(self) -> bool:
-        """Drop the oldest connection still reading its request; False when there is none."""
-        if not self.reading:
-            return False
+    def _evict(self) -> None:
+        """Drop the oldest connection still reading its request (there must be one)."""
         key = next(iter(self.reading))
         evict = self.reading.pop(key)
         self.evictions += 1
@@ -533,7 +603,6 @@ class TcpFront:
                 self.evictions,
             )
         evict()
-        return True
 
     def _pause_accepting(self) -> None:
         if self._accepting and self._listener is not None:
@@ -682,7 +751,10 @@ class TcpFront:
         try:
             check_json_limits(payload, self.settings.json_limits)
         except JsonLimitError as error:
-            raise JsonLimitError(f"{error.message} (FRAMEPIPE_MAX_JSON_ITEMS / _DEPTH)") from None
+            setting = (
+                "FRAMEPIPE_MAX_JSON_ITEMS" if error.limit == "items" else "FRAMEPIPE_MAX_JSON_DEPTH"
+            )
+            raise JsonLimitError(f"{error.message} ({setting})", limit=error.limit) from None
         document = decode_object(payload)
         self._check_token(document)
         return parse_command(document)
