@@ -140,6 +140,14 @@ class ConnectionLimitError(OperationError):
     """The server dropped this connection to make room for a new one (at max_connections)."""
 
 
+def _evicted(front: TcpFront) -> ConnectionLimitError:
+    return ConnectionLimitError(
+        f"The stream manager is at its limit of {front.settings.max_connections} open "
+        "connections and dropped this one, the oldest still sending its request; send each "
+        "request whole and at once, and retry"
+    )
+
+
 def _busy() -> ConnectionLimitError:
     return ConnectionLimitError(
         "The stream manager is receiving too many large requests at once; retry in a moment"
@@ -149,11 +157,13 @@ def _busy() -> ConnectionLimitError:
 class _Slot:
     """One socket counted against ``max_connections``, released exactly once."""
 
-    __slots__ = ("_front", "released")
+    __slots__ = ("_front", "evicted", "handed_over", "released")
 
     def __init__(self, front: TcpFront) -> None:
         self._front = front
         self.released = False
+        self.evicted = False  # dropped before its connection was set up
+        self.handed_over = False  # its socket belongs to a transport (being set up)
         front.open_connections += 1
 
     def release(self) -> None:
@@ -246,7 +256,10 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check)
         self._transport = cast(asyncio.Transport, transport)
-        self._front.reading[self] = self.evict
+        if self._slot.evicted:  # dropped while its transport was being set up
+            transport.close()
+            return
+        self._front.reading[self._slot] = self.evict  # (keeps its place: accepted first)
         self._timers.append(
             self._loop.call_later(self._front.settings.read_timeout_s, self._on_read_timeout)
         )
@@ -314,6 +327,7 @@ class _Connection(asyncio.BufferedProtocol):
             timer.cancel()
         self._timers.clear()
         self._stop_reading_request()
+        self._front.lingering.pop(self._slot, None)
         self._front.connections.discard(self)
         self._slot.release()
 
@@ -392,7 +406,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _stop_reading_request(self) -> None:
         """The request will not be read further: give back what it held or waited for."""
-        self._front.reading.pop(self, None)
+        self._front.reading.pop(self._slot, None)
         if self._waiting:
             self._waiting = False
             self._front.pending.cancel(self._granted)
@@ -404,7 +418,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _take_request(self) -> None:
         assert self._body is not None
         self._request_taken = True
-        self._front.reading.pop(self, None)
+        self._front.reading.pop(self._slot, None)
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
@@ -449,6 +463,7 @@ class _Connection(asyncio.BufferedProtocol):
         if transport.can_write_eof():
             transport.write_eof()
         transport.resume_reading()  # drain into the scratch buffer
+        self._front.lingering[self._slot] = self._drop  # the first to go at max_connections
         self._timers.append(self._loop.call_later(_LINGER_S, transport.close))
         self._timers.append(
             self._loop.call_later(self._front.settings.write_timeout_s, transport.abort)
@@ -456,15 +471,18 @@ class _Connection(asyncio.BufferedProtocol):
 
     def evict(self) -> None:
         """Drop this connection (still sending its request) to make room for a new one."""
-        self._front.reading.pop(self, None)
-        error = ConnectionLimitError(
-            f"The stream manager is at its limit of {self._front.settings.max_connections} open "
-            "connections and dropped this one, the oldest still sending its request; send each "
-            "request whole and at once, and retry"
-        )
-        self._reject(error)
+        self._front.reading.pop(self._slot, None)
+        self._reject(_evicted(self._front))
+        self._front.lingering.pop(self._slot, None)
         if self._transport is not None:
             self._transport.close()  # no lingering: the room is needed now
+        self._slot.release()
+
+    def _drop(self) -> None:
+        """Cut a lingering close short (its answer was sent) to make room for a new one."""
+        self._front.lingering.pop(self._slot, None)
+        if self._transport is not None:
+            self._transport.abort()
         self._slot.release()
 
     async def _serve(self, payload: bytes) -> None:
@@ -503,9 +521,12 @@ class TcpFront:
         self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
-        # Connections (and TLS handshakes) still reading their request, oldest first, each with
-        # what drops it: the candidates for eviction at max_connections.
+        # Connections (TLS handshakes, transports being set up) still reading their request,
+        # by their slot, oldest first, each with what drops it: the candidates for eviction at
+        # max_connections.
         self.reading: dict[object, Callable[[], None]] = {}
+        # Connections answered with an error and draining for a moment: evicted first.
+        self.lingering: dict[object, Callable[[], None]] = {}
         self.open_connections = 0
         self.pending = _PendingBytes(settings.max_pending_bytes)
         self.drain_allowance = _TokenBucket(_DRAIN_RATE_BYTES_S)
@@ -563,7 +584,7 @@ class TcpFront:
             return
         for _ in range(_ACCEPTS_PER_WAKEUP):  # bounded: the loop has other work too
             full = self.open_connections >= self.settings.max_connections
-            if full and not self.reading:
+            if full and not self.reading and not self.lingering:
                 self._pause_accepting()  # every open connection is being served: wait for one
                 return
             try:
@@ -591,7 +612,11 @@ class TcpFront:
             self._accepted(conn, _Slot(self))
 
     def _evict(self) -> None:
-        """Drop the oldest connection still reading its request (there must be one)."""
+        """Cut short the oldest lingering close, else drop the oldest connection still reading
+        its request (there must be one or the other)."""
+        if self.lingering:
+            self.lingering.pop(next(iter(self.lingering)))()
+            return
         key = next(iter(self.reading))
         evict = self.reading.pop(key)
         self.evictions += 1
@@ -623,25 +648,44 @@ class TcpFront:
             self._resume_accepting()
 
     def _accepted(self, conn: socket.socket, slot: _Slot) -> None:
-        if self.settings.ssl_context is not None:
-            self.spawn(self._serve_slow(conn, slot, b""))  # the bytes are a TLS handshake
-            return
-        try:
-            initial = conn.recv(_FAST_READ_BYTES)
-        except (BlockingIOError, InterruptedError):
-            initial = b""
-        except OSError:
-            conn.close()
-            slot.release()
-            return
-        if len(initial) > HEADER_SIZE:
-            size = int.from_bytes(initial[:HEADER_SIZE], "big")
-            if 0 < size <= self.settings.max_message_size and len(initial) == HEADER_SIZE + size:
-                self.spawn(self._serve_fast(conn, slot, initial[HEADER_SIZE:]))
+        if self.settings.ssl_context is None:
+            try:
+                initial = conn.recv(_FAST_READ_BYTES)
+            except (BlockingIOError, InterruptedError):
+                initial = b""
+            except OSError:
+                conn.close()
+                slot.release()
                 return
+            if len(initial) > HEADER_SIZE:
+                size = int.from_bytes(initial[:HEADER_SIZE], "big")
+                if (
+                    0 < size <= self.settings.max_message_size
+                    and len(initial) == HEADER_SIZE + size
+                ):
+                    self.spawn(self._serve_fast(conn, slot, initial[HEADER_SIZE:]))
+                    return
+        else:
+            initial = b""  # the bytes are a TLS handshake
+
+        # On the transport path the connection may be evicted from now on (its place among the
+        # readers is its accept time), even before its transport exists.
+        def evict_pending() -> None:
+            slot.evicted = True
+            slot.release()
+            if not slot.handed_over:  # not a transport's yet: close it now
+                with contextlib.suppress(OSError):
+                    body = FailureBody.from_error(_evicted(self))
+                    conn.send(encode_response(str(uuid.uuid4()), None, body))
+                conn.close()
+
+        self.reading[slot] = evict_pending
         self.spawn(self._serve_slow(conn, slot, initial))
 
     async def _serve_slow(self, conn: socket.socket, slot: _Slot, initial: bytes) -> None:
+        if slot.evicted:
+            return  # closed when it was evicted
+        slot.handed_over = True
         context = self.settings.ssl_context
         if context is None:
             try:
@@ -649,17 +693,18 @@ class TcpFront:
                     lambda: self._connection(slot, initial), conn
                 )
             except OSError:
+                self.reading.pop(slot, None)
                 conn.close()
                 slot.release()
             return
         handshake = asyncio.current_task()
         assert handshake is not None
 
-        def evict() -> None:
+        def evict_handshake() -> None:
             slot.release()
             handshake.cancel()
 
-        self.reading[handshake] = evict  # a stalled handshake may be evicted too
+        self.reading[slot] = evict_handshake  # a stalled handshake may be evicted too
         try:
             await self.loop.connect_accepted_socket(
                 lambda: self._connection(slot, b""),
@@ -669,14 +714,14 @@ class TcpFront:
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as error:
             logger.debug("TLS handshake failed: %s", error)
+            self.reading.pop(slot, None)
             conn.close()
             slot.release()
         except asyncio.CancelledError:
+            self.reading.pop(slot, None)
             conn.close()
             slot.release()
             raise
-        finally:
-            self.reading.pop(handshake, None)
 
     def _connection(self, slot: _Slot, initial: bytes) -> _Connection:
         connection = _Connection(self, slot, initial)
