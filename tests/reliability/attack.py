@@ -183,11 +183,14 @@ def _read_some(sock: socket.socket, limit: int = 65536) -> bytes:
     return data
 
 
-def _attack_process(port: int, arrays: int, clients: int, duration_s: float, results: Any) -> None:
+def _attack_process(
+    port: int, arrays: int, clients: int, duration_s: float, connection: Any
+) -> None:
     attackers = Attackers(port, amplification_frame(arrays), clients=clients, duration_s=duration_s)
     with attackers:
         pass
-    results.put(attackers.stats)
+    connection.send(attackers.stats)
+    connection.close()
 
 
 class AttackProcess:
