@@ -17,10 +17,10 @@ end (TCP, HTTP) that serves the manager through it applies the same policy.
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from framepipe.core.sources.reference import parse_reference
 from framepipe.protocol.commands import Command, InitCommand, WebRTCCommand
 from framepipe.protocol.envelope import SuccessBody
 from framepipe.protocol.errors import NotFoundError
@@ -39,6 +39,14 @@ class InputPolicy:
         looks at the file system)."""
         if not isinstance(command, InitCommand | WebRTCCommand):
             return
+        # Imported here: framepipe.core.sources brings numpy and the decoders (~1 s), which the
+        # manager loads in the background after it listens (its port must open at once). And
+        # through the hub first, the way the manager's own threads import it: the package's
+        # __init__ imports hub, which imports reference, so two threads entering the package
+        # by different modules at once deadlock (ImportError in both).
+        importlib.import_module("framepipe.core.sources.hub")
+        from framepipe.core.sources.reference import parse_reference
+
         references = command.payload.video_configuration.video_reference
         for reference in references if isinstance(references, list) else [references]:
             try:
