@@ -67,6 +67,7 @@ from framepipe.protocol.framing import (
     DEFAULT_MAX_MESSAGE_SIZE,
     HEADER_SIZE,
     FramingError,
+    MalformedHeaderError,
     MessageTooLargeError,
     decode_object,
     payload_size,
@@ -148,6 +149,13 @@ def _evicted(front: TcpFront) -> ConnectionLimitError:
     )
 
 
+def _too_large(error: MessageTooLargeError) -> MessageTooLargeError:
+    return MessageTooLargeError(
+        f"{error.message}; send a smaller request, or ask the operator to raise the server's "
+        "limit (FRAMEPIPE_MAX_MESSAGE_BYTES)"
+    )
+
+
 def _busy() -> ConnectionLimitError:
     return ConnectionLimitError(
         "The stream manager is receiving too many large requests at once; retry in a moment"
@@ -182,13 +190,34 @@ class _TokenBucket:
         self._at = time.monotonic()
 
     def take(self, amount: float) -> bool:
-        now = time.monotonic()
-        self._level = min(self.rate, self._level + (now - self._at) * self.rate)
-        self._at = now
-        if amount > self._level:
+        if amount > self.level():
             return False
         self._level -= amount
         return True
+
+    def level(self) -> float:
+        now = time.monotonic()
+        self._level = min(self.rate, self._level + (now - self._at) * self.rate)
+        self._at = now
+        return self._level
+
+
+class _RejectionLog:
+    """Rejections logged one by one up to ``per_second``, then counted (a flood of bad requests
+    must not become a flood of log lines: each one costs the event loop time too)."""
+
+    def __init__(self, per_second: int = 10) -> None:
+        self._allowance = _TokenBucket(per_second)
+        self._suppressed = 0
+
+    def rejected(self, request_id: str, error: FramepipeError) -> None:
+        if not self._allowance.take(1):
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            logger.info("%d more requests rejected (not logged one by one)", self._suppressed)
+            self._suppressed = 0
+        logger.info("request %s rejected: %s", request_id, error.message)
 
 
 class _PendingBytes:
@@ -349,12 +378,7 @@ class _Connection(asyncio.BufferedProtocol):
         try:
             size = payload_size(bytes(self._header), self._front.settings.max_message_size)
         except MessageTooLargeError as error:
-            self._reject(
-                MessageTooLargeError(
-                    f"{error.message}; send a smaller request, or ask the operator to raise "
-                    "the server's limit (FRAMEPIPE_MAX_MESSAGE_BYTES)"
-                )
-            )
+            self._reject(_too_large(error))
             return
         except FramingError as error:
             self._reject(error)
@@ -454,7 +478,7 @@ class _Connection(asyncio.BufferedProtocol):
             timer.cancel()
         self._timers.clear()
         request_id = str(uuid.uuid4())
-        logger.info("request %s rejected: %s", request_id, error.message)
+        self._front.rejections.rejected(request_id, error)
         transport = self._transport
         if self._lost or transport is None or transport.is_closing():
             return
@@ -530,6 +554,7 @@ class TcpFront:
         self.open_connections = 0
         self.pending = _PendingBytes(settings.max_pending_bytes)
         self.drain_allowance = _TokenBucket(_DRAIN_RATE_BYTES_S)
+        self.rejections = _RejectionLog()
         self._parse_slots = asyncio.Semaphore(settings.max_concurrent_parses)
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: socket.socket | None = None
@@ -657,13 +682,16 @@ class TcpFront:
                 conn.close()
                 slot.release()
                 return
-            if len(initial) > HEADER_SIZE:
+            if len(initial) >= HEADER_SIZE:
                 size = int.from_bytes(initial[:HEADER_SIZE], "big")
-                if (
-                    0 < size <= self.settings.max_message_size
-                    and len(initial) == HEADER_SIZE + size
-                ):
-                    self.spawn(self._serve_fast(conn, slot, initial[HEADER_SIZE:]))
+                if 0 < size <= self.settings.max_message_size:
+                    if len(initial) == HEADER_SIZE + size:
+                        self.spawn(self._serve_fast(conn, slot, initial[HEADER_SIZE:]))
+                        return
+                elif self.drain_allowance.level() < _DRAIN_LIMIT_BYTES:
+                    # A bad header while the drain allowance is spent (a flood of them): answer
+                    # on the spot, without a transport or a lingering close.
+                    self._refuse_at_once(conn, slot, initial[:HEADER_SIZE])
                     return
         else:
             initial = b""  # the bytes are a TLS handshake
@@ -681,6 +709,23 @@ class TcpFront:
 
         self.reading[slot] = evict_pending
         self.spawn(self._serve_slow(conn, slot, initial))
+
+    def _refuse_at_once(self, conn: socket.socket, slot: _Slot, header: bytes) -> None:
+        error: FramingError
+        try:
+            payload_size(header, self.settings.max_message_size)
+            error = MalformedHeaderError(f"Bad header {header!r}")  # (not reached: it is bad)
+        except MessageTooLargeError as refused:
+            error = _too_large(refused)
+        except FramingError as refused:
+            error = refused
+        request_id = str(uuid.uuid4())
+        self.rejections.rejected(request_id, error)
+        with contextlib.suppress(OSError):
+            conn.send(encode_response(request_id, None, FailureBody.from_error(error)))
+            conn.shutdown(socket.SHUT_WR)
+        conn.close()
+        slot.release()
 
     async def _serve_slow(self, conn: socket.socket, slot: _Slot, initial: bytes) -> None:
         if slot.evicted:

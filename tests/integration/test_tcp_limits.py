@@ -387,3 +387,30 @@ def test_a_v4l2_device_passes_the_policy(tmp_path: Path) -> None:
 
     command = parse_command(json.loads(init_request(str(node))[4:]))
     InputPolicy().check(command)  # no error
+
+
+async def test_under_a_flood_of_bad_headers_they_are_refused_on_the_spot() -> None:
+    """While the drain allowance is spent, a bad header is answered from the accept path
+    (no transport, no lingering close): cheaper per connection, same answer."""
+    async with await serve(Recorder(), max_message_size=1024) as front:
+        front.drain_allowance._level = 0.0  # as after a flood of oversize bodies
+        front.drain_allowance._at = time.monotonic() + 3600  # and none coming back for now
+        refused: list[bytes] = []
+        refuse = front._refuse_at_once
+
+        def counted(conn: Any, slot: Any, header: bytes) -> None:
+            refused.append(header)
+            refuse(conn, slot, header)
+
+        front._refuse_at_once = counted  # type: ignore[method-assign]
+        for header, error_class in (
+            ((2**30).to_bytes(4, "big"), "MessageTooLargeError"),
+            (b"\x00\x00\x00\x00", "MalformedHeaderError"),
+        ):
+            answer = await exchange(front.port, header + b"x" * 100)
+            assert answer["response"]["error_class"] == error_class
+            assert answer["pipeline_id"] is None
+        assert len(refused) == 2, "both answered from the accept path"
+        assert front.open_connections == 0
+        good = await exchange(front.port, encode_message({"type": "list_pipelines"}))
+        assert good["response"]["status"] == "success"
