@@ -14,7 +14,9 @@ Measured in the same run, for each configuration, on the same manager process:
 
 Configurations: ``default`` (1 MiB message limit, token); ``16MiB+token`` (the old 16 MiB limit,
 so every body is read whole: the token's bytes are looked for before any parse);
-``16MiB-no-token`` (no token on loopback: every body reaches the JSON limits check).
+``16MiB-no-token`` (no token on loopback: every body reaches the JSON limits check); and, not an
+attack without a token, ``1MiB-parse``: the clients hold the token and send the heaviest request
+the default limits let through (1 MiB, ~49,000 items), parsed whole each time.
 
 Usage: python perf/bench_attack.py [--quick] [--json] [--clients 16] [--seconds 6]
 """
@@ -50,6 +52,10 @@ CONFIGURATIONS: dict[str, tuple[dict[str, str], str | None]] = {
         TOKEN,
     ),
     "16MiB-no-token": ({"FRAMEPIPE_MAX_MESSAGE_BYTES": str(16 << 20)}, None),
+    # Not the amplification body: 16 clients that know the token send the heaviest request the
+    # default limits let through (1 MiB, ~49,000 items, parsed whole), to show parsing does not
+    # stall the event loop.
+    "1MiB-parse": ({"FRAMEPIPE_TOKEN": TOKEN}, TOKEN),
 }
 
 
@@ -75,7 +81,12 @@ def run_configuration(name: str, video: Path, clients: int, seconds: float) -> d
         with (
             Sampler(manager.pid) as sampler,
             Prober(manager.port, pipeline_id, token=token) as attacked,
-            AttackProcess(manager.port, clients=clients, duration_s=seconds) as attackers,
+            AttackProcess(
+                manager.port,
+                clients=clients,
+                duration_s=seconds,
+                heavy_valid_with_token=token if name == "1MiB-parse" else None,
+            ) as attackers,
         ):
             attackers.join()
         after_mb = rss_mb(manager.pid)

@@ -29,6 +29,17 @@ def amplification_frame(arrays: int = 5_000_000) -> bytes:
     return encode_frame(b"[" + b",".join([b"[]"] * arrays) + b"]")
 
 
+def heavy_valid_frame(
+    token: str | None, items: int = 49_000, size: int = 1024 * 1024 - 64
+) -> bytes:
+    """The most expensive request the default limits let through: a ``list_pipelines`` with the
+    token, ~1 MiB, holding just under 50,000 JSON items (each parsed into a Python object)."""
+    head = b'{"type": "list_pipelines", "auth_token": "' + (token or "").encode() + b'", "x": ['
+    body = b",".join([b"1"] * items)
+    pad = b'], "pad": "' + b"p" * max(0, size - len(head) - len(body) - 14) + b'"}'
+    return encode_frame(head + body + pad)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -184,9 +195,10 @@ def _read_some(sock: socket.socket, limit: int = 65536) -> bytes:
 
 
 def _attack_process(
-    port: int, arrays: int, clients: int, duration_s: float, connection: Any
+    port: int, arrays: int, clients: int, duration_s: float, token: str | None, connection: Any
 ) -> None:
-    attackers = Attackers(port, amplification_frame(arrays), clients=clients, duration_s=duration_s)
+    frame = heavy_valid_frame(token) if arrays == 0 else amplification_frame(arrays)
+    attackers = Attackers(port, frame, clients=clients, duration_s=duration_s)
     with attackers:
         pass
     connection.send(attackers.stats)
@@ -199,14 +211,24 @@ class AttackProcess:
     ``attack.stats`` once it has ended."""
 
     def __init__(
-        self, port: int, *, clients: int = 16, duration_s: float = 4.0, arrays: int = 5_000_000
+        self,
+        port: int,
+        *,
+        clients: int = 16,
+        duration_s: float = 4.0,
+        arrays: int = 5_000_000,
+        heavy_valid_with_token: str | None = None,
     ) -> None:
+        """``arrays``: the amplification body's size; or, with ``heavy_valid_with_token``, the
+        clients send :func:`heavy_valid_frame` with that token instead."""
+        if heavy_valid_with_token is not None:
+            arrays = 0
         context = multiprocessing.get_context("spawn")
         self._results, self._sender = context.Pipe(duplex=False)
         self.duration_s = duration_s
         self.process = context.Process(
             target=_attack_process,
-            args=(port, arrays, clients, duration_s, self._sender),
+            args=(port, arrays, clients, duration_s, heavy_valid_with_token, self._sender),
             name="attack",
             daemon=True,
         )
