@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import ctypes
 import json
 import multiprocessing
 import os
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil
 
 from framepipe.client import StreamManagerClient
+from framepipe.core.processes import die_with_parent
 from framepipe.protocol import _json
 from framepipe.protocol.commands import Command, StatusCommand
 from framepipe.protocol.envelope import StatusBody, SuccessBody
@@ -78,11 +78,6 @@ REPORT: dict[str, Any] = {
 }
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-
-
 class _Handler:
     async def handle(self, request_id: str, command: Command) -> SuccessBody:
         if isinstance(command, StatusCommand) and command.pipeline_id == HUNG_ID:
@@ -91,7 +86,7 @@ class _Handler:
 
 
 def _run_framepipe(port_out: Any, use_uvloop: bool) -> None:
-    _die_with_parent()
+    die_with_parent()
     from framepipe.server.tcp import TcpFrontSettings, start_server
 
     async def main() -> None:
@@ -147,7 +142,7 @@ class _ReferenceStyleServer(socketserver.TCPServer):
 
 
 def run_reference_style(port_out: Any) -> None:
-    _die_with_parent()
+    die_with_parent()
     server = _ReferenceStyleServer((HOST, 0), _ReferenceStyleHandler)
     port_out.send(server.server_address[1])
     server.serve_forever()

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from framepipe.protocol.limits import JsonLimits
 from framepipe.server.manager import StreamManager
-from framepipe.server.policy import InputPolicy, PolicyHandler
+from framepipe.server.policy import InputPolicy, PolicyHandler, reference_checks
 from framepipe.server.settings import ServerSettings
 from framepipe.server.tcp import TcpFrontSettings, start_server
 
@@ -49,6 +49,9 @@ async def serve(settings: ServerSettings, *, announce: Announce | None = None) -
     if announce is not None:
         announce(host, port)
     try:
+        # The input policy's imports, done before the manager's own start in the background
+        # (see framepipe.server.policy.reference_checks); requests are served meanwhile.
+        await loop.run_in_executor(None, reference_checks)
         await manager.start()
         await stop.wait()
         log.info("shutting down: terminating %d pipelines", len(await manager.list_pipelines()))

@@ -17,14 +17,35 @@ end (TCP, HTTP) that serves the manager through it applies the same policy.
 from __future__ import annotations
 
 import asyncio
-import importlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from framepipe.protocol.commands import Command, InitCommand, WebRTCCommand
 from framepipe.protocol.envelope import SuccessBody
 from framepipe.protocol.errors import NotFoundError
 from framepipe.server.tcp import CommandHandler
+
+if TYPE_CHECKING:
+    from framepipe.core.sources.reference import ParsedReference
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def reference_checks() -> Callable[..., ParsedReference]:
+    """:func:`framepipe.core.sources.parse_reference`, imported on first use.
+
+    Not at module level: ``framepipe.core.sources`` brings numpy and the decoders (~1 s), and
+    the manager's port must open at once. The server imports it once before the manager's own
+    background imports start (see :func:`framepipe.server.app.serve`): the package's
+    ``__init__`` imports modules that import each other, and two threads entering it by
+    different modules at the same time deadlock (an ImportError in both).
+    """
+    with _IMPORT_LOCK:
+        from framepipe.core.sources.reference import parse_reference
+    return parse_reference
 
 
 class InputPolicy:
@@ -39,14 +60,7 @@ class InputPolicy:
         looks at the file system)."""
         if not isinstance(command, InitCommand | WebRTCCommand):
             return
-        # Imported here: framepipe.core.sources brings numpy and the decoders (~1 s), which the
-        # manager loads in the background after it listens (its port must open at once). And
-        # through the hub first, the way the manager's own threads import it: the package's
-        # __init__ imports hub, which imports reference, so two threads entering the package
-        # by different modules at once deadlock (ImportError in both).
-        importlib.import_module("framepipe.core.sources.hub")
-        from framepipe.core.sources.reference import parse_reference
-
+        parse_reference = reference_checks()
         references = command.payload.video_configuration.video_reference
         for reference in references if isinstance(references, list) else [references]:
             try:

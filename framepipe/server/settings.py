@@ -63,6 +63,12 @@ class ServerSettings:
     # Graceful termination of one pipeline before its worker is killed.
     terminate_timeout_s: float = 10.0
     health_interval_s: float = 1.0
+    # A finished pipeline whose results were all consumed, or a failed one whose status a
+    # client read, stays listed this long (so a final `status` still answers).
+    ended_linger_s: float = 10.0
+    # A finished pipeline with results nobody consumes (and no consumption_timeout), or a
+    # failed one nobody looked at, stays listed at most this long.
+    retention_s: float = 60.0
     # Framing limits of the TCP front end.
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_SIZE
     read_timeout_s: float = 10.0
@@ -154,6 +160,8 @@ class ServerSettings:
                 env, "FRAMEPIPE_TERMINATE_TIMEOUT", defaults.terminate_timeout_s
             ),
             health_interval_s=_float(env, "FRAMEPIPE_HEALTH_INTERVAL", defaults.health_interval_s),
+            ended_linger_s=_float(env, "FRAMEPIPE_ENDED_LINGER", defaults.ended_linger_s),
+            retention_s=_float(env, "FRAMEPIPE_RETENTION", defaults.retention_s),
             max_message_bytes=_int(
                 env, "FRAMEPIPE_MAX_MESSAGE_BYTES", defaults.max_message_bytes, minimum=1024
             ),

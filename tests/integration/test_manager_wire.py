@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
+from framepipe.data import demo_video_path
 from tests.integration.manager_harness import ManagerProcess, running_manager, wait_for
 
 UNKNOWN = "00000000-0000-0000-0000-000000000000"
@@ -105,12 +106,12 @@ def test_ram_budget_refusal_is_operation_error_with_the_numbers() -> None:
 def test_shm_space_is_checked_before_admission() -> None:
     with running_manager() as manager:
         # The largest frames (16384 x 16384, 805 MB) and sources (32) the protocol accepts:
-        # 32 rings of ~14 GB.
+        # 32 rings of ~5.6 GB.
         huge = {"frame_width": 16_384.0, "frame_height": 16_384.0}
         message = init_message()
         message["video_configuration"] = {
             "type": "VideoConfiguration",
-            "video_reference": [f"/nonexistent-{i}.mp4" for i in range(32)],
+            "video_reference": [str(demo_video_path())] * 32,
             "video_source_properties": huge,
         }
         reply = manager.request(message)

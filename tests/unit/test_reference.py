@@ -73,11 +73,8 @@ def test_a_v4l2_device_node_is_a_webcam(tmp_path: Path) -> None:
     assert parsed.kind is SourceKind.WEBCAM and parsed.target == str(node)
 
 
-@pytest.mark.parametrize(
-    ("kind", "what"),
-    [("fifo", "named pipe"), ("directory", "a directory"), ("socket", "a socket")],
-)
-def test_fifos_directories_and_sockets_are_refused(tmp_path: Path, kind: str, what: str) -> None:
+@pytest.mark.parametrize(("kind", "what"), [("fifo", "named pipe"), ("socket", "a socket")])
+def test_fifos_and_sockets_are_refused(tmp_path: Path, kind: str, what: str) -> None:
     import os
     import socket
 
@@ -85,12 +82,16 @@ def test_fifos_directories_and_sockets_are_refused(tmp_path: Path, kind: str, wh
     with socket.socket(socket.AF_UNIX) as sock:
         if kind == "fifo":
             os.mkfifo(target)
-        elif kind == "directory":
-            target.mkdir()
         else:
             sock.bind(str(target))
         with pytest.raises(InvalidPayloadError, match=what):
             parse_reference(str(target))
+
+
+def test_a_directory_is_not_found_like_a_missing_file(tmp_path: Path) -> None:
+    """Not refused: the pipeline reports the source in ERROR, saying why (as the reference)."""
+    with pytest.raises(NotFoundError, match="is a directory, not a video file"):
+        parse_reference(str(tmp_path))
 
 
 def test_names_the_os_cannot_look_up_are_invalid_never_an_os_error(tmp_path: Path) -> None:

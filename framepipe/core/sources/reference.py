@@ -4,9 +4,10 @@ Validation happens here, before any process starts, so that a wrong reference is
 error naming it (``video_reference '/x.mp4' not found``) and costs nothing. Only what a decoder
 can read is accepted: a regular file, a stream URL, a webcam index or a V4L2 character device
 (``/dev/videoN``). Other character devices (``/dev/zero`` would be "decoded" forever),
-FIFOs (opening one blocks), directories, sockets and block devices are refused, as are paths
-the OS cannot look up (too long, a symlink loop); the server may also confine files to
-configured directories.
+FIFOs (opening one blocks), sockets and block devices are refused, as are paths the OS cannot
+look up (too long, a symlink loop); the server may also confine files to configured
+directories. A missing file, or a directory, is NotFoundError: a pipeline reports that source
+in ERROR (as the reference does), it is not refused.
 """
 
 from __future__ import annotations
@@ -177,6 +178,8 @@ def _file_reference(
             f"video_reference {shown} cannot be opened: {exc.strerror or exc}"
         ) from None
     mode = status.st_mode
+    if stat.S_ISDIR(mode):  # as a missing file is: the source will be in ERROR, saying why
+        raise NotFoundError(f"video_reference {shown} is a directory, not a video file")
     if stat.S_ISREG(mode):
         return ParsedReference(original, SourceKind.FILE, str(resolved), path_text)
     if stat.S_ISCHR(mode):
@@ -187,9 +190,7 @@ def _file_reference(
             "a webcam is an index (0, 1, ...) or a V4L2 device such as /dev/video0"
         )
     kind = (
-        "a directory"
-        if stat.S_ISDIR(mode)
-        else "a named pipe (FIFO)"
+        "a named pipe (FIFO)"
         if stat.S_ISFIFO(mode)
         else "a socket"
         if stat.S_ISSOCK(mode)
