@@ -8,6 +8,7 @@ Every test here runs real processes on 127.0.0.1 and is bounded in time; the sui
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from framepipe.protocol.payloads import (
     VideoConfiguration,
 )
 from framepipe.testing import make_test_video
+from tests.integration.manager_harness import ManagerProcess
 
 TOKEN = "reliability-token-0123456789"
 FPS = 10
@@ -45,6 +47,23 @@ def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
         height=120,
         fps=FPS,
     ).path
+
+
+def settled(manager: ManagerProcess, quiet_s: float = 1.0, timeout_s: float = 30.0) -> None:
+    """Wait until the manager's process tree stops changing (its background start: the decode
+    forkserver, idle workers), so that a module-scoped manager's children are not taken for a
+    test's leaks by the suite's guard."""
+    deadline = time.monotonic() + timeout_s
+    last = {p.pid for p in manager.tree()}
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = {p.pid for p in manager.tree()}
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        elif time.monotonic() - stable_since >= quiet_s:
+            return
+    raise AssertionError(f"the manager's processes did not settle within {timeout_s} s")
 
 
 def start_passthrough(client: SyncStreamManagerClient, video: Path) -> str:

@@ -20,7 +20,7 @@ from framepipe.protocol.errors import InvalidPayloadError
 from framepipe.protocol.framing import FrameDecoder, decode_object, encode_frame
 from framepipe.protocol.limits import JsonLimits, check_json_limits
 from tests.integration.manager_harness import ManagerProcess, running_manager
-from tests.reliability.conftest import TOKEN
+from tests.reliability.conftest import TOKEN, settled
 from tests.reliability.strategies import (
     EDGE_NUMBERS,
     HOSTILE_REFERENCES,
@@ -110,6 +110,7 @@ def manager() -> Iterator[ManagerProcess]:
     through the front end, the input policy and the manager's admission without starting a
     worker per valid init."""
     with running_manager({"FRAMEPIPE_TOKEN": TOKEN, "STREAM_MANAGER_MAX_RAM_MB": "1"}) as running:
+        settled(running)
         yield running
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from framepipe.protocol.framing import encode_frame
 from tests.integration.manager_harness import ROOT, ManagerProcess, running_manager, wait_for
-from tests.reliability.conftest import TOKEN
+from tests.reliability.conftest import TOKEN, settled
 from tests.tls import self_signed
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -45,6 +45,7 @@ def with_token(inner: bytes) -> bytes:
 @pytest.fixture(scope="module")
 def manager() -> Iterator[ManagerProcess]:
     with running_manager({"FRAMEPIPE_TOKEN": TOKEN}) as running:
+        settled(running)
         yield running
 
 
