@@ -41,8 +41,9 @@ def serve_in_process(payload: bytes) -> None:
     check_json_limits(payload, LIMITS)
     command = parse_command(decode_object(payload))
     # What the front accepts, the worker (which validates the wire form again) accepts too.
-    # (Not always to the same dict: an explicit null where the default is not null is sent
-    # on as the default, as the reference client sends it: its exclude_none drops the null.)
+    # (Not always to the same dict: an explicit null where the default is not null, e.g.
+    # webrtc's stream_output, is sent on as the default, as the reference client's
+    # exclude_none sends it.)
     again = parse_command(command.to_wire())
     assert type(again) is type(command)
 
