@@ -68,7 +68,9 @@ def run_configuration(name: str, video: Path, clients: int, seconds: float) -> d
         )
         pipeline_id = client.initialise_pipeline(
             InitialisePipelinePayload(
-                video_configuration=VideoConfiguration(video_reference=str(video), max_fps=10),
+                video_configuration=VideoConfiguration(
+                    video_reference=str(video), max_fps=10, realtime_replay=True
+                ),
                 processing_configuration=ModelConfiguration(model="passthrough"),
                 decoding_buffer_size=8,
             )

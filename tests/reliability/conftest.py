@@ -67,10 +67,13 @@ def settled(manager: ManagerProcess, quiet_s: float = 1.0, timeout_s: float = 30
 
 
 def start_passthrough(client: SyncStreamManagerClient, video: Path) -> str:
-    """A passthrough pipeline on ``video``, played at its own pace; its id."""
+    """A passthrough pipeline on ``video``, played at its own pace like a camera (so that it
+    runs for the video's length however fast its results are consumed); its id."""
     pipeline_id = client.initialise_pipeline(
         InitialisePipelinePayload(
-            video_configuration=VideoConfiguration(video_reference=str(video), max_fps=FPS),
+            video_configuration=VideoConfiguration(
+                video_reference=str(video), max_fps=FPS, realtime_replay=True
+            ),
             processing_configuration=ModelConfiguration(model="passthrough"),
             sink_configuration=MemorySinkConfiguration(results_buffer_size=64),
             decoding_buffer_size=8,
