@@ -5,7 +5,10 @@ JSON arrays without a token (on the reference design each one became ~400 MB of 
 and >1 s of CPU before the token could be checked). Meanwhile a prober sends an authenticated
 ``status`` for the pipeline every 50 ms, each bounded by 2 s.
 
-Measured in the same run, for each configuration, on the same manager process:
+The attack process runs on the machine's last core, the manager (and the workers it spawns)
+and the prober on the others, so that the attacker's own CPU (it pushes GB/s at loopback speed)
+does not stand in for the server's cost. Measured in the same run, for each configuration, on
+the same manager process:
 
 * ``status`` latency p50/p99 with no attack (baseline), then under the attack (target: p99 under
   the attack < 100 ms, no failed probe);
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -62,6 +66,15 @@ CONFIGURATIONS: dict[str, tuple[dict[str, str], str | None]] = {
 def run_configuration(name: str, video: Path, clients: int, seconds: float) -> dict[str, Any]:
     env, token = CONFIGURATIONS[name]
     manager = ManagerProcess(env)
+    cores = sorted(os.sched_getaffinity(0))
+    attack_cpus = {cores[-1]} if len(cores) > 1 else None
+    if attack_cpus is not None:
+        # The attacker's own work (pushing GB/s of junk at loopback speed) must not stand in for
+        # the server's cost: it gets the last core, the manager (its workers inherit it) and the
+        # prober the others.
+        serving = set(cores[:-1])
+        os.sched_setaffinity(manager.pid, serving)
+        os.sched_setaffinity(0, serving)
     try:
         client = SyncStreamManagerClient(
             host="127.0.0.1", port=manager.port, operations_timeout=30, auth_token=token
@@ -88,6 +101,7 @@ def run_configuration(name: str, video: Path, clients: int, seconds: float) -> d
                 clients=clients,
                 duration_s=seconds,
                 heavy_valid_with_token=token if name == "1MiB-parse" else None,
+                cpus=attack_cpus,
             ) as attackers,
         ):
             attackers.join()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import socket
 import statistics
 import threading
@@ -195,8 +196,16 @@ def _read_some(sock: socket.socket, limit: int = 65536) -> bytes:
 
 
 def _attack_process(
-    port: int, arrays: int, clients: int, duration_s: float, token: str | None, connection: Any
+    port: int,
+    arrays: int,
+    clients: int,
+    duration_s: float,
+    token: str | None,
+    cpus: set[int] | None,
+    connection: Any,
 ) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     frame = heavy_valid_frame(token) if arrays == 0 else amplification_frame(arrays)
     attackers = Attackers(port, frame, clients=clients, duration_s=duration_s)
     with attackers:
@@ -218,9 +227,11 @@ class AttackProcess:
         duration_s: float = 4.0,
         arrays: int = 5_000_000,
         heavy_valid_with_token: str | None = None,
+        cpus: set[int] | None = None,
     ) -> None:
         """``arrays``: the amplification body's size; or, with ``heavy_valid_with_token``, the
-        clients send :func:`heavy_valid_frame` with that token instead."""
+        clients send :func:`heavy_valid_frame` with that token instead. ``cpus``: the cores the
+        attack runs on (default: any)."""
         if heavy_valid_with_token is not None:
             arrays = 0
         context = multiprocessing.get_context("spawn")
@@ -228,7 +239,7 @@ class AttackProcess:
         self.duration_s = duration_s
         self.process = context.Process(
             target=_attack_process,
-            args=(port, arrays, clients, duration_s, heavy_valid_with_token, self._sender),
+            args=(port, arrays, clients, duration_s, heavy_valid_with_token, cpus, self._sender),
             name="attack",
             daemon=True,
         )
