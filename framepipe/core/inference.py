@@ -5,10 +5,12 @@ threads. Each pipeline opens a *channel* with its own thresholds, class filter a
 (from its :class:`ModelSpec`) and submits one batch per step — a frame, or None, per video
 source — with a callback::
 
-    engine = InferenceEngine("centerface")                  # or local_engine("centerface")
+    engine = InferenceEngine("centerface")
     channel = engine.open_channel(spec, name="pipeline-1")
-    channel.submit([SubmittedFrame(frame, None)], on_done)  # on_done([prediction dict]) later
+    channel.submit([SubmittedFrame(frame)], on_done)        # on_done([prediction dict]) later
     channel.close(); engine.close()
+
+    channel = local_engine().open_channel(spec, "pipeline-2")  # the process's shared engines
 
 How the work is done (DESIGN.md, "The inference service"):
 
@@ -35,8 +37,9 @@ ref is checked after the run: if its slot was reused meanwhile, the submit fails
 valid until ``on_done`` is called (the caller holds its ring leases until then).
 
 :func:`local_engine` shares one engine per (model, providers) between the pipelines of one
-Python process, counted by reference. :class:`InferenceBackend` / :class:`InferenceChannel`
-are what a pipeline codes against; the inference service's client implements them too.
+Python process, counted by open channel. :class:`Inference` / :class:`InferenceChannel` are
+what a pipeline codes against; the inference service's client
+(:class:`~framepipe.server.inference_client.RemoteInference`) implements them too.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from framepipe.core.processing.predictions import prediction_to_wire, thresholds
 from framepipe.core.processing.registry import ModelRegistry, ProcessingSettings
 from framepipe.core.processing.runner import CPU, resolve_providers
 from framepipe.core.processing.spec import ModelSpec
-from framepipe.core.ring import StaleFrameError
+from framepipe.core.ring import FrameRef, StaleFrameError
 from framepipe.protocol.errors import InvalidPayloadError, OperationError
 
 __all__ = [
@@ -70,17 +73,19 @@ __all__ = [
     "EngineStatistics",
     "FrameRef",
     "FrameResolver",
-    "InferenceBackend",
+    "Inference",
     "InferenceChannel",
     "InferenceEngine",
     "InferenceUnavailableError",
-    "LocalEngine",
+    "LocalChannel",
+    "LocalInference",
     "OnDone",
     "Outputs",
     "ServiceGap",
     "StaleFrameError",
     "SubmittedFrame",
     "local_engine",
+    "predictions_to_wire",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,17 +104,10 @@ class InferenceUnavailableError(OperationError):
     Submits in flight when it went away fail with this; later ones succeed once it is back."""
 
 
-class FrameRef(NamedTuple):
-    """Where a frame is, for another process: a ring by name, a slot, and the sequence
-    number the slot had when the frame was published (a reused slot has another)."""
-
-    ring: str
-    slot: int
-    seq: int
-
-
 class SubmittedFrame(NamedTuple):
-    """One source's frame: its pixels (in-process), or a ref to a ring slot, or both."""
+    """One source's frame: its pixels (read in place), and where it is for another process
+    (:class:`FrameRef`: the inference service reads the ring slot itself). The service's
+    own engine gets refs only (``image`` None) and resolves them."""
 
     image: Frame | None
     ref: FrameRef | None = None
@@ -233,13 +231,18 @@ class InferenceChannel(Protocol):
         """Stop: queued submits fail, running ones finish and are delivered (idempotent)."""
 
 
-class InferenceBackend(Protocol):
-    """Where channels come from: an :class:`InferenceEngine`, a :class:`LocalEngine` handle
-    or the inference service's client."""
+class Inference(Protocol):
+    """Where a pipeline's model runs: an :class:`InferenceEngine`, the process's shared
+    engines (:func:`local_engine`) or an inference service (``RemoteInference``)."""
 
     def open_channel(self, spec: ModelSpec, name: str) -> InferenceChannel: ...
 
-    def close(self) -> None: ...
+
+def predictions_to_wire(model: LoadedModel, frame: Frame, result: FrameResult) -> dict[str, Any]:
+    """One frame's predictions in the reference's shape (see
+    :func:`~framepipe.core.processing.predictions.prediction_to_wire`, their one home)."""
+    del frame  # the source size is the result's (its plan's)
+    return prediction_to_wire(result, model.class_names, model.keypoint_names)
 
 
 def _usable_cores() -> int:
@@ -375,7 +378,7 @@ class InferenceEngine:
 
     # ---- channels -----------------------------------------------------------------------------
 
-    def open_channel(self, spec: ModelSpec, name: str) -> EngineChannel:
+    def open_channel(self, spec: ModelSpec, name: str = "") -> EngineChannel:
         """A channel with ``spec``'s thresholds, class filter and top-k. The spec must name
         this engine's model and ask for a task it serves (InvalidPayloadError otherwise)."""
         if spec.model != self.model_name:
@@ -710,31 +713,44 @@ class InferenceEngine:
 
 # ---- one engine per (model, providers) in this process ------------------------------------------
 
+_Key = tuple[str, tuple[str, ...]]
 
-class LocalEngine:
-    """A handle on a shared in-process engine; :meth:`close` gives this handle's reference
-    back, and the engine closes with the last one."""
 
-    def __init__(self, key: tuple[str, tuple[str, ...]], engine: InferenceEngine) -> None:
+class LocalChannel:
+    """A channel on one of the process's shared engines; closing it gives the engine back
+    (the engine closes with its last channel)."""
+
+    def __init__(self, channel: EngineChannel, key: _Key, engines: _LocalEngines) -> None:
+        self._channel = channel
         self._key = key
-        self.engine = engine
+        self._engines = engines
         self._closed = False
 
-    def open_channel(self, spec: ModelSpec, name: str) -> EngineChannel:
-        if self._closed:
-            raise OperationError(f"this handle on the {self._key[0]!r} engine is closed")
-        return self.engine.open_channel(spec, name)
+    @property
+    def name(self) -> str:
+        return self._channel.name
 
-    def statistics(self) -> EngineStatistics:
-        return self.engine.statistics()
+    @property
+    def state(self) -> ChannelState:
+        return self._channel.state
+
+    @property
+    def engine(self) -> InferenceEngine:
+        return self._channel._engine
+
+    def submit(self, frames: Sequence[SubmittedFrame | None], on_done: OnDone) -> None:
+        self._channel.submit(frames, on_done)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        _LOCAL_ENGINES.release(self._key)
+        try:
+            self._channel.close()
+        finally:
+            self._engines.release(self._key)
 
-    def __enter__(self) -> LocalEngine:
+    def __enter__(self) -> LocalChannel:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -742,35 +758,25 @@ class LocalEngine:
 
 
 class _LocalEngines:
-    """Engines by (model, resolved providers), each with its count of open handles."""
+    """Engines by (model, resolved providers), each with its count of open channels."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._engines: dict[tuple[str, tuple[str, ...]], tuple[InferenceEngine, int]] = {}
+        self._engines: dict[_Key, tuple[InferenceEngine, int]] = {}
 
     def acquire(
-        self,
-        model: str,
-        providers: Sequence[str] | None,
-        registry: ModelRegistry | None,
-        options: EngineOptions | None,
-    ) -> LocalEngine:
-        import onnxruntime as ort
-
-        if registry is None:
-            registry = ModelRegistry.from_settings(ProcessingSettings.from_env())
-        wanted = providers if providers is not None else registry.settings.providers
-        key = (model, tuple(resolve_providers(wanted, ort.get_available_providers())))
-        with self._lock:
+        self, key: _Key, registry: ModelRegistry, options: EngineOptions | None
+    ) -> InferenceEngine:
+        with self._lock:  # loading under the lock: two pipelines never load one model twice
             engine, users = self._engines.get(key, (None, 0))
             if engine is None:
                 engine = InferenceEngine(
-                    model, providers=key[1], registry=registry, options=options
+                    key[0], providers=key[1], registry=registry, options=options
                 )
             self._engines[key] = (engine, users + 1)
-        return LocalEngine(key, engine)
+        return engine
 
-    def release(self, key: tuple[str, tuple[str, ...]]) -> None:
+    def release(self, key: _Key) -> None:
         with self._lock:
             engine, users = self._engines[key]
             if users > 1:
@@ -779,28 +785,58 @@ class _LocalEngines:
             del self._engines[key]
         engine.close()
 
-    def open_keys(self) -> list[tuple[str, tuple[str, ...]]]:
+    def engines(self) -> list[InferenceEngine]:
         with self._lock:
-            return list(self._engines)
+            return [engine for engine, _ in self._engines.values()]
 
 
 _LOCAL_ENGINES = _LocalEngines()
 
 
+class LocalInference:
+    """The engines of this Python process, shared by (model, providers): an
+    :class:`Inference` whose channels pick (or start) the engine their spec names."""
+
+    def __init__(
+        self, registry: ModelRegistry | None = None, options: EngineOptions | None = None
+    ) -> None:
+        self._registry = registry
+        self._options = options
+
+    def _key(self, spec: ModelSpec, registry: ModelRegistry) -> _Key:
+        import onnxruntime as ort
+
+        wanted = spec.providers if spec.providers is not None else registry.settings.providers
+        return spec.model, tuple(resolve_providers(wanted, ort.get_available_providers()))
+
+    def open_channel(self, spec: ModelSpec, name: str) -> LocalChannel:
+        registry = self._registry
+        if registry is None:
+            registry = ModelRegistry.from_settings(ProcessingSettings.from_env())
+        key = self._key(spec, registry)
+        engine = _LOCAL_ENGINES.acquire(key, registry, self._options)
+        try:
+            channel = engine.open_channel(spec, name)
+        except BaseException:
+            _LOCAL_ENGINES.release(key)
+            raise
+        return LocalChannel(channel, key, _LOCAL_ENGINES)
+
+    def statistics(self) -> list[EngineStatistics]:
+        """Every engine of this process that has a channel open."""
+        return [engine.statistics() for engine in _LOCAL_ENGINES.engines()]
+
+
 def local_engine(
-    model: str,
-    providers: Sequence[str] | None = None,
-    *,
-    registry: ModelRegistry | None = None,
-    options: EngineOptions | None = None,
-) -> LocalEngine:
-    """The engine of ``model`` on ``providers`` shared by this process (created on first
-    use with ``registry`` and ``options``; later callers share it as it is). Close the
-    handle when done; the engine closes with the last handle."""
-    return _LOCAL_ENGINES.acquire(model, providers, registry, options)
+    *, registry: ModelRegistry | None = None, options: EngineOptions | None = None
+) -> LocalInference:
+    """The in-process inference of this Python process: engines shared by every local
+    pipeline on the same (model, providers), started on a pipeline's first channel with
+    ``registry`` (default: the environment's) and ``options``, closed with its last one."""
+    return LocalInference(registry, options)
 
 
 if TYPE_CHECKING:  # mypy checks that both implement what a pipeline codes against
 
-    def _backends(engine: InferenceEngine, local: LocalEngine) -> list[InferenceBackend]:
+    def _backends(engine: InferenceEngine, local: LocalInference) -> list[Inference]:
         return [engine, local]

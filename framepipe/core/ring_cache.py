@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from framepipe.core.inference import FrameRef
-from framepipe.core.ring import FrameDescriptor, FrameRing
+from framepipe.core.ring import FrameRef, FrameRing
 from framepipe.core.shm import SHM_DIR
 from framepipe.protocol.errors import InvalidPayloadError
 
@@ -30,10 +29,6 @@ class _Attached:
     ring: FrameRing
     users: int = 0
     last_used: float = 0.0
-
-
-def _descriptor(ref: FrameRef) -> FrameDescriptor:
-    return FrameDescriptor(ref.slot, ref.seq, 0, 0, 0, 0, 0)
 
 
 class RingCache:
@@ -67,7 +62,7 @@ class RingCache:
         NotFoundError if the ring is gone. Pair with :meth:`release`."""
         with self._lock:
             entry = self._attached(ref)
-            view = entry.ring.view(_descriptor(ref))
+            view = entry.ring.view(ref)
             entry.users += 1
         return view
 
@@ -81,7 +76,7 @@ class RingCache:
     def is_current(self, ref: FrameRef) -> bool:
         with self._lock:
             entry = self._rings.get(ref.ring)
-            return entry is not None and entry.ring.is_current(_descriptor(ref))
+            return entry is not None and entry.ring.is_current(ref)
 
     def attached(self) -> list[str]:
         with self._lock:

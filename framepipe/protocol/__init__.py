@@ -4,7 +4,8 @@
 - :mod:`~framepipe.protocol.commands`: typed commands and :func:`parse_command`;
 - :mod:`~framepipe.protocol.payloads`: ``init`` / ``webrtc`` payload schemas;
 - :mod:`~framepipe.protocol.envelope`: response envelope, success and failure bodies;
-- :mod:`~framepipe.protocol.errors`: the error tree, one class per wire ``error_type``.
+- :mod:`~framepipe.protocol.errors`: the error tree, one class per wire ``error_type``;
+- :mod:`~framepipe.protocol.limits`: depth and size limits checked on a request's raw bytes.
 """
 
 from framepipe.protocol.commands import (
@@ -38,12 +39,14 @@ from framepipe.protocol.envelope import (
 )
 from framepipe.protocol.errors import (
     AuthorisationError,
+    CapacityError,
     ErrorType,
     FramepipeError,
     InternalError,
     InvalidPayloadError,
     NotFoundError,
     OperationError,
+    RamBudgetExceededError,
     ShmExhaustedError,
 )
 from framepipe.protocol.framing import (
@@ -53,6 +56,7 @@ from framepipe.protocol.framing import (
     decode_object,
     encode_message,
 )
+from framepipe.protocol.limits import JsonLimitError, JsonLimits, check_json_limits
 from framepipe.protocol.payloads import (
     BufferConsumptionStrategy,
     BufferFillingStrategy,
@@ -72,6 +76,7 @@ __all__ = [
     "AuthorisationError",
     "BufferConsumptionStrategy",
     "BufferFillingStrategy",
+    "CapacityError",
     "Command",
     "CommandType",
     "ConsumeResultBody",
@@ -87,6 +92,8 @@ __all__ = [
     "InitialiseWebRTCPipelinePayload",
     "InternalError",
     "InvalidPayloadError",
+    "JsonLimitError",
+    "JsonLimits",
     "ListPipelinesBody",
     "ListPipelinesCommand",
     "MemorySinkConfiguration",
@@ -95,6 +102,7 @@ __all__ = [
     "NotFoundError",
     "OperationError",
     "PipelineCommand",
+    "RamBudgetExceededError",
     "ResponseBody",
     "ResultEntry",
     "ResumeCommand",
@@ -110,6 +118,7 @@ __all__ = [
     "WebRTCTURNConfig",
     "WireFrameMetadata",
     "WorkflowConfiguration",
+    "check_json_limits",
     "decode_object",
     "encode_message",
     "encode_response",

@@ -1,6 +1,6 @@
 """A pipeline worker's side of the inference service: :class:`RemoteInference`.
 
-It implements :class:`~framepipe.core.inference.InferenceBackend` over one connection to
+It implements :class:`~framepipe.core.inference.Inference` over one connection to
 the service of a model, so a :class:`~framepipe.core.pipeline.Pipeline` codes the same
 against the in-process engine and the service::
 
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from framepipe.core.inference import (
     ChannelState,
     FrameRef,
-    InferenceBackend,
+    Inference,
     InferenceUnavailableError,
     OnDone,
     Outputs,
@@ -462,5 +462,5 @@ class RemoteInference:
 
 if TYPE_CHECKING:  # mypy checks that the client implements what a pipeline codes against
 
-    def _backend(remote: RemoteInference) -> InferenceBackend:
+    def _backend(remote: RemoteInference) -> Inference:
         return remote

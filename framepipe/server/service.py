@@ -43,6 +43,7 @@ from framepipe.core.inference import (
     Outputs,
     SubmittedFrame,
 )
+from framepipe.core.processes import die_with_parent
 from framepipe.core.processing.registry import ModelRegistry, ProcessingSettings
 from framepipe.core.ring_cache import RingCache
 from framepipe.protocol.errors import InvalidPayloadError
@@ -60,7 +61,6 @@ from framepipe.server.inference_messages import (
     ServiceShutdown,
     UnregisterChannel,
 )
-from framepipe.server.worker import die_with_parent
 
 log = logging.getLogger("framepipe.service")
 

@@ -334,25 +334,31 @@ def test_a_reused_ring_slot_is_reported_not_inferred(registry: ModelRegistry) ->
 
 
 def test_local_engines_are_shared_and_closed_with_the_last_user(registry: ModelRegistry) -> None:
-    first = local_engine("centerface", ["cpu"], registry=registry)
-    second = local_engine("centerface", ("CPUExecutionProvider",), registry=registry)
+    local = local_engine(registry=registry)
+    first = local.open_channel(ModelSpec("centerface", providers=("cpu",)), "a")
+    second = local_engine(registry=registry).open_channel(
+        ModelSpec("centerface", providers=("CPUExecutionProvider",), confidence=0.9), "b"
+    )
     try:
         assert first.engine is second.engine  # one session for both pipelines
+        assert [s.model for s in local.statistics()] == ["centerface"]
         frame = demo_frames(1)[0]
         collector = Collector(2)
-        with first.open_channel(FACES, "a") as a, second.open_channel(FACES, "b") as b:
-            a.submit([SubmittedFrame(frame)], collector.callback(0))
-            b.submit([SubmittedFrame(frame)], collector.callback(1))
-            collector.wait()
+        first.submit([SubmittedFrame(frame)], collector.callback(0))
+        second.submit([SubmittedFrame(frame)], collector.callback(1))
+        assert all(isinstance(o, list) for _, o in collector.wait())
         first.close()
-        first.close()  # idempotent: gives back one reference, once
+        first.close()  # idempotent: gives the engine back once
         assert not second.engine.closed
     finally:
         second.close()
-    assert second.engine.closed
-    with pytest.raises(OperationError, match="handle"):
-        second.open_channel(FACES, "c")
-    third = local_engine("centerface", ["cpu"], registry=registry)
+    assert second.engine.closed and local.statistics() == []
+    with pytest.raises(OperationError, match="'b' is closed"):
+        second.submit([SubmittedFrame(frame)], collector.callback(2))
+    with pytest.raises(InvalidPayloadError, match="class_filter"):
+        local.open_channel(ModelSpec("centerface", class_filter=("cat",)), "refused")
+    assert local.statistics() == []  # a refused channel gives its engine back
+    third = local.open_channel(FACES, "c")
     try:
         assert third.engine is not first.engine and not third.engine.closed
     finally:

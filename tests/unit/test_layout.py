@@ -15,8 +15,10 @@ PACKAGE = Path(framepipe.__file__).parent
 FORBIDDEN = {
     "protocol": {"core", "ext", "server", "client", "cli"},
     "core": {"server", "client", "cli"},
-    "client": {"core", "ext", "server", "cli"},
-    "server": {"client", "cli"},
+    "client": {"core", "ext", "server", "gateway", "cli"},
+    # The gateway is a client of the manager: it may run beside a manager elsewhere.
+    "gateway": {"core", "ext", "server", "cli"},
+    "server": {"client", "gateway", "cli"},
 }
 
 

@@ -10,18 +10,19 @@ from typing import Any
 import numpy as np
 import pytest
 
+from framepipe.core.inference import predictions_to_wire
 from framepipe.core.processing import (
     LoadedModel,
     ModelRegistry,
     ModelTask,
     ProcessingSettings,
     Thresholds,
-    build_processor,
     prediction_to_wire,
     processing_spec_from_wire,
     serves_task,
 )
 from framepipe.protocol.errors import InvalidPayloadError
+from tests.inference_helpers import process
 from tests.models import centerface_registry, demo_frames, without_ids
 from tests.unit.test_postprocess import FRAME, NAMES, constant_model, yolov8_output
 
@@ -86,23 +87,31 @@ def test_a_thread_reuses_its_buffers(centerface: LoadedModel) -> None:
     assert wire(centerface, frame) is not None
 
 
-def test_prediction_to_wire_is_the_processors_shape(tmp_path: Path) -> None:
+def test_prediction_to_wire_is_the_references_shape(tmp_path: Path) -> None:
     constant_model(tmp_path / "toy8.onnx", yolov8_output(), {"names": NAMES})
     logits = np.asarray([[0.0, 3.0, 1.0]], np.float32)
     constant_model(tmp_path / "cls.onnx", logits, {"names": "{0: 'cat', 1: 'dog', 2: 'bird'}"})
     registry = ModelRegistry.from_settings(ProcessingSettings(models_dir=tmp_path))
-    for name, confidence in (("toy8", 0.5), ("cls", None)):
-        wire_spec = {"type": "ModelConfiguration", "model": name, "confidence": confidence}
-        spec = processing_spec_from_wire(wire_spec)
-        with build_processor(spec, registry) as processor:
-            [expected] = processor.process([FRAME], [None])
-        model = LoadedModel(registry.get(name), registry.settings)
-        thresholds = Thresholds(0.5, 0.45, 300)
-        [result] = model.infer([FRAME], thresholds)
-        assert result is not None
-        got = prediction_to_wire(result, model.class_names, model.keypoint_names)
-        assert without_ids(got) == without_ids(expected)
-    assert got["top"] == "dog" and got["image"] == {"width": 200, "height": 100}
+    thresholds = Thresholds(0.5, 0.45, 300)
+    detector = LoadedModel(registry.get("toy8"), registry.settings)
+    [boxes] = detector.infer([FRAME], thresholds)
+    assert boxes is not None
+    out = prediction_to_wire(boxes, detector.class_names, detector.keypoint_names)
+    assert set(out) == {"image", "predictions"} and out["image"] == {"width": 200, "height": 100}
+    assert [p["class"] for p in out["predictions"]] == ["person", "car", "dog"]
+    assert all(
+        set(p) == {"x", "y", "width", "height", "confidence", "class", "class_id", "detection_id"}
+        for p in out["predictions"]
+    )
+    assert without_ids(predictions_to_wire(detector, FRAME, boxes)) == without_ids(out)
+    classifier = LoadedModel(registry.get("cls"), registry.settings)
+    [top] = classifier.infer([FRAME], thresholds, top_k=2)
+    assert top is not None
+    out = prediction_to_wire(top, classifier.class_names)
+    assert set(out) == {"image", "predictions", "top", "confidence"}
+    assert out["top"] == "dog" and [p["class"] for p in out["predictions"]] == ["dog", "bird"]
+    assert set(out["predictions"][0]) == {"class", "class_id", "confidence"}
+    assert out["confidence"] == out["predictions"][0]["confidence"]
 
 
 def test_a_face_detector_serves_object_detection_requests(registry: ModelRegistry) -> None:
@@ -138,8 +147,7 @@ def test_a_workflow_detection_step_runs_on_centerface(registry: ModelRegistry) -
             },
         }
     )
-    with build_processor(spec, registry) as processor:
-        [out] = processor.process([demo_frames(1)[0]], [None])
+    [out] = process(spec, [demo_frames(1)[0]], registry=registry)
     assert out is not None and [p["class"] for p in out["out"]["predictions"]] == ["face"]
 
 

@@ -27,6 +27,7 @@ from framepipe.core.processing.postprocess import (
 )
 from framepipe.core.processing.predictions import prediction_to_wire, thresholds_for
 from framepipe.core.processing.processor import (
+    FrameTap,
     ModelProcessor,
     PassthroughProcessor,
     Processor,
@@ -58,6 +59,7 @@ __all__ = [
     "DecodeOptions",
     "Detections",
     "FrameResult",
+    "FrameTap",
     "InputNormalisation",
     "LoadedModel",
     "ModelEntry",
