@@ -473,3 +473,46 @@ def test_the_service_dies_with_its_manager(tmp_path: Path) -> None:
             assert gone, f"inference service {service_pid} outlived its manager"
         finally:
             manager.kill()
+
+
+def test_two_pipelines_share_one_service_reading_the_decoders_rings(services: Services) -> None:
+    """Real Pipelines on the demo video: the decode processes write into rings, the
+    pipelines send FrameRefs only, the service reads the slots in place (one session)."""
+    from framepipe.core.pipeline import Pipeline
+    from framepipe.data import demo_video_path
+
+    address = services.ensure()
+    truth = demo_truth()
+    with RemoteInference(address) as first, RemoteInference(address) as second:
+        pipelines = [
+            Pipeline(str(demo_video_path()), model="centerface", max_fps=5, inference=client)
+            for client in (first, second)
+        ]
+        seen: list[list[int]] = [[], []]
+        misses: list[tuple[int, int]] = []
+        for pipeline in pipelines:
+            pipeline.start()
+        try:
+            for k, pipeline in enumerate(pipelines):
+                for result in pipeline.results(timeout=WAIT_S):
+                    [meta], [out] = result.frames_metadata, result.outputs
+                    assert meta is not None and out is not None
+                    seen[k].append(meta.frame_id)
+                    expected = truth[min(round(meta.frame_id - 1), len(truth) - 1)]
+                    boxes = [corners(p) for p in out["predictions"]]
+                    if expected["visible"] == "full" and (
+                        len(boxes) != 1 or iou(boxes[0], expected["face"]) < 0.5
+                    ):
+                        misses.append((k, meta.frame_id))
+                assert pipeline.join(WAIT_S)
+        finally:
+            for pipeline in pipelines:
+                pipeline.terminate()
+    # 8 s of video at max_fps 5: every 5th frame, in order, for each pipeline
+    assert seen[0] == seen[1] == list(range(1, 201, 5)), seen
+    assert not misses
+    stats = services.wait_for(
+        lambda s: s.engine is not None and s.engine.frames >= len(seen[0]) + len(seen[1])
+    )
+    assert stats.restarts == 0 and stats.engine is not None
+    assert stats.engine.frames == len(seen[0]) + len(seen[1])  # every frame, one session
