@@ -464,10 +464,9 @@ class StreamManager:
         """Stop a pipeline nobody consumes; it stays listed, FAILED, with what was discarded."""
         with contextlib.suppress(FramepipeError):
             await self._fetch_status(pipeline_id, None)
-        row = self.table.find(pipeline_id)
+        # FAILED with its cause first: a status read while the worker stops says why.
+        self.table.expired(pipeline_id, reason, time.monotonic())
         await self._stop_worker(pipeline_id)
-        if row is not None:
-            self.table.expired(pipeline_id, reason, time.monotonic())
         log.warning("pipeline %s expired: %s", pipeline_id, reason)
 
     # ---- RAM ---------------------------------------------------------------------------------
