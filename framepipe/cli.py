@@ -5,6 +5,8 @@
 ``framepipe run VIDEO [--model NAME]``    run one pipeline locally, print its results
 ``framepipe demo``                        start a manager, run a pipeline on the sample video,
                                           print results as they come, shut everything down
+``framepipe bench``                       streams per machine: framepipe against the classic
+                                          architecture (framepipe/bench)
 
 Heavy modules are imported by the sub-command that needs them, so ``framepipe serve`` binds its
 port within a fraction of a second.
@@ -19,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from framepipe.bench.cli import add_arguments as add_bench_arguments
 from framepipe.server.settings import SettingsError, add_arguments, from_arguments
 
 
@@ -93,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
         "--model", default=None, help="model to run (default: the bundled one if present)"
     )
     demo.set_defaults(run=_demo)
+
+    bench = commands.add_parser(
+        "bench", help="how many streams this machine carries, against the classic architecture"
+    )
+    add_bench_arguments(bench)
+    bench.set_defaults(run=_bench)
     return parser
 
 
@@ -167,6 +176,12 @@ def _demo(args: argparse.Namespace) -> int:
     from framepipe._demo import run_demo
 
     return run_demo(seconds=args.seconds, model=args.model)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from framepipe.bench.cli import run
+
+    return run(args)
 
 
 if __name__ == "__main__":

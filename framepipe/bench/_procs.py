@@ -1,0 +1,261 @@
+"""CPU and memory of a whole process tree, by kind of process (and, where asked, by thread).
+
+Everything is read from /proc from the outside, the same way for framepipe's server and for
+the classic baseline: the CPU a process (or thread) used is ``utime + stime`` from its
+``stat`` (clock ticks, 10 ms), the memory it alone holds is its USS (``smaps_rollup``), and
+shared memory is the blocks of the ``fp-*`` segments in /dev/shm that a process of the tree
+owns. A window's CPU is the difference between a sample at its start and one at its end;
+processes seen in between are sampled every second, so one that exits inside the window
+still counts with what it used until its last sample.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from framepipe.core.budget import (
+    children_map,
+    process_unique_bytes,
+    shared_segments_bytes,
+    tree_pids,
+)
+
+TICK_S = 1.0 / float(os.sysconf("SC_CLK_TCK"))
+
+
+class Kind:
+    """Names of process kinds (strings, so each architecture can name its own)."""
+
+    MANAGER = "manager"
+    WORKER = "worker"
+    DECODER = "decoder"
+    SERVICE = "inference service"
+    OTHER = "other"
+    # the classic baseline
+    APP = "app (decode threads, collector)"
+    INFERENCE = "inference process"
+
+
+# thread groups (by the thread's name, /proc/<pid>/task/<tid>/comm)
+DECODE = "decode"
+MODEL = "model"
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    ppid: int
+    cmdline: str
+    comm: str
+
+
+#: (process, its parent or None, the tree's root pid) -> kind
+Classifier = Callable[[ProcessInfo, "ProcessInfo | None", int], str]
+#: thread name -> thread group (or None: not split out)
+ThreadGrouper = Callable[[str], "str | None"]
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return None
+
+
+def _stat_ticks(text: str) -> tuple[int, int]:
+    """(ppid, utime + stime) from a /proc stat line."""
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def process_info(pid: int) -> ProcessInfo | None:
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    cmdline = (_read(f"/proc/{pid}/cmdline") or "").replace("\0", " ").strip()
+    comm = (_read(f"/proc/{pid}/comm") or "").strip()
+    return ProcessInfo(pid, _stat_ticks(stat)[0], cmdline, comm)
+
+
+def classify_framepipe(proc: ProcessInfo, parent: ProcessInfo | None, root: int) -> str:
+    """The kinds of process in ``framepipe serve``'s tree, told apart by command line:
+    decode processes are forked by a decode forkserver; pipeline workers are spawned by the
+    manager; an inference service names itself (``service`` in its name or command line)."""
+    if proc.pid == root:
+        return Kind.MANAGER
+    cmd = proc.cmdline
+    if "service" in proc.comm.lower() or "framepipe.server.service" in cmd:
+        return Kind.SERVICE
+    if "resource_tracker" in cmd:
+        return Kind.OTHER
+    if parent is not None and "forkserver" in parent.cmdline:
+        return Kind.DECODER
+    if "forkserver" in cmd:
+        return Kind.OTHER  # the decode processes' forkserver (imports done, forks on demand)
+    if "spawn_main" in cmd or "multiprocessing-fork" in cmd:
+        return Kind.WORKER
+    return Kind.OTHER
+
+
+def classify_classic(proc: ProcessInfo, parent: ProcessInfo | None, root: int) -> str:
+    if proc.pid == root:
+        return Kind.APP
+    if "resource_tracker" in proc.cmdline or "forkserver" in proc.cmdline:
+        return Kind.OTHER
+    return Kind.INFERENCE
+
+
+def group_classic_thread(name: str) -> str | None:
+    """The classic baseline names its threads before it creates what runs in them, and
+    threads inherit the creating thread's name: FFmpeg's threads (``av:…`` or inherited
+    ``bl-decode``) belong to a decode thread, ONNX Runtime's pool to ``bl-model``."""
+    if name.startswith(("bl-decode", "av:")):
+        return DECODE
+    if name.startswith("bl-model"):
+        return MODEL
+    return None
+
+
+@dataclass
+class _Seen:
+    kind: str
+    start: int  # ticks at the window's start (0 for a process born inside it)
+    last: int
+
+
+@dataclass
+class CpuWindow:
+    """CPU seconds used inside one window, by process kind and by thread group."""
+
+    window_s: float  # wall-clock length of the window
+    seconds: float
+    by_kind: dict[str, float]
+    by_group: dict[str, float]
+    processes: dict[str, int]  # how many processes of each kind were seen
+
+
+@dataclass
+class MemorySample:
+    uss_by_kind: dict[str, int]
+    processes: dict[str, int]
+    shm_bytes: int
+
+    @property
+    def uss_bytes(self) -> int:
+        return sum(self.uss_by_kind.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return self.uss_bytes + self.shm_bytes
+
+
+@dataclass
+class TreeSampler:
+    """Samples one process tree; :meth:`begin` / :meth:`end` bracket a window."""
+
+    root: int
+    classify: Classifier
+    group_thread: ThreadGrouper | None = None
+    interval_s: float = 1.0
+    _procs: dict[int, _Seen] = field(default_factory=dict)
+    _threads: dict[tuple[int, int], tuple[str, int, int]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _began_at: float = 0.0
+
+    def tree(self) -> dict[int, ProcessInfo]:
+        pids = tree_pids(self.root, children_map())
+        infos = {pid: process_info(pid) for pid in pids}
+        return {pid: info for pid, info in infos.items() if info is not None}
+
+    def _kinds(self, infos: dict[int, ProcessInfo]) -> dict[int, str]:
+        return {
+            pid: self.classify(info, infos.get(info.ppid), self.root) for pid, info in infos.items()
+        }
+
+    def _sample(self, first: bool) -> None:
+        infos = self.tree()
+        kinds = self._kinds(infos)
+        with self._lock:
+            for pid, kind in kinds.items():
+                stat = _read(f"/proc/{pid}/stat")
+                if stat is None:
+                    continue
+                ticks = _stat_ticks(stat)[1]
+                seen = self._procs.get(pid)
+                if seen is None:
+                    self._procs[pid] = _Seen(kind, ticks if first else 0, ticks)
+                else:
+                    seen.last = ticks
+                if self.group_thread is not None:
+                    self._sample_threads(pid, first)
+
+    def _sample_threads(self, pid: int, first: bool) -> None:
+        assert self.group_thread is not None
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return
+        for tid_text in tids:
+            name = (_read(f"/proc/{pid}/task/{tid_text}/comm") or "").strip()
+            group = self.group_thread(name)
+            if group is None:
+                continue
+            stat = _read(f"/proc/{pid}/task/{tid_text}/stat")
+            if stat is None:
+                continue
+            ticks = _stat_ticks(stat)[1]
+            key = (pid, int(tid_text))
+            known = self._threads.get(key)
+            start = known[1] if known is not None else (ticks if first else 0)
+            self._threads[key] = (group, start, ticks)
+
+    def begin(self) -> None:
+        """Start a window: sample now, then every ``interval_s`` until :meth:`end`."""
+        self._procs.clear()
+        self._threads.clear()
+        self._began_at = time.monotonic()
+        self._sample(first=True)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="bench-sampler", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample(first=False)
+
+    def end(self) -> CpuWindow:
+        """End the window: a last sample, and what each kind used since :meth:`begin`."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._sample(first=False)
+        window_s = time.monotonic() - self._began_at
+        by_kind: dict[str, float] = {}
+        processes: dict[str, int] = {}
+        with self._lock:
+            for seen in self._procs.values():
+                used = max(0, seen.last - seen.start) * TICK_S
+                by_kind[seen.kind] = by_kind.get(seen.kind, 0.0) + used
+                processes[seen.kind] = processes.get(seen.kind, 0) + 1
+            by_group: dict[str, float] = {}
+            for group, start, last in self._threads.values():
+                by_group[group] = by_group.get(group, 0.0) + max(0, last - start) * TICK_S
+        return CpuWindow(window_s, sum(by_kind.values()), by_kind, by_group, processes)
+
+    def memory(self) -> MemorySample:
+        """USS of every process of the tree, by kind, and the tree's shared segments."""
+        infos = self.tree()
+        kinds = self._kinds(infos)
+        uss: dict[str, int] = {}
+        counts: dict[str, int] = {}
+        for pid, kind in kinds.items():
+            uss[kind] = uss.get(kind, 0) + process_unique_bytes(pid)
+            counts[kind] = counts.get(kind, 0) + 1
+        return MemorySample(uss, counts, shared_segments_bytes(set(infos)))
