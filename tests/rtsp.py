@@ -9,4 +9,10 @@ from framepipe.testing.rtsp import (
     system_python_has_gst_rtsp,
 )
 
-__all__ = ["SERVER_SCRIPT", "SYSTEM_PYTHON", "RtspServer", "free_port", "system_python_has_gst_rtsp"]
+__all__ = [
+    "SERVER_SCRIPT",
+    "SYSTEM_PYTHON",
+    "RtspServer",
+    "free_port",
+    "system_python_has_gst_rtsp",
+]

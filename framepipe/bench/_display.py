@@ -209,12 +209,13 @@ class Display:
                 run = result.run_at(ref) if ref is not None else None
                 if run is None and result.runs:
                     run = result.run_at(result.sustainable) or result.runs[-1]
+                bound = ">=" if result.lower_bound else ""
                 end = "" if result.search_end in ("found", "listed") else f" ({result.search_end})"
                 style = _ARCH_STYLE.get(arch, "")
                 table.add_row(
                     scenario.key,
                     f"[{style}]{arch.value}[/]",
-                    f"{result.sustainable}{end}",
+                    f"{bound}{result.sustainable}{end}",
                     "-" if run is None else str(run.count),
                     "-" if run is None else f"{run.min_stream_fps:.1f} of {run.target_fps:g}",
                     "-" if run is None else _fmt(run.cpu_per_stream_pct, ".0f", "%"),

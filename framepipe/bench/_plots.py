@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from framepipe.bench.config import Architecture, Criteria
-from framepipe.bench.results import RunResult, ScenarioResult, age_limit_ms
+from framepipe.bench.results import MB, RunResult, ScenarioResult, age_limit_ms
 
 _COLOURS = {Architecture.FRAMEPIPE: "tab:blue", Architecture.CLASSIC: "tab:red"}
 _LABELS = {
@@ -35,6 +35,7 @@ def write_plots(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator, ScalarFormatter
     except ImportError as exc:
         raise PlotsUnavailable(
             "plots need matplotlib: pip install 'framepipe[bench]' (make install has it)"
@@ -69,6 +70,17 @@ def write_plots(
                     axis.plot(fx, fy, "x", color=colour, markersize=10, mew=2)
                 if result.sustainable:
                     axis.axvline(result.sustainable, color=colour, linestyle=":", alpha=0.6)
+                if title.startswith("memory"):
+                    uss = [(r.count, r.memory.uss_bytes / MB) for r in runs if r.memory is not None]
+                    if uss and any(r.memory is not None and r.memory.shm_bytes for r in runs):
+                        axis.plot(
+                            [n for n, _ in uss],
+                            [m for _, m in uss],
+                            "--",
+                            color=colour,
+                            alpha=0.6,
+                            label=f"{arch.value}: USS only",
+                        )
             if title.startswith("total"):
                 # what every stream at its full rate would deliver
                 counts = sorted({r.count for res in scenario.results.values() for r in res.runs})
@@ -90,6 +102,8 @@ def write_plots(
                     label="limit: 2 frame intervals",
                 )
                 axis.set_yscale("log")
+                axis.yaxis.set_major_formatter(ScalarFormatter())
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
             axis.set_title(title)
             axis.set_xlabel("streams (N pipelines)")
             axis.grid(True, alpha=0.3)

@@ -94,15 +94,19 @@ class StreamCountSearch:
             return 0
         if self._fixed is not None:
             return len([n for n in self._fixed if n not in self.verdicts])
-        low = self._passed
-        high = self._failed if self._failed is not None else self.max_count + 1
-        grow = 0
-        if self._failed is None:
-            n = max(1, low)
-            while n < self.max_count:
-                n *= 2
-                grow += 1
-            high = min(high, max(1, 2 * max(low, 1)))
-            grow = max(grow, 1)
-        span = max(high - low, 1)
-        return grow + max(span - 1, 0).bit_length()
+        if self._failed is not None:
+            return _bisections(self._passed, self._failed)
+        # still growing: the worst case is a failure at some future count, then bisection
+        worst = 0
+        low, steps = self._passed, 0
+        while low < self.max_count:
+            high = min(max(1, 2 * low), self.max_count)
+            steps += 1
+            worst = max(worst, steps + _bisections(low, high))
+            low = high
+        return max(worst, steps)
+
+
+def _bisections(passed: int, failed: int) -> int:
+    """Bisection steps, at most, between a passing and a failing count."""
+    return max(failed - passed - 1, 0).bit_length()

@@ -298,6 +298,14 @@ class ArchitectureResult:
     sustainable: int = 0
     search_end: str = "running"
 
+    @property
+    def lower_bound(self) -> bool:
+        """The sustainable count is only a lower bound: no larger count was seen to fail."""
+        if self.search_end == "found":
+            return False
+        largest = max(self.runs, key=lambda r: r.count, default=None)
+        return largest is None or largest.verdict.passed or self.search_end == "stopped"
+
     def run_at(self, count: int) -> RunResult | None:
         found = [r for r in self.runs if r.count == count]
         return found[-1] if found else None
@@ -310,6 +318,7 @@ class ArchitectureResult:
         return {
             "architecture": self.architecture.value,
             "sustainable": self.sustainable,
+            "sustainable_is_lower_bound": self.lower_bound,
             "search_end": self.search_end,
             "memory_per_stream_mb": _round(memory_slope_mb(self.runs), 1),
             "runs": [r.to_dict() for r in sorted(self.runs, key=lambda r: r.count)],

@@ -17,6 +17,8 @@ FORBIDDEN = {
     "core": {"server", "client", "cli"},
     "client": {"core", "ext", "server", "cli"},
     "server": {"client", "cli"},
+    # the bench drives the real server as a subprocess, through the client, like a user
+    "bench": {"server", "cli"},
 }
 
 
