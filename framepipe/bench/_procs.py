@@ -82,14 +82,45 @@ def process_info(pid: int) -> ProcessInfo | None:
     return ProcessInfo(pid, _stat_ticks(stat)[0], cmdline, comm)
 
 
+def _listening_service_inodes() -> set[str]:
+    """Inodes of listening AF_UNIX sockets named like an inference service's address
+    (``@framepipe-<pid>-svc-…`` in the abstract namespace)."""
+    inodes = set()
+    text = _read("/proc/net/unix") or ""
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        # Num RefCount Protocol Flags Type St Inode [Path]; __SO_ACCEPTCON = 0x10000
+        if len(fields) >= 8 and "-svc-" in fields[7] and int(fields[3], 16) & 0x10000:
+            inodes.add(fields[6])
+    return inodes
+
+
+def _holds_socket(pid: int, inodes: set[str]) -> bool:
+    if not inodes:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
+
+
 def classify_framepipe(proc: ProcessInfo, parent: ProcessInfo | None, root: int) -> str:
-    """The kinds of process in ``framepipe serve``'s tree, told apart by command line:
-    decode processes are forked by a decode forkserver; pipeline workers are spawned by the
-    manager; an inference service names itself (``service`` in its name or command line)."""
+    """The kinds of process in ``framepipe serve``'s tree, told apart from the outside:
+    decode processes are forked by a decode forkserver; the manager spawns pipeline workers
+    and inference services alike, and a service is the one that listens on a service address
+    (or names itself ``service``)."""
     if proc.pid == root:
         return Kind.MANAGER
     cmd = proc.cmdline
-    if "service" in proc.comm.lower() or "framepipe.server.service" in cmd:
+    if "service" in proc.comm.lower():
         return Kind.SERVICE
     if "resource_tracker" in cmd:
         return Kind.OTHER
@@ -98,6 +129,8 @@ def classify_framepipe(proc: ProcessInfo, parent: ProcessInfo | None, root: int)
     if "forkserver" in cmd:
         return Kind.OTHER  # the decode processes' forkserver (imports done, forks on demand)
     if "spawn_main" in cmd or "multiprocessing-fork" in cmd:
+        if proc.ppid == root and _holds_socket(proc.pid, _listening_service_inodes()):
+            return Kind.SERVICE
         return Kind.WORKER
     return Kind.OTHER
 
@@ -165,6 +198,7 @@ class TreeSampler:
     _procs: dict[int, _Seen] = field(default_factory=dict)
     _threads: dict[tuple[int, int], tuple[str, int, int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _known_kinds: dict[int, str] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _began_at: float = 0.0
@@ -175,9 +209,15 @@ class TreeSampler:
         return {pid: info for pid, info in infos.items() if info is not None}
 
     def _kinds(self, infos: dict[int, ProcessInfo]) -> dict[int, str]:
-        return {
-            pid: self.classify(info, infos.get(info.ppid), self.root) for pid, info in infos.items()
-        }
+        """Each process's kind, decided once per process (a pid is not reused within a run)."""
+        kinds = {}
+        for pid, info in infos.items():
+            kind = self._known_kinds.get(pid)
+            if kind is None:
+                kind = self.classify(info, infos.get(info.ppid), self.root)
+                self._known_kinds[pid] = kind
+            kinds[pid] = kind
+        return kinds
 
     def _sample(self, first: bool) -> None:
         infos = self.tree()

@@ -149,3 +149,39 @@ def test_the_classic_baseline_finds_the_same_faces_as_framepipe(registry: ModelR
             compared += 1
     capture.release()
     assert compared == 5
+
+
+_LISTENER = (
+    "import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); "
+    "s.bind('\\0' + sys.argv[1]); s.listen(); print('ready', flush=True); sys.stdin.readline()"
+)
+
+
+@pytest.mark.parametrize("address", ["framepipe-1-svc-centerface-0-abc123", "something-else"])
+def test_an_inference_service_is_told_from_a_worker_by_its_listening_address(
+    address: str,
+) -> None:
+    import os
+
+    from framepipe.bench._procs import classify_framepipe, process_info
+
+    # looks like a spawned worker or service of the manager (this process plays the manager)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LISTENER, address, "--multiprocessing-fork"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        info = process_info(proc.pid)
+        assert info is not None
+        kind = classify_framepipe(info, process_info(os.getpid()), os.getpid())
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(10)
+        proc.stdin.close()
+        proc.stdout.close()
+    assert kind == (Kind.SERVICE if "-svc-" in address else Kind.WORKER)
