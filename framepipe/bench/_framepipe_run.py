@@ -182,7 +182,10 @@ class _Drainer:
         try:
             response = self.client.consume_pipeline_result(pipeline_id, max_entries=_MAX_ENTRIES)
         except NotFoundError:
-            record.ended = "pipeline ended (its source ended or it failed)"
+            record.ended = (
+                "ENDED: the pipeline ended (its source ended or failed; a file must outlast "
+                "start-up, warm-up and window)"
+            )
             return
         except FramepipeError as exc:
             self.error = f"consume_result: {exc}"
@@ -459,6 +462,8 @@ def _drops(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
 
 
 def _source_state(report: dict[str, Any]) -> str:
+    if not report:
+        return "NO STATUS"
     states = [s.get("state") for s in report.get("sources_metadata") or [] if isinstance(s, dict)]
     bad = [s for s in states if s != "RUNNING"]
     return str(bad[0]) if bad else "RUNNING"

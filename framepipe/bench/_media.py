@@ -95,8 +95,9 @@ class MediaLibrary:
         repeats = max(1, math.ceil(seconds / BASE_CLIP_S))
         stem = f"{resolution.width}x{resolution.height}-{resolution.fps:g}fps"
         path = self.cache_dir / f"{stem}-{repeats * BASE_CLIP_S:g}s.mp4"
-        if path.is_file() and path.stat().st_size > 0:
-            return path
+        cached = self._cached(stem, repeats * BASE_CLIP_S)
+        if cached is not None:
+            return cached
         base = self.cache_dir / f"{stem}-base.mp4"
         if not base.is_file() or base.stat().st_size == 0:
             scratch = base.with_suffix(".tmp.mp4")
@@ -113,6 +114,18 @@ class MediaLibrary:
         _loop(base, scratch, repeats)
         scratch.replace(path)
         return path
+
+    def _cached(self, stem: str, seconds: float) -> Path | None:
+        """The shortest cached clip of this kind that lasts at least ``seconds``."""
+        found = []
+        for candidate in self.cache_dir.glob(f"{stem}-*s.mp4"):
+            length = candidate.stem.removeprefix(f"{stem}-").removesuffix("s")
+            try:
+                if float(length) >= seconds and candidate.stat().st_size > 0:
+                    found.append((float(length), candidate))
+            except ValueError:
+                continue
+        return min(found)[1] if found else None
 
     def distinct_files(self, source: Path, count: int) -> tuple[str, ...]:
         """``count`` paths to the content of ``source`` that framepipe sees as distinct files

@@ -7,6 +7,7 @@ import json
 import statistics
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,12 +41,16 @@ from framepipe.bench.config import (
     Resolution,
     SourceMode,
 )
-from framepipe.bench.results import MB, RunResult, ScenarioResult, Verdict, judge
+from framepipe.bench.results import MB, RunResult, ScenarioResult, Verdict
 
 # Time a run needs beyond warm-up + window (start N processes, first results, tear down),
-# before any run has been timed; and the startup allowance a generated file must outlast.
+# before any run has been timed.
 _RUN_OVERHEAD_S = 8.0
-_STARTUP_ALLOWANCE_S = 60.0
+# A file plays from its pipeline's start: it must outlast starting every pipeline (on two busy
+# cores, spawning 32 workers took over a minute), the warm-up and the window.
+_STARTUP_S_PER_STREAM = 4.0
+_MIN_STARTUP_S = 60.0
+_MAX_STARTUP_S = 600.0
 # Never start a count whose predicted memory passes this share of what the machine has free.
 _MEMORY_SHARE = 0.6
 
@@ -181,7 +186,10 @@ class BenchRunner:
     # -- streams ----------------------------------------------------------------------------
 
     def _file_seconds(self) -> float:
-        return _STARTUP_ALLOWANCE_S + self.config.warmup_s + self.config.duration_s
+        startup = min(
+            max(_MIN_STARTUP_S, _STARTUP_S_PER_STREAM * self.config.max_pipelines), _MAX_STARTUP_S
+        )
+        return startup + self.config.warmup_s + self.config.duration_s
 
     @contextlib.contextmanager
     def stream_sets(self) -> Iterator[list[tuple[str, StreamSet]]]:
@@ -405,7 +413,15 @@ class BenchRunner:
             self.display.live(figures)
 
         runner = run_framepipe if plan.architecture is Architecture.FRAMEPIPE else run_classic
-        result = runner(plan, live, self.stop)
+        try:
+            result = runner(plan, live, self.stop)
+        except Cancelled:
+            raise
+        except Exception as exc:  # one broken run is a failed count, not a failed bench
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            trace = self.log_dir / f"error-{plan.architecture.value}-{plan.model}-n{plan.count}.txt"
+            trace.write_text(traceback.format_exc())
+            result = _failed_run(plan, f"{type(exc).__name__}: {exc} (see {trace})")
         self._run_times.append(time.monotonic() - began)
         self._done_runs += 1
         return result
@@ -426,23 +442,26 @@ class BenchRunner:
         available = psutil.virtual_memory().available
         if predicted <= _MEMORY_SHARE * available:
             return None
-        error = (
+        return _failed_run(
+            plan,
             f"not started: predicted {predicted / MB:,.0f} MB, more than "
-            f"{100 * _MEMORY_SHARE:.0f}% of the {available / MB:,.0f} MB available"
+            f"{100 * _MEMORY_SHARE:.0f}% of the {available / MB:,.0f} MB available",
         )
-        result = RunResult(
-            architecture=plan.architecture,
-            layout=plan.layout,
-            count=plan.count,
-            target_fps=plan.target_fps,
-            streams=(),
-            cpu=None,
-            memory=None,
-            age_method="",
-            error=error,
-            verdict=Verdict(False, (error,)),
-        )
-        return result if not judge(result, plan.criteria).passed else None
+
+
+def _failed_run(plan: RunPlan, error: str) -> RunResult:
+    return RunResult(
+        architecture=plan.architecture,
+        layout=plan.layout,
+        count=plan.count,
+        target_fps=plan.target_fps,
+        streams=(),
+        cpu=None,
+        memory=None,
+        age_method="",
+        error=error,
+        verdict=Verdict(False, (error,)),
+    )
 
 
 def write_outputs(report: BenchReport, display: Display) -> Path:
