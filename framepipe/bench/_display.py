@@ -80,6 +80,7 @@ class Display:
                 console=self.console,
                 refresh_per_second=self._refresh,
                 get_renderable=self._render,
+                transient=True,  # the summary prints every run once it is over
             )
             self._live.start()
         return self
@@ -181,7 +182,7 @@ class Display:
         self, scenarios: list[ScenarioResult], targets: list[Target], footer: list[str]
     ) -> None:
         console = self.console
-        if self._live is None and self._rows:
+        if self._rows:
             table = Table(title="every run")
             _run_columns(table)
             for row in self._rows:

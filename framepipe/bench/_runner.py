@@ -30,7 +30,7 @@ from framepipe.bench._media import (
     rtsp_cameras,
 )
 from framepipe.bench._plan import Cancelled, LiveFigures, Pacing, RunPlan
-from framepipe.bench._search import StreamCountSearch
+from framepipe.bench._search import SearchEnd, StreamCountSearch
 from framepipe.bench._targets import Target, check_targets
 from framepipe.bench.config import (
     PASSTHROUGH,
@@ -373,23 +373,7 @@ class BenchRunner:
                         search.stop()
                     scenario.result.notes.append("time budget reached: the search stopped early")
                     break
-                plan = RunPlan(
-                    architecture=arch,
-                    layout=scenario.layout,
-                    count=count,
-                    model=scenario.model,
-                    streams=scenario.streams,
-                    pacing=scenario.pacing,
-                    target_fps=scenario.result.target_fps,
-                    warmup_s=config.warmup_s,
-                    duration_s=config.duration_s,
-                    poll_interval_s=config.poll_interval_s,
-                    criteria=config.criteria,
-                    log_dir=self.log_dir,
-                    decoding_buffer_size=config.decoding_buffer_size,
-                    model_run_cpu_s=model_cpu,
-                )
-                result = self._run_one(scenario, plan)
+                result = self._run_one(scenario, self._plan(scenario, arch, count, model_cpu))
                 searches[arch].record(count, result.verdict.passed)
                 arch_result = scenario.result.arch(arch)
                 arch_result.runs.append(result)
@@ -400,7 +384,42 @@ class BenchRunner:
             arch_result = scenario.result.arch(arch)
             arch_result.sustainable = search.sustainable
             arch_result.search_end = search.end.value
+            # memory per additional stream needs two counts: a search that ended at N=1
+            # (one stream already failed) gets N=2 measured for its memory
+            measured = {r.count for r in arch_result.runs if r.error is None}
+            if (
+                measured == {1}
+                and search.end.value != "stopped"
+                and (self.spent() + self.run_estimate() <= config.budget_s)
+            ):
+                extra = self._run_one(scenario, self._plan(scenario, arch, 2, model_cpu))
+                arch_result.runs.append(extra)
+                scenario.result.notes.append(
+                    f"{arch.value}: N=2 measured for memory per additional stream"
+                )
+                self.display.run_finished(scenario.result, extra)
         self._progress(0)
+
+    def _plan(
+        self, scenario: _Scenario, arch: Architecture, count: int, model_cpu: float
+    ) -> RunPlan:
+        config = self.config
+        return RunPlan(
+            architecture=arch,
+            layout=scenario.layout,
+            count=count,
+            model=scenario.model,
+            streams=scenario.streams,
+            pacing=scenario.pacing,
+            target_fps=scenario.result.target_fps,
+            warmup_s=config.warmup_s,
+            duration_s=config.duration_s,
+            poll_interval_s=config.poll_interval_s,
+            criteria=config.criteria,
+            log_dir=self.log_dir,
+            decoding_buffer_size=config.decoding_buffer_size,
+            model_run_cpu_s=model_cpu,
+        )
 
     def _run_one(self, scenario: _Scenario, plan: RunPlan) -> RunResult:
         refused = self._memory_refusal(scenario, plan)
