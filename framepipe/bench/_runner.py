@@ -389,7 +389,7 @@ class BenchRunner:
             measured = {r.count for r in arch_result.runs if r.error is None}
             if (
                 measured == {1}
-                and search.end.value != "stopped"
+                and search.end is SearchEnd.FOUND
                 and (self.spent() + self.run_estimate() <= config.budget_s)
             ):
                 extra = self._run_one(scenario, self._plan(scenario, arch, 2, model_cpu))
