@@ -484,7 +484,7 @@ def _failed_run(plan: RunPlan, error: str) -> RunResult:
 
 
 def write_outputs(report: BenchReport, display: Display) -> Path:
-    """results.json, the plots, and a short README in the output folder."""
+    """results.json, summary.md and the plots in the output folder."""
     out = report.config.out_dir
     out.mkdir(parents=True, exist_ok=True)
     if report.config.plots:
@@ -500,6 +500,9 @@ def write_outputs(report: BenchReport, display: Display) -> Path:
             report.plots = [str(p) for p in paths]
         except PlotsUnavailable as exc:
             report.notes.append(str(exc))
+    from framepipe.bench._markdown import summary_markdown
+
+    (out / "summary.md").write_text(summary_markdown(report, out))
     path = out / "results.json"
     path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return path

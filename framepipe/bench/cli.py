@@ -144,6 +144,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output folder (default ./framepipe-bench/<machine>-<date>/)",
     )
     parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="measure nothing: tables, summary.md and plots again from DIR/results.json",
+    )
+    parser.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
@@ -178,8 +185,14 @@ def config_from_arguments(args: argparse.Namespace) -> BenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from framepipe.bench._app import run_bench
+    from framepipe.bench._app import rerender, run_bench
 
+    if args.report is not None:
+        results = args.report / "results.json" if args.report.is_dir() else args.report
+        if not results.is_file():
+            print(f"framepipe bench: {results} not found", file=sys.stderr)
+            return 2
+        return rerender(results, args.out, json_line=args.json)
     return run_bench(config_from_arguments(args), json_line=args.json)
 
 

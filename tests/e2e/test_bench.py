@@ -90,3 +90,31 @@ def test_quick_bench_measures_both_architectures_and_writes_plots(tmp_path: Path
     for plot in report["plots"]:
         data = Path(plot).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    summary = (out / "summary.md").read_text()
+    assert all(key in summary for key in scenarios)
+    assert all(Path(plot).name in summary for plot in report["plots"])
+
+    # the same tables and plots again from results.json, nothing measured
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "framepipe.cli",
+            "bench",
+            "--report",
+            str(out),
+            "--json",
+            "--out",
+            str(tmp_path / "again"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    rendered = json.loads(again.stdout.strip().splitlines()[-1])
+    assert rendered["targets"] == report["targets"]
+    assert [s["key"] for s in rendered["scenarios"]] == list(scenarios)
+    assert len(list((tmp_path / "again" / "plots").glob("*.png"))) == len(scenarios)
