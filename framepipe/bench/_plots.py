@@ -35,7 +35,7 @@ def write_plots(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator, ScalarFormatter
+        from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
     except ImportError as exc:
         raise PlotsUnavailable(
             "plots need matplotlib: pip install 'framepipe[bench]' (make install has it)"
@@ -103,6 +103,7 @@ def write_plots(
                 )
                 axis.set_yscale("log")
                 axis.yaxis.set_major_formatter(ScalarFormatter())
+                axis.yaxis.set_minor_formatter(NullFormatter())
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
             axis.set_title(title)
             axis.set_xlabel("streams (N pipelines)")

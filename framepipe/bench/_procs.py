@@ -1,10 +1,10 @@
 """CPU and memory of a whole process tree, by kind of process (and, where asked, by thread).
 
-Everything is read from /proc from the outside, the same way for framepipe's server and for
-the classic baseline: the CPU a process (or thread) used is ``utime + stime`` from its
-``stat`` (clock ticks, 10 ms), the memory it alone holds is its USS (``smaps_rollup``), and
-shared memory is the blocks of the ``fp-*`` segments in /dev/shm that a process of the tree
-owns. A window's CPU is the difference between a sample at its start and one at its end;
+Everything is read from the outside, the same way for framepipe's server and for the classic
+baseline: the CPU a process (or thread) used is its user + system time (psutil; the kernel
+counts it in clock ticks, 10 ms), the memory it alone holds is its USS (``smaps_rollup``, as
+framepipe's RAM budget reads it), and shared memory is the blocks of the ``fp-*`` segments in
+/dev/shm that a process of the tree owns. A window's CPU is the difference between a sample at its start and one at its end;
 processes seen in between are sampled every second, so one that exits inside the window
 still counts with what it used until its last sample.
 """
@@ -16,15 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from framepipe.core.budget import (
-    children_map,
-    process_unique_bytes,
-    shared_segments_bytes,
-    tree_pids,
-)
+import psutil
 
-TICK_S = 1.0 / float(os.sysconf("SC_CLK_TCK"))
+from framepipe.core.budget import process_unique_bytes, shared_segments_bytes
 
 
 class Kind:
@@ -67,19 +63,13 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _stat_ticks(text: str) -> tuple[int, int]:
-    """(ppid, utime + stime) from a /proc stat line."""
-    fields = text.rsplit(")", 1)[1].split()
-    return int(fields[1]), int(fields[11]) + int(fields[12])
-
-
 def process_info(pid: int) -> ProcessInfo | None:
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is None:
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            return ProcessInfo(pid, proc.ppid(), " ".join(proc.cmdline()), proc.name())
+    except psutil.Error:
         return None
-    cmdline = (_read(f"/proc/{pid}/cmdline") or "").replace("\0", " ").strip()
-    comm = (_read(f"/proc/{pid}/comm") or "").strip()
-    return ProcessInfo(pid, _stat_ticks(stat)[0], cmdline, comm)
 
 
 def _listening_service_inodes() -> set[str]:
@@ -157,8 +147,16 @@ def group_classic_thread(name: str) -> str | None:
 @dataclass
 class _Seen:
     kind: str
-    start: int  # ticks at the window's start (0 for a process born inside it)
-    last: int
+    proc: psutil.Process
+    start: float  # CPU seconds at the window's start (0 for a process born inside it)
+    last: float
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
 
 
 @dataclass
@@ -196,7 +194,7 @@ class TreeSampler:
     group_thread: ThreadGrouper | None = None
     interval_s: float = 1.0
     _procs: dict[int, _Seen] = field(default_factory=dict)
-    _threads: dict[tuple[int, int], tuple[str, int, int]] = field(default_factory=dict)
+    _threads: dict[tuple[int, int], tuple[str, float, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _known_kinds: dict[int, str] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -204,7 +202,11 @@ class TreeSampler:
     _began_at: float = 0.0
 
     def tree(self) -> dict[int, ProcessInfo]:
-        pids = tree_pids(self.root, children_map())
+        try:
+            root = psutil.Process(self.root)
+            pids = [self.root, *(child.pid for child in root.children(recursive=True))]
+        except psutil.Error:
+            return {}
         infos = {pid: process_info(pid) for pid in pids}
         return {pid: info for pid, info in infos.items() if info is not None}
 
@@ -224,37 +226,34 @@ class TreeSampler:
         kinds = self._kinds(infos)
         with self._lock:
             for pid, kind in kinds.items():
-                stat = _read(f"/proc/{pid}/stat")
-                if stat is None:
-                    continue
-                ticks = _stat_ticks(stat)[1]
                 seen = self._procs.get(pid)
+                proc = seen.proc if seen is not None else _process(pid)
+                if proc is None:
+                    continue
+                try:
+                    times = proc.cpu_times()
+                    threads = proc.threads() if self.group_thread is not None else []
+                except psutil.Error:
+                    continue  # it ended: what it used until the last sample stays counted
+                used = times.user + times.system
                 if seen is None:
-                    self._procs[pid] = _Seen(kind, ticks if first else 0, ticks)
+                    self._procs[pid] = _Seen(kind, proc, used if first else 0.0, used)
                 else:
-                    seen.last = ticks
-                if self.group_thread is not None:
-                    self._sample_threads(pid, first)
+                    seen.last = used
+                for thread in threads:
+                    self._sample_thread(pid, thread, first)
 
-    def _sample_threads(self, pid: int, first: bool) -> None:
+    def _sample_thread(self, pid: int, thread: Any, first: bool) -> None:
         assert self.group_thread is not None
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
+        name = (_read(f"/proc/{pid}/task/{thread.id}/comm") or "").strip()
+        group = self.group_thread(name)
+        if group is None:
             return
-        for tid_text in tids:
-            name = (_read(f"/proc/{pid}/task/{tid_text}/comm") or "").strip()
-            group = self.group_thread(name)
-            if group is None:
-                continue
-            stat = _read(f"/proc/{pid}/task/{tid_text}/stat")
-            if stat is None:
-                continue
-            ticks = _stat_ticks(stat)[1]
-            key = (pid, int(tid_text))
-            known = self._threads.get(key)
-            start = known[1] if known is not None else (ticks if first else 0)
-            self._threads[key] = (group, start, ticks)
+        used = float(thread.user_time + thread.system_time)
+        key = (pid, int(thread.id))
+        known = self._threads.get(key)
+        start = known[1] if known is not None else (used if first else 0.0)
+        self._threads[key] = (group, start, used)
 
     def begin(self) -> None:
         """Start a window: sample now, then every ``interval_s`` until :meth:`end`."""
@@ -281,12 +280,12 @@ class TreeSampler:
         processes: dict[str, int] = {}
         with self._lock:
             for seen in self._procs.values():
-                used = max(0, seen.last - seen.start) * TICK_S
+                used = max(0.0, seen.last - seen.start)
                 by_kind[seen.kind] = by_kind.get(seen.kind, 0.0) + used
                 processes[seen.kind] = processes.get(seen.kind, 0) + 1
             by_group: dict[str, float] = {}
             for group, start, last in self._threads.values():
-                by_group[group] = by_group.get(group, 0.0) + max(0, last - start) * TICK_S
+                by_group[group] = by_group.get(group, 0.0) + max(0.0, last - start)
         return CpuWindow(window_s, sum(by_kind.values()), by_kind, by_group, processes)
 
     def memory(self) -> MemorySample:

@@ -91,6 +91,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " 'passthrough' alone benches only the frame path)",
     )
     parser.add_argument(
+        "--no-passthrough",
+        action="store_true",
+        help="bench only the model(s), not the frame path alone",
+    )
+    parser.add_argument(
         "--model-fps", type=float, default=5.0, help="max_fps per stream with a model (default 5)"
     )
     parser.add_argument(
@@ -162,6 +167,8 @@ def config_from_arguments(args: argparse.Namespace) -> BenchConfig:
     models = list(dict.fromkeys(args.model or [DEFAULT_MODEL]))
     if models != [PASSTHROUGH]:
         models = [PASSTHROUGH, *(m for m in models if m != PASSTHROUGH)]
+    if args.no_passthrough and models != [PASSTHROUGH]:
+        models = [m for m in models if m != PASSTHROUGH]
     config = BenchConfig(
         out_dir=args.out or default_out_dir(),
         cache_dir=args.cache_dir or default_cache_dir(),
