@@ -1,4 +1,4 @@
-"""``framepipe bench``: how many of my cameras fit on this box, with this model, and how does that
+"""framepipe bench: how many of my cameras fit on this box, with this model, and how does that
 compare with the usual way?
 
 Only argparse is imported at module level: ``framepipe`` builds every sub-command's parser at
@@ -78,7 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.split("\n\n")[0] if __doc__ else None
     parser.epilog = _EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--quick", action="store_true", help="under a minute: N=1,2, short windows")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="about a minute: passthrough at N=1,2 and the model at N=2, 1.5 s windows",
+    )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object as the last line"
     )
