@@ -2,11 +2,13 @@
 
 from framepipe.errors import (
     AuthorisationError,
+    CapacityError,
     FramepipeError,
     InternalError,
     InvalidPayloadError,
     NotFoundError,
     OperationError,
+    RamBudgetExceededError,
     ShmExhaustedError,
 )
 
@@ -33,6 +35,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "AuthorisationError",
+    "CapacityError",
     "FramepipeError",
     "InternalError",
     "InvalidPayloadError",
@@ -41,6 +44,7 @@ __all__ = [
     "Pipeline",
     "PipelineReport",
     "PipelineResult",
+    "RamBudgetExceededError",
     "ShmExhaustedError",
     "SourceHub",
     "__version__",

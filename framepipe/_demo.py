@@ -25,6 +25,8 @@ from rich.table import Table
 
 from framepipe.client import FramepipeError, NotFoundError, SyncStreamManagerClient
 from framepipe.protocol.payloads import (
+    BufferConsumptionStrategy,
+    BufferFillingStrategy,
     InitialisePipelinePayload,
     MemorySinkConfiguration,
     ModelConfiguration,
@@ -97,7 +99,13 @@ def _drive_pipeline(
 ) -> int:
     client = SyncStreamManagerClient(host=host, port=port, operations_timeout=30.0)
     payload = InitialisePipelinePayload(
-        video_configuration=VideoConfiguration(video_reference=str(video), max_fps=30),
+        # Every frame of the file, in order (framepipe's default for files; the reference's
+        # client model sends DROP_OLDEST/EAGER unless told otherwise).
+        video_configuration=VideoConfiguration(
+            video_reference=str(video),
+            source_buffer_filling_strategy=BufferFillingStrategy.WAIT,
+            source_buffer_consumption_strategy=BufferConsumptionStrategy.LAZY,
+        ),
         processing_configuration=ModelConfiguration(model=model),
         sink_configuration=MemorySinkConfiguration(results_buffer_size=256),
     )
@@ -109,26 +117,27 @@ def _drive_pipeline(
     )
     results = 0
     deadline = started + seconds
-    ended = False
+    finished = False
     while time.monotonic() < deadline:
-        try:
-            response = client.consume_pipeline_result(
-                pipeline_id, excluded_fields=["image"], max_entries=64
-            )
-        except NotFoundError:
-            ended = True  # the health loop ended it: every source reached its end
-            break
+        response = client.consume_pipeline_result(
+            pipeline_id, excluded_fields=["image"], max_entries=64
+        )
         for entry in response.entries:
             results += 1
             console.print(_describe(entry.outputs, entry.frames_metadata))
-        if not response.entries:
-            time.sleep(0.05)
-    if not ended:
-        status = client.get_status(pipeline_id)
-        _print_status(console, status.report)
-        with contextlib.suppress(NotFoundError):
-            client.terminate_pipeline(pipeline_id)
-    console.print(f"pipeline ended ({'video finished' if ended else 'terminated'})")
+        if response.entries:
+            continue
+        # Nothing buffered: either the next frame is on its way, or the video is done.
+        report = client.get_status(pipeline_id).report
+        if report.get("framepipe", {}).get("finished"):
+            finished = True
+            break
+        time.sleep(0.05)
+    report = client.get_status(pipeline_id).report
+    _print_status(console, report)
+    with contextlib.suppress(NotFoundError):
+        client.terminate_pipeline(pipeline_id)
+    console.print(f"pipeline ended ({'video finished' if finished else 'time is up'})")
     return results
 
 
@@ -166,11 +175,21 @@ def _print_status(console: Console, report: dict[str, Any]) -> None:
     table = Table(title="pipeline status")
     table.add_column("field")
     table.add_column("value")
-    for key in ("inference_throughput",):
-        if key in report:
-            table.add_row(key, f"{report[key]:.1f}")
-    for source in report.get("sources_metadata", []):
-        table.add_row(f"source {source.get('source_id')}", str(source.get("state")))
+    extra = report.get("framepipe", {})
+    table.add_row("state", str(extra.get("state")))
+    results = extra.get("results", {})
+    table.add_row(
+        "results",
+        f"{results.get('produced', 0)} produced, {results.get('consumed', 0)} consumed, "
+        f"{results.get('dropped', 0)} dropped",
+    )
+    for source in extra.get("sources", []):
+        dropped = source.get("frames_dropped") or {}
+        table.add_row(
+            f"source {source.get('source_id')}",
+            f"{source.get('state')}: {source.get('frames_decoded')} decoded, "
+            f"{source.get('frames_delivered')} delivered, dropped {dropped or 0}",
+        )
     console.print(table)
 
 

@@ -10,30 +10,26 @@ from typing import Any
 
 from rich.console import Console
 
-from framepipe.core.sinks import FrameMetadataLike, frame_metadata_to_wire
 from framepipe.errors import InvalidPayloadError
 
 
 def run_local(
     video: str, *, model: str, max_fps: float | None, frames: int | None, output: str | None = None
 ) -> int:
-    from framepipe.core.pipeline import Pipeline
-    from framepipe.core.processing import build_processor, processing_spec_from_wire
+    from framepipe.core.pipeline import Pipeline, frame_metadata_to_wire
+    from framepipe.core.sources import FrameMetadata
 
     if output is not None and not Path(video).is_file():
         raise InvalidPayloadError(f"--output needs a video file to re-read, {video!r} is not one")
 
     console = Console()
     reference: str | int = int(video) if video.isdigit() else video
-    processor = build_processor(
-        processing_spec_from_wire({"type": "ModelConfiguration", "model": model})
-    )
     count = 0
     enough = threading.Event()
     kept: dict[int, dict[str, Any] | None] = {}
 
     def on_prediction(
-        outputs: Sequence[dict[str, Any] | None], metadata: Sequence[FrameMetadataLike | None]
+        outputs: Sequence[dict[str, Any] | None], metadata: Sequence[FrameMetadata | None]
     ) -> None:
         nonlocal count
         for result, frame in zip(outputs, metadata, strict=False):
@@ -50,9 +46,7 @@ def run_local(
         if frames is not None and count >= frames:
             enough.set()
 
-    pipeline = Pipeline(
-        reference, processor=processor, on_prediction=on_prediction, max_fps=max_fps
-    )
+    pipeline = Pipeline(reference, model=model, on_prediction=on_prediction, max_fps=max_fps)
     started = time.monotonic()
     pipeline.start()
     try:

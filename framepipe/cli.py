@@ -1,7 +1,9 @@
 """The ``framepipe`` command line.
 
-``framepipe serve``                       run the stream manager (TCP control plane)
-``framepipe pipelines list|status|consume|terminate``   talk to a running manager
+``framepipe serve [--http-port N]``       run the stream manager (TCP control plane, and the
+                                          HTTP gateway with --http-port)
+``framepipe pipelines list|status|consume|pause|resume|terminate``   talk to a running manager
+``framepipe top``                         the pipelines table, refreshed live
 ``framepipe run VIDEO [--model NAME]``    run one pipeline locally, print its results
 ``framepipe demo``                        start a manager, run a pipeline on the sample video,
                                           print results as they come, shut everything down
@@ -9,19 +11,23 @@
                                           architecture (framepipe/bench)
 
 Heavy modules are imported by the sub-command that needs them, so ``framepipe serve`` binds its
-port within a fraction of a second.
+port within a fraction of a second. An error is one line with its cause and a hint; ``-v``
+adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
-from typing import Any
 
 from framepipe.bench.cli import add_arguments as add_bench_arguments
+from framepipe.gateway.settings import GatewaySettingsError
+from framepipe.gateway.settings import add_arguments as add_gateway_arguments
+from framepipe.gateway.settings import from_arguments as gateway_from_arguments
 from framepipe.server.settings import SettingsError, add_arguments, from_arguments
 
 
@@ -34,11 +40,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.run(args)
-    except SettingsError as exc:
+    except (SettingsError, GatewaySettingsError) as exc:
         print(f"framepipe: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from framepipe._explain import explain
+
+        if args.verbose:
+            traceback.print_exc()
+        print(f"framepipe: {explain(exc)}", file=sys.stderr)
+        return 1
     return code
 
 
@@ -46,35 +59,24 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="framepipe", description="A stream manager for video inference."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, and tracebacks of errors"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the stream manager")
     add_arguments(serve)
+    add_gateway_arguments(serve)
+    serve.add_argument(
+        "--help-settings",
+        action="store_true",
+        help="print every setting (environment variable, default, meaning) and exit",
+    )
     serve.set_defaults(run=_serve)
 
-    pipelines = commands.add_parser("pipelines", help="talk to a running stream manager")
-    pipelines.add_argument("--host", default=None, help="manager address (STREAM_MANAGER_HOST)")
-    pipelines.add_argument(
-        "--port", type=int, default=None, help="manager port (STREAM_MANAGER_PORT)"
-    )
-    pipelines.add_argument("--timeout", type=float, default=30.0, help="seconds per operation")
-    pipelines.add_argument(
-        "--token", default=None, help="shared token, if the manager requires one"
-    )
-    actions = pipelines.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="ids of the running pipelines").set_defaults(run=_pipelines)
-    for name, text in (("status", "status report"), ("terminate", "end the pipeline")):
-        action = actions.add_parser(name, help=text)
-        action.add_argument("pipeline_id")
-        action.set_defaults(run=_pipelines)
-    consume = actions.add_parser("consume", help="pop results of a pipeline")
-    consume.add_argument("pipeline_id")
-    consume.add_argument("--exclude", action="append", default=[], help="output field to leave out")
-    consume.add_argument(
-        "--max-entries", type=int, default=None, help="pop up to this many results"
-    )
-    consume.set_defaults(run=_pipelines)
+    from framepipe._remote import add_commands as add_remote_commands
+
+    add_remote_commands(commands)
 
     run = commands.add_parser("run", help="run one pipeline locally and print its results")
     run.add_argument("video", help="file path, stream URL or camera index")
@@ -108,60 +110,42 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from framepipe.server.app import serve
+    from framepipe.server.app import Companion, serve
 
+    if args.help_settings:
+        from framepipe._settings_reference import render_markdown
+
+        print(render_markdown(), end="")
+        return 0
     settings = from_arguments(args)
+    gateway_settings = gateway_from_arguments(args, os.environ)
+    companions: list[Companion] = []
+    if gateway_settings.enabled:
+        from framepipe.gateway.runner import Gateway
+
+        def announce_gateway(url: str) -> None:
+            print(f"framepipe: HTTP gateway on {url} (OpenAPI: {url}/docs)", flush=True)
+
+        companions.append(
+            Gateway(
+                gateway_settings,
+                probe_token=settings.token,
+                default_host=settings.host,
+                announce=announce_gateway,
+            )
+        )
 
     def announce(host: str, port: int) -> None:
         print(f"framepipe: stream manager listening on {host}:{port}", flush=True)
 
+    main = serve(settings, announce=announce, companions=companions)
     if settings.event_loop == "uvloop":
         import uvloop
 
-        uvloop.run(serve(settings, announce=announce))
+        uvloop.run(main)
     else:
-        asyncio.run(serve(settings, announce=announce))
+        asyncio.run(main)
     return 0
-
-
-def _pipelines(args: argparse.Namespace) -> int:
-    from framepipe.server.settings import ServerSettings
-
-    defaults = ServerSettings.from_env()
-    host = args.host or defaults.host
-    port = args.port if args.port is not None else defaults.port
-    from framepipe.client import FramepipeError, SyncStreamManagerClient
-
-    client = SyncStreamManagerClient(
-        host=host, port=port, operations_timeout=args.timeout, auth_token=args.token
-    )
-    try:
-        result: Any
-        if args.action == "list":
-            result = client.list_pipelines()
-        elif args.action == "status":
-            result = client.get_status(args.pipeline_id)
-        elif args.action == "consume":
-            result = client.consume_pipeline_result(
-                args.pipeline_id, excluded_fields=args.exclude, max_entries=args.max_entries
-            )
-        else:
-            result = client.terminate_pipeline(args.pipeline_id)
-    except FramepipeError as exc:
-        print(f"framepipe: {exc.error_type.value}: {exc.message}", file=sys.stderr)
-        return 1
-    print(json.dumps(_plain(result), indent=2, default=str))
-    return 0
-
-
-def _plain(value: Any) -> Any:
-    to_wire = getattr(value, "to_wire", None)
-    if callable(to_wire):
-        return to_wire()
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        return dump(mode="json")
-    return value
 
 
 def _run(args: argparse.Namespace) -> int:

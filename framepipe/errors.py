@@ -2,22 +2,26 @@
 
 from framepipe.protocol.errors import (
     AuthorisationError,
+    CapacityError,
     ErrorType,
     FramepipeError,
     InternalError,
     InvalidPayloadError,
     NotFoundError,
     OperationError,
+    RamBudgetExceededError,
     ShmExhaustedError,
 )
 
 __all__ = [
     "AuthorisationError",
+    "CapacityError",
     "ErrorType",
     "FramepipeError",
     "InternalError",
     "InvalidPayloadError",
     "NotFoundError",
     "OperationError",
+    "RamBudgetExceededError",
     "ShmExhaustedError",
 ]

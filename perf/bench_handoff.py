@@ -30,11 +30,9 @@ POSIX semaphore post -> wake-up between two processes with nothing else around i
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import multiprocessing as mp
 import os
-import signal
 import statistics
 import sys
 import time
@@ -49,10 +47,15 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from framepipe.core.queues import Backpressure, FrameConsumer, FrameProducer  # noqa: E402
-from framepipe.core.ring import FrameRing  # noqa: E402
+from framepipe.core.processes import die_with_parent  # noqa: E402
+from framepipe.core.ring import (  # noqa: E402
+    FrameConsumer,
+    FrameProducer,
+    FrameRing,
+)
 from framepipe.core.shm import Segment  # noqa: E402
 from framepipe.ext import _spsc  # noqa: E402
+from framepipe.protocol.payloads import BufferFillingStrategy  # noqa: E402
 
 SHAPE = (1080, 1920, 3)
 QUEUE_DEPTH = 4
@@ -64,11 +67,6 @@ class Side:
     wall_s: float
     cpu_s: float
     errors: int = 0
-
-
-def _die_with_parent() -> None:
-    """PR_SET_PDEATHSIG: a benchmark child never outlives the benchmark."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def _prepared_frame() -> np.ndarray:
@@ -90,9 +88,9 @@ def _stamped(frame: np.ndarray) -> int:
 
 
 def _shm_producer(ring_name: str, mode: str, seconds: float, start: Any, out: Connection) -> None:
-    _die_with_parent()
+    die_with_parent()
     ring = FrameRing.attach(ring_name)
-    producer = FrameProducer(ring, Backpressure.WAIT)
+    producer = FrameProducer(ring, BufferFillingStrategy.WAIT)
     prepared = _prepared_frame()
     start.wait()
     n = 0
@@ -115,7 +113,7 @@ def _shm_producer(ring_name: str, mode: str, seconds: float, start: Any, out: Co
 
 
 def _shm_consumer(ring_name: str, ready: Any, out: Connection) -> None:
-    _die_with_parent()
+    die_with_parent()
     consumer = FrameConsumer(ring_name)
     ready.set()
     n = errors = 0
@@ -136,9 +134,9 @@ def _shm_consumer(ring_name: str, ready: Any, out: Connection) -> None:
 
 
 def _shm_latency_producer(ring_name: str, frames: int, period_s: float, start: Any) -> None:
-    _die_with_parent()
+    die_with_parent()
     ring = FrameRing.attach(ring_name)
-    producer = FrameProducer(ring, Backpressure.WAIT)
+    producer = FrameProducer(ring, BufferFillingStrategy.WAIT)
     start.wait()
     next_t = time.perf_counter()
     for n in range(frames):
@@ -155,7 +153,7 @@ def _shm_latency_producer(ring_name: str, frames: int, period_s: float, start: A
 
 
 def _shm_latency_consumer(ring_name: str, ready: Any, out: Connection) -> None:
-    _die_with_parent()
+    die_with_parent()
     consumer = FrameConsumer(ring_name)
     ready.set()
     lat: list[int] = []
@@ -176,7 +174,7 @@ def _shm_latency_consumer(ring_name: str, ready: Any, out: Connection) -> None:
 
 
 def _floor_producer(seg_name: str, sem_name: str, frames: int, period_s: float, start: Any) -> None:
-    _die_with_parent()
+    die_with_parent()
     seg = Segment.attach(seg_name)
     sem = _spsc.NamedSemaphore(sem_name)
     stamp = np.ndarray((1,), np.int64, seg.buf)
@@ -194,7 +192,7 @@ def _floor_producer(seg_name: str, sem_name: str, frames: int, period_s: float, 
 
 
 def _floor_consumer(seg_name: str, sem_name: str, frames: int, ready: Any, out: Connection) -> None:
-    _die_with_parent()
+    die_with_parent()
     seg = Segment.attach(seg_name)
     sem = _spsc.NamedSemaphore(sem_name)
     stamp = np.ndarray((1,), np.int64, seg.buf)
@@ -251,7 +249,7 @@ class Latency:
 
 
 def _q_producer(q: Any, mode: str, seconds: float, start: Any, out: Connection) -> None:
-    _die_with_parent()
+    die_with_parent()
     prepared = _prepared_frame()
     start.wait()
     n = 0
@@ -273,7 +271,7 @@ def _q_producer(q: Any, mode: str, seconds: float, start: Any, out: Connection) 
 
 
 def _q_consumer(q: Any, ready: Any, out: Connection) -> None:
-    _die_with_parent()
+    die_with_parent()
     ready.set()
     n = errors = 0
     checksum = 0
@@ -400,10 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=None, help="seconds per throughput run")
     ap.add_argument("--latency-frames", type=int, default=None)
     ap.add_argument("--modes", default="fill,stamp")
+    ap.add_argument("--smoke", action="store_true", help="a few seconds: does it still run?")
     args = ap.parse_args(argv)
-    seconds = args.seconds or (2.5 if args.quick else 8.0)
-    lat_frames = args.latency_frames or (1000 if args.quick else 4000)
-    modes = [m for m in args.modes.split(",") if m]
+    seconds = args.seconds or (0.5 if args.smoke else 2.5 if args.quick else 8.0)
+    lat_frames = args.latency_frames or (150 if args.smoke else 1000 if args.quick else 4000)
+    modes = ["fill"] if args.smoke else [m for m in args.modes.split(",") if m]
     ctx = mp.get_context("spawn")
 
     results: dict[str, dict[str, Throughput]] = {}

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import ctypes
 import json
 import multiprocessing
 import os
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil
 
 from framepipe.client import StreamManagerClient
+from framepipe.core.processes import die_with_parent
 from framepipe.protocol import _json
 from framepipe.protocol.commands import Command, StatusCommand
 from framepipe.protocol.envelope import StatusBody, SuccessBody
@@ -78,11 +78,6 @@ REPORT: dict[str, Any] = {
 }
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-
-
 class _Handler:
     async def handle(self, request_id: str, command: Command) -> SuccessBody:
         if isinstance(command, StatusCommand) and command.pipeline_id == HUNG_ID:
@@ -91,7 +86,7 @@ class _Handler:
 
 
 def _run_framepipe(port_out: Any, use_uvloop: bool) -> None:
-    _die_with_parent()
+    die_with_parent()
     from framepipe.server.tcp import TcpFrontSettings, start_server
 
     async def main() -> None:
@@ -147,7 +142,7 @@ class _ReferenceStyleServer(socketserver.TCPServer):
 
 
 def run_reference_style(port_out: Any) -> None:
-    _die_with_parent()
+    die_with_parent()
     server = _ReferenceStyleServer((HOST, 0), _ReferenceStyleHandler)
     port_out.send(server.server_address[1])
     server.serve_forever()
@@ -271,9 +266,12 @@ def main() -> None:
         "--json", action="store_true", help="print one JSON object as the last line"
     )
     parser.add_argument("--quick", action="store_true", help="20 requests per client")
+    parser.add_argument("--smoke", action="store_true", help="10 clients x 5: does it still run?")
     args = parser.parse_args()
     if args.quick:
         args.requests = min(args.requests, 20)
+    if args.smoke:
+        args.clients, args.requests = min(args.clients, 10), min(args.requests, 5)
 
     # (row name, JSON key, server, hung request present)
     plan: list[tuple[str, str, Any, bool]] = [

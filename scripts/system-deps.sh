@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the integration tests need, only when one is missing.
-# The RTSP server used by the tests is GStreamer's gst-rtsp-server driven by Debian's python3-gi.
+# The RTSP server used by the tests is GStreamer's gst-rtsp-server driven by Debian's python3-gi;
+# curl and jq run the README's examples.
 set -euo pipefail
 PACKAGES=(
     gir1.2-gst-rtsp-server-1.0 python3-gi
     gstreamer1.0-plugins-base gstreamer1.0-plugins-good
     gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+    curl jq  # the README's HTTP gateway examples, run by tests/e2e/test_readme_examples.py
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

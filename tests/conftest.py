@@ -29,22 +29,32 @@ def framepipe_shm_entries() -> set[str]:
 _DAEMONS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
-def _is_daemon(proc: psutil.Process) -> bool:
-    # Only the daemons themselves (our direct children): a process forked BY the forkserver
-    # (a decode process) has the forkserver's command line too, and must still be checked.
+def _is_daemon(proc: psutil.Process, owners: set[int]) -> bool:
+    """A multiprocessing daemon of this process or of one of ``owners`` (processes that
+    existed before the test, e.g. a module's server, which start them when they need them).
+    Only the daemons themselves: a process forked BY a forkserver (a decode process) has the
+    forkserver's command line too, and must still be checked."""
     try:
-        return proc.ppid() == os.getpid() and any(
+        return proc.ppid() in owners and any(
             marker in " ".join(proc.cmdline()) for marker in _DAEMONS
         )
     except psutil.Error:
         return False
 
 
-def _children() -> list[psutil.Process]:
+def _children(owners: set[int] | None = None) -> list[psutil.Process]:
+    owners = {os.getpid()} | (owners or set())
     try:
-        return [p for p in psutil.Process().children(recursive=True) if not _is_daemon(p)]
+        return [p for p in psutil.Process().children(recursive=True) if not _is_daemon(p, owners)]
     except psutil.Error:
         return []
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline()[:4])
+    except psutil.Error as exc:  # it ended (or turned zombie) meanwhile
+        return type(exc).__name__
 
 
 def _entry_pid(name: str) -> int | None:
@@ -88,9 +98,11 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     deadline = time.monotonic() + 5.0
     while True:
-        new_children = [p for p in _children() if p.pid not in children_before and p.is_running()]
+        new_children = [
+            p for p in _children(children_before) if p.pid not in children_before and p.is_running()
+        ]
         new_children = [p for p in new_children if p.status() != psutil.STATUS_ZOMBIE]
-        tree = {os.getpid()} | children_before | {p.pid for p in _children()}
+        tree = {os.getpid()} | children_before | {p.pid for p in _children(children_before)}
         leaked_shm = {n for n in framepipe_shm_entries() - shm_before if _ours(n, tree)}
         if (not new_children and not leaked_shm) or time.monotonic() > deadline:
             break
@@ -105,10 +117,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     if new_children:
         problems.append(
             "child processes still alive: "
-            + ", ".join(
-                f"{p.pid} ({' '.join(p.cmdline()[:3]) if p.is_running() else '?'})"
-                for p in new_children
-            )
+            + ", ".join(f"{p.pid} ({_describe(p)})" for p in new_children)
         )
     if leaked_shm:
         problems.append(f"shared-memory entries leaked: {sorted(leaked_shm)}")

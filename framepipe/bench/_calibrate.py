@@ -17,33 +17,24 @@ import numpy as np
 
 
 def model_run_cpu_s(model: str, width: int, height: int, runs: int = 20) -> float:
-    from framepipe.core.processing import (
-        ModelProcessor,
-        build_processor,
-        processing_spec_from_wire,
-    )
+    from framepipe.core.processing import LoadedModel, ModelRegistry, ProcessingSettings
 
+    if model == "passthrough":
+        return 0.0
+    registry = ModelRegistry.from_settings(ProcessingSettings.from_env())
     # the server's workers say it in their logs when a GPU provider cannot start; once is enough
     quiet = logging.getLogger("framepipe.core.processing.runner")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        processor = build_processor(
-            processing_spec_from_wire({"type": "ModelConfiguration", "model": model})
-        )
+        loaded = LoadedModel(registry.get(model), registry.settings)
     finally:
         quiet.setLevel(level)
-    try:
-        if not isinstance(processor, ModelProcessor):
-            return 0.0
-        loaded = processor.model
-        in_h, in_w = loaded.input_hw(height, width)
-        batch = np.zeros((1, 3, in_h, in_w), loaded.runner.input.dtype)
-        for _ in range(3):
-            loaded.runner.run(batch)
-        started = time.process_time()
-        for _ in range(runs):
-            loaded.runner.run(batch)
-        return (time.process_time() - started) / runs
-    finally:
-        processor.close()
+    in_h, in_w = loaded.input_hw(height, width)
+    batch = np.zeros((1, 3, in_h, in_w), loaded.runner.input.dtype)
+    for _ in range(3):
+        loaded.runner.run(batch)
+    started = time.process_time()
+    for _ in range(runs):
+        loaded.runner.run(batch)
+    return (time.process_time() - started) / runs

@@ -3,6 +3,7 @@
 from framepipe.client.aio import StreamManagerClient
 from framepipe.client.errors import (
     AuthorisationError,
+    CapacityError,
     ClientError,
     ConnectivityError,
     FramepipeError,
@@ -26,6 +27,7 @@ from framepipe.client.sync import SyncStreamManagerClient
 
 __all__ = [
     "AuthorisationError",
+    "CapacityError",
     "ClientError",
     "CommandContext",
     "CommandResponse",

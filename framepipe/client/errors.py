@@ -2,8 +2,9 @@
 
 A failure response becomes the protocol's exception of its ``error_type`` (one class each:
 :class:`InternalError`, :class:`InvalidPayloadError`, :class:`NotFoundError`,
-:class:`OperationError`, :class:`AuthorisationError`), with the server's ``error_class``,
-``error_message`` (``.message``), ``public_error_message`` (``.public_message``),
+:class:`OperationError`, :class:`AuthorisationError`; an ``error_class`` that names a known
+refinement, such as :class:`CapacityError`, gives that subclass), with the server's
+``error_class``, ``error_message`` (``.message``), ``public_error_message`` (``.public_message``),
 ``request_id`` and ``pipeline_id`` preserved. Problems on the client's side of the wire are
 :class:`ClientError` subclasses. The reference client's exception names are kept as aliases.
 """
@@ -13,12 +14,14 @@ from __future__ import annotations
 from framepipe.protocol.errors import (
     ERROR_CLASSES,
     AuthorisationError,
+    CapacityError,
     ErrorType,
     FramepipeError,
     InternalError,
     InvalidPayloadError,
     NotFoundError,
     OperationError,
+    RamBudgetExceededError,
     ShmExhaustedError,
 )
 
@@ -46,6 +49,7 @@ ProcessesManagerAuthorisationError = AuthorisationError
 __all__ = [
     "ERROR_CLASSES",
     "AuthorisationError",
+    "CapacityError",
     "ClientError",
     "ConnectivityError",
     "ErrorType",
@@ -61,5 +65,6 @@ __all__ = [
     "ProcessesManagerNotFoundError",
     "ProcessesManagerOperationError",
     "ProtocolViolationError",
+    "RamBudgetExceededError",
     "ShmExhaustedError",
 ]

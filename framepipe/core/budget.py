@@ -9,8 +9,9 @@ process that maps it, and ignored the frame rings altogether. Here:
 * a new pipeline is predicted to need its rings (computed from its configuration) plus as much
   private memory as the largest worker observed so far.
 
-:meth:`RamBudget.admit` raises :class:`OperationError` naming the numbers when the total would
-pass the limit, and :class:`ShmExhaustedError` when /dev/shm has no room for the new rings.
+:meth:`RamBudget.admit` raises :class:`RamBudgetExceededError` naming the numbers when the total
+would pass the limit, and :class:`ShmExhaustedError` when /dev/shm has no room for the new rings
+(both :class:`~framepipe.protocol.errors.CapacityError`, an ``operation_error`` on the wire).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from framepipe.errors import OperationError, ShmExhaustedError
+from framepipe.errors import RamBudgetExceededError, ShmExhaustedError
 
 MB = 1024 * 1024
 SHM_DIR = Path("/dev/shm")
@@ -121,22 +122,9 @@ def shared_segments_bytes(owner_pids: Collection[int], shm_dir: Path = SHM_DIR) 
     return total
 
 
-def ring_bytes(
-    frame_shapes: Iterable[tuple[int, int]], buffer_size: int, max_consumers: int = 1
-) -> int:
-    """Shared memory the source rings of a new pipeline will take: one ring per source.
-
-    A pipeline's private :class:`~framepipe.core.sources.hub.SourceHub` gives each source one
-    ring with one consumer; :func:`~framepipe.core.sources.hub.ring_bytes` says how big (queue
-    depth ``buffer_size`` shrunk to the hub's ring budget, headers included). Imported lazily:
-    the manager needs numpy only once a pipeline is admitted. A shared decoder's ring has
-    ``max_consumers`` consumers (and is counted once, by whoever starts it).
-    """
-    from framepipe.core.sources import hub
-
-    return sum(
-        hub.ring_bytes(width, height, buffer_size, max_consumers) for width, height in frame_shapes
-    )
+def shm_free_bytes(shm_dir: Path = SHM_DIR) -> int:
+    """Room left in the shared-memory filesystem."""
+    return shutil.disk_usage(shm_dir).free
 
 
 @dataclass(frozen=True)
@@ -146,6 +134,7 @@ class MemoryUsage:
     manager_mb: float
     workers_mb: float
     shared_segments_mb: float
+    shm_free_bytes: int | None = None  # room left in /dev/shm (None: not measured)
 
     @property
     def total_mb(self) -> float:
@@ -164,9 +153,8 @@ class Admission:
 class RamBudget:
     """Admission control for new pipelines against ``STREAM_MANAGER_MAX_RAM_MB``."""
 
-    def __init__(self, max_ram_mb: float | None, shm_dir: Path = SHM_DIR) -> None:
+    def __init__(self, max_ram_mb: float | None) -> None:
         self.max_ram_mb = max_ram_mb
-        self.shm_dir = shm_dir
 
     def admit(
         self,
@@ -183,11 +171,11 @@ class RamBudget:
         reuses an idle worker already counted in ``usage`` (``reused_worker_mb``), only the growth
         up to that largest size is predicted.
         """
-        free = shutil.disk_usage(self.shm_dir).free
-        if new_rings_bytes > free:
+        free = usage.shm_free_bytes
+        if free is not None and new_rings_bytes > free:
             raise ShmExhaustedError(
                 f"Cannot start the pipeline: its frame rings need {new_rings_bytes / MB:.1f} MB "
-                f"of shared memory and {self.shm_dir} has {free / MB:.1f} MB free."
+                f"of shared memory and {SHM_DIR} has {free / MB:.1f} MB free."
             )
         largest = max(
             (max(window) for window in worker_samples_mb if window), default=DEFAULT_WORKER_MB
@@ -195,7 +183,7 @@ class RamBudget:
         worker_mb = largest if reused_worker_mb is None else max(0.0, largest - reused_worker_mb)
         predicted = new_rings_bytes / MB + worker_mb
         if self.max_ram_mb is not None and usage.total_mb + predicted > self.max_ram_mb:
-            raise OperationError(
+            raise RamBudgetExceededError(
                 "Cannot start a new pipeline: not enough RAM in the budget. "
                 f"In use: {usage.total_mb:.1f} MB (manager {usage.manager_mb:.1f} MB, "
                 f"workers {usage.workers_mb:.1f} MB, shared segments {usage.shared_segments_mb:.1f} MB); "

@@ -1,37 +1,51 @@
-"""The public ``Pipeline``: video sources → processor → ``on_prediction`` and ``results()``.
+"""The public ``Pipeline``: video sources → processing (a shared model) → results.
 
-A pipeline subscribes to one source per ``video_reference`` (through a :class:`SourceHub`,
-which may be shared by several pipelines so that a source is decoded once), collects a batch
-— the latest frame of each source within ``batch_collection_timeout`` — and runs the
-processor on the frames *in place* in their ring slots. The slots are released as soon as
-the processor returns; ``on_prediction(outputs, frames_metadata)`` and the ``results()``
-iterator see only the outputs and the metadata.
-
-    with Pipeline("video.mp4") as pipeline:          # processor=None: passthrough
+    with Pipeline("video.mp4", model="centerface") as pipeline:
         for result in pipeline.results():
-            print(result.outputs, result.frames_metadata)
+            print(result.frames_metadata[0].frame_id, result.outputs[0]["predictions"])
 
-The processing loop runs in one thread of the calling process; decoding runs in decode
-processes. ``status()`` returns a typed :class:`PipelineReport` whose ``to_wire()`` has the
-reference stream manager's status-report keys plus framepipe's statistics.
+A pipeline reads one source per ``video_reference`` (decode processes write the frames into
+shared-memory rings; the pipeline leases them in place), collects a batch — a frame of each
+source within ``batch_collection_timeout`` — and hands it to its :class:`Processor`. When the
+processor needs a model, the batch's frames go to an inference engine shared by every pipeline
+on that model (in this process, or an inference service in the stream manager), up to
+``max_in_flight`` batches at once so that one pipeline keeps several inference runs busy; the
+results come back in frame order. A batch's frames stay leased until its result is composed.
+
+Results go to ``on_prediction`` and into the pipeline's one bounded result buffer
+(:class:`~framepipe.core.sinks.InMemoryBufferSink`), which ``results()`` and the stream
+manager's ``consume_result`` drain. A pipeline ends only when it has nothing left to give:
+after its sources end it processes every frame still queued for it, then it is FINISHED (FAILED
+when every source failed), and its buffered results stay readable.
+
+``status()`` returns a typed :class:`PipelineReport`; ``to_wire()`` has the reference stream
+manager's status-report keys plus framepipe's statistics.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import logging
+import os
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
-import numpy.typing as npt
+import orjson
 
+from framepipe.core.inference import Inference, InferenceChannel, SubmittedFrame, local_engine
+from framepipe.core.processing.processor import Processor, build_processor
+from framepipe.core.processing.spec import ModelSpec, ProcessingSpec
+from framepipe.core.sinks import InMemoryBufferSink, SinkStatistics
 from framepipe.core.sources.entities import (
     SEVERITY_ERROR,
     SEVERITY_INFO,
@@ -41,11 +55,28 @@ from framepipe.core.sources.entities import (
     FrameMetadata,
     SourceReport,
     StatusUpdate,
+    StreamState,
 )
-from framepipe.core.sources.hub import SourceHub, Subscription, SubscriptionRequest
+from framepipe.core.sources.hub import SourceHub, SubscriptionRequest
 from framepipe.core.sources.multiplexer import BatchCollector, LeasedFrame
 from framepipe.core.sources.reference import parse_reference
+from framepipe.core.sources.sizing import MAX_IN_FLIGHT
+from framepipe.core.sources.subscription import Subscription
 from framepipe.protocol.errors import InvalidPayloadError, NotFoundError, OperationError
+
+__all__ = [
+    "DEFAULT_DECODING_BUFFER_SIZE",
+    "DEFAULT_RESULTS_BUFFER_SIZE",
+    "CompletionReport",
+    "LatencyReport",
+    "Pipeline",
+    "PipelineReport",
+    "PipelineResult",
+    "PipelineState",
+    "Sources",
+    "frame_metadata_to_wire",
+    "source_requests",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,24 +84,19 @@ DEFAULT_DECODING_BUFFER_SIZE = 64
 DEFAULT_RESULTS_BUFFER_SIZE = 64
 _LATENCY_WINDOW = 256
 _EVENTS_KEPT = 512
+_DRAIN_ON_STOP_S = 5.0
 
 Output = dict[str, Any] | None
 OnPrediction = Callable[[list[Output], list[FrameMetadata | None]], None]
 
 
-@runtime_checkable
-class Processor(Protocol):
-    """What a pipeline runs on each batch (BRIEF contract 3).
+class Sources(Protocol):
+    """Where a pipeline's sources come from: a :class:`SourceHub` (decoders owned by this
+    process), or the tickets a stream manager handed to its worker."""
 
-    ``frames`` are BGR uint8 HxWx3 views into ring slots, valid only during the call.
-    Returns one JSON-able dict per source (None where the source had no frame).
-    """
+    def subscribe(self, request: SubscriptionRequest) -> Subscription: ...
 
-    def process(
-        self,
-        frames: Sequence[npt.NDArray[np.uint8] | None],
-        frames_metadata: Sequence[FrameMetadata | None],
-    ) -> list[Output]: ...
+    def close(self) -> None: ...
 
 
 class PipelineState(StrEnum):
@@ -78,22 +104,59 @@ class PipelineState(StrEnum):
     RUNNING = "RUNNING"
     MUTED = "MUTED"
     PAUSED = "PAUSED"
-    FINISHED = "FINISHED"  # every source ENDED or ERROR and every frame processed
+    FINISHED = "FINISHED"  # every source ended and every frame was processed
+    FAILED = "FAILED"  # every source failed, or processing could not go on
     TERMINATED = "TERMINATED"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (PipelineState.FINISHED, PipelineState.FAILED, PipelineState.TERMINATED)
+
+
+def frame_metadata_to_wire(frame: FrameMetadata) -> dict[str, Any]:
+    """The reference's ``frames_metadata`` entry: ISO timestamp, frame id, source id."""
+    return {
+        "frame_timestamp": frame.frame_timestamp.isoformat(),
+        "frame_id": int(frame.frame_id),
+        "source_id": None if frame.source_id is None else int(frame.source_id),
+    }
+
+
+def _fallback(value: object) -> object:
+    item = getattr(value, "item", None)  # numpy scalars of types orjson does not know
+    if callable(item):
+        return item()
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    raise TypeError(f"cannot serialise a {type(value).__name__} in a prediction output")
+
+
+def _jsonable(output: dict[str, Any], excluded: set[str]) -> dict[str, Any]:
+    if excluded:
+        output = {k: v for k, v in output.items() if k not in excluded}
+    try:
+        return orjson.loads(orjson.dumps(output))  # type: ignore[no-any-return]
+    except TypeError:
+        options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+        return orjson.loads(orjson.dumps(output, default=_fallback, option=options))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """One processing step: one output and one metadata entry per source."""
+    """One processing step: one output and one metadata entry per source (None: no frame)."""
 
     outputs: list[Output]
     frames_metadata: list[FrameMetadata | None]
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self, excluded_fields: Iterable[str] = ()) -> dict[str, Any]:
+        """``{"outputs", "frames_metadata"}`` as ``consume_result`` returns them (JSON values;
+        ``excluded_fields`` left out of each output)."""
+        excluded = set(excluded_fields)
         return {
-            "outputs": list(self.outputs),
+            "outputs": [None if o is None else _jsonable(o, excluded) for o in self.outputs],
             "frames_metadata": [
-                m.to_wire() if m is not None else None for m in self.frames_metadata
+                None if m is None else frame_metadata_to_wire(m) for m in self.frames_metadata
             ],
         }
 
@@ -102,8 +165,8 @@ class PipelineResult:
 class LatencyReport:
     """Mean latencies (seconds) of one source's recent frames, as the reference reports them.
 
-    ``frame_decoding_latency``: capture → processing start; ``inference_latency``: the
-    processor's time; ``e2e_latency``: capture → result handed out.
+    ``frame_decoding_latency``: capture → processing start; ``inference_latency``: processing
+    start → result; ``e2e_latency``: capture → result handed out.
     """
 
     source_id: int
@@ -124,6 +187,36 @@ class LatencyReport:
 
 
 @dataclass(frozen=True)
+class SourceCompletion:
+    source_id: int
+    completed_frames: int
+    last_completed_at_monotonic: float | None
+    last_frame_id: int | None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "source_id": self.source_id,
+            "completed_frames": self.completed_frames,
+            "last_completed_at_monotonic": self.last_completed_at_monotonic,
+            "last_frame_id": self.last_frame_id,
+        }
+
+
+@dataclass(frozen=True)
+class CompletionReport:
+    """The reference's ``completion_statistics``: frames completed per source."""
+
+    sampled_at_monotonic: float
+    sources: list[SourceCompletion]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "sampled_at_monotonic": self.sampled_at_monotonic,
+            "sources": [s.to_wire() for s in self.sources],
+        }
+
+
+@dataclass(frozen=True)
 class PipelineReport:
     """Typed status of a pipeline; ``to_wire()`` is the reference's ``report`` object."""
 
@@ -132,29 +225,54 @@ class PipelineReport:
     latency_reports: list[LatencyReport]
     inference_throughput: float
     sources: list[SourceReport]
+    completion: CompletionReport
+    results: SinkStatistics
     results_produced: int
-    results_dropped: int
     processing_errors: int
     last_processing_error: str | None
+    frames_failed: dict[str, int]
+    failure: str | None
+    model: str | None
     uptime_s: float
+    pid: int  # the process running the pipeline
+
+    @property
+    def results_dropped(self) -> int:
+        """Results the buffer discarded to make room (the sink's own count)."""
+        return self.results.dropped
 
     @property
     def sources_finished(self) -> bool:
         return all(s.state.is_final for s in self.sources)
 
     def to_wire(self) -> dict[str, Any]:
+        results = self.results
         return {
             "video_source_status_updates": [u.to_wire() for u in self.status_updates],
             "latency_reports": [r.to_wire() for r in self.latency_reports],
             "inference_throughput": self.inference_throughput,
             "sources_metadata": [s.to_wire_metadata() for s in self.sources],
+            "completion_statistics": self.completion.to_wire(),
             "framepipe": {
                 "state": self.state.value,
+                "finished": self.state.is_final,
+                "failure": self.failure,
+                "model": self.model,
+                "pid": self.pid,
                 "uptime_s": self.uptime_s,
                 "results_produced": self.results_produced,
-                "results_dropped": self.results_dropped,
+                "results_dropped": results.dropped,
+                "results": {
+                    "produced": self.results_produced,
+                    "buffered": results.buffered,
+                    "capacity": results.capacity,
+                    "consumed": results.consumed,
+                    "dropped": results.dropped,
+                    "held_s": results.held_s,
+                },
                 "processing_errors": self.processing_errors,
                 "last_processing_error": self.last_processing_error,
+                "frames_failed": dict(self.frames_failed),
                 "latency_ms": [
                     {
                         "source_id": r.source_id,
@@ -174,16 +292,18 @@ class _Latencies:
     decoding: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
     inference: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
     e2e: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    completed: int = 0
+    last_completed_at: float | None = None
+    last_frame_id: int | None = None
 
 
-def passthrough_outputs(frames_metadata: Sequence[FrameMetadata | None]) -> list[Output]:
-    """What ``processor=None`` produces: frame metadata only."""
-    return [
-        None
-        if m is None
-        else {"frame_id": m.frame_id, "image": {"width": m.width, "height": m.height}}
-        for m in frames_metadata
-    ]
+@dataclass
+class _Job:
+    """One batch in processing."""
+
+    seq: int
+    batch: list[LeasedFrame | None]
+    started_ns: int
 
 
 def _mean(values: deque[float]) -> float | None:
@@ -196,27 +316,150 @@ def _percentile_ms(values: deque[float], q: float) -> float | None:
     return float(np.percentile(np.fromiter(values, dtype=np.float64), q)) * 1000.0
 
 
-def _strategy(
-    value: object, enum: type[BufferFillingStrategy] | type[BufferConsumptionStrategy], name: str
-) -> Any:
+def _strategy(value: object, enum: type[Any], name: str) -> Any:
     if value is None or isinstance(value, enum):
         return value
     try:
         return enum(str(value).upper())
     except ValueError:
+        choices = ", ".join(m.value for m in enum)
+        raise InvalidPayloadError(f"{name} {value!r} is not one of {choices}") from None
+
+
+def _source_error_event(update: StatusUpdate, reference: str) -> StatusUpdate:
+    """The reference's ``INFERENCE_ERROR`` that follows a source going to ERROR."""
+    payload = update.payload
+    never_opened = payload.get("previous_state") in (
+        StreamState.INITIALISING.value,
+        StreamState.NOT_STARTED.value,
+    )
+    if never_opened:
+        error_type = "SourceConnectionError"
+        message = f"Cannot connect to video source under reference: {reference}"
+    else:
+        error_type = "SourceError"
+        message = str(payload.get("message") or f"video source {reference} failed")
+    return StatusUpdate(
+        update.timestamp + timedelta(microseconds=1),
+        SEVERITY_ERROR,
+        "INFERENCE_ERROR",
+        {"error_type": error_type, "error_message": message, "error_context": "inference_thread"},
+        "inference_pipeline",
+    )
+
+
+def _processing_processor(
+    model: str | ModelSpec | None, processing: ProcessingSpec | Processor | None
+) -> Processor:
+    if model is not None and processing is not None:
+        raise InvalidPayloadError("give either model or processing, not both")
+    if isinstance(processing, Processor):
+        return processing
+    return build_processor(processing if processing is not None else model)
+
+
+def source_requests(
+    video_reference: str | int | Sequence[str | int],
+    *,
+    max_fps: float | None = None,
+    source_buffer_filling_strategy: BufferFillingStrategy | str | None = None,
+    source_buffer_consumption_strategy: BufferConsumptionStrategy | str | None = None,
+    video_source_properties: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
+    batch_collection_timeout: float | None = None,
+    decoding_buffer_size: int | None = DEFAULT_DECODING_BUFFER_SIZE,
+    realtime_replay: bool = False,
+    decoder: DecoderBackendName | str | None = None,
+) -> list[SubscriptionRequest]:
+    """What a pipeline asks of each of its sources (one per video reference), validated:
+    an InvalidPayloadError names a wrong setting; a missing file is a request whose source
+    will be reported in ERROR (as the reference reports a dead camera)."""
+    references = (
+        list(video_reference) if isinstance(video_reference, list | tuple) else [video_reference]
+    )
+    if not references:
+        raise InvalidPayloadError("video_reference list is empty")
+    if max_fps is not None and (
+        isinstance(max_fps, bool) or not isinstance(max_fps, int | float) or not max_fps > 0
+    ):
+        raise InvalidPayloadError(f"max_fps must be a positive number, got {max_fps!r}")
+    if decoding_buffer_size is None:
+        decoding_buffer_size = DEFAULT_DECODING_BUFFER_SIZE
+    if decoding_buffer_size < 1:
+        raise InvalidPayloadError(f"decoding_buffer_size must be >= 1, got {decoding_buffer_size}")
+    if batch_collection_timeout is not None and batch_collection_timeout < 0:
         raise InvalidPayloadError(
-            f"{name} {value!r} is not one of {', '.join(m.value for m in enum)}"
-        ) from None
+            f"batch_collection_timeout must be >= 0, got {batch_collection_timeout}"
+        )
+    filling = _strategy(
+        source_buffer_filling_strategy, BufferFillingStrategy, "source_buffer_filling_strategy"
+    )
+    consumption = _strategy(
+        source_buffer_consumption_strategy,
+        BufferConsumptionStrategy,
+        "source_buffer_consumption_strategy",
+    )
+    backend = None
+    if decoder is not None:
+        try:
+            backend = DecoderBackendName(str(getattr(decoder, "value", decoder)).lower())
+        except ValueError:
+            raise InvalidPayloadError(f"decoder {decoder!r} is not one of opencv, pyav") from None
+    if isinstance(video_source_properties, list | tuple):
+        if len(video_source_properties) != len(references):
+            raise InvalidPayloadError(
+                f"video_source_properties has {len(video_source_properties)} entries "
+                f"for {len(references)} video references"
+            )
+        properties = [dict(p or {}) for p in video_source_properties]
+    else:
+        single: dict[str, Any] = (
+            dict(video_source_properties) if isinstance(video_source_properties, dict) else {}
+        )
+        properties = [dict(single) for _ in references]
+    requests = []
+    for source_id, (reference, props) in enumerate(zip(references, properties, strict=True)):
+        try:
+            parsed = parse_reference(reference)
+            missing: str | None = None
+        except NotFoundError as exc:  # reported as a source in ERROR, like a dead camera
+            parsed = None
+            missing = exc.message
+        requests.append(
+            SubscriptionRequest(
+                source_id=source_id,
+                reference=parsed,
+                raw_reference=str(reference),
+                not_found=missing,
+                max_fps=float(max_fps) if max_fps is not None else None,
+                filling_strategy=filling,
+                consumption_strategy=consumption,
+                buffer_size=decoding_buffer_size,
+                video_source_properties=props,
+                backend=backend,
+                realtime=bool(realtime_replay),
+            )
+        )
+    return requests
 
 
 class Pipeline:
-    """Sources → processor → ``on_prediction`` / ``results()``. See the module docstring."""
+    """Sources → processing → ``on_prediction`` / ``results()``. See the module docstring.
+
+    ``model``: a registered model's name or a :class:`ModelSpec` (thresholds, class filter);
+    ``processing``: any :data:`ProcessingSpec` (a workflow) or :class:`Processor` instead; with
+    neither, frames pass through with their metadata. ``inference``: where models run (default:
+    this process's shared engines). ``hub``: where sources come from (default: decode processes
+    of this pipeline's own). ``hold_results``: whether a full result buffer holds processing back
+    (True), drops its oldest entry (False), or holds only while a ``results()`` iterator is open
+    (None, the default).
+    """
 
     def __init__(
         self,
         video_reference: str | int | Sequence[str | int],
         *,
-        processor: Processor | None = None,
+        model: str | ModelSpec | None = None,
+        processing: ProcessingSpec | Processor | None = None,
         on_prediction: OnPrediction | None = None,
         max_fps: float | None = None,
         source_buffer_filling_strategy: BufferFillingStrategy | str | None = None,
@@ -225,100 +468,58 @@ class Pipeline:
         batch_collection_timeout: float | None = None,
         decoding_buffer_size: int | None = DEFAULT_DECODING_BUFFER_SIZE,
         results_buffer_size: int = DEFAULT_RESULTS_BUFFER_SIZE,
+        realtime_replay: bool = False,
         decoder: DecoderBackendName | str | None = None,
-        hub: SourceHub | None = None,
+        hub: Sources | None = None,
+        inference: Inference | None = None,
+        hold_results: bool | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        name: str = "",
     ) -> None:
-        references = (
-            list(video_reference)
-            if isinstance(video_reference, list | tuple)
-            else [video_reference]
-        )
-        if not references:
-            raise InvalidPayloadError("video_reference list is empty")
-        if max_fps is not None and (not isinstance(max_fps, int | float) or max_fps <= 0):
-            raise InvalidPayloadError(f"max_fps must be a positive number, got {max_fps!r}")
-        if decoding_buffer_size is None:
-            decoding_buffer_size = DEFAULT_DECODING_BUFFER_SIZE
-        if decoding_buffer_size < 1:
-            raise InvalidPayloadError(
-                f"decoding_buffer_size must be >= 1, got {decoding_buffer_size}"
-            )
+        if max_in_flight < 1:
+            raise InvalidPayloadError(f"max_in_flight must be >= 1, got {max_in_flight}")
         if results_buffer_size < 1:
             raise InvalidPayloadError(
                 f"results_buffer_size must be >= 1, got {results_buffer_size}"
             )
-        if batch_collection_timeout is not None and batch_collection_timeout < 0:
-            raise InvalidPayloadError(
-                f"batch_collection_timeout must be >= 0, got {batch_collection_timeout}"
-            )
-        filling = _strategy(
-            source_buffer_filling_strategy, BufferFillingStrategy, "source_buffer_filling_strategy"
+        self._processor = _processing_processor(model, processing)
+        self._requests = source_requests(
+            video_reference,
+            max_fps=max_fps,
+            source_buffer_filling_strategy=source_buffer_filling_strategy,
+            source_buffer_consumption_strategy=source_buffer_consumption_strategy,
+            video_source_properties=video_source_properties,
+            batch_collection_timeout=batch_collection_timeout,
+            decoding_buffer_size=decoding_buffer_size,
+            realtime_replay=realtime_replay,
+            decoder=decoder,
         )
-        consumption = _strategy(
-            source_buffer_consumption_strategy,
-            BufferConsumptionStrategy,
-            "source_buffer_consumption_strategy",
-        )
-        backend = None
-        if decoder is not None:
-            try:
-                backend = DecoderBackendName(str(getattr(decoder, "value", decoder)).lower())
-            except ValueError:
-                raise InvalidPayloadError(
-                    f"decoder {decoder!r} is not one of opencv, pyav"
-                ) from None
-        if isinstance(video_source_properties, list | tuple):
-            if len(video_source_properties) != len(references):
-                raise InvalidPayloadError(
-                    f"video_source_properties has {len(video_source_properties)} entries "
-                    f"for {len(references)} video references"
-                )
-            properties = [dict(p or {}) for p in video_source_properties]
-        else:
-            single: dict[str, Any] = (
-                dict(video_source_properties) if isinstance(video_source_properties, dict) else {}
-            )
-            properties = [dict(single) for _ in references]
-
-        self._requests: list[SubscriptionRequest] = []
-        for source_id, (reference, props) in enumerate(zip(references, properties, strict=True)):
-            try:
-                parsed = parse_reference(reference)
-                missing: str | None = None
-            except NotFoundError as exc:  # reported as a source in ERROR, like a dead camera
-                parsed = None
-                missing = exc.message
-            self._requests.append(
-                SubscriptionRequest(
-                    source_id=source_id,
-                    reference=parsed,
-                    raw_reference=str(reference),
-                    not_found=missing,
-                    max_fps=float(max_fps) if max_fps is not None else None,
-                    filling_strategy=filling,
-                    consumption_strategy=consumption,
-                    buffer_size=decoding_buffer_size,
-                    video_source_properties=props,
-                    backend=backend,
-                )
-            )
-        self._processor = processor
+        self._name = name
         self._on_prediction = on_prediction
         self._batch_collection_timeout = batch_collection_timeout
         self._own_hub = hub is None
-        self._hub = hub if hub is not None else SourceHub(share=False)
+        self._hub: Sources = hub if hub is not None else SourceHub(share=False)
+        self._inference = inference
+        self._channel: InferenceChannel | None = None
         self._subscriptions: list[Subscription] = []
-        self._results: deque[PipelineResult] = deque(maxlen=results_buffer_size)
-        self._results_cond = threading.Condition()
+        self._sink: InMemoryBufferSink[PipelineResult] = InMemoryBufferSink(results_buffer_size)
+        self._hold_results = hold_results
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._flight = threading.Condition()
+        self._seq = itertools.count(1)
+        self._completions: queue.SimpleQueue[tuple[_Job, Any] | None] = queue.SimpleQueue()
+        self._emitter: threading.Thread | None = None
         self._readers = 0  # results() iterators open now
         self._results_produced = 0
-        self._results_dropped = 0
         self._processing_errors = 0
         self._last_processing_error: str | None = None
+        self._frames_failed: dict[str, int] = {}
+        self._failure: str | None = None
         self._events: deque[StatusUpdate] = deque(maxlen=_EVENTS_KEPT)
         self._latencies = {r.source_id: _Latencies() for r in self._requests}
         self._throughput: deque[float] = deque(maxlen=_LATENCY_WINDOW)
-        self._stats_lock = threading.Lock()  # status() reads what the processing thread appends
+        self._stats_lock = threading.Lock()  # status() reads what the processing threads write
         self._state = PipelineState.NOT_STARTED
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -329,19 +530,52 @@ class Pipeline:
 
     # -- life cycle -------------------------------------------------------------------------
 
-    def start(self) -> Pipeline:
-        """Start the sources and the processing thread (returns immediately)."""
+    @property
+    def requests(self) -> list[SubscriptionRequest]:
+        """What this pipeline asks of each of its sources (one per video reference)."""
+        return list(self._requests)
+
+    @property
+    def processor(self) -> Processor:
+        return self._processor
+
+    @property
+    def sink(self) -> InMemoryBufferSink[PipelineResult]:
+        """The pipeline's result buffer (what ``consume_result`` and ``results()`` drain)."""
+        return self._sink
+
+    def start(self, *, begun_at: datetime | None = None) -> Pipeline:
+        """Start the sources and the processing (returns immediately). ``begun_at``: when the
+        pipeline's life began, if earlier than now (a stream manager admits its sources first)."""
         with self._lock:
             if self._state is not PipelineState.NOT_STARTED:
                 raise OperationError(f"pipeline already started (state {self._state.value})")
             self._started_at = time.monotonic()
+            self._events.append(
+                StatusUpdate(
+                    begun_at or datetime.now(),
+                    SEVERITY_INFO,
+                    "INFERENCE_THREAD_STARTED",
+                    {},
+                    "inference_pipeline",
+                )
+            )
             try:
+                if self._processor.model is not None:
+                    inference = self._inference if self._inference is not None else local_engine()
+                    self._channel = inference.open_channel(self._processor.model, self._name)
                 for request in self._requests:
                     self._subscriptions.append(self._hub.subscribe(request))
             except BaseException:
                 self._close_sources()
+                self._close_channel()
                 raise
             self._state = PipelineState.RUNNING
+            if self._channel is not None:
+                self._emitter = threading.Thread(
+                    target=self._emit_completions, name="framepipe-pipeline-results", daemon=True
+                )
+                self._emitter.start()
             self._thread = threading.Thread(
                 target=self._run, name="framepipe-pipeline", daemon=True
             )
@@ -365,7 +599,7 @@ class Pipeline:
                 raise OperationError(
                     f"cannot {mode.value.lower()} a pipeline that is {self._state.value}"
                 )
-            if self._state is PipelineState.FINISHED:
+            if self._state.is_final:
                 return
             for subscription in self._subscriptions:
                 if mode is PipelineState.MUTED:
@@ -377,24 +611,26 @@ class Pipeline:
             self._state = mode
 
     def terminate(self, timeout: float = 10.0) -> None:
-        """Stop processing and every source; release every slot and segment. Idempotent."""
+        """Stop processing and every source; release every slot and segment. Idempotent.
+        Results already buffered stay readable."""
         with self._lock:
             if self._state is PipelineState.TERMINATED:
                 return
             self._stop.set()
             thread = self._thread
+        self._sink.close()  # a producer waiting for room gives up
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         with self._lock:
             self._close_sources()
             if self._own_hub:
                 self._hub.close()
+            self._close_channel()
             self._state = PipelineState.TERMINATED
-        with self._results_cond:
-            self._results_cond.notify_all()
+        self._sink.wake()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until processing has stopped (sources finished or terminated); True if it has."""
+        """Wait until processing has stopped (finished or terminated); True if it has."""
         thread = self._thread
         if thread is None:
             return self._state is not PipelineState.NOT_STARTED
@@ -402,18 +638,9 @@ class Pipeline:
         return not thread.is_alive()
 
     @property
-    def requests(self) -> list[SubscriptionRequest]:
-        """What this pipeline asks of each of its sources (one per video reference)."""
-        return list(self._requests)
-
-    @property
     def finished(self) -> bool:
-        """True when every source is ENDED or ERROR (or the pipeline was terminated)."""
-        if self._state is PipelineState.TERMINATED:
-            return True
-        if not self._subscriptions:
-            return False
-        return all(s.state.is_final for s in self._subscriptions)
+        """Nothing more will be produced: finished, failed or terminated."""
+        return self._state.is_final
 
     @property
     def state(self) -> PipelineState:
@@ -430,35 +657,34 @@ class Pipeline:
     # -- results ----------------------------------------------------------------------------
 
     def results(self, timeout: float | None = None) -> Iterator[PipelineResult]:
-        """Results in order until the pipeline stops; ``timeout`` bounds each wait (then stops).
+        """Results in order until the pipeline has nothing more; ``timeout`` bounds each wait.
 
-        From this call until the iterator is exhausted or closed, a full results buffer holds
-        the processing back, so every result reaches the reader. With nobody reading, the
-        buffer keeps the newest ``results_buffer_size`` results and counts the ones it drops
-        (``on_prediction`` sees every result either way).
+        From this call until the iterator is exhausted or closed, a full result buffer holds the
+        processing back, so every result reaches the reader (``on_prediction`` sees every result
+        either way).
         """
         if self._state is PipelineState.NOT_STARTED:
             raise OperationError("pipeline not started: call start() before results()")
         return _ResultReader(self, timeout)
 
     def _add_reader(self, n: int) -> None:
-        with self._results_cond:
+        with self._lock:
             self._readers += n
-            self._results_cond.notify_all()
+        self._sink.wake()
 
     def _next_result(self, timeout: float | None) -> PipelineResult | None:
-        with self._results_cond:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while not self._results:
-                if self._processing_done():
-                    return None
-                left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
-                if left <= 0:
-                    return None
-                self._results_cond.wait(left)
-            result = self._results.popleft()
-            self._results_cond.notify_all()
-            return result
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            taken = self._sink.consume(1)
+            if taken:
+                return taken[0]
+            if self._processing_done():
+                taken = self._sink.consume(1)
+                return taken[0] if taken else None
+            left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            if left <= 0:
+                return None
+            self._sink.wait(left)
 
     def _processing_done(self) -> bool:
         thread = self._thread
@@ -466,7 +692,12 @@ class Pipeline:
             thread is not None and not thread.is_alive()
         )
 
-    # -- processing loop --------------------------------------------------------------------
+    def _hold(self) -> bool:
+        if self._hold_results is not None:
+            return self._hold_results
+        return self._readers > 0
+
+    # -- processing -------------------------------------------------------------------------
 
     def _event(
         self, event_type: str, payload: dict[str, Any] | None = None, severity: int = SEVERITY_INFO
@@ -475,93 +706,178 @@ class Pipeline:
             StatusUpdate(datetime.now(), severity, event_type, payload or {}, "inference_pipeline")
         )
 
+    def _processing_error(self, exc: BaseException, frames: int) -> None:
+        reason = getattr(exc, "reason", None) or "processing_error"
+        with self._stats_lock:
+            self._processing_errors += 1
+            self._last_processing_error = f"{type(exc).__name__}: {exc}"
+            self._frames_failed[reason] = self._frames_failed.get(reason, 0) + frames
+        self._event(
+            "INFERENCE_ERROR",
+            {
+                "error_type": type(exc).__name__,
+                "error_message": str(exc),
+                "error_context": "inference_thread",
+            },
+            SEVERITY_ERROR,
+        )
+
     def _run(self) -> None:
-        self._event("INFERENCE_THREAD_STARTED")
         collector = BatchCollector(self._subscriptions, self._batch_collection_timeout)
+        crashed: BaseException | None = None
         try:
-            warmup = getattr(self._processor, "warmup", None)
-            if callable(warmup):
-                warmup()
             while not self._stop.is_set():
                 batch = collector.collect(self._stop)
                 if batch is None:
                     break
-                if any(frame is not None for frame in batch):
-                    self._process(batch)
-        except Exception as exc:  # a broken processor must not leave a hung pipeline
+                if not any(frame is not None for frame in batch):
+                    continue
+                if not self._take_flight_slot():
+                    self._release(batch)
+                    break
+                job = _Job(next(self._seq), batch, time.time_ns())
+                channel = self._channel
+                if channel is None:
+                    self._complete(job, None)
+                    continue
+                try:
+                    channel.submit(
+                        [None if f is None else SubmittedFrame(f.image, f.ref) for f in batch],
+                        functools.partial(self._inferred, job),
+                    )
+                except Exception as exc:
+                    self._complete(job, exc)
+            self._wait_in_flight()
+        except Exception as exc:  # a broken pipeline must not hang: report it
             logger.exception("pipeline processing loop failed")
-            self._processing_errors += 1
-            self._last_processing_error = f"{type(exc).__name__}: {exc}"
-            self._event("INFERENCE_ERROR", {"error": self._last_processing_error}, SEVERITY_ERROR)
+            crashed = exc
+            self._processing_error(exc, 0)
         finally:
             collector.close()
-            closer = getattr(self._processor, "close", None)
-            if callable(closer):
-                with contextlib.suppress(Exception):
-                    closer()
+            if self._emitter is not None:
+                self._completions.put(None)
+                self._emitter.join(_DRAIN_ON_STOP_S)
             self._event("INFERENCE_THREAD_FINISHED")
             with self._lock:
                 if self._state is not PipelineState.TERMINATED and not self._stop.is_set():
-                    self._state = PipelineState.FINISHED
-            with self._results_cond:
-                self._results_cond.notify_all()
+                    self._state, self._failure = self._final_state(crashed)
+                    # Nothing more to read: give the sources back now; the results stay.
+                    self._close_sources()
+            self._sink.wake()
 
-    def _process(self, batch: list[LeasedFrame | None]) -> None:
+    def _final_state(self, crashed: BaseException | None) -> tuple[PipelineState, str | None]:
+        if crashed is not None:
+            return PipelineState.FAILED, f"processing failed: {type(crashed).__name__}: {crashed}"
+        states = [s.state for s in self._subscriptions]
+        if states and all(state is StreamState.ERROR for state in states):
+            errors = [s.report().last_error or "failed" for s in self._subscriptions]
+            return PipelineState.FAILED, "every video source failed: " + "; ".join(errors)
+        return PipelineState.FINISHED, None
+
+    def _take_flight_slot(self) -> bool:
+        with self._flight:
+            while self._in_flight >= self._max_in_flight:
+                if self._stop.is_set():
+                    return False
+                self._flight.wait(0.1)
+            self._in_flight += 1
+            return True
+
+    def _land(self) -> None:
+        with self._flight:
+            self._in_flight -= 1
+            self._flight.notify_all()
+
+    def _wait_in_flight(self) -> None:
+        """Every batch in flight completes (bounded once the pipeline is stopping)."""
+        deadline: float | None = None
+        with self._flight:
+            while self._in_flight:
+                if self._stop.is_set():
+                    if deadline is None:
+                        deadline = time.monotonic() + _DRAIN_ON_STOP_S
+                    elif time.monotonic() > deadline:
+                        logger.warning("%d batches still in inference at stop", self._in_flight)
+                        return
+                self._flight.wait(0.1)
+
+    def _inferred(self, job: _Job, outcome: Any) -> None:
+        """The engine's callback (on its thread): hand over, never block the engine."""
+        self._completions.put((job, outcome))
+
+    def _emit_completions(self) -> None:
+        while (item := self._completions.get()) is not None:
+            self._complete(*item)
+
+    @staticmethod
+    def _release(batch: Sequence[LeasedFrame | None]) -> None:
+        """Give the batch's slots back (safe after the sources closed: a no-op then)."""
+        for frame in batch:
+            if frame is not None and frame.lease is not None:
+                frame.lease.release()
+
+    def _complete(self, job: _Job, outcome: Any) -> None:
+        """Compose one batch's outputs, release its frames, hand the result out (in order)."""
+        batch = job.batch
         metadata = [f.metadata if f is not None else None for f in batch]
-        started_ns = time.time_ns()
+        outputs: list[Output] | None = None
         try:
-            if self._processor is None:
-                outputs = passthrough_outputs(metadata)
-            else:
-                frames = [f.image if f is not None else None for f in batch]
-                outputs = self._processor.process(frames, metadata)
-                if len(outputs) != len(batch):
-                    raise InternalProcessorError(
-                        f"processor returned {len(outputs)} outputs for a batch of {len(batch)} sources"
-                    )
+            if isinstance(outcome, BaseException):
+                raise outcome
+            frames = [f.image if f is not None else None for f in batch]
+            outputs = self._processor.compose(frames, metadata, outcome)
+            if len(outputs) != len(batch):
+                raise InternalProcessorError(
+                    f"the processor returned {len(outputs)} outputs for a batch of {len(batch)} sources"
+                )
         except Exception as exc:
-            self._processing_errors += 1
-            self._last_processing_error = f"{type(exc).__name__}: {exc}"
-            self._event("INFERENCE_ERROR", {"error": self._last_processing_error}, SEVERITY_ERROR)
-            return
+            outputs = None
+            self._processing_error(exc, sum(1 for f in batch if f is not None))
         finally:
-            for frame, subscription in zip(batch, self._subscriptions, strict=True):
-                if frame is not None:
-                    subscription.release(frame)
+            self._release(batch)
+        try:
+            if outputs is not None:
+                self._emit(job, outputs, metadata)
+        finally:
+            self._land()
+
+    def _emit(self, job: _Job, outputs: list[Output], metadata: list[FrameMetadata | None]) -> None:
         processed_ns = time.time_ns()
         if self._on_prediction is not None:
             try:
                 self._on_prediction(outputs, metadata)
             except Exception as exc:
-                self._processing_errors += 1
-                self._last_processing_error = f"on_prediction: {type(exc).__name__}: {exc}"
+                with self._stats_lock:
+                    self._processing_errors += 1
+                    self._last_processing_error = f"on_prediction: {type(exc).__name__}: {exc}"
                 self._event(
-                    "ON_PREDICTION_ERROR", {"error": self._last_processing_error}, SEVERITY_ERROR
+                    "ON_PREDICTION_ERROR",
+                    {
+                        "error_type": type(exc).__name__,
+                        "error_message": str(exc),
+                        "error_context": "on_prediction",
+                    },
+                    SEVERITY_ERROR,
                 )
-        result = PipelineResult(outputs, metadata)
-        with self._results_cond:
-            # Someone is reading results(): wait for the reader rather than drop a result.
-            while (
-                self._readers
-                and len(self._results) == self._results.maxlen
-                and not self._stop.is_set()
-            ):
-                self._results_cond.wait(0.1)
-            if len(self._results) == self._results.maxlen:
-                self._results_dropped += 1
-            self._results.append(result)
-            self._results_produced += 1
-            self._results_cond.notify_all()
+        if not self._sink.put(
+            PipelineResult(outputs, metadata), hold=self._hold(), stop=self._stop
+        ):
+            return  # stopped while waiting for room
         done_ns = time.time_ns()
+        now = time.monotonic()
         with self._stats_lock:
-            self._throughput.append(time.monotonic())
+            self._results_produced += 1
+            self._throughput.append(now)
             for meta in metadata:
                 if meta is None:
                     continue
                 lat = self._latencies[meta.source_id]
-                lat.decoding.append((started_ns - meta.capture_ns) / 1e9)
-                lat.inference.append((processed_ns - started_ns) / 1e9)
+                lat.decoding.append((job.started_ns - meta.capture_ns) / 1e9)
+                lat.inference.append((processed_ns - job.started_ns) / 1e9)
                 lat.e2e.append((done_ns - meta.capture_ns) / 1e9)
+                lat.completed += 1
+                lat.last_completed_at = now
+                lat.last_frame_id = meta.frame_id
 
     def _close_sources(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, []
@@ -574,6 +890,12 @@ class Pipeline:
             self._closed_reports = [s.report() for s in subscriptions]
             self._closed_events = [e for s in subscriptions for e in s.events()]
 
+    def _close_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                channel.close()
+
     # -- status -----------------------------------------------------------------------------
 
     def status(self) -> PipelineReport:
@@ -585,7 +907,15 @@ class Pipeline:
             else:
                 sources = list(self._closed_reports)
                 source_events = list(self._closed_events)
-        events = sorted([*self._events, *source_events], key=lambda e: e.timestamp)
+            state, failure = self._state, self._failure
+        references = {s.source_id: s.reference for s in sources}
+        errors = [
+            _source_error_event(e, references.get(int(e.payload.get("source_id", -1)), "?"))
+            for e in source_events
+            if e.event_type == "SOURCE_STATE_UPDATE"
+            and e.payload.get("new_state") == StreamState.ERROR.value
+        ]
+        events = sorted([*self._events, *source_events, *errors], key=lambda e: e.timestamp)
         with self._stats_lock:
             now = time.monotonic()
             recent = [t for t in self._throughput if now - t <= 5.0]
@@ -605,17 +935,34 @@ class Pipeline:
                 )
                 for source_id, lat in self._latencies.items()
             ]
+            completion = CompletionReport(
+                sampled_at_monotonic=now,
+                sources=[
+                    SourceCompletion(
+                        source_id, lat.completed, lat.last_completed_at, lat.last_frame_id
+                    )
+                    for source_id, lat in self._latencies.items()
+                ],
+            )
+            produced, errors_count = self._results_produced, self._processing_errors
+            last_error, failed = self._last_processing_error, dict(self._frames_failed)
+        model = self._processor.model
         return PipelineReport(
-            state=self._state,
+            state=state,
             status_updates=events,
             latency_reports=latency_reports,
             inference_throughput=throughput,
             sources=sources,
-            results_produced=self._results_produced,
-            results_dropped=self._results_dropped,
-            processing_errors=self._processing_errors,
-            last_processing_error=self._last_processing_error,
+            completion=completion,
+            results=self._sink.statistics(),
+            results_produced=produced,
+            processing_errors=errors_count,
+            last_processing_error=last_error,
+            frames_failed=failed,
+            failure=failure,
+            model=model.model if model is not None else None,
             uptime_s=(now - self._started_at) if self._started_at else 0.0,
+            pid=os.getpid(),
         )
 
 

@@ -12,7 +12,6 @@ Public API::
                                # for the owner, unlinks
     new_name(tag: str = "", owner_pid: int | None = None) -> str   # for segments and semaphores
     sweep_orphans(shm_dir: str | Path = "/dev/shm") -> list[str]   # unlinked entries
-    pid_alive(pid: int) -> bool  # zombies count as dead
     shm_available_bytes(shm_dir="/dev/shm") -> int
 
 Why this shape:
@@ -46,6 +45,7 @@ from pathlib import Path
 import posix_ipc
 
 from framepipe.core._lifecycle import OwnedResource
+from framepipe.core.processes import pid_alive
 from framepipe.protocol.errors import NotFoundError, OperationError, ShmExhaustedError
 
 __all__ = [
@@ -53,7 +53,6 @@ __all__ = [
     "SHM_DIR",
     "Segment",
     "new_name",
-    "pid_alive",
     "shm_available_bytes",
     "sweep_orphans",
 ]
@@ -75,27 +74,6 @@ def new_name(tag: str = "", owner_pid: int | None = None) -> str:
     if pid <= 0:
         raise ValueError(f"owner_pid must be a positive pid, got {pid}")
     return f"/{PREFIX}{pid}-{tag}{next(_counter):x}x{secrets.token_hex(4)}"
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` is a live process (a zombie is dead: it will never touch shm again)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    except OSError:
-        return True
-    # state is the first field after the ")" that closes the command name
-    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-    return state not in (b"Z", b"X")
 
 
 def shm_available_bytes(shm_dir: str | Path = SHM_DIR) -> int:

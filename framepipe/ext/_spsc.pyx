@@ -1,7 +1,7 @@
 # cython: language_level=3
 """Lock-free SPSC descriptor queue in shared memory, wake-up semaphores and shared atomics.
 
-Low-level building blocks for :mod:`framepipe.core.ring` and :mod:`framepipe.core.queues`
+Low-level building blocks for :mod:`framepipe.core.ring`
 (nothing else should import this module). Every object works on a region of a writable buffer
 (an ``mmap`` of a shared segment) and keeps that buffer exported while it lives, so the mapping
 cannot go away under a raw pointer; call ``release()`` before closing the segment.

@@ -38,12 +38,14 @@ from framepipe.protocol.envelope import (
 )
 from framepipe.protocol.errors import (
     AuthorisationError,
+    CapacityError,
     ErrorType,
     FramepipeError,
     InternalError,
     InvalidPayloadError,
     NotFoundError,
     OperationError,
+    RamBudgetExceededError,
     ShmExhaustedError,
 )
 from framepipe.protocol.framing import (
@@ -72,6 +74,7 @@ __all__ = [
     "AuthorisationError",
     "BufferConsumptionStrategy",
     "BufferFillingStrategy",
+    "CapacityError",
     "Command",
     "CommandType",
     "ConsumeResultBody",
@@ -95,6 +98,7 @@ __all__ = [
     "NotFoundError",
     "OperationError",
     "PipelineCommand",
+    "RamBudgetExceededError",
     "ResponseBody",
     "ResultEntry",
     "ResumeCommand",

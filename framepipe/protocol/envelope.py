@@ -19,9 +19,9 @@ from typing import Any, TypedDict
 
 from framepipe.protocol import _json
 from framepipe.protocol.errors import (
-    ERROR_CLASSES,
     ErrorType,
     FramepipeError,
+    error_class_for,
 )
 from framepipe.protocol.framing import MalformedPayloadError, encode_frame
 
@@ -178,8 +178,9 @@ class FailureBody:
     def to_error(
         self, *, request_id: str | None = None, pipeline_id: str | None = None
     ) -> FramepipeError:
-        """The exception a client raises for this failure (class per ``error_type``)."""
-        cls = ERROR_CLASSES[self.error_type]
+        """The exception a client raises for this failure (class per ``error_type``, refined
+        to a known subclass such as :class:`CapacityError` when ``error_class`` names one)."""
+        cls = error_class_for(self.error_type, self.error_class)
         message = self.error_message or self.public_error_message or self.error_type.value
         return cls(
             message,

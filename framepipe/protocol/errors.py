@@ -81,7 +81,17 @@ class AuthorisationError(FramepipeError):
     error_type = ErrorType.AUTHORISATION_ERROR
 
 
-class ShmExhaustedError(OperationError):
+class CapacityError(OperationError):
+    """The manager refused for lack of a resource (RAM budget, shared memory), not because the
+    request was wrong: the same request may succeed later or on another manager. A class of its
+    own so that a front end tells it apart by type (the HTTP gateway answers 503, not 409)."""
+
+
+class RamBudgetExceededError(CapacityError):
+    """Admitting the pipeline would pass ``STREAM_MANAGER_MAX_RAM_MB``."""
+
+
+class ShmExhaustedError(CapacityError):
     """/dev/shm has no room for a new segment (raised at creation, never a SIGBUS later)."""
 
 
@@ -92,3 +102,20 @@ ERROR_CLASSES: dict[ErrorType, type[FramepipeError]] = {
     ErrorType.OPERATION_ERROR: OperationError,
     ErrorType.AUTHORISATION_ERROR: AuthorisationError,
 }
+
+REFINED_ERROR_CLASSES: dict[str, type[FramepipeError]] = {
+    cls.__name__: cls for cls in (CapacityError, RamBudgetExceededError, ShmExhaustedError)
+}
+"""Subclasses a failure's ``error_class`` names, rebuilt as such on the client side, so that
+``except CapacityError`` works across the wire. Only names listed here are trusted, and only
+under the ``error_type`` they belong to."""
+
+
+def error_class_for(error_type: ErrorType, error_class: str | None) -> type[FramepipeError]:
+    """The exception class for a failure: the refined subclass ``error_class`` names when it
+    is one of ``error_type``'s, else the class of ``error_type``."""
+    base = ERROR_CLASSES[error_type]
+    refined = REFINED_ERROR_CLASSES.get(error_class or "")
+    if refined is not None and issubclass(refined, base):
+        return refined
+    return base

@@ -14,19 +14,50 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic.functional_validators import ModelWrapValidatorHandler
 
+from framepipe.protocol.errors import InvalidPayloadError
+
 DEFAULT_RESULTS_BUFFER_SIZE = 64
 DEFAULT_PREDICTIONS_QUEUE_SIZE = 512
 DEFAULT_DECODING_BUFFER_SIZE = 64
 
 
 class BufferFillingStrategy(StrEnum):
-    """What a source does when its buffer is full (the reference's names)."""
+    """What a source does when a consumer's buffer is full (the reference's names).
+
+    The one strategy type of framepipe: the wire, the sources and the frame ring's producer
+    all use it. ``base`` is what the data plane applies (``ADAPTIVE_*`` act as their base
+    strategy there; the sources layer decides when an adaptive consumer starts dropping).
+    """
 
     WAIT = "WAIT"
     DROP_OLDEST = "DROP_OLDEST"
     ADAPTIVE_DROP_OLDEST = "ADAPTIVE_DROP_OLDEST"
     DROP_LATEST = "DROP_LATEST"
     ADAPTIVE_DROP_LATEST = "ADAPTIVE_DROP_LATEST"
+
+    @classmethod
+    def parse(cls, value: str | BufferFillingStrategy) -> BufferFillingStrategy:
+        """A strategy from its name (any case); InvalidPayloadError naming the choices."""
+        try:
+            return cls(value.upper() if isinstance(value, str) else value)
+        except ValueError:
+            raise InvalidPayloadError(
+                f"unknown buffer filling strategy {value!r}; "
+                f"expected one of {', '.join(m.value for m in cls)}"
+            ) from None
+
+    @property
+    def base(self) -> BufferFillingStrategy:
+        if self is BufferFillingStrategy.ADAPTIVE_DROP_OLDEST:
+            return BufferFillingStrategy.DROP_OLDEST
+        if self is BufferFillingStrategy.ADAPTIVE_DROP_LATEST:
+            return BufferFillingStrategy.DROP_LATEST
+        return self
+
+    @property
+    def waits(self) -> bool:
+        """Every frame reaches the consumer (the producer waits for room)."""
+        return self is BufferFillingStrategy.WAIT
 
 
 class BufferConsumptionStrategy(StrEnum):
@@ -44,12 +75,18 @@ class VideoConfiguration(_WireModel):
     type: Literal["VideoConfiguration"] = "VideoConfiguration"
     video_reference: str | int | list[str | int]
     max_fps: float | int | None = None
-    source_buffer_filling_strategy: BufferFillingStrategy | None = BufferFillingStrategy.DROP_OLDEST
-    source_buffer_consumption_strategy: BufferConsumptionStrategy | None = (
-        BufferConsumptionStrategy.EAGER
-    )
+    # None (left out of the wire): the server picks per source — every frame of a file
+    # (WAIT/LAZY), the freshest frame of a live stream (DROP_OLDEST/EAGER). The reference's
+    # client always sends DROP_OLDEST/EAGER.
+    source_buffer_filling_strategy: BufferFillingStrategy | None = None
+    source_buffer_consumption_strategy: BufferConsumptionStrategy | None = None
     video_source_properties: dict[str, float] | None = None
     batch_collection_timeout: float | None = None
+    # framepipe extension (left out of the wire when None, so a reference-shaped request keeps
+    # its bytes): True decodes a file at its own frame rate, like a camera — a new pipeline on
+    # it then joins at the freshest frame. By default a file is read as fast as its consumers
+    # take frames, and `max_fps` picks frames by the video's own timeline.
+    realtime_replay: bool | None = None
 
 
 class MemorySinkConfiguration(_WireModel):

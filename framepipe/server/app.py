@@ -4,6 +4,10 @@ The socket is bound before anything slow happens (the orphan sweep runs in a thr
 workers start in the background), so clients can connect well within a second of launch.
 On SIGINT or SIGTERM the manager stops accepting, terminates every pipeline and idle worker,
 unlinks every segment they left, and returns normally (exit status 0).
+
+Companions (the HTTP gateway) run in the same process and event loop: each is started once the
+TCP port accepts, with the address to reach the manager at, and closed first at shutdown. The
+server does not know what they are (it imports no client), only this small protocol.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from framepipe.server.manager import StreamManager
 from framepipe.server.settings import ServerSettings
@@ -23,8 +28,22 @@ log = logging.getLogger("framepipe.server")
 Announce = Callable[[str, int], None]
 
 
-async def serve(settings: ServerSettings, *, announce: Announce | None = None) -> None:
-    """Serve until SIGINT/SIGTERM; ``announce(host, port)`` is called once the port accepts."""
+class Companion(Protocol):
+    """A service that runs beside the manager and talks to it over its TCP port."""
+
+    async def start(self, manager_host: str, manager_port: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+async def serve(
+    settings: ServerSettings,
+    *,
+    announce: Announce | None = None,
+    companions: Sequence[Companion] = (),
+) -> None:
+    """Serve until SIGINT/SIGTERM; ``announce(host, port)`` is called once the port accepts;
+    ``companions`` start after that and stop before the manager does."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signo in (signal.SIGINT, signal.SIGTERM):
@@ -44,11 +63,17 @@ async def serve(settings: ServerSettings, *, announce: Announce | None = None) -
     log.info("stream manager listening on %s:%d", host, port)
     if announce is not None:
         announce(host, port)
+    started: list[Companion] = []
     try:
+        for companion in companions:
+            await companion.start(host, port)
+            started.append(companion)
         await manager.start()
         await stop.wait()
         log.info("shutting down: terminating %d pipelines", len(await manager.list_pipelines()))
     finally:
+        for companion in reversed(started):
+            await companion.close()
         await front.close()
         await manager.close()
         for signo in (signal.SIGINT, signal.SIGTERM):

@@ -42,6 +42,12 @@ class ServerSettings:
     # Graceful termination of one pipeline before its worker is killed.
     terminate_timeout_s: float = 10.0
     health_interval_s: float = 1.0
+    # A finished pipeline whose results were all consumed, or a failed one whose status a
+    # client read, stays listed this long (so a final `status` still answers).
+    ended_linger_s: float = 10.0
+    # A finished pipeline with results nobody consumes (and no consumption_timeout), or a
+    # failed one nobody looked at, stays listed at most this long.
+    retention_s: float = 60.0
     # Framing limits of the TCP front end.
     max_message_bytes: int = 16 * 1024 * 1024
     read_timeout_s: float = 10.0
@@ -54,6 +60,10 @@ class ServerSettings:
     # Pipelines on the same video reference share one decode process and ring, owned by the
     # manager (FRAMEPIPE_SHARE_DECODERS=0 gives every pipeline its own decoder).
     share_decoders: bool = True
+    # A source that does not open within this many seconds fails to open (a live one retries).
+    source_open_timeout_s: float = 5.0
+    # A live source that delivers no frame for this many seconds is RESTARTING and reconnected.
+    source_read_timeout_s: float = 3.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -78,6 +88,8 @@ class ServerSettings:
                 env, "FRAMEPIPE_TERMINATE_TIMEOUT", defaults.terminate_timeout_s
             ),
             health_interval_s=_float(env, "FRAMEPIPE_HEALTH_INTERVAL", defaults.health_interval_s),
+            ended_linger_s=_float(env, "FRAMEPIPE_ENDED_LINGER", defaults.ended_linger_s),
+            retention_s=_float(env, "FRAMEPIPE_RETENTION", defaults.retention_s),
             max_message_bytes=_int(
                 env, "FRAMEPIPE_MAX_MESSAGE_BYTES", defaults.max_message_bytes, minimum=1024
             ),
@@ -89,6 +101,12 @@ class ServerSettings:
                 if name.strip()
             ),
             share_decoders=_bool(env, "FRAMEPIPE_SHARE_DECODERS", defaults.share_decoders),
+            source_open_timeout_s=_float(
+                env, "FRAMEPIPE_SOURCE_OPEN_TIMEOUT", defaults.source_open_timeout_s
+            ),
+            source_read_timeout_s=_float(
+                env, "FRAMEPIPE_SOURCE_READ_TIMEOUT", defaults.source_read_timeout_s
+            ),
         )
 
     def with_overrides(self, **changes: object) -> ServerSettings:

@@ -1,12 +1,14 @@
 """The pipeline worker: one child process per pipeline, driven by the manager over a pipe.
 
 A worker starts idle: it dies with the manager (PR_SET_PDEATHSIG), ignores SIGINT (a Ctrl-C
-reaches the whole process group; the manager decides how its workers end), imports everything
-heavy (numpy, OpenCV, PyAV, ONNX Runtime, the pipeline code) and reports ready. An ``init``
-command then builds a :class:`framepipe.core.pipeline.Pipeline` from the wire payload, with an
-:class:`InMemoryBufferSink` as its prediction sink, and starts it. Each command is answered with
-the request id it came with. SIGTERM ends the pipeline gracefully; so does ``terminate``; so
-does ``consumption_timeout`` when nobody consumed results for that long.
+reaches the whole process group; the manager decides how its workers end), imports what a
+pipeline needs (numpy, the frame ring, the pipeline) and reports ready. A
+:class:`~framepipe.server.messages.StartPipeline` then builds a
+:class:`~framepipe.core.pipeline.Pipeline` whose sources are the rings the manager's decoders
+fill (the tickets it was given) and whose model runs in the manager's inference service for
+that model. The worker decodes nothing and, with a service, loads no model: it collects
+batches, keeps the pipeline's state and its one result buffer, and answers commands, each
+with the request id it came with. SIGTERM ends the pipeline gracefully; so does ``Stop``.
 
 This module is imported by the manager too (for :func:`worker_main`), so it imports nothing
 heavy at module level.
@@ -15,7 +17,6 @@ heavy at module level.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib
 import logging
 import os
@@ -23,52 +24,47 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from framepipe.core.sinks import InMemoryBufferSink, OnPrediction
+from framepipe.core.processes import die_with_parent
 from framepipe.errors import InvalidPayloadError, OperationError
-from framepipe.protocol.commands import describe_validation_error
-from framepipe.protocol.payloads import InitialisePipelinePayload
-from framepipe.server._messages import (
-    SourceUpdates,
-    WorkerExiting,
+from framepipe.protocol.envelope import ResultEntry
+from framepipe.server.messages import (
+    Consume,
+    ConsumeReply,
+    Done,
+    GetStatus,
+    Mute,
+    ReplyBody,
+    Resume,
+    StartPipeline,
+    StatusReply,
+    Stop,
     WorkerFailure,
-    WorkerOp,
     WorkerReady,
     WorkerReply,
     WorkerRequest,
 )
 
-if TYPE_CHECKING:  # imported lazily at run time: the manager imports this module too
+if TYPE_CHECKING:
+    from framepipe.core.inference import Inference, InferenceChannel
     from framepipe.core.pipeline import Pipeline
-    from framepipe.core.processing import ProcessingSpec, Processor
-    from framepipe.core.sources.hub import SourceHub
-    from framepipe.core.sources.remote import RemoteHub, SharedSource
-
-# Key of the `init` payload under which the manager lists the sources this worker reads from
-# the manager's shared decoders (a list of SharedSource; never on the wire).
-SHARED_SOURCES_KEY = "_framepipe_shared_sources"
+    from framepipe.core.sources import SourceTicket, Subscription, SubscriptionRequest
 
 log = logging.getLogger("framepipe.worker")
 
-PR_SET_PDEATHSIG = 1
-# How often the command loop wakes up to check timeouts when no command arrives.
+# How often the command loop wakes up when no command arrives (to notice SIGTERM).
 _POLL_INTERVAL_S = 0.1
-# Modules an idle worker imports up front, so that `init` pays none of it.
+# Modules an idle worker imports up front, so that starting a pipeline pays none of it.
 WARM_MODULES = (
     "numpy",
-    "cv2",
-    "av",
-    "onnxruntime",
     "framepipe.core.shm",
     "framepipe.core.ring",
-    "framepipe.core.queues",
+    "framepipe.core.sources.subscription",
     "framepipe.core.pipeline",
-    "framepipe.core.processing",
 )
 
 
@@ -78,44 +74,21 @@ class WorkerOptions:
 
     parent_pid: int
     terminate_timeout_s: float = 10.0
-    # Models an idle worker loads ahead of time (registered names): an `init` asking for one
-    # of them, with the same settings, skips loading and warming the model up.
-    preload_models: tuple[str, ...] = ()
     log_level: int = logging.INFO
+    # Models an idle worker loads ahead of time (registered names), for pipelines whose model
+    # runs in the worker itself.
+    preload_models: tuple[str, ...] = ()
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies; exit if it already has."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def warm_imports() -> list[str]:
-    """Import the heavy modules now; returns those that could not be imported, and why.
-
-    A module that fails here is not fatal: the worker stays usable for what does not need it,
-    and a command that does need it reports the import error itself.
-    """
+def warm_imports(modules: Sequence[str] = WARM_MODULES) -> list[str]:
+    """Import ``modules`` now; returns those that could not be imported, and why."""
     missing = []
-    for name in WARM_MODULES:
+    for name in modules:
         try:
             importlib.import_module(name)
         except ImportError as exc:
             missing.append(f"{name} ({exc})")
     return missing
-
-
-def warm_decoders() -> None:
-    """Start the decode processes' forkserver now, so that `init` does not wait for it."""
-    from framepipe.core.sources.launcher import warm_forkserver
-
-    try:
-        warm_forkserver()
-    except Exception:
-        log.exception("could not start the decode forkserver ahead of time")
 
 
 def worker_main(conn: Connection, options: WorkerOptions) -> None:
@@ -130,30 +103,26 @@ def worker_main(conn: Connection, options: WorkerOptions) -> None:
     signal.signal(signal.SIGTERM, lambda _signo, _frame: stop.set())
     started = time.perf_counter()
     missing = warm_imports()
-    warm_decoders()
     if missing:
-        log.info("worker %d: not available in this build: %s", os.getpid(), ", ".join(missing))
+        log.warning("worker %d: cannot import %s", os.getpid(), ", ".join(missing))
     runner = PipelineRunner(options)
     runner.preload(options.preload_models)
     # One poll object for the life of the worker (Connection.poll builds a selector per call).
     poller = select.poll()
     poller.register(conn.fileno(), select.POLLIN | select.POLLHUP)
     try:
-        conn.send(WorkerReady(pid=os.getpid(), warmup_s=time.perf_counter() - started))
+        conn.send(
+            WorkerReady(
+                pid=os.getpid(), warmup_s=time.perf_counter() - started, unavailable=tuple(missing)
+            )
+        )
         while not stop.is_set() and not runner.done:
-            expired = runner.check_consumption_timeout()
-            if expired is not None:
-                conn.send(WorkerExiting(reason=expired))
-                break
             if not poller.poll(_POLL_INTERVAL_S * 1000):
                 continue
             try:
                 message = conn.recv()
             except EOFError:
                 break  # the manager closed its end: nothing more will come
-            if isinstance(message, SourceUpdates):
-                runner.apply(message)  # no reply: the manager does not wait for it
-                continue
             conn.send(runner.handle(message))
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the manager is gone; PR_SET_PDEATHSIG would end us anyway
@@ -163,18 +132,48 @@ def worker_main(conn: Connection, options: WorkerOptions) -> None:
             conn.close()
 
 
+class TicketSources:
+    """A pipeline's sources in a worker: the consumers the manager's decoders were given for
+    this process (one ticket per source)."""
+
+    def __init__(self, tickets: Sequence[SourceTicket]) -> None:
+        self._tickets = {t.source_id: t for t in tickets}
+
+    def subscribe(self, request: SubscriptionRequest) -> Subscription:
+        from framepipe.core.sources import Subscription
+
+        ticket = self._tickets.get(request.source_id)
+        if ticket is None:
+            raise OperationError(f"the manager gave no ticket for source {request.source_id}")
+        return Subscription(ticket)
+
+    def close(self) -> None:
+        """The manager releases the tickets (it owns the decoders)."""
+
+
 class PipelineRunner:
-    """Owns the worker's one pipeline and its result sink; executes manager commands."""
+    """Owns the worker's one pipeline; executes manager commands."""
 
     def __init__(self, options: WorkerOptions) -> None:
         self._options = options
         self._pipeline: Pipeline | None = None
-        self._hub: RemoteHub | None = None  # sources read from the manager's decoders
-        self._sink: InMemoryBufferSink | None = None
-        self._consumption_timeout_s: float | None = None
-        self._preloaded: dict[ProcessingSpec, Processor] = {}
-        self._last_consumed = time.monotonic()
+        self._preloaded: list[InferenceChannel] = []
         self.done = False
+
+    def preload(self, models: Sequence[str]) -> None:
+        """Load ``models`` into this process's engines now (kept loaded while idle, so a
+        pipeline on one of them starts without loading it); a failure is logged."""
+        from framepipe.core.inference import local_engine
+        from framepipe.core.processing import ModelSpec
+
+        for name in models:
+            try:
+                self._preloaded.append(
+                    local_engine().open_channel(ModelSpec(model=name), "preload")
+                )
+                log.info("worker %d: model %r loaded ahead of time", os.getpid(), name)
+            except Exception:
+                log.exception("worker %d: could not preload model %r", os.getpid(), name)
 
     def handle(self, message: object) -> WorkerReply:
         if not isinstance(message, WorkerRequest):
@@ -185,170 +184,91 @@ class PipelineRunner:
                 ),
             )
         try:
-            body = self._dispatch(message)
+            body = self._dispatch(message.command)
         except Exception as exc:  # every failure becomes a reply; the worker keeps serving
-            log.debug("command %s failed", message.op.value, exc_info=True)
+            log.debug("command %s failed", type(message.command).__name__, exc_info=True)
             return WorkerReply(message.request_id, failure=WorkerFailure.from_exception(exc))
         return WorkerReply(message.request_id, body=body)
 
-    def _dispatch(self, request: WorkerRequest) -> dict[str, Any]:
-        op = request.op
-        if op is WorkerOp.INIT:
-            self._initialise(request.payload)
-            return {}
-        if op is WorkerOp.HEALTH:
-            return {"running": self._pipeline is not None, "finished": self._finished()}
-        if op is WorkerOp.TERMINATE:
+    def _dispatch(self, command: object) -> ReplyBody:
+        if isinstance(command, StartPipeline):
+            self._start(command)
+            return Done()
+        if isinstance(command, Stop):
             self.close()
-            return {}
-        pipeline = self._require_pipeline(op)
-        if op is WorkerOp.STATUS:
-            return {"report": pipeline.status().to_wire()}
-        if op is WorkerOp.MUTE:
+            return Done()
+        pipeline = self._pipeline
+        if pipeline is None:
+            raise OperationError(f"cannot {type(command).__name__}: this worker runs no pipeline")
+        if isinstance(command, GetStatus):
+            return StatusReply(pipeline.status())
+        if isinstance(command, Mute):
             pipeline.mute()
-            return {}
-        if op is WorkerOp.RESUME:
+            return Done()
+        if isinstance(command, Resume):
             pipeline.resume()
-            return {}
-        if op is WorkerOp.CONSUME:
-            return self._consume(request.payload)
-        raise InvalidPayloadError(f"unknown worker command {op!r}")
+            return Done()
+        if isinstance(command, Consume):
+            return self._consume(pipeline, command)
+        raise InvalidPayloadError(f"unknown worker command {type(command).__name__}")
 
-    def _require_pipeline(self, op: WorkerOp) -> Pipeline:
-        if self._pipeline is None:
-            raise OperationError(f"cannot {op.value}: this worker runs no pipeline")
-        return self._pipeline
-
-    def _initialise(self, wire_payload: dict[str, Any]) -> None:
+    def _start(self, command: StartPipeline) -> None:
         if self._pipeline is not None:
             raise OperationError("this worker already runs a pipeline")
-        wire_payload = dict(wire_payload)
-        shared: list[SharedSource] = wire_payload.pop(SHARED_SOURCES_KEY, None) or []
-        payload = parse_init_payload(wire_payload)
-        sink = InMemoryBufferSink(payload.sink_configuration.results_buffer_size)
-        processor = self._processor_for(payload.raw_processing_configuration)
-        hub = None
-        if shared:
-            from framepipe.core.sources.remote import RemoteHub
+        from framepipe.core.pipeline import Pipeline
 
-            hub = RemoteHub(shared)
-        pipeline = build_pipeline(
-            payload, on_prediction=sink.on_prediction, processor=processor, hub=hub
+        config = command.config
+        requests = config.source_requests()
+        # Under WAIT no result may be lost: a full result buffer holds processing back.
+        hold = any(request.strategies[0].waits for request in requests)
+        reference = config.video_reference
+        pipeline = Pipeline(
+            list(reference) if isinstance(reference, tuple) else reference,
+            processing=config.processing,
+            max_fps=config.max_fps,
+            source_buffer_filling_strategy=config.filling_strategy,
+            source_buffer_consumption_strategy=config.consumption_strategy,
+            video_source_properties=config.video_source_properties,
+            batch_collection_timeout=config.batch_collection_timeout,
+            decoding_buffer_size=config.decoding_buffer_size,
+            results_buffer_size=config.results_buffer_size,
+            realtime_replay=config.realtime_replay,
+            hub=TicketSources(command.sources),
+            inference=self._inference(command.inference),
+            hold_results=hold,
         )
-        try:
-            pipeline.start()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                pipeline.terminate()
-                pipeline.join(self._options.terminate_timeout_s)
-            if hub is not None:
-                hub.close()
-            raise
-        self._pipeline, self._sink, self._hub = pipeline, sink, hub
-        self._consumption_timeout_s = payload.consumption_timeout
-        self._last_consumed = time.monotonic()
+        pipeline.start(begun_at=command.begun_at)
+        self._pipeline = pipeline
 
-    def apply(self, updates: SourceUpdates) -> None:
-        """The manager's latest view of the shared decoders this pipeline reads."""
-        if self._hub is not None:
-            for snapshot in updates.snapshots:
-                self._hub.apply(snapshot)
+    @staticmethod
+    def _inference(address: object) -> Inference | None:
+        """Where the model runs: None runs it in an engine of this process."""
+        if address is not None:
+            raise OperationError(f"unknown inference address {address!r}")
+        return None
 
-    def _consume(self, payload: dict[str, Any]) -> dict[str, Any]:
-        assert self._sink is not None
-        self._last_consumed = time.monotonic()
-        excluded = payload.get("excluded_fields") or []
-        entries = self._sink.consume(excluded, max_entries=payload.get("max_entries") or 1)
-        return {
-            "entries": [
-                {"outputs": entry.outputs, "frames_metadata": entry.frames_metadata}
-                for entry in entries
-            ]
-        }
-
-    def _finished(self) -> bool:
-        return self._pipeline is not None and bool(self._pipeline.finished)
-
-    def check_consumption_timeout(self) -> str | None:
-        """End the pipeline if nobody consumed for ``consumption_timeout``; returns why, or None."""
-        timeout = self._consumption_timeout_s
-        if self._pipeline is None or timeout is None:
-            return None
-        idle = time.monotonic() - self._last_consumed
-        if idle < timeout:
-            return None
-        self.close()
-        return f"no result consumed for {idle:.1f} s (consumption_timeout={timeout:g} s)"
-
-    def preload(self, models: tuple[str, ...]) -> None:
-        """Load and warm up ``models`` now (a failure is logged: the worker stays usable)."""
-        from framepipe.core.processing import build_processor, processing_spec_from_wire
-
-        for name in models:
-            try:
-                spec = processing_spec_from_wire({"type": "ModelConfiguration", "model": name})
-                self._preloaded[spec] = build_processor(spec)
-                log.info("worker %d: model %r loaded ahead of time", os.getpid(), name)
-            except Exception:
-                log.exception("worker %d: could not preload model %r", os.getpid(), name)
-
-    def _processor_for(self, processing_configuration: dict[str, Any]) -> Processor:
-        """A preloaded processor when the configuration asks for exactly that one, else a new one."""
-        from framepipe.core.processing import build_processor, processing_spec_from_wire
-
-        spec = processing_spec_from_wire(processing_configuration)
-        preloaded = self._preloaded.pop(spec, None)
-        return preloaded if preloaded is not None else build_processor(spec)
+    @staticmethod
+    def _consume(pipeline: Pipeline, command: Consume) -> ConsumeReply:
+        results = pipeline.sink.consume(command.max_entries)
+        entries = []
+        for result in results:
+            wire = result.to_wire(command.excluded_fields)
+            entries.append(
+                ResultEntry(outputs=wire["outputs"], frames_metadata=wire["frames_metadata"])
+            )
+        return ConsumeReply(tuple(entries), buffered=len(pipeline.sink))
 
     def close(self) -> None:
         """Terminate and join the pipeline (idempotent); the worker then exits."""
         pipeline, self._pipeline = self._pipeline, None
         self.done = True
-        for processor in self._preloaded.values():
+        preloaded, self._preloaded = self._preloaded, []
+        for channel in preloaded:
             with contextlib.suppress(Exception):
-                processor.close()
-        self._preloaded.clear()
-        hub, self._hub = self._hub, None
+                channel.close()
+        if pipeline is None:
+            return
         try:
-            if pipeline is not None:
-                pipeline.terminate()
-                pipeline.join(self._options.terminate_timeout_s)
+            pipeline.terminate(self._options.terminate_timeout_s)
         except Exception:
             log.exception("terminating the pipeline failed")
-        finally:
-            if hub is not None:
-                hub.close()
-
-
-def parse_init_payload(wire_payload: dict[str, Any]) -> InitialisePipelinePayload:
-    """The typed ``init`` payload (the manager validated it already; this keeps the worker honest)."""
-    try:
-        return InitialisePipelinePayload.model_validate(wire_payload)
-    except ValidationError as error:
-        raise InvalidPayloadError(
-            f"Invalid 'init' payload: {describe_validation_error(error)}"
-        ) from None
-
-
-def build_pipeline(
-    payload: InitialisePipelinePayload,
-    on_prediction: OnPrediction,
-    processor: Processor | None,
-    hub: SourceHub | None = None,
-) -> Pipeline:
-    """A :class:`Pipeline` from an ``init`` payload, running ``processor`` (None: passthrough)."""
-    from framepipe.core.pipeline import Pipeline
-
-    video = payload.video_configuration
-    kwargs: dict[str, Any] = {
-        "processor": processor,
-        "on_prediction": on_prediction,
-        "max_fps": video.max_fps,
-        "source_buffer_filling_strategy": video.source_buffer_filling_strategy,
-        "source_buffer_consumption_strategy": video.source_buffer_consumption_strategy,
-        "video_source_properties": video.video_source_properties,
-        "batch_collection_timeout": video.batch_collection_timeout,
-        "decoding_buffer_size": payload.decoding_buffer_size,
-        "hub": hub,
-    }
-    return Pipeline(video.video_reference, **kwargs)

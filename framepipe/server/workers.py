@@ -22,11 +22,12 @@ from typing import Any
 
 import psutil
 
+from framepipe.core.processes import describe_exit
 from framepipe.errors import FramepipeError, OperationError
 from framepipe.protocol.errors import ERROR_CLASSES
-from framepipe.server._messages import (
-    WorkerExiting,
-    WorkerOp,
+from framepipe.server.messages import (
+    ReplyBody,
+    WorkerCommand,
     WorkerReady,
     WorkerReply,
     WorkerRequest,
@@ -89,7 +90,8 @@ class WorkerHandle:
         self.spawned_at = time.monotonic()
         self.ready: asyncio.Future[WorkerReady] = loop.create_future()
         self.closed = asyncio.Event()
-        self.exit_reason: str | None = None
+        self._reaped = False
+        self._exitcode: int | None = None
         self._loop = loop
         self._pending: dict[str, asyncio.Future[WorkerReply]] = {}
         self._reader = threading.Thread(
@@ -146,9 +148,6 @@ class WorkerHandle:
         elif isinstance(message, WorkerReady):
             if not self.ready.done():
                 self.ready.set_result(message)
-        elif isinstance(message, WorkerExiting):
-            self.exit_reason = message.reason
-            log.info("worker %d ends its pipeline: %s", self.pid, message.reason)
         else:
             log.warning("worker %d sent an unexpected %s", self.pid, type(message).__name__)
 
@@ -164,15 +163,21 @@ class WorkerHandle:
         self._pending.clear()
 
     def _gone_message(self) -> str:
-        code = self.process.exitcode
-        detail = self.exit_reason or (f"exit code {code}" if code is not None else "pipe closed")
-        return f"the pipeline worker (pid {self.pid}) has ended ({detail})"
+        code = self.exitcode
+        if code is None:
+            return f"the pipeline worker (pid {self.pid}) closed its pipe"
+        return f"the pipeline worker (pid {self.pid}) {describe_exit(code)}"
 
     # ---- requests ----------------------------------------------------------------------------
 
     @property
     def alive(self) -> bool:
-        return not self.closed.is_set() and self.process.is_alive()
+        return not self._reaped and not self.closed.is_set() and self.process.is_alive()
+
+    @property
+    def exitcode(self) -> int | None:
+        """How the process ended (negative: the signal that killed it); None while it runs."""
+        return self._exitcode if self._reaped else self.process.exitcode
 
     async def wait_ready(self, timeout: float) -> WorkerReady:
         try:
@@ -185,12 +190,11 @@ class WorkerHandle:
 
     async def request(
         self,
-        op: WorkerOp,
-        payload: dict[str, Any],
+        command: WorkerCommand,
         *,
         timeout: float,
         request_id: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> ReplyBody | None:
         """Send one command and wait for its reply; raises the error class the worker reported."""
         if self.closed.is_set():
             raise WorkerGone(self._gone_message())
@@ -199,15 +203,16 @@ class WorkerHandle:
             request_id = f"{request_id}+"
         future: asyncio.Future[WorkerReply] = self._loop.create_future()
         self._pending[request_id] = future
+        name = type(command).__name__
         try:
             # Commands are small; a socketpair buffer holds many, so this does not block even
             # when the worker is stopped (at most one command per pipeline is in flight).
-            self.conn.send(WorkerRequest(request_id=request_id, op=op, payload=payload))
+            self.conn.send(WorkerRequest(request_id=request_id, command=command))
             async with asyncio.timeout(timeout):
                 reply = await future
         except TimeoutError:
             raise WorkerTimeout(
-                f"the pipeline worker (pid {self.pid}) did not answer '{op.value}' within {timeout:g} s"
+                f"the pipeline worker (pid {self.pid}) did not answer '{name}' within {timeout:g} s"
             ) from None
         except (BrokenPipeError, ConnectionResetError, OSError) as exc:
             if isinstance(exc, FramepipeError):
@@ -220,7 +225,7 @@ class WorkerHandle:
             raise ERROR_CLASSES[failure.error_type](
                 failure.message, failure.public_message, error_class=failure.error_class
             )
-        return reply.body or {}
+        return reply.body
 
     # ---- ending ------------------------------------------------------------------------------
 
@@ -245,7 +250,10 @@ class WorkerHandle:
         self.signal_tree(signal.SIGKILL)
 
     async def reap(self, timeout: float) -> None:
-        """Wait for the process to exit (SIGTERM, then SIGKILL after ``timeout``) and collect it."""
+        """Wait for the process to exit (SIGTERM, then SIGKILL after ``timeout``) and collect it
+        (idempotent)."""
+        if self._reaped:
+            return
         loop = asyncio.get_running_loop()
         if self.process.is_alive():
             await loop.run_in_executor(None, self.process.join, timeout)
@@ -253,6 +261,8 @@ class WorkerHandle:
             log.warning("worker %d did not exit within %.1f s: killing it", self.pid, timeout)
             self.kill()
             await loop.run_in_executor(None, self.process.join, 5.0)
+        self._exitcode = self.process.exitcode
+        self._reaped = True
         with contextlib.suppress(OSError):
             self.conn.close()
         with contextlib.suppress(ValueError):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import signal
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -11,15 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from framepipe.core.queues import Backpressure, FrameConsumer, FrameProducer
-from framepipe.core.ring import FrameRing
+from framepipe.core.processes import die_with_parent
+from framepipe.core.ring import FrameConsumer, FrameProducer, FrameRing
+from framepipe.protocol.payloads import BufferFillingStrategy
 
 SHAPE = (48, 64, 3)
-
-
-def die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def fill(frame: np.ndarray, frame_id: int) -> None:
@@ -100,7 +94,7 @@ def run_producer(
     """Publish ``frames`` frames (or until ``stop`` is set) once ``consumers`` registered."""
     die_with_parent()
     ring = FrameRing.attach(ring_name)
-    producer = FrameProducer(ring, Backpressure(strategy))
+    producer = FrameProducer(ring, BufferFillingStrategy(strategy))
     deadline = time.monotonic() + 60
     while sum(c.state == 1 for c in ring.consumers()) < consumers:
         if time.monotonic() > deadline:
@@ -140,7 +134,7 @@ def run_owner_producer(out: Connection, consumer_ready: Any) -> None:
     ring = FrameRing.create(slots, SHAPE, np.uint8, max_consumers=2, queue_depth=4, tag="crash")
     out.send(ring.name)
     consumer_ready.wait(60)
-    producer = FrameProducer(ring, Backpressure.DROP_OLDEST)
+    producer = FrameProducer(ring, BufferFillingStrategy.DROP_OLDEST)
     frame_id = 0
     while True:
         slot = producer.acquire()

@@ -24,8 +24,6 @@ from framepipe.bench.config import Resolution
 from framepipe.core.processing import (
     ModelRegistry,
     ProcessingSettings,
-    build_processor,
-    processing_spec_from_wire,
 )
 from framepipe.data import demo_video_path
 
@@ -120,33 +118,36 @@ def registry() -> ModelRegistry:
 
 
 def test_the_classic_baseline_finds_the_same_faces_as_framepipe(registry: ModelRegistry) -> None:
+    from framepipe.core.inference import predictions_to_wire
+    from framepipe.core.processing import LoadedModel, Thresholds
+
     classic = ClassicModel("centerface")
-    spec = processing_spec_from_wire(
-        {"type": "ModelConfiguration", "model": "centerface", "providers": ["cpu"]}
-    )
+    entry = registry.get("centerface")
+    loaded = LoadedModel(entry, registry.settings, providers=["cpu"])
+    thresholds = Thresholds(entry.default_confidence, entry.default_iou, 300)
     capture = cv2.VideoCapture(str(demo_video_path()))
     compared = 0
-    with build_processor(spec, registry) as framepipe:
-        for index in range(0, 60, 12):
-            capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-            ok, frame = capture.read()
-            assert ok
-            ours = framepipe.process([frame], [None])[0]
-            theirs, run_ns = classic.process(frame)
-            assert run_ns > 0
-            assert ours is not None
-            assert theirs["image"] == ours["image"]
-            a, b = ours["predictions"], theirs["predictions"]
-            assert len(a) == len(b) and a, (a, b)
-            for p, q in zip(
-                sorted(a, key=lambda p: p["x"]), sorted(b, key=lambda p: p["x"]), strict=True
-            ):
-                assert p["class"] == q["class"] == "face"
-                for key in ("x", "y", "width", "height"):
-                    assert p[key] == pytest.approx(q[key], abs=4.0), key
-                assert p["confidence"] == pytest.approx(q["confidence"], abs=0.05)
-                assert len(p["keypoints"]) == len(q["keypoints"]) == 5
-            compared += 1
+    for index in range(0, 60, 12):
+        capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, frame = capture.read()
+        assert ok
+        result = loaded.infer([frame], thresholds)[0]
+        assert result is not None
+        ours = predictions_to_wire(loaded, frame, result)
+        theirs, run_ns = classic.process(frame)
+        assert run_ns > 0
+        assert theirs["image"] == ours["image"]
+        a, b = ours["predictions"], theirs["predictions"]
+        assert len(a) == len(b) and a, (a, b)
+        for p, q in zip(
+            sorted(a, key=lambda p: p["x"]), sorted(b, key=lambda p: p["x"]), strict=True
+        ):
+            assert p["class"] == q["class"] == "face"
+            for key in ("x", "y", "width", "height"):
+                assert p[key] == pytest.approx(q[key], abs=4.0), key
+            assert p["confidence"] == pytest.approx(q["confidence"], abs=0.05)
+            assert len(p["keypoints"]) == len(q["keypoints"]) == 5
+        compared += 1
     capture.release()
     assert compared == 5
 

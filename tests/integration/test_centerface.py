@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +15,15 @@ import numpy.typing as npt
 import pytest
 import skimage.data
 
+from framepipe.core.inference import InferenceEngine
 from framepipe.core.processing import (
     ModelRegistry,
     ProcessingSettings,
-    Processor,
     annotate,
-    build_processor,
     processing_spec_from_wire,
 )
 from framepipe.data import demo_truth_path, demo_video_path
+from tests.inference_helpers import process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,13 +39,24 @@ def registry() -> ModelRegistry:
     return ModelRegistry.from_settings(settings)
 
 
+Faces = Callable[[Sequence[npt.NDArray[np.uint8] | None]], list[dict[str, Any] | None]]
+
+
 @pytest.fixture(scope="module")
-def faces(registry: ModelRegistry) -> Iterator[Processor]:
+def faces(registry: ModelRegistry) -> Iterator[Faces]:
+    """CenterFace through an inference engine, one batch at a time."""
     spec = processing_spec_from_wire(
         {"type": "ModelConfiguration", "model": "centerface", "providers": ["cpu"]}
     )
-    with build_processor(spec, registry) as processor:
-        yield processor
+    engine = InferenceEngine("centerface", providers=["cpu"], registry=registry)
+
+    def run(frames: Sequence[npt.NDArray[np.uint8] | None]) -> list[dict[str, Any] | None]:
+        return process(spec, frames, engine=engine)
+
+    try:
+        yield run
+    finally:
+        engine.close()
 
 
 def corners(pred: dict[str, Any]) -> tuple[float, float, float, float]:
@@ -60,9 +71,9 @@ def iou(a: tuple[float, ...], b: tuple[float, ...] | list[float]) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def test_finds_the_astronauts_face(faces: Processor) -> None:
+def test_finds_the_astronauts_face(faces: Faces) -> None:
     image = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
-    [out] = faces.process([image], [None])
+    [out] = faces([image])
     assert out is not None and out["image"] == {"width": 512, "height": 512}
     [face] = out["predictions"]
     assert face["class"] == "face" and face["confidence"] > 0.8
@@ -82,7 +93,7 @@ def test_finds_the_astronauts_face(faces: Processor) -> None:
     assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in points.values())
 
 
-def test_a_face_on_every_demo_frame_where_one_is_visible(faces: Processor) -> None:
+def test_a_face_on_every_demo_frame_where_one_is_visible(faces: Faces) -> None:
     truth = json.loads(demo_truth_path().read_text())["per_frame"]
     capture = cv2.VideoCapture(str(demo_video_path()))
     frames_seen = 0
@@ -95,7 +106,7 @@ def test_a_face_on_every_demo_frame_where_one_is_visible(faces: Processor) -> No
                 break
             expected = truth[frames_seen]
             # two sources in one batch: the same frame and nothing
-            out, empty = faces.process([frame, None], [None, None])
+            out, empty = faces([frame, None])
             assert empty is None and out is not None
             boxes = [corners(p) for p in out["predictions"]]
             if expected["visible"] == "full":
@@ -112,10 +123,10 @@ def test_a_face_on_every_demo_frame_where_one_is_visible(faces: Processor) -> No
     assert not false_alarms, f"faces reported on frames without one: {false_alarms}"
 
 
-def test_annotation_draws_on_a_copy(faces: Processor) -> None:
+def test_annotation_draws_on_a_copy(faces: Faces) -> None:
     image: npt.NDArray[np.uint8] = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
     before = image.copy()
-    [out] = faces.process([image], [None])
+    [out] = faces([image])
     drawn = annotate(image, out)
     assert np.array_equal(image, before), "the frame itself is untouched"
     changed = np.any(drawn != image, axis=2)
@@ -127,11 +138,11 @@ def test_annotation_draws_on_a_copy(faces: Processor) -> None:
     assert np.array_equal(annotate(image, None), image)
 
 
-def test_sources_batch_together_with_the_same_answers(faces: Processor) -> None:
+def test_sources_batch_together_with_the_same_answers(faces: Faces) -> None:
     image = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
     wide = cv2.resize(image, (1280, 720))
-    [alone] = faces.process([wide], [None])
-    batch = faces.process([wide, image, None, wide[:, ::-1]], [None] * 4)
+    [alone] = faces([wide])
+    batch = faces([wide, image, None, wide[:, ::-1]])
     assert batch[2] is None and alone is not None
     for out in (batch[0], batch[1], batch[3]):
         assert out is not None and len(out["predictions"]) == 1

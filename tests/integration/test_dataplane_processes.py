@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from framepipe.core.queues import Backpressure
 from framepipe.core.ring import ConsumerState, FrameRing
 from framepipe.core.shm import SHM_DIR, sweep_orphans
+from framepipe.protocol.payloads import BufferFillingStrategy
 from tests.integration import _dataplane_workers as w
 
 CTX = mp.get_context("spawn")
@@ -50,7 +50,10 @@ def ring() -> Iterator[FrameRing]:
 
 
 def _stream(
-    ring: FrameRing, frames: int, strategy: Backpressure, consumer_kwargs: list[dict[str, object]]
+    ring: FrameRing,
+    frames: int,
+    strategy: BufferFillingStrategy,
+    consumer_kwargs: list[dict[str, object]],
 ) -> tuple[int, Any, list[Any]]:
     pipes, procs, readies = [], [], []
     for i, kwargs in enumerate(consumer_kwargs):
@@ -81,7 +84,7 @@ def _stream(
 @pytest.mark.slow
 def test_wait_100k_frames_two_consumer_processes_no_loss_no_dup_no_tear(ring: FrameRing) -> None:
     frames = 100_000
-    attempted, pstats, reports = _stream(ring, frames, Backpressure.WAIT, [{}, {}])
+    attempted, pstats, reports = _stream(ring, frames, BufferFillingStrategy.WAIT, [{}, {}])
     assert attempted == frames
     assert pstats.published == frames and pstats.dropped == 0  # type: ignore[attr-defined]
     for r in reports:
@@ -90,9 +93,11 @@ def test_wait_100k_frames_two_consumer_processes_no_loss_no_dup_no_tear(ring: Fr
     assert ring.free_slots() == ring.slots  # every lease came back
 
 
-@pytest.mark.parametrize("strategy", [Backpressure.DROP_LATEST, Backpressure.DROP_OLDEST])
+@pytest.mark.parametrize(
+    "strategy", [BufferFillingStrategy.DROP_LATEST, BufferFillingStrategy.DROP_OLDEST]
+)
 def test_drop_strategies_drop_only_for_the_slow_consumer_and_count_exactly(
-    ring: FrameRing, strategy: Backpressure
+    ring: FrameRing, strategy: BufferFillingStrategy
 ) -> None:
     frames = 20_000
     fast: dict[str, object] = {}
@@ -112,7 +117,7 @@ def test_drop_strategies_drop_only_for_the_slow_consumer_and_count_exactly(
     assert r_slow.dropped > 0
     per_strategy = (
         pstats.dropped_queue_full  # type: ignore[attr-defined]
-        if strategy is Backpressure.DROP_LATEST
+        if strategy is BufferFillingStrategy.DROP_LATEST
         else pstats.dropped_replaced  # type: ignore[attr-defined]
     )
     assert per_strategy == r_fast.dropped + r_slow.dropped

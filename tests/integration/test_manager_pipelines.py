@@ -6,6 +6,7 @@ the lifecycle, with raw frames where the exact bytes matter.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -29,8 +30,6 @@ from framepipe.testing.media import make_test_video
 from tests.conftest import framepipe_shm_entries
 from tests.integration.manager_harness import ManagerProcess, running_manager, wait_for
 
-pytest.importorskip("framepipe.core.pipeline", reason="needs the sources branch's Pipeline")
-
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -48,8 +47,9 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def payload(video: Path, **extra: Any) -> InitialisePipelinePayload:
+    """A passthrough pipeline on ``video`` replayed in real time, like a camera."""
     return InitialisePipelinePayload(
-        video_configuration=VideoConfiguration(video_reference=str(video), max_fps=30),
+        video_configuration=VideoConfiguration(video_reference=str(video), realtime_replay=True),
         processing_configuration=ModelConfiguration(model="passthrough"),
         sink_configuration=MemorySinkConfiguration(
             results_buffer_size=extra.pop("results_buffer_size", 64)
@@ -142,6 +142,11 @@ def test_pipeline_lifecycle_over_tcp(manager: ManagerProcess, videos: dict[str, 
     wait_for(lambda: manager.workers() == [], 10, "the worker to be gone")
 
 
+def framepipe_report(client: SyncStreamManagerClient, pipeline_id: str) -> dict[str, Any]:
+    report: dict[str, Any] = client.get_status(pipeline_id).report
+    return report
+
+
 def test_hung_worker_does_not_block_other_pipelines(
     manager: ManagerProcess, videos: dict[str, Path]
 ) -> None:
@@ -184,12 +189,16 @@ def test_hung_worker_does_not_block_other_pipelines(
         5,
         "the hung worker to die",
     )
-    assert client.list_pipelines().pipelines == [healthy_id]
+    # The hung pipeline failed, and says so (it is not silently gone).
+    assert sorted(client.list_pipelines().pipelines) == sorted([hung_id, healthy_id])
+    hung_report = framepipe_report(client, hung_id)["framepipe"]
+    assert hung_report["state"] == "FAILED" and "killed" in hung_report["failure"]
     wait_for(lambda: not segments_of(hung_tree), 5, "the hung worker's segments to be freed")
     client.terminate_pipeline(healthy_id)
+    client.terminate_pipeline(hung_id)
 
 
-def test_killed_worker_is_reaped_within_two_seconds(
+def test_killed_worker_is_reported_as_killed_and_reaped_within_two_seconds(
     manager: ManagerProcess, videos: dict[str, Path]
 ) -> None:
     client = client_for(manager)
@@ -197,28 +206,27 @@ def test_killed_worker_is_reaped_within_two_seconds(
     first_result(client, pipeline_id)
     worker = worker_of(manager)
     tree = tree_of(worker)
+    decoders_before = manager.decoders()
+    assert decoders_before, "the manager runs the pipeline's decoder"
     worker.kill()
     killed_at = time.monotonic()
-    wait_for(
-        lambda: client.list_pipelines().pipelines == [], 2.0, "the dead pipeline to be removed"
-    )
+
+    def reported_killed() -> dict[str, Any] | None:
+        extra = framepipe_report(client, pipeline_id)["framepipe"]
+        return extra if extra["state"] == "FAILED" else None
+
+    extra = wait_for(reported_killed, 2.0, "the dead pipeline to be reported")
+    assert "was killed by SIGKILL" in extra["failure"], extra
+    assert pipeline_id in client.list_pipelines().pipelines
     wait_for(
         lambda: not segments_of(tree),
         2.0 - (time.monotonic() - killed_at) + 0.5,
         "segments to be freed",
     )
-    with pytest.raises(NotFoundError):
-        client.get_status(pipeline_id)
-    wait_for(
-        lambda: (
-            not any(
-                psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                for p in tree
-            )
-        ),
-        5,
-        "decode processes to end",
-    )
+    # Nobody reads the source any more: its decoder stops and its ring goes.
+    wait_for(lambda: not manager.decoders(), 5, "the source's decoder to end")
+    client.terminate_pipeline(pipeline_id)
+    assert client.list_pipelines().pipelines == []
 
 
 def test_sigterm_with_three_running_pipelines_exits_cleanly(videos: dict[str, Path]) -> None:
@@ -235,12 +243,19 @@ def test_sigterm_with_three_running_pipelines_exits_cleanly(videos: dict[str, Pa
         manager.kill()
         raise
     assert manager.stop(30) == 0, manager.output()
-    alive = [
-        p
-        for p in tree
-        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-    ]
-    assert alive == [], f"processes left behind: {alive}"
+
+    def alive() -> list[int]:
+        return [
+            p
+            for p in tree
+            if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
+
+    # multiprocessing's helpers (the decoders' forkserver, the resource tracker) notice their
+    # parent's exit on their own, a moment later.
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not alive(), 5, "every process to end")
+    assert alive() == [], f"processes left behind: {alive()}"
     assert segments_of(tree | {manager.pid}) == set()
 
 
@@ -251,74 +266,108 @@ def test_idle_pool_worker_takes_the_next_init(videos: dict[str, Path]) -> None:
         client = client_for(manager)
         pipeline_id = start(client, videos["long"])
         first_result(client, pipeline_id)
-        assert idle.is_running() and idle.children(), "the idle worker now runs the pipeline"
+        assert framepipe_report(client, pipeline_id)["framepipe"]["pid"] == idle.pid, (
+            "the idle worker now runs the pipeline"
+        )
         wait_for(lambda: len(manager.workers()) == 2, 30, "the pool to be refilled")
         client.terminate_pipeline(pipeline_id)
         assert idle.wait(10) is not None or not idle.is_running()
 
 
-def test_consumption_timeout_ends_the_pipeline(
+def test_consumption_timeout_ends_the_pipeline_and_says_so(
     manager: ManagerProcess, videos: dict[str, Path]
 ) -> None:
     client = client_for(manager)
     pipeline_id = start(client, videos["long"], consumption_timeout=1.0)
     started = time.monotonic()
-    wait_for(lambda: client.list_pipelines().pipelines == [], 8, "the unconsumed pipeline to end")
+
+    def expired() -> dict[str, Any] | None:
+        extra = framepipe_report(client, pipeline_id)["framepipe"]
+        return extra if extra["state"] == "FAILED" else None
+
+    extra = wait_for(expired, 8, "the unconsumed pipeline to expire")
     assert time.monotonic() - started >= 0.9
-    with pytest.raises(NotFoundError):
-        client.consume_pipeline_result(pipeline_id)
+    assert "consumption_timeout=1 s" in extra["failure"] and "discarded" in extra["failure"]
     wait_for(lambda: manager.workers() == [], 5, "its worker to exit")
+    assert client.consume_pipeline_result(pipeline_id).outputs == []
+    client.terminate_pipeline(pipeline_id)
 
 
-def test_pipeline_whose_video_ended_is_removed(
+def test_a_finished_pipeline_keeps_its_results_until_they_are_drained(
+    videos: dict[str, Path],
+) -> None:
+    with running_manager({"FRAMEPIPE_ENDED_LINGER": "1"}) as manager:
+        client = client_for(manager)
+        pipeline_id = client.initialise_pipeline(
+            InitialisePipelinePayload(
+                video_configuration=VideoConfiguration(video_reference=str(videos["short"])),
+                processing_configuration=ModelConfiguration(model="passthrough"),
+            )
+        ).context.pipeline_id
+        assert pipeline_id
+
+        def finished() -> dict[str, Any] | None:
+            extra = framepipe_report(client, pipeline_id)["framepipe"]
+            return extra if extra["state"] == "FINISHED" else None
+
+        extra = wait_for(finished, 15, "the video to be processed")
+        time.sleep(1.5)  # longer than the linger: results still waiting keep it listed
+        assert client.list_pipelines().pipelines == [pipeline_id]
+        report = framepipe_report(client, pipeline_id)
+        assert report["sources_metadata"][0]["state"] == "ENDED"
+        ids = []
+        while entries := client.consume_pipeline_result(pipeline_id, max_entries=7).entries:
+            ids += [entry.frames_metadata[0].frame_id for entry in entries]
+        # The client's default strategies (DROP_OLDEST/EAGER) may skip frames: what is
+        # produced is delivered, in order, and the rest is counted.
+        assert ids == sorted(ids) and len(ids) == extra["results_produced"]
+        wait_for(lambda: client.list_pipelines().pipelines == [], 5, "removal once drained")
+        wait_for(lambda: manager.workers() == [], 5, "its worker to exit")
+
+
+def test_failed_init_leaves_no_process_and_is_not_listed(
     manager: ManagerProcess, videos: dict[str, Path]
 ) -> None:
-    client = client_for(manager)
-    start(client, videos["short"])
-    wait_for(
-        lambda: client.list_pipelines().pipelines == [], 15, "the finished pipeline to be removed"
-    )
-    wait_for(lambda: manager.workers() == [], 5, "its worker to exit")
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        {"processing_configuration": {"type": "ModelConfiguration", "model": "no-such-model"}},
-        {
-            "video_configuration": {
-                "type": "VideoConfiguration",
-                "video_reference": "/nonexistent/video.mp4",
-            }
-        },
-    ],
-    ids=["unknown-model", "missing-file"],
-)
-def test_failed_init_leaves_no_process_and_is_not_listed(
-    manager: ManagerProcess, videos: dict[str, Path], bad: dict[str, Any]
-) -> None:
-    message = payload(videos["long"]).to_wire() | {"type": "init"} | bad
-    reply = manager.request(message)
-    response = reply["response"]
-    if response["status"] == "success":  # a source may only fail once it runs (as in the reference)
-        pipeline_id = reply["pipeline_id"]
-        wait_for(
-            lambda: manager.request({"type": "list_pipelines"})["response"]["pipelines"] == [],
-            15,
-            "removal",
-        )
-        assert (
-            manager.request({"type": "status", "pipeline_id": pipeline_id})["response"][
-                "error_type"
-            ]
-            == "not_found"
-        )
-    else:
-        assert response["error_type"] in ("invalid_payload", "not_found", "operation_error"), (
-            response
-        )
-        assert manager.request({"type": "list_pipelines"})["response"]["pipelines"] == []
+    message = payload(videos["long"]).to_wire() | {"type": "init"}
+    message["processing_configuration"] = {"type": "ModelConfiguration", "model": "no-such-model"}
+    response = manager.request(message)["response"]
+    assert response["error_type"] == "invalid_payload", response
+    assert "no-such-model" in response["error_message"]
+    assert manager.request({"type": "list_pipelines"})["response"]["pipelines"] == []
     wait_for(lambda: manager.workers() == [], 5, "no worker left behind")
+
+
+@pytest.mark.parametrize("missing", ["/nonexistent/video.mp4", "directory"])
+def test_a_missing_source_fails_visibly_until_its_status_is_read(
+    tmp_path: Path, missing: str
+) -> None:
+    """As in the reference, ``init`` succeeds and the source goes to ERROR; framepipe keeps the
+    pipeline listed with the cause until a client has read it (then ``linger``)."""
+    reference = str(tmp_path) if missing == "directory" else missing
+    with running_manager({"FRAMEPIPE_ENDED_LINGER": "1"}) as manager:
+        client = client_for(manager)
+        pipeline_id = client.initialise_pipeline(
+            InitialisePipelinePayload(
+                video_configuration=VideoConfiguration(video_reference=reference),
+                processing_configuration=ModelConfiguration(model="passthrough"),
+            )
+        ).context.pipeline_id
+        assert pipeline_id
+        time.sleep(2.5)  # nobody has read it yet: it stays
+        assert client.list_pipelines().pipelines == [pipeline_id]
+        report = framepipe_report(client, pipeline_id)
+        assert report["framepipe"]["state"] == "FAILED"
+        assert report["sources_metadata"][0]["state"] == "ERROR"
+        events = [(e["event_type"], e["payload"]) for e in report["video_source_status_updates"]]
+        kinds = [kind for kind, _ in events]
+        assert kinds[:2] == ["INFERENCE_THREAD_STARTED", "SOURCE_STATE_UPDATE"]
+        error = next(payload for kind, payload in events if kind == "INFERENCE_ERROR")
+        assert error["error_type"] == "SourceConnectionError"
+        assert error["error_context"] == "inference_thread"
+        assert reference in error["error_message"]
+        assert kinds[-1] == "INFERENCE_THREAD_FINISHED"
+        wait_for(lambda: client.list_pipelines().pipelines == [], 5, "removal once read")
+        wait_for(lambda: manager.workers() == [], 5, "no worker left behind")
 
 
 def test_fifty_concurrent_clients_with_running_pipelines(
@@ -349,8 +398,9 @@ def test_operation_error_for_a_worker_that_died_during_a_command(
     os.kill(worker.pid, signal.SIGSTOP)
     with pytest.raises(OperationError, match="killed"):
         client.get_status(pipeline_id)
-    with pytest.raises(NotFoundError):
-        client.get_status(pipeline_id)
+    extra = framepipe_report(client, pipeline_id)["framepipe"]
+    assert extra["state"] == "FAILED" and "did not answer" in extra["failure"]
+    client.terminate_pipeline(pipeline_id)
 
 
 def _centerface_available() -> bool:
@@ -393,7 +443,7 @@ def test_multi_source_batches_report_a_source_without_a_frame_as_null(
             InitialisePipelinePayload(
                 video_configuration=VideoConfiguration(
                     video_reference=[str(videos["short"]), str(videos["long"])],
-                    max_fps=30,
+                    realtime_replay=True,
                     batch_collection_timeout=0.05,
                 ),
                 processing_configuration=ModelConfiguration(model="passthrough"),

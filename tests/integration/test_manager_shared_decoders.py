@@ -27,8 +27,6 @@ from tests.conftest import framepipe_shm_entries
 from tests.integration.manager_harness import ManagerProcess, running_manager, wait_for
 from tests.rtsp import RtspServer
 
-pytest.importorskip("framepipe.core.pipeline", reason="needs the sources branch's Pipeline")
-
 
 @pytest.fixture(scope="module")
 def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -76,6 +74,12 @@ def source_stats(client: SyncStreamManagerClient, pipeline_id: str) -> dict[str,
 
 
 def manager_rings(manager: ManagerProcess) -> set[str]:
+    """The frame rings the manager owns (each source also has a small status block)."""
+    prefix = f"fp-{manager.pid}-src"
+    return {name for name in framepipe_shm_entries() if name.startswith(prefix)}
+
+
+def manager_segments(manager: ManagerProcess) -> set[str]:
     prefix = f"fp-{manager.pid}-"
     return {name for name in framepipe_shm_entries() if name.startswith(prefix)}
 
@@ -96,14 +100,22 @@ def test_two_pipelines_on_one_file_share_one_decoder(
     manager: ManagerProcess, long_video: Path
 ) -> None:
     client = client_for(manager)
+    # Replayed in real time, a file is shared like a camera.
     every = start(
         client,
         str(long_video),
-        max_fps=30,
+        realtime_replay=True,
         source_buffer_filling_strategy="WAIT",
         source_buffer_consumption_strategy="LAZY",
     )
-    slow = start(client, str(long_video), max_fps=10)  # DROP_OLDEST, EAGER
+    slow = start(
+        client,
+        str(long_video),
+        realtime_replay=True,
+        max_fps=10,
+        source_buffer_filling_strategy="DROP_OLDEST",
+        source_buffer_consumption_strategy="EAGER",
+    )
     every_ids = results_flow(client, every, 10)
     results_flow(client, slow, 3)
     decoders = manager.decoders()
@@ -135,7 +147,37 @@ def test_two_pipelines_on_one_file_share_one_decoder(
     assert len(manager.decoders()) == 1
     client.terminate_pipeline(slow)
     wait_for(lambda: not manager.decoders(), 10, "the shared decoder to stop")
-    wait_for(lambda: not manager_rings(manager), 5, "the shared ring to be unlinked")
+    wait_for(lambda: not manager_segments(manager), 5, "the shared ring to be unlinked")
+
+
+def test_a_later_pipeline_on_a_file_gets_every_frame_from_the_first(
+    manager: ManagerProcess, long_video: Path
+) -> None:
+    """A file read as fast as its consumer goes is not joined mid-stream: a pipeline opened
+    2 s after another gets a decoder of its own and frames from 1."""
+    client = client_for(manager)
+    # Nobody reads the first one: with a small result buffer under WAIT it is held back, so
+    # it is still running (in the middle of the file) when the second one starts.
+    first = client.initialise_pipeline(
+        InitialisePipelinePayload(
+            video_configuration=VideoConfiguration(video_reference=str(long_video)),
+            processing_configuration=ModelConfiguration(model="passthrough"),
+            sink_configuration=MemorySinkConfiguration(results_buffer_size=8),
+        )
+    ).context.pipeline_id
+    assert first
+    time.sleep(2.0)
+    second = start(client, str(long_video))
+    ids = results_flow(client, second, 40)
+    assert ids == list(range(1, len(ids) + 1))
+    assert len(manager.decoders()) == 2 and len(manager_rings(manager)) == 2
+    assert source_stats(client, first)["state"] == "RUNNING"
+    assert source_stats(client, second)["shared_with"] == 0
+    first_ids = results_flow(client, first, 3)
+    assert first_ids[:3] == [1, 2, 3]
+    client.terminate_pipeline(first)
+    client.terminate_pipeline(second)
+    wait_for(lambda: not manager.decoders(), 10, "both decoders to stop")
 
 
 def test_killed_worker_leaves_the_other_pipeline_flowing(
@@ -145,7 +187,7 @@ def test_killed_worker_leaves_the_other_pipeline_flowing(
     survivor = start(
         client,
         str(long_video),
-        max_fps=30,
+        realtime_replay=True,
         source_buffer_filling_strategy="WAIT",
         source_buffer_consumption_strategy="LAZY",
     )
@@ -153,7 +195,7 @@ def test_killed_worker_leaves_the_other_pipeline_flowing(
     victim = start(
         client,
         str(long_video),
-        max_fps=30,
+        realtime_replay=True,
         source_buffer_filling_strategy="WAIT",
         source_buffer_consumption_strategy="LAZY",
     )
@@ -163,7 +205,11 @@ def test_killed_worker_leaves_the_other_pipeline_flowing(
     # The victim stops consuming and is killed while holding leases under WAIT: the decode
     # process must reclaim them, or it would wait for that consumer for ever.
     victim_worker.kill()
-    wait_for(lambda: client.list_pipelines().pipelines == [survivor], 5, "the victim removed")
+    wait_for(
+        lambda: client.get_status(victim).report["framepipe"]["state"] == "FAILED",
+        5,
+        "the victim reported as failed",
+    )
     results_flow(client, survivor, 30)
     assert len(manager.decoders()) == 1
     wait_for(
@@ -178,6 +224,7 @@ def test_killed_worker_leaves_the_other_pipeline_flowing(
     finally:
         ring.close()
     client.terminate_pipeline(survivor)
+    client.terminate_pipeline(victim)
     wait_for(lambda: not manager.decoders(), 10, "the shared decoder to stop")
 
 
@@ -206,10 +253,10 @@ def test_two_pipelines_on_one_camera_share_one_decoder(
 def test_sharing_turned_off_gives_each_pipeline_its_decoder(long_video: Path) -> None:
     with running_manager({"FRAMEPIPE_SHARE_DECODERS": "0"}) as manager:
         client = client_for(manager)
-        a = start(client, str(long_video), max_fps=30)
-        b = start(client, str(long_video), max_fps=30)
+        a = start(client, str(long_video), realtime_replay=True)
+        b = start(client, str(long_video), realtime_replay=True)
         results_flow(client, a, 3)
         results_flow(client, b, 3)
         assert len(manager.decoders()) == 2
-        assert not manager_rings(manager)  # each worker owns its own ring
+        assert len(manager_rings(manager)) == 2  # one ring each (the manager owns both)
         assert source_stats(client, a)["shared_with"] == 0

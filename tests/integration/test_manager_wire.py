@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
+from framepipe.data import demo_video_path
 from tests.integration.manager_harness import ManagerProcess, running_manager, wait_for
 
 UNKNOWN = "00000000-0000-0000-0000-000000000000"
@@ -95,6 +96,7 @@ def test_ram_budget_refusal_is_operation_error_with_the_numbers() -> None:
         reply = manager.request(init_message(decoding_buffer_size=4))
         response = reply["response"]
         assert response["error_type"] == "operation_error", response
+        assert response["error_class"] == "RamBudgetExceededError"
         message = response["error_message"]
         assert "STREAM_MANAGER_MAX_RAM_MB=40.0 MB" in message
         assert "In use:" in message and "predicted for the new pipeline" in message
@@ -108,7 +110,7 @@ def test_shm_space_is_checked_before_admission() -> None:
         message = init_message()
         message["video_configuration"] = {
             "type": "VideoConfiguration",
-            "video_reference": "/nonexistent.mp4",
+            "video_reference": str(demo_video_path()),
             "video_source_properties": huge,
         }
         reply = manager.request(message)

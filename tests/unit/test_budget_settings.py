@@ -12,26 +12,26 @@ from framepipe.core.budget import (
     MemoryUsage,
     RamBudget,
     process_unique_bytes,
-    ring_bytes,
     segment_owner_pid,
     shared_segments_bytes,
 )
-from framepipe.errors import OperationError, ShmExhaustedError
+from framepipe.core.sources.sizing import LEASES_PER_CONSUMER, rings_bytes
+from framepipe.errors import OperationError, RamBudgetExceededError, ShmExhaustedError
 from framepipe.server.settings import ServerSettings, SettingsError
 
 
-def test_refusal_names_the_numbers(tmp_path: Path) -> None:
-    budget = RamBudget(max_ram_mb=1000, shm_dir=tmp_path)
+def test_refusal_names_the_numbers() -> None:
+    budget = RamBudget(max_ram_mb=1000)
     usage = MemoryUsage(manager_mb=100, workers_mb=600, shared_segments_mb=50)
-    with pytest.raises(OperationError) as caught:
+    with pytest.raises(RamBudgetExceededError) as caught:
         budget.admit(usage=usage, worker_samples_mb=[[200.0, 300.0]], new_rings_bytes=int(10 * MB))
     message = caught.value.message
     for figure in ("750.0 MB", "310.0 MB", "rings 10.0 MB", "worker 300.0 MB", "1000.0 MB"):
         assert figure in message
 
 
-def test_admits_within_budget_and_reused_worker_counts_growth_only(tmp_path: Path) -> None:
-    budget = RamBudget(max_ram_mb=1000, shm_dir=tmp_path)
+def test_admits_within_budget_and_reused_worker_counts_growth_only() -> None:
+    budget = RamBudget(max_ram_mb=1000)
     usage = MemoryUsage(manager_mb=100, workers_mb=600, shared_segments_mb=50)
     with pytest.raises(OperationError):
         budget.admit(usage=usage, worker_samples_mb=[[300.0]], new_rings_bytes=0)
@@ -39,16 +39,14 @@ def test_admits_within_budget_and_reused_worker_counts_growth_only(tmp_path: Pat
         usage=usage, worker_samples_mb=[[300.0]], new_rings_bytes=0, reused_worker_mb=100.0
     )
     assert admission.predicted_mb == pytest.approx(200.0)
-    assert RamBudget(None, shm_dir=tmp_path).admit(
-        usage=usage, worker_samples_mb=[], new_rings_bytes=0
-    )
+    assert RamBudget(None).admit(usage=usage, worker_samples_mb=[], new_rings_bytes=0)
 
 
-def test_shm_space_is_checked(tmp_path: Path) -> None:
+def test_shm_space_is_checked() -> None:
+    full = MemoryUsage(0, 0, 0, shm_free_bytes=64 * MB)
     with pytest.raises(ShmExhaustedError, match="shared memory"):
-        RamBudget(None, shm_dir=tmp_path).admit(
-            usage=MemoryUsage(0, 0, 0), worker_samples_mb=[], new_rings_bytes=1 << 62
-        )
+        RamBudget(None).admit(usage=full, worker_samples_mb=[], new_rings_bytes=65 * MB)
+    assert RamBudget(None).admit(usage=full, worker_samples_mb=[], new_rings_bytes=63 * MB)
 
 
 def test_segments_are_counted_once_by_owner(tmp_path: Path) -> None:
@@ -63,10 +61,11 @@ def test_segments_are_counted_once_by_owner(tmp_path: Path) -> None:
 
 
 def test_ring_bytes_and_uss() -> None:
-    small = ring_bytes([(1280, 720)], 2)
-    assert small > (2 + 3 + 1) * 1280 * 720 * 3  # depth x consumers + leases + 1 slots
-    assert ring_bytes([(1280, 720), (1280, 720)], 2) == 2 * small
-    assert ring_bytes([(1280, 720)], 64) > small
+    small = rings_bytes([(1280, 720)], 2)
+    slots = 2 + LEASES_PER_CONSUMER + 1  # depth x consumers + leases + 1
+    assert small > slots * 1280 * 720 * 3
+    assert rings_bytes([(1280, 720), (1280, 720)], 2) == 2 * small
+    assert rings_bytes([(1280, 720)], 64) > small
     assert process_unique_bytes(os.getpid()) > 1 * MB
     assert process_unique_bytes(2**22 + 12345) == 0
 
@@ -96,8 +95,8 @@ def test_settings_from_env() -> None:
 
 
 def test_shared_ring_has_room_for_its_consumers() -> None:
-    one = ring_bytes([(1280, 720)], 8)
-    assert ring_bytes([(1280, 720)], 8, max_consumers=4) > one
+    one = rings_bytes([(1280, 720)], 8)
+    assert rings_bytes([(1280, 720)], 8, consumers=4) > one
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from framepipe.core.queues import FrameConsumer, FrameProducer
-from framepipe.core.ring import FrameRing
+from framepipe.core.ring import FrameConsumer, FrameProducer, FrameRing
 
 
 def _publish(producer: FrameProducer, value: int, consumers: list[int] | None) -> None:

@@ -15,10 +15,12 @@ PACKAGE = Path(framepipe.__file__).parent
 FORBIDDEN = {
     "protocol": {"core", "ext", "server", "client", "cli"},
     "core": {"server", "client", "cli"},
-    "client": {"core", "ext", "server", "cli"},
-    "server": {"client", "cli"},
+    "client": {"core", "ext", "server", "gateway", "cli"},
+    # The gateway is a client of the manager: it may run beside a manager elsewhere.
+    "gateway": {"core", "ext", "server", "cli"},
+    "server": {"client", "gateway", "cli"},
     # the bench drives the real server as a subprocess, through the client, like a user
-    "bench": {"server", "cli"},
+    "bench": {"server", "gateway", "cli"},
 }
 
 

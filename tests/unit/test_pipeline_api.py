@@ -1,4 +1,4 @@
-"""The public Pipeline API is what BRIEF contract 2 says it is (other parts build on it)."""
+"""The public Pipeline API: what users and the server's worker build on."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 import framepipe
 from framepipe.core.pipeline import Pipeline
+from framepipe.core.processing import PassthroughSpec
 from framepipe.core.sources import SourceHub
 from framepipe.protocol.errors import InvalidPayloadError, OperationError
 
@@ -23,7 +24,8 @@ def test_constructor_keywords_match_the_contract() -> None:
     params = inspect.signature(Pipeline).parameters
     assert next(iter(params)) == "video_reference"
     contract = {
-        "processor",
+        "model",
+        "processing",
         "on_prediction",
         "max_fps",
         "source_buffer_filling_strategy",
@@ -31,6 +33,9 @@ def test_constructor_keywords_match_the_contract() -> None:
         "video_source_properties",
         "batch_collection_timeout",
         "decoding_buffer_size",
+        "results_buffer_size",
+        "realtime_replay",
+        "inference",
     }
     assert contract <= set(params)
     assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in contract)
@@ -49,6 +54,9 @@ def test_constructor_keywords_match_the_contract() -> None:
         ({"batch_collection_timeout": -1}, "batch_collection_timeout"),
         ({"decoder": "gstreamer"}, "decoder"),
         ({"video_source_properties": [{}, {}]}, "video_source_properties"),
+        ({"results_buffer_size": 0}, "results_buffer_size"),
+        ({"max_in_flight": 0}, "max_in_flight"),
+        ({"model": "centerface", "processing": PassthroughSpec()}, "model or processing"),
     ],
 )
 def test_bad_arguments_are_invalid_payload_naming_the_field(

@@ -21,12 +21,12 @@ from framepipe.core.processing import (
     ModelRegistry,
     ProcessingSettings,
     Thresholds,
-    build_processor,
     nms,
     processing_spec_from_wire,
 )
 from framepipe.core.processing.postprocess import classify_topk, guess_yolo_format
 from framepipe.protocol.errors import InvalidPayloadError
+from tests.inference_helpers import process
 
 INPUT = 64  # model input side
 
@@ -111,8 +111,7 @@ def test_yolov8_decode_nms_and_letterbox_back_mapping(tmp_path: Path) -> None:
     spec = processing_spec_from_wire(
         {"type": "ModelConfiguration", "model": "toy8", "confidence": 0.5, "iou_threshold": 0.5}
     )
-    with build_processor(spec, registry_with(tmp_path)) as processor:
-        [out] = processor.process([FRAME], [None])
+    [out] = process(spec, [FRAME], registry=registry_with(tmp_path))
     assert out is not None
     assert out["image"] == {"width": 200, "height": 100}
     preds = out["predictions"]
@@ -130,8 +129,7 @@ def test_float16_input_models_get_a_float16_buffer(tmp_path: Path) -> None:
     spec = processing_spec_from_wire(
         {"type": "ModelConfiguration", "model": "half", "confidence": 0.5}
     )
-    with build_processor(spec, registry_with(tmp_path)) as processor:
-        [out] = processor.process([FRAME], [None])
+    [out] = process(spec, [FRAME], registry=registry_with(tmp_path))
     assert out is not None and [p["class"] for p in out["predictions"]] == ["person", "car", "dog"]
     assert_record(out["predictions"][0], (22, 27, 42, 37), "person", 0.9)
 
@@ -147,20 +145,18 @@ def test_class_filter_and_max_detections(tmp_path: Path) -> None:
             "class_filter": ["dog", "car"],
         }
     )
-    with build_processor(spec, registry) as processor:
-        [out] = processor.process([FRAME], [None])
+    [out] = process(spec, [FRAME], registry=registry)
     assert out is not None and [p["class"] for p in out["predictions"]] == ["car", "dog"]
     spec = processing_spec_from_wire(
         {"type": "ModelConfiguration", "model": "toy8", "confidence": 0.5, "max_detections": 1}
     )
-    with build_processor(spec, registry) as processor:
-        [out] = processor.process([FRAME], [None])
+    [out] = process(spec, [FRAME], registry=registry)
     assert out is not None and [p["class"] for p in out["predictions"]] == ["person"]
     bad = processing_spec_from_wire(
         {"type": "ModelConfiguration", "model": "toy8", "class_filter": ["unicorn"]}
     )
     with pytest.raises(InvalidPayloadError, match="unicorn"):
-        build_processor(bad, registry)
+        process(bad, [FRAME], registry=registry)
 
 
 def test_yolov5_objectness_times_class_score(tmp_path: Path) -> None:
@@ -177,8 +173,7 @@ def test_yolov5_objectness_times_class_score(tmp_path: Path) -> None:
     spec = processing_spec_from_wire(
         {"type": "ModelConfiguration", "model": "toy5", "confidence": 0.5}
     )
-    with build_processor(spec, registry_with(tmp_path)) as processor:
-        [out] = processor.process([FRAME], [None])
+    [out] = process(spec, [FRAME], registry=registry_with(tmp_path))
     assert out is not None
     preds = out["predictions"]
     assert [p["class"] for p in preds] == ["car", "person"]
@@ -196,8 +191,7 @@ def test_end2end_outputs_skip_nms(tmp_path: Path) -> None:
     spec = processing_spec_from_wire(
         {"type": "ModelConfiguration", "model": "e2e", "confidence": 0.25}
     )
-    with build_processor(spec, registry_with(tmp_path)) as processor:
-        [out] = processor.process([FRAME], [None])
+    [out] = process(spec, [FRAME], registry=registry_with(tmp_path))
     assert out is not None
     preds = out["predictions"]
     assert len(preds) == 2
@@ -209,8 +203,7 @@ def test_classification_top_k_from_logits(tmp_path: Path) -> None:
     logits = np.asarray([[0.0, 3.0, 1.0]], np.float32)
     constant_model(tmp_path / "cls.onnx", logits, {"names": "{0: 'cat', 1: 'dog', 2: 'bird'}"})
     spec = processing_spec_from_wire({"type": "ModelConfiguration", "model": "cls", "top_k": 2})
-    with build_processor(spec, registry_with(tmp_path)) as processor:
-        [out] = processor.process([FRAME], [None])
+    [out] = process(spec, [FRAME], registry=registry_with(tmp_path))
     assert out is not None
     p = np.exp(logits[0]) / np.exp(logits[0]).sum()
     assert out["top"] == "dog"
@@ -252,8 +245,7 @@ def test_several_sources_of_different_sizes_in_one_batch(tmp_path: Path) -> None
         {"type": "ModelConfiguration", "model": "toy8", "confidence": 0.5}
     )
     square = np.zeros((64, 64, 3), np.uint8)  # no letterbox: model coordinates are frame pixels
-    with build_processor(spec, registry_with(tmp_path)) as processor:
-        outputs = processor.process([FRAME, None, square, FRAME], [None, None, None, None])
+    outputs = process(spec, [FRAME, None, square, FRAME], registry=registry_with(tmp_path))
     first, missing, small, again = outputs
     assert missing is None and first is not None and small is not None and again is not None
     assert small["image"] == {"width": 64, "height": 64}

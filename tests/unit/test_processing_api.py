@@ -17,11 +17,11 @@ def test_contract_signatures() -> None:
     assert list(inspect.signature(processing.processing_spec_from_wire).parameters) == [
         "processing_configuration"
     ]
-    assert list(inspect.signature(processing.build_processor).parameters) == ["spec", "registry"]
-    assert list(inspect.signature(processing.Processor.process).parameters) == [
+    assert list(inspect.signature(processing.build_processor).parameters) == ["spec"]
+    assert list(inspect.signature(processing.Processor.compose).parameters) == [
         "self",
         "frames",
         "frames_metadata",
+        "predictions",
     ]
-    for method in ("warmup", "close", "process"):
-        assert callable(getattr(processing.Processor, method))
+    assert processing.Processor.model is None  # a processor names a model; it never runs one

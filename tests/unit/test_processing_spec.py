@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 
 from framepipe.core.processing import (
+    FrameTap,
     ModelRegistry,
     ModelSpec,
     ModelTask,
@@ -30,6 +31,7 @@ from framepipe.core.processing import (
 )
 from framepipe.core.processing.runner import CPU, CUDA, TENSORRT, OnnxRunner
 from framepipe.protocol.errors import InvalidPayloadError
+from tests.inference_helpers import process
 from tests.unit.test_postprocess import FRAME, NAMES, constant_model, yolov8_output
 
 
@@ -174,8 +176,7 @@ def test_workflow_processor_outputs_by_name(tmp_path: Path) -> None:
         )
     )
     registry = ModelRegistry.from_settings(ProcessingSettings(models_dir=tmp_path))
-    with build_processor(spec, registry) as processor:
-        outputs = processor.process([FRAME, None], [None, None])
+    outputs = process(spec, [FRAME, None], registry=registry)
     assert outputs[1] is None
     out = outputs[0]
     assert out is not None and set(out) == {"predictions", "size", "image"}
@@ -190,9 +191,10 @@ def test_workflow_processor_outputs_by_name(tmp_path: Path) -> None:
 
 def test_passthrough_reports_frame_metadata_only() -> None:
     spec = processing_spec_from_wire({"type": "ModelConfiguration", "model": "passthrough"})
-    with build_processor(spec) as processor:
-        meta = SimpleNamespace(frame_id=7, source_id=1)
-        outputs = processor.process([FRAME, None], [meta, None])
+    processor = build_processor(spec)
+    assert processor.model is None  # it never touches an inference engine
+    meta = SimpleNamespace(frame_id=7, source_id=1)
+    outputs = processor.compose([FRAME, None], [meta, None], None)
     assert outputs == [
         {"frame_id": 7, "source_id": 1, "image": {"width": 200, "height": 100}},
         None,
@@ -206,14 +208,12 @@ def test_processors_keep_no_reference_to_frames(tmp_path: Path) -> None:
         {"type": "ModelConfiguration", "model": "toy8"},
         {"type": "ModelConfiguration", "model": "passthrough"},
     ):
-        processor = build_processor(processing_spec_from_wire(wire), registry)
         frame = FRAME.copy()
         ref = weakref.ref(frame)
-        processor.process([frame], [None])
+        process(processing_spec_from_wire(wire), [frame], registry=registry)
         del frame
         gc.collect()
         assert ref() is None, f"{wire['model']} kept the frame"
-        processor.close()
 
 
 def test_registry_resolves_names_never_paths(tmp_path: Path) -> None:
@@ -294,20 +294,6 @@ def test_gpu_provider_that_cannot_start_falls_back_with_one_warning(
     assert np.array_equal(out[0], yolov8_output())
 
 
-def test_a_closed_processor_says_so(tmp_path: Path) -> None:
-    from framepipe.protocol.errors import OperationError
-
-    constant_model(tmp_path / "toy8.onnx", yolov8_output(), {"names": NAMES})
-    registry = ModelRegistry.from_settings(ProcessingSettings(models_dir=tmp_path))
-    processor = build_processor(
-        processing_spec_from_wire({"type": "ModelConfiguration", "model": "toy8"}), registry
-    )
-    processor.close()
-    processor.close()  # idempotent
-    with pytest.raises(OperationError, match="closed"):
-        processor.process([FRAME], [None])
-
-
 def test_check_spec_fails_fast_on_unknown_models(tmp_path: Path) -> None:
     constant_model(tmp_path / "toy8.onnx", yolov8_output(), {"names": NAMES})
     registry = ModelRegistry.from_settings(ProcessingSettings(models_dir=tmp_path))
@@ -320,3 +306,23 @@ def test_check_spec_fails_fast_on_unknown_models(tmp_path: Path) -> None:
     bad_step = {**DETECTION_STEP, "model_id": "nope"}
     with pytest.raises(InvalidPayloadError, match="'nope'"):
         check_spec(processing_spec_from_wire(workflow([bad_step], [])), registry)
+
+
+def test_a_frame_tap_sees_each_frame_in_place_with_its_output() -> None:
+    seen: list[tuple[int, dict[str, object] | None, object]] = []
+    frames = [FRAME, None, FRAME[::2, ::2]]
+
+    def on_frame(frame: np.ndarray, output: dict[str, object] | None, meta: object) -> None:
+        seen.append((id(frame), output, meta))
+
+    tap = FrameTap(build_processor(PassthroughSpec()), on_frame)
+    assert tap.model is None
+    metas = [
+        SimpleNamespace(frame_id=1, source_id=0),
+        None,
+        SimpleNamespace(frame_id=1, source_id=2),
+    ]
+    outputs = tap.compose(frames, metas, None)
+    assert [s[0] for s in seen] == [id(FRAME), id(frames[2])]  # the frames themselves, no copy
+    assert [s[1] for s in seen] == [outputs[0], outputs[2]] and outputs[1] is None
+    assert [s[2] for s in seen] == [metas[0], metas[2]]

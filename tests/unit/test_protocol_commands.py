@@ -153,10 +153,26 @@ def test_init_defaults_are_the_references() -> None:
     assert payload.decoding_buffer_size == 64
     assert payload.consumption_timeout is None and payload.api_key is None
     video = payload.video_configuration
+    # Strategies left out are the server's to choose per source (framepipe: every frame of a
+    # file, the freshest of a live stream); the reference's client always sends them.
+    assert video.source_buffer_filling_strategy is None
+    assert video.source_buffer_consumption_strategy is None
+    assert video.max_fps is None and video.video_source_properties is None
+    assert video.batch_collection_timeout is None and video.realtime_replay is None
+    sent = parse_command(
+        init_request(
+            video_configuration={
+                "type": "VideoConfiguration",
+                "video_reference": "clip.mp4",
+                "source_buffer_filling_strategy": "DROP_OLDEST",
+                "source_buffer_consumption_strategy": "EAGER",
+            }
+        )
+    )
+    assert isinstance(sent, InitCommand)
+    video = sent.payload.video_configuration
     assert video.source_buffer_filling_strategy is BufferFillingStrategy.DROP_OLDEST
     assert video.source_buffer_consumption_strategy is BufferConsumptionStrategy.EAGER
-    assert video.max_fps is None and video.video_source_properties is None
-    assert video.batch_collection_timeout is None
 
 
 def test_unknown_fields_are_ignored_and_the_raw_processing_dict_is_kept() -> None:

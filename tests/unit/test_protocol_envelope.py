@@ -17,12 +17,14 @@ from framepipe.protocol.envelope import (
 from framepipe.protocol.errors import (
     ERROR_CLASSES,
     AuthorisationError,
+    CapacityError,
     ErrorType,
     FramepipeError,
     InternalError,
     InvalidPayloadError,
     NotFoundError,
     OperationError,
+    RamBudgetExceededError,
     ShmExhaustedError,
 )
 from framepipe.protocol.framing import MalformedPayloadError
@@ -99,6 +101,32 @@ def test_each_failure_turns_back_into_its_exception_class(error_type: ErrorType)
     assert (error.request_id, error.pipeline_id) == ("req", "pid")
 
 
+@pytest.mark.parametrize("refined", [RamBudgetExceededError, ShmExhaustedError])
+def test_a_capacity_refusal_comes_back_as_its_own_class(refined: type[FramepipeError]) -> None:
+    body = FailureBody.from_error(refined("no room"))
+    assert body.to_wire()["error_type"] == "operation_error"
+    assert body.to_wire()["error_class"] == refined.__name__
+    error = parse_response(json.loads(encode_response("r", None, body)[4:])).failure().to_error()
+    assert type(error) is refined
+    assert isinstance(error, CapacityError) and isinstance(error, OperationError)
+
+
+@pytest.mark.parametrize(
+    ("error_type", "error_class"),
+    [
+        (ErrorType.OPERATION_ERROR, "OperationError"),  # a refusal retrying cannot fix
+        (ErrorType.INTERNAL_ERROR, "ShmExhaustedError"),  # a name outside its error_type
+        (ErrorType.OPERATION_ERROR, "FramepipeError"),  # not a listed refinement
+    ],
+)
+def test_only_listed_refinements_of_the_right_type_are_trusted(
+    error_type: ErrorType, error_class: str
+) -> None:
+    error = FailureBody(error_type, error_class, "m").to_error()
+    assert type(error) is ERROR_CLASSES[error_type]
+    assert error.error_class == error_class
+
+
 def test_unknown_error_type_becomes_internal_error_naming_it() -> None:
     envelope = parse_response(
         {"request_id": "r", "response": {"status": "failure", "error_type": "meltdown"}}
@@ -133,7 +161,9 @@ def test_consume_result_extension_puts_later_entries_in_extra_entries() -> None:
 
 
 def test_error_tree() -> None:
-    assert issubclass(ShmExhaustedError, OperationError)
+    assert issubclass(ShmExhaustedError, CapacityError)
+    assert issubclass(RamBudgetExceededError, CapacityError)
+    assert issubclass(CapacityError, OperationError)
     assert AuthorisationError("x").error_type is ErrorType.AUTHORISATION_ERROR
     error = OperationError("m", pipeline_id="p")
     assert (

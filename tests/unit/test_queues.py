@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framepipe.core.queues import Backpressure, FrameConsumer, FrameProducer
-from framepipe.core.ring import FrameRing
+from framepipe.core.ring import FrameConsumer, FrameProducer, FrameRing
 from framepipe.protocol.errors import InvalidPayloadError, OperationError
+from framepipe.protocol.payloads import BufferFillingStrategy
 
 
 @pytest.fixture
@@ -29,16 +29,16 @@ def _send(producer: FrameProducer, frame_id: int, timeout: float | None = 0.05) 
 
 
 def test_backpressure_parse_and_base() -> None:
-    assert Backpressure.parse("drop_oldest") is Backpressure.DROP_OLDEST
-    assert Backpressure.ADAPTIVE_DROP_LATEST.base is Backpressure.DROP_LATEST
-    assert Backpressure.ADAPTIVE_DROP_OLDEST.base is Backpressure.DROP_OLDEST
-    assert Backpressure.WAIT.base is Backpressure.WAIT
+    assert BufferFillingStrategy.parse("drop_oldest") is BufferFillingStrategy.DROP_OLDEST
+    assert BufferFillingStrategy.ADAPTIVE_DROP_LATEST.base is BufferFillingStrategy.DROP_LATEST
+    assert BufferFillingStrategy.ADAPTIVE_DROP_OLDEST.base is BufferFillingStrategy.DROP_OLDEST
+    assert BufferFillingStrategy.WAIT.base is BufferFillingStrategy.WAIT
     with pytest.raises(InvalidPayloadError, match="unknown buffer filling strategy 'SOMETIMES'"):
-        Backpressure.parse("SOMETIMES")
+        BufferFillingStrategy.parse("SOMETIMES")
 
 
 def test_wait_delivers_every_frame_to_every_consumer_in_order(ring: FrameRing) -> None:
-    producer = FrameProducer(ring, Backpressure.WAIT)
+    producer = FrameProducer(ring, BufferFillingStrategy.WAIT)
     a, b = FrameConsumer(ring), FrameConsumer(ring)
     seen: dict[int, list[int]] = {a.index: [], b.index: []}
 
@@ -65,7 +65,7 @@ def test_wait_delivers_every_frame_to_every_consumer_in_order(ring: FrameRing) -
 
 
 def test_wait_times_out_when_a_consumer_does_not_drain(ring: FrameRing) -> None:
-    producer = FrameProducer(ring, Backpressure.WAIT)
+    producer = FrameProducer(ring, BufferFillingStrategy.WAIT)
     consumer = FrameConsumer(ring)
     assert _send(producer, 0) and _send(producer, 1)  # queue depth 2: full now
     t0 = time.monotonic()
@@ -80,7 +80,7 @@ def test_wait_times_out_when_a_consumer_does_not_drain(ring: FrameRing) -> None:
 
 
 def test_drop_latest_keeps_the_first_frames_and_counts_the_rest(ring: FrameRing) -> None:
-    producer = FrameProducer(ring, Backpressure.DROP_LATEST)
+    producer = FrameProducer(ring, BufferFillingStrategy.DROP_LATEST)
     consumer = FrameConsumer(ring)
     for i in range(10):
         assert _send(producer, i)
@@ -93,7 +93,7 @@ def test_drop_latest_keeps_the_first_frames_and_counts_the_rest(ring: FrameRing)
 
 def test_drop_latest_without_free_slot_drops_at_acquire() -> None:
     with FrameRing.create(2, (2,), np.uint8, max_consumers=1, queue_depth=4) as ring:
-        producer = FrameProducer(ring, Backpressure.DROP_LATEST)
+        producer = FrameProducer(ring, BufferFillingStrategy.DROP_LATEST)
         consumer = FrameConsumer(ring)
         assert producer.send(np.zeros(2, np.uint8), frame_id=0)
         assert producer.send(np.zeros(2, np.uint8), frame_id=1)
@@ -103,7 +103,7 @@ def test_drop_latest_without_free_slot_drops_at_acquire() -> None:
 
 
 def test_drop_oldest_gives_the_freshest_frame_and_counts_replaced(ring: FrameRing) -> None:
-    producer = FrameProducer(ring, Backpressure.DROP_OLDEST)
+    producer = FrameProducer(ring, BufferFillingStrategy.DROP_OLDEST)
     consumer = FrameConsumer(ring)
     for i in range(10):
         assert _send(producer, i)
@@ -120,10 +120,12 @@ def test_drop_oldest_gives_the_freshest_frame_and_counts_replaced(ring: FrameRin
 
 @settings(max_examples=25, deadline=None)
 @given(
-    strategy=st.sampled_from(list(Backpressure)),
+    strategy=st.sampled_from(list(BufferFillingStrategy)),
     script=st.lists(st.sampled_from(["send", "take", "take_release", "release"]), max_size=60),
 )
-def test_every_frame_is_delivered_or_counted(strategy: Backpressure, script: list[str]) -> None:
+def test_every_frame_is_delivered_or_counted(
+    strategy: BufferFillingStrategy, script: list[str]
+) -> None:
     """Accounting invariant for all strategies: published == received + dropped + in flight."""
     with FrameRing.create(4, (1,), np.int64, max_consumers=1, queue_depth=2) as ring:
         producer = FrameProducer(ring, strategy)
@@ -156,7 +158,7 @@ def test_every_frame_is_delivered_or_counted(strategy: Backpressure, script: lis
 
 
 def test_eager_consumer_takes_the_newest_and_releases_the_rest(ring: FrameRing) -> None:
-    producer = FrameProducer(ring, Backpressure.WAIT)
+    producer = FrameProducer(ring, BufferFillingStrategy.WAIT)
     consumer = FrameConsumer(ring, eager=True)
     for i in range(2):
         assert _send(producer, i)
@@ -210,7 +212,7 @@ def test_dead_consumer_is_reclaimed_and_wait_resumes(ring: FrameRing) -> None:
     proc = mp.get_context("spawn").Process(target=_exit_now)
     proc.start()
     proc.join()
-    producer = FrameProducer(ring, Backpressure.WAIT, reap_interval=60.0)
+    producer = FrameProducer(ring, BufferFillingStrategy.WAIT, reap_interval=60.0)
     live = FrameConsumer(ring)
 
     def send_and_consume(frame_id: int, timeout: float) -> None:

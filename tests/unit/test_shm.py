@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from framepipe.core.shm import SHM_DIR, Segment, new_name, pid_alive, sweep_orphans
+from framepipe.core.processes import pid_alive
+from framepipe.core.shm import SHM_DIR, Segment, new_name, sweep_orphans
 from framepipe.protocol.errors import NotFoundError, ShmExhaustedError
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 import pytest
 
-from framepipe.core.pipeline import PipelineResult, passthrough_outputs
+from framepipe.core.pipeline import PipelineResult
+from framepipe.core.processing import PassthroughProcessor
+from framepipe.core.sources.decoder import _Consumer
 from framepipe.core.sources.entities import (
     BufferConsumptionStrategy,
     BufferFillingStrategy,
@@ -16,11 +19,10 @@ from framepipe.core.sources.entities import (
 )
 from framepipe.core.sources.hub import default_strategies
 from framepipe.core.sources.reference import parse_reference
-from framepipe.core.sources.worker import _Consumer
 
 
 def _gate(stream_fps: float, max_fps: float, seconds: float, jitter_ns: int = 0) -> int:
-    consumer = _Consumer(0, BufferFillingStrategy.DROP_OLDEST, max_fps, "RUNNING")
+    consumer = _Consumer(0, 1, BufferFillingStrategy.DROP_OLDEST, max_fps)
     interval = int(1e9 / stream_fps)
     delivered = 0
     for i in range(int(stream_fps * seconds)):
@@ -64,9 +66,11 @@ def test_wire_shapes() -> None:
         "frame_id": 3,
         "source_id": 0,
     }
-    result = PipelineResult(passthrough_outputs([meta, None]), [meta, None])
+    frame = np.zeros((480, 640, 3), np.uint8)
+    outputs = PassthroughProcessor().compose([frame, None], [meta, None])
+    result = PipelineResult(outputs, [meta, None])
     assert result.to_wire() == {
-        "outputs": [{"frame_id": 3, "image": {"width": 640, "height": 480}}, None],
+        "outputs": [{"frame_id": 3, "source_id": 0, "image": {"width": 640, "height": 480}}, None],
         "frames_metadata": [meta.to_wire(), None],
     }
     event = state_update(0, StreamState.RUNNING, StreamState.ERROR, message="boom").to_wire()

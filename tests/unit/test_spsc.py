@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framepipe.core.queues import DescriptorQueue
-from framepipe.core.ring import FrameDescriptor
+from framepipe.core.ring import DescriptorQueue, FrameDescriptor
 from framepipe.core.shm import new_name
 from framepipe.ext import _spsc
 

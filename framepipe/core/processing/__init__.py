@@ -20,6 +20,7 @@ from framepipe.core.processing.postprocess import (
     nms,
 )
 from framepipe.core.processing.processor import (
+    FrameTap,
     ModelProcessor,
     PassthroughProcessor,
     Processor,
@@ -50,6 +51,7 @@ __all__ = [
     "Classification",
     "Detections",
     "FrameResult",
+    "FrameTap",
     "InputNormalisation",
     "LoadedModel",
     "ModelEntry",

@@ -1,32 +1,34 @@
-"""Processors: a batch of frames (one per source) -> one JSON-able output dict per source.
+"""Processors: what a pipeline makes of each batch (one frame or None per video source).
 
-``build_processor(spec, registry)`` turns a :data:`ProcessingSpec` into one of:
+A :class:`Processor` names the model it needs (``model``: a :class:`ModelSpec`, or None) and
+composes the pipeline's outputs from the frames and that model's predictions. It never loads or
+runs a model: models run in an inference engine shared by every pipeline that names them
+(:mod:`framepipe.core.inference`), and a pipeline hands the engine's predictions to
+:meth:`Processor.compose`. A processor without a model never touches an engine.
+
+``build_processor(spec)`` turns a :data:`ProcessingSpec` into one of:
 
 - :class:`PassthroughProcessor` — no model; ``{"frame_id", "source_id", "image": {...}}``;
-- :class:`ModelProcessor` — ``{"image": {"width", "height"}, "predictions": [...]}``
-  (detections: the reference's prediction records; classification adds ``top`` and
+- :class:`ModelProcessor` — the model's predictions as they are:
+  ``{"image": {"width", "height"}, "predictions": [...]}`` (classification adds ``top`` and
   ``confidence``);
 - :class:`WorkflowProcessor` — the workflow subset: one dict keyed by the workflow's output
-  names.
+  names (an image output is the frame as base64 JPEG with its ``video_metadata``).
 
-``process(frames, frames_metadata)`` reads the frames in place and keeps no reference to them.
+``compose`` reads the frames in place and keeps no reference to them.
 """
 
 from __future__ import annotations
 
 import base64
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
-from framepipe.core.processing.detections import detections_to_predictions
-from framepipe.core.processing.model import FrameResult, LoadedModel
-from framepipe.core.processing.postprocess import Thresholds
-from framepipe.core.processing.registry import ModelRegistry, ProcessingSettings
+from framepipe.core.processing.registry import PASSTHROUGH, ModelRegistry
 from framepipe.core.processing.spec import (
     ImageProperty,
     ModelSpec,
@@ -35,57 +37,73 @@ from framepipe.core.processing.spec import (
     PropertyStep,
     WorkflowSpec,
 )
-from framepipe.protocol.errors import InvalidPayloadError, OperationError
+from framepipe.protocol.errors import InvalidPayloadError
 
 Frame = npt.NDArray[np.uint8]
+Output = dict[str, Any] | None
+Predictions = dict[str, Any]
 
 
 class FrameMetadataLike(Protocol):
+    """What a processor reads of a frame's metadata
+    (:class:`~framepipe.core.sources.entities.FrameMetadata`)."""
+
     @property
     def frame_id(self) -> int: ...
 
+    @property
+    def source_id(self) -> int: ...
+
 
 class Processor(ABC):
-    """Turns one batch (a frame or None per source) into one output per source."""
+    """Turns one batch (a frame or None per source) and its model predictions into one output
+    per source."""
+
+    #: The model this processor needs predictions from (None: it needs none).
+    model: ModelSpec | None = None
 
     @abstractmethod
-    def process(
-        self, frames: Sequence[Frame | None], frames_metadata: Sequence[Any | None]
-    ) -> list[dict[str, Any] | None]:
-        """One JSON-able dict per source, None where the source had no frame."""
+    def compose(
+        self,
+        frames: Sequence[Frame | None],
+        frames_metadata: Sequence[Any | None],
+        predictions: Sequence[Predictions | None] | None,
+    ) -> list[Output]:
+        """One JSON-able dict per source, None where the source had no frame.
 
-    def warmup(self) -> None:  # noqa: B027 (optional hook)
-        """Make the first real frame as fast as the next ones (idempotent)."""
-
-    def close(self) -> None:  # noqa: B027 (optional hook)
-        """Release the model (idempotent)."""
-
-    def __enter__(self) -> Processor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        ``predictions``: one per source from ``model`` (None where there was no frame), or None
+        when the processor needs no model.
+        """
 
 
 def _image_size(frame: Frame) -> dict[str, int]:
     return {"width": int(frame.shape[1]), "height": int(frame.shape[0])}
 
 
-def _check_lengths(frames: Sequence[Frame | None], frames_metadata: Sequence[Any | None]) -> None:
+def _check_lengths(
+    frames: Sequence[Frame | None],
+    frames_metadata: Sequence[Any | None],
+    predictions: Sequence[Predictions | None] | None,
+) -> None:
     if len(frames) != len(frames_metadata):
         raise InvalidPayloadError(
             f"{len(frames)} frames but {len(frames_metadata)} metadata entries"
         )
+    if predictions is not None and len(predictions) != len(frames):
+        raise InvalidPayloadError(f"{len(frames)} frames but {len(predictions)} predictions")
 
 
 class PassthroughProcessor(Processor):
     """No model: frames flow and each output reports the frame's metadata."""
 
-    def process(
-        self, frames: Sequence[Frame | None], frames_metadata: Sequence[Any | None]
-    ) -> list[dict[str, Any] | None]:
-        _check_lengths(frames, frames_metadata)
-        outputs: list[dict[str, Any] | None] = []
+    def compose(
+        self,
+        frames: Sequence[Frame | None],
+        frames_metadata: Sequence[Any | None],
+        predictions: Sequence[Predictions | None] | None = None,
+    ) -> list[Output]:
+        _check_lengths(frames, frames_metadata, None)
+        outputs: list[Output] = []
         for frame, meta in zip(frames, frames_metadata, strict=True):
             if frame is None:
                 outputs.append(None)
@@ -99,90 +117,33 @@ class PassthroughProcessor(Processor):
         return outputs
 
 
-class _ModelRunner:
-    """A loaded model with the thresholds of one spec."""
-
-    def __init__(self, spec: ModelSpec, registry: ModelRegistry) -> None:
-        entry = registry.get(spec.model)
-        self.model: LoadedModel | None = LoadedModel(
-            entry, registry.settings, providers=spec.providers, task=spec.task
-        )
-        class_filter = (
-            None if spec.class_filter is None else self.model.class_ids(spec.class_filter)
-        )
-        self.thresholds = Thresholds(
-            confidence=spec.confidence if spec.confidence is not None else entry.default_confidence,
-            iou=spec.iou_threshold if spec.iou_threshold is not None else entry.default_iou,
-            max_detections=spec.max_detections,
-            class_filter=class_filter,
-        )
-        self.top_k = spec.top_k
-
-    def infer(self, frames: Sequence[Frame | None]) -> list[FrameResult | None]:
-        if self.model is None:
-            raise OperationError("the processor is closed")
-        return self.model.infer(frames, self.thresholds, self.top_k)
-
-    def to_wire(self, frame: Frame, result: FrameResult) -> dict[str, Any]:
-        assert self.model is not None
-        out: dict[str, Any] = {"image": _image_size(frame)}
-        if result.classification is not None:
-            names = self.model.class_names
-            c = result.classification
-            preds = [
-                {
-                    "class": names[i] if i < len(names) else str(i),
-                    "class_id": int(i),
-                    "confidence": round(float(p), 4),
-                }
-                for i, p in zip(c.class_id.tolist(), c.confidence.tolist(), strict=True)
-            ]
-            out["predictions"] = preds
-            out["top"] = preds[0]["class"]
-            out["confidence"] = preds[0]["confidence"]
-        else:
-            assert result.detections is not None
-            out["predictions"] = detections_to_predictions(
-                result.detections, self.model.class_names, self.model.keypoint_names
-            )
-        return out
-
-    def warmup(self) -> None:
-        if self.model is not None:
-            self.model.warmup()
-
-    def close(self) -> None:
-        self.model = None
+def _require_predictions(
+    predictions: Sequence[Predictions | None] | None, model: ModelSpec
+) -> Sequence[Predictions | None]:
+    if predictions is None:
+        raise InvalidPayloadError(f"no predictions of model {model.model!r} were given")
+    return predictions
 
 
 class ModelProcessor(Processor):
     """One registered model; outputs in the reference's prediction shape."""
 
-    def __init__(self, spec: ModelSpec, registry: ModelRegistry) -> None:
+    def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self._runner = _ModelRunner(spec, registry)
+        self.model = spec
 
-    @property
-    def model(self) -> LoadedModel:
-        if self._runner.model is None:
-            raise OperationError("the processor is closed")
-        return self._runner.model
-
-    def process(
-        self, frames: Sequence[Frame | None], frames_metadata: Sequence[Any | None]
-    ) -> list[dict[str, Any] | None]:
-        _check_lengths(frames, frames_metadata)
-        results = self._runner.infer(frames)
+    def compose(
+        self,
+        frames: Sequence[Frame | None],
+        frames_metadata: Sequence[Any | None],
+        predictions: Sequence[Predictions | None] | None,
+    ) -> list[Output]:
+        _check_lengths(frames, frames_metadata, predictions)
+        found = _require_predictions(predictions, self.spec)
         return [
-            None if frame is None or result is None else self._runner.to_wire(frame, result)
-            for frame, result in zip(frames, results, strict=True)
+            None if frame is None or p is None else p
+            for frame, p in zip(frames, found, strict=True)
         ]
-
-    def warmup(self) -> None:
-        self._runner.warmup()
-
-    def close(self) -> None:
-        self._runner.close()
 
 
 def _image_property(frame: Frame, prop: ImageProperty) -> int | float:
@@ -196,44 +157,66 @@ def _image_property(frame: Frame, prop: ImageProperty) -> int | float:
     return w / h if h else 0.0
 
 
-def _jpeg_base64(frame: Frame) -> dict[str, str]:
+def video_metadata(meta: Any) -> dict[str, Any]:
+    """The reference's ``video_metadata`` of an image output."""
+    timestamp = getattr(meta, "frame_timestamp", None)
+    return {
+        "video_identifier": str(getattr(meta, "source_id", 0)),
+        "frame_number": int(getattr(meta, "frame_id", 0)),
+        "frame_timestamp": timestamp.isoformat() if timestamp is not None else None,
+        "fps": getattr(meta, "fps", None),
+        "measured_fps": getattr(meta, "measured_fps", None),
+        "comes_from_video_file": bool(getattr(meta, "comes_from_video_file", False)),
+        "total_frames": getattr(meta, "total_frames", None),
+    }
+
+
+def _jpeg_base64(frame: Frame, meta: Any) -> dict[str, Any]:
+    import cv2  # only pipelines with an image output need it
+
     ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise InvalidPayloadError("the frame could not be JPEG-encoded")
-    return {"type": "base64", "value": base64.b64encode(encoded.tobytes()).decode("ascii")}
+    image: dict[str, Any] = {
+        "type": "base64",
+        "value": base64.b64encode(encoded.tobytes()).decode("ascii"),
+    }
+    if meta is not None:
+        image["video_metadata"] = video_metadata(meta)
+    return image
 
 
 class WorkflowProcessor(Processor):
     """The workflow subset: optional model step, image-property steps, JsonField outputs."""
 
-    def __init__(self, spec: WorkflowSpec, registry: ModelRegistry) -> None:
+    def __init__(self, spec: WorkflowSpec) -> None:
         self.spec = spec
         step = spec.model_step
         self._model_step_name = step.name if step is not None else None
-        self._runner = _ModelRunner(step.model, registry) if step is not None else None
+        if step is not None and any(o.step == step.name for o in spec.outputs):
+            self.model = step.model  # only when an output selects it
         self._properties = {s.name: s.property for s in spec.steps if isinstance(s, PropertyStep)}
 
-    def process(
-        self, frames: Sequence[Frame | None], frames_metadata: Sequence[Any | None]
-    ) -> list[dict[str, Any] | None]:
-        _check_lengths(frames, frames_metadata)
-        results: list[FrameResult | None] = [None] * len(frames)
-        if self._runner is not None and any(
-            o.step == self._model_step_name for o in self.spec.outputs
-        ):
-            results = self._runner.infer(frames)
-        outputs: list[dict[str, Any] | None] = []
-        for frame, result in zip(frames, results, strict=True):
+    def compose(
+        self,
+        frames: Sequence[Frame | None],
+        frames_metadata: Sequence[Any | None],
+        predictions: Sequence[Predictions | None] | None,
+    ) -> list[Output]:
+        _check_lengths(frames, frames_metadata, predictions)
+        if self.model is not None:
+            found: Sequence[Predictions | None] = _require_predictions(predictions, self.model)
+        else:
+            found = [None] * len(frames)
+        outputs: list[Output] = []
+        for frame, meta, prediction in zip(frames, frames_metadata, found, strict=True):
             if frame is None:
                 outputs.append(None)
                 continue
-            prediction = None
-            if result is not None and self._runner is not None:
-                prediction = self._runner.to_wire(frame, result)
             out: dict[str, Any] = {}
             for o in self.spec.outputs:
                 if o.step is None:
-                    out[o.name] = _jpeg_base64(frame)
+                    out[o.name] = _jpeg_base64(frame, meta)
                 elif o.step == self._model_step_name:
                     out[o.name] = (
                         prediction if o.field == "predictions" else {"predictions": prediction}
@@ -244,44 +227,69 @@ class WorkflowProcessor(Processor):
             outputs.append(out)
         return outputs
 
-    def warmup(self) -> None:
-        if self._runner is not None:
-            self._runner.warmup()
 
-    def close(self) -> None:
-        if self._runner is not None:
-            self._runner.close()
+FrameCallback = Callable[[Frame, Output, Any], None]
+
+
+class FrameTap(Processor):
+    """Another processor, whose every frame is also shown to ``on_frame(frame, output,
+    metadata)`` — in place, while it is still leased, right after its output was composed.
+
+    For whoever needs the pixels of the frames as they pass (drawing the results on them for a
+    return video track or a recording): ``frame`` is valid only during the call, so a callee
+    that keeps it copies it (``annotate`` draws on a copy).
+    """
+
+    def __init__(self, inner: Processor, on_frame: FrameCallback) -> None:
+        self.inner = inner
+        self.model = inner.model
+        self._on_frame = on_frame
+
+    def compose(
+        self,
+        frames: Sequence[Frame | None],
+        frames_metadata: Sequence[Any | None],
+        predictions: Sequence[Predictions | None] | None,
+    ) -> list[Output]:
+        outputs = self.inner.compose(frames, frames_metadata, predictions)
+        for frame, output, meta in zip(frames, outputs, frames_metadata, strict=True):
+            if frame is not None:
+                self._on_frame(frame, output, meta)
+        return outputs
 
 
 def check_spec(spec: ProcessingSpec, registry: ModelRegistry) -> None:
     """Fail fast, without loading anything: every model the spec names is registered and on
-    disk (for a manager that answers ``init`` before a worker loads the model)."""
+    disk (for a manager that answers ``init`` before the model is loaded)."""
     if isinstance(spec, ModelSpec):
         registry.get(spec.model)
     elif isinstance(spec, WorkflowSpec) and spec.model_step is not None:
         registry.get(spec.model_step.model.model)
 
 
-def build_processor(spec: ProcessingSpec, registry: ModelRegistry | None = None) -> Processor:
-    """A processor for ``spec``; models come from ``registry`` (by default the one the
-    environment describes, read now: ``FRAMEPIPE_MODELS_DIR``, ``FRAMEPIPE_MODEL_CACHE``,
-    ``FRAMEPIPE_INTRA_OP_THREADS``). The model is loaded and warmed up here."""
-    if isinstance(spec, PassthroughSpec):
+def build_processor(spec: ProcessingSpec | str | None) -> Processor:
+    """The processor for ``spec`` (a registered model's name is a :class:`ModelSpec`; None is
+    passthrough). Nothing is loaded here."""
+    if spec is None or isinstance(spec, PassthroughSpec):
         return PassthroughProcessor()
-    if registry is None:
-        registry = ModelRegistry.from_settings(ProcessingSettings.from_env())
+    if isinstance(spec, str):
+        if spec == PASSTHROUGH:
+            return PassthroughProcessor()
+        return ModelProcessor(ModelSpec(model=spec))
     if isinstance(spec, ModelSpec):
-        return ModelProcessor(spec, registry)
+        return ModelProcessor(spec)
     if isinstance(spec, WorkflowSpec):
-        return WorkflowProcessor(spec, registry)
+        return WorkflowProcessor(spec)
     raise InvalidPayloadError(f"unknown processing spec {type(spec).__name__}")
 
 
 __all__ = [
+    "FrameTap",
     "ModelProcessor",
     "PassthroughProcessor",
     "Processor",
     "WorkflowProcessor",
     "build_processor",
     "check_spec",
+    "video_metadata",
 ]

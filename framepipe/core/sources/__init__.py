@@ -1,4 +1,11 @@
-"""Video sources: decode processes writing into shared-memory rings, shared through a hub."""
+"""Video sources: decode processes writing into shared-memory rings, shared through a hub.
+
+``hub`` decides which decode process serves which consumer; ``handle`` starts, restarts and
+stops one decode process; ``decoder`` is the decode process itself; ``status`` is a source's
+state in shared memory; ``subscription`` is one consumer, in any process; ``multiplexer``
+collects batches across sources; ``sizing`` sizes rings; ``backends`` decode; ``reference``
+validates what a ``video_reference`` names.
+"""
 
 from framepipe.core.sources.backends import (
     BackendOptions,
@@ -18,15 +25,8 @@ from framepipe.core.sources.entities import (
     StatusUpdate,
     StreamState,
 )
-from framepipe.core.sources.hub import (
-    DecoderHandle,
-    SourceHub,
-    Subscription,
-    SubscriptionRequest,
-    default_strategies,
-    ring_bytes,
-    ring_geometry,
-)
+from framepipe.core.sources.handle import DecoderHandle
+from framepipe.core.sources.hub import SourceHub, SubscriptionRequest, default_strategies
 from framepipe.core.sources.launcher import warm_forkserver
 from framepipe.core.sources.multiplexer import BatchCollector, LeasedFrame
 from framepipe.core.sources.reference import (
@@ -35,12 +35,16 @@ from framepipe.core.sources.reference import (
     parse_reference,
     parse_references,
 )
+from framepipe.core.sources.sizing import ring_bytes, ring_geometry
+from framepipe.core.sources.status import ConsumerMode, SourceStatus
+from framepipe.core.sources.subscription import SourceTicket, Subscription
 
 __all__ = [
     "BackendOptions",
     "BatchCollector",
     "BufferConsumptionStrategy",
     "BufferFillingStrategy",
+    "ConsumerMode",
     "DecodeBackend",
     "DecoderBackendName",
     "DecoderHandle",
@@ -54,6 +58,8 @@ __all__ = [
     "SourceKind",
     "SourceProperties",
     "SourceReport",
+    "SourceStatus",
+    "SourceTicket",
     "StatusUpdate",
     "StreamState",
     "Subscription",

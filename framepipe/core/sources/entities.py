@@ -7,10 +7,14 @@ events, ``sources_metadata``) so its clients read framepipe's reports unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+# The strategy types are the wire's (one type each), re-exported for the sources layer.
+from framepipe.protocol.payloads import BufferConsumptionStrategy as BufferConsumptionStrategy
+from framepipe.protocol.payloads import BufferFillingStrategy as BufferFillingStrategy
 
 
 class StreamState(StrEnum):
@@ -29,23 +33,6 @@ class StreamState(StrEnum):
     @property
     def is_final(self) -> bool:
         return self in (StreamState.ENDED, StreamState.ERROR)
-
-
-class BufferFillingStrategy(StrEnum):
-    """What the decoder does when a consumer's buffer is full."""
-
-    WAIT = "WAIT"
-    DROP_OLDEST = "DROP_OLDEST"
-    DROP_LATEST = "DROP_LATEST"
-    ADAPTIVE_DROP_OLDEST = "ADAPTIVE_DROP_OLDEST"
-    ADAPTIVE_DROP_LATEST = "ADAPTIVE_DROP_LATEST"
-
-
-class BufferConsumptionStrategy(StrEnum):
-    """How a consumer takes frames: every buffered frame in order (LAZY) or the newest (EAGER)."""
-
-    LAZY = "LAZY"
-    EAGER = "EAGER"
 
 
 class DropReason(StrEnum):
@@ -144,6 +131,7 @@ class FrameMetadata:
     measured_fps: float | None = None
     comes_from_video_file: bool = False
     publish_ns: int = 0
+    total_frames: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -188,26 +176,6 @@ class SourceProperties:
         }
 
 
-@dataclass
-class DecoderStats:
-    """Counters a decode process keeps and sends to its owner a few times a second."""
-
-    frames_decoded: int = 0
-    frames_published: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    reconnects: int = 0
-    decode_latency_ms: float = 0.0  # exponential moving average of grab + retrieve
-    measured_fps: float = 0.0  # decoded frames per second over the last window
-    ring_occupancy: int = 0  # slots not free at the last update
-    ring_slots: int = 0
-    copies: int = 0  # frames that could not be decoded straight into their slot
-    last_error: str = ""
-    cpu_s: float = 0.0  # CPU time the decode process used so far (user + system)
-
-    def count_drop(self, reason: DropReason, n: int = 1) -> None:
-        self.dropped[reason.value] = self.dropped.get(reason.value, 0) + n
-
-
 @dataclass(frozen=True)
 class SourceReport:
     """The typed state of one source as seen by one pipeline."""
@@ -235,6 +203,9 @@ class SourceReport:
     shared_with: int  # other consumers of the same decoder
     decoder_cpu_s: float = 0.0  # CPU time of the decode process(es)
     decoder_restarts: int = 0  # decode processes that died and were replaced (live sources)
+    last_frame_mono_ns: int = 0  # CLOCK_MONOTONIC of the last decoded frame (0: none yet)
+    heartbeat_mono_ns: int = 0  # CLOCK_MONOTONIC of the decode loop's last sign of life
+    decoder_pid: int = 0
 
     def to_wire_metadata(self) -> dict[str, Any]:
         """The reference's ``sources_metadata`` entry."""
@@ -270,4 +241,5 @@ class SourceReport:
             "shared_with": self.shared_with,
             "decoder_cpu_s": self.decoder_cpu_s,
             "decoder_restarts": self.decoder_restarts,
+            "decoder_pid": self.decoder_pid,
         }

@@ -12,20 +12,16 @@ its control pipe (its owner is gone) as the order to stop.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import io
 import multiprocessing
 import multiprocessing.context
 import os
-import signal
 import threading
 from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from typing import Any
 
-PR_SET_PDEATHSIG = 1
 #: Modules the forkserver imports once, so forked decode processes start warm.
-PRELOAD = ["numpy", "cv2", "av", "framepipe.core.sources.worker"]
+PRELOAD = ["numpy", "cv2", "av", "framepipe.core.sources.decoder"]
 
 _lock = threading.Lock()
 _configured = False
@@ -96,16 +92,3 @@ class DecodeProcess(multiprocessing.context.ForkServerProcess):
     def _Popen(process_obj: Any) -> Any:
         decode_context()
         return _DecodePopen(process_obj)
-
-
-def die_with_parent() -> None:
-    """In a child: SIGKILL me when my parent dies (Linux); a no-op elsewhere."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    parent = os.getppid()
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from framepipe.core.ring import FrameRef
 from framepipe.core.sources.entities import BufferConsumptionStrategy, FrameMetadata
 
 _POLL_S = 0.05
@@ -33,6 +34,7 @@ class LeasedFrame:
     slot: int
     seq: int
     lease: Any = None  # the data plane's Lease behind it
+    ref: FrameRef | None = None  # where it is, for another process (an inference service)
 
 
 class FrameSource(Protocol):

@@ -105,6 +105,8 @@ def _file_reference(original: str, path_text: str) -> ParsedReference:
     path = Path(path_text).expanduser()
     if not path.exists():
         raise NotFoundError(f"video_reference {path_text!r} not found")
+    if path.is_dir():  # as a missing file is: the source will be in ERROR, saying why
+        raise NotFoundError(f"video_reference {path_text!r} is a directory, not a video file")
     if not path.is_file() and not path.is_char_device():
         raise InvalidPayloadError(f"video_reference {path_text!r} is not a file")
     if path.is_char_device():  # /dev/videoN

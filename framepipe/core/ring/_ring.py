@@ -54,7 +54,7 @@ byte (before it hands the descriptor over) and only the consumer - or whoever re
 consumer - clears it. No shared read-modify-write refcount exists, so a dead consumer's leases
 are released exactly by zeroing its column (``release_all``). A slot is never rewritten while
 any byte is set. Each consumer index also owns an SPSC descriptor queue and a one-deep
-"latest" mailbox inside the segment (see :mod:`framepipe.core.queues`).
+"latest" mailbox inside the segment (see ``_queues``).
 
 Size a ring with :meth:`FrameRing.required_slots`: queue depth x consumers + leases in flight
 + 1, so that under WAIT the writer always finds a free slot.
@@ -79,7 +79,8 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from framepipe.core._lifecycle import OwnedResource
-from framepipe.core.shm import Segment, pid_alive
+from framepipe.core.processes import pid_alive
+from framepipe.core.shm import Segment
 from framepipe.ext import _spsc
 from framepipe.protocol.errors import FramepipeError, OperationError
 
@@ -87,6 +88,7 @@ __all__ = [
     "ConsumerInfo",
     "ConsumerState",
     "FrameDescriptor",
+    "FrameRef",
     "FrameRing",
     "SlotHeader",
     "StaleFrameError",
@@ -150,6 +152,16 @@ class FrameDescriptor(NamedTuple):
     pts: int
     capture_ns: int  # wall clock (time.time_ns) when the frame was decoded
     publish_ns: int  # CLOCK_MONOTONIC (time.monotonic_ns) when it was published
+
+
+class FrameRef(NamedTuple):
+    """Where a published frame is, for a process that does not hold the ring's descriptor
+    queue (an inference service): the ring's name, the slot, and the sequence number the
+    frame was published with (a reader checks it still matches: :meth:`FrameRing.view`)."""
+
+    ring: str
+    slot: int
+    seq: int
 
 
 class SlotHeader(NamedTuple):
@@ -471,7 +483,7 @@ class FrameRing(OwnedResource):
     ) -> FrameDescriptor:
         """Stamp the slot header and make the frame visible (even seq); returns its descriptor.
 
-        This does not hand the frame to anyone: :class:`framepipe.core.queues.FrameProducer`
+        This does not hand the frame to anyone: :class:`~framepipe.core.ring.FrameProducer`
         grants leases and enqueues descriptors."""
         if capture_ns is None:
             capture_ns = time.time_ns()
@@ -526,16 +538,23 @@ class FrameRing(OwnedResource):
         h = self._headers[slot]
         return SlotHeader(seq, int(h[1]), int(h[2]), int(h[3]), int(h[4]), int(h[5]))
 
-    def is_current(self, descriptor: FrameDescriptor) -> bool:
+    def is_current(self, descriptor: FrameDescriptor | FrameRef) -> bool:
+        """The slot still holds this frame (its sequence number is the published one)."""
         off = self._g.headers_off + descriptor.slot * _SLOT_HEADER_SIZE
         return int(self._view.load_u64(off)) == descriptor.seq
 
-    def view(self, descriptor: FrameDescriptor) -> NDArray[Any]:
+    def view(self, descriptor: FrameDescriptor | FrameRef) -> NDArray[Any]:
         """Read-only view of the frame in its slot (no copy). Valid while a lease is held."""
+        if not 0 <= descriptor.slot < self._g.slots:
+            raise IndexError(f"slot {descriptor.slot} out of range [0, {self._g.slots})")
         if not self.is_current(descriptor):
+            which = (
+                f"frame {descriptor.frame_id} (seq {descriptor.seq})"
+                if isinstance(descriptor, FrameDescriptor)
+                else f"the frame of seq {descriptor.seq}"
+            )
             raise StaleFrameError(
-                f"slot {descriptor.slot} of ring {self.name} was reused: frame "
-                f"{descriptor.frame_id} (seq {descriptor.seq}) is gone"
+                f"slot {descriptor.slot} of ring {self.name} was reused: {which} is gone"
             )
         return self._readonly[descriptor.slot]
 
@@ -546,10 +565,12 @@ class FrameRing(OwnedResource):
             raise IndexError(f"consumer {index} out of range [0, {self._g.max_consumers})")
         return self._g.consumers_off + index * _CACHE_LINE
 
-    def register_consumer(self, pid: int | None = None) -> int:
-        """Claim a free consumer index for ``pid`` (default: this process)."""
+    def register_consumer(self, pid: int | None = None, index: int | None = None) -> int:
+        """Claim a free consumer index for ``pid`` (default: this process); ``index``: that
+        entry and no other (OperationError if it is not free)."""
         pid = os.getpid() if pid is None else pid
-        for index in range(self._g.max_consumers):
+        candidates = range(self._g.max_consumers) if index is None else (index,)
+        for index in candidates:
             off = self._centry(index)
             if self._view.cas_u32(off + _C_STATE, ConsumerState.FREE, ConsumerState.REGISTERING):
                 self._view.store_i64(off + _C_PID, pid)
@@ -557,6 +578,8 @@ class FrameRing(OwnedResource):
                 self._view.store_i64(off + _C_REGISTERED_NS, time.monotonic_ns())
                 self._view.store_u32(off + _C_STATE, ConsumerState.ACTIVE)
                 return index
+        if len(candidates) == 1:
+            raise OperationError(f"consumer {candidates[0]} of ring {self.name} is not free")
         raise OperationError(
             f"ring {self.name} already has {self._g.max_consumers} consumers (max_consumers); "
             "create the ring with a larger max_consumers"

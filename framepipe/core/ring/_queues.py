@@ -2,15 +2,13 @@
 
 Public API (stable; other modules code against it)::
 
-    Backpressure: WAIT | DROP_OLDEST | DROP_LATEST | ADAPTIVE_DROP_OLDEST | ADAPTIVE_DROP_LATEST
-
     DescriptorQueue.create(capacity: int, tag: str = "q") -> DescriptorQueue   # standalone SPSC
     DescriptorQueue.attach(name: str) -> DescriptorQueue
         .name, .capacity, .try_put(d) -> bool, .put(d, timeout=None) -> bool,
         .try_get() -> FrameDescriptor | None, .get(timeout=None) -> FrameDescriptor | None,
         .qsize(), .empty(), .full(), .close(), .unlink(), context manager
 
-    FrameProducer(ring: FrameRing, strategy: Backpressure | str = Backpressure.WAIT, *,
+    FrameProducer(ring: FrameRing, strategy: BufferFillingStrategy | str = BufferFillingStrategy.WAIT, *,
                   reap_interval: float = 0.2)     # ONE producer per ring, used from one thread
         .acquire(timeout: float | None = None) -> int | None      # free slot index or None
         .writable(slot) -> np.ndarray                             # write the frame here
@@ -45,7 +43,7 @@ pixels in place, publishes (seq even again, header stamped), then for every ACTI
 that consumer's lease byte and hands it the descriptor. The consumer reads the slot in place and
 releases (clears its byte). A slot is reused only when every byte is clear.
 
-Backpressure (what happens when a consumer is slower than the producer):
+Backpressure — the filling strategy (what happens when a consumer is slower than the producer):
 
 * ``WAIT``: the producer blocks (GIL released, sleeping on a semaphore) until the consumer's
   queue has room and until a slot is free; every frame reaches every consumer. ``timeout``
@@ -73,9 +71,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
@@ -83,7 +80,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from framepipe.core._lifecycle import Closing, OwnedResource
-from framepipe.core.ring import (
+from framepipe.core.processes import pid_alive
+from framepipe.core.ring._ring import (
     _C_DELIVERED,
     _C_DROPPED,
     ConsumerState,
@@ -91,12 +89,12 @@ from framepipe.core.ring import (
     FrameRing,
     StaleFrameError,
 )
-from framepipe.core.shm import Segment, pid_alive
+from framepipe.core.shm import Segment
 from framepipe.ext import _spsc
 from framepipe.protocol.errors import InvalidPayloadError, OperationError
+from framepipe.protocol.payloads import BufferFillingStrategy
 
 __all__ = [
-    "Backpressure",
     "ConsumerDeliveryStatistics",
     "ConsumerStatistics",
     "DescriptorQueue",
@@ -108,35 +106,6 @@ __all__ = [
 
 _WAIT_SLICE_S = 0.05  # longest sleep before the producer re-checks consumer liveness
 _IDLE_SLICE_S = 0.5  # longest sleep before a consumer re-checks that the producer lives
-
-
-class Backpressure(StrEnum):
-    """Buffer filling strategies (names and values as in the reference protocol)."""
-
-    WAIT = "WAIT"
-    DROP_OLDEST = "DROP_OLDEST"
-    DROP_LATEST = "DROP_LATEST"
-    ADAPTIVE_DROP_OLDEST = "ADAPTIVE_DROP_OLDEST"
-    ADAPTIVE_DROP_LATEST = "ADAPTIVE_DROP_LATEST"
-
-    @classmethod
-    def parse(cls, value: str | Backpressure) -> Backpressure:
-        try:
-            return cls(value.upper() if isinstance(value, str) else value)
-        except ValueError:
-            raise InvalidPayloadError(
-                f"unknown buffer filling strategy {value!r}; "
-                f"expected one of {', '.join(m.value for m in cls)}"
-            ) from None
-
-    @property
-    def base(self) -> Backpressure:
-        """The strategy the data plane applies (ADAPTIVE_* act as their base here)."""
-        if self is Backpressure.ADAPTIVE_DROP_OLDEST:
-            return Backpressure.DROP_OLDEST
-        if self is Backpressure.ADAPTIVE_DROP_LATEST:
-            return Backpressure.DROP_LATEST
-        return self
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -164,7 +133,7 @@ class ConsumerDeliveryStatistics:
 
 @dataclass(frozen=True, slots=True)
 class ProducerStatistics:
-    strategy: Backpressure
+    strategy: BufferFillingStrategy
     published: int  # frames published into the ring
     delivered: int  # descriptors handed to consumers (sum over consumers)
     dropped_queue_full: int  # DROP_LATEST: not given to a consumer whose queue was full
@@ -315,9 +284,9 @@ class DescriptorQueue(OwnedResource):
 
 
 _C_MODES = {
-    Backpressure.WAIT: _spsc.MODE_WAIT,
-    Backpressure.DROP_LATEST: _spsc.MODE_DROP_LATEST,
-    Backpressure.DROP_OLDEST: _spsc.MODE_MAILBOX,
+    BufferFillingStrategy.WAIT: _spsc.MODE_WAIT,
+    BufferFillingStrategy.DROP_LATEST: _spsc.MODE_DROP_LATEST,
+    BufferFillingStrategy.DROP_OLDEST: _spsc.MODE_MAILBOX,
 }
 
 
@@ -327,12 +296,12 @@ class FrameProducer(Closing):
     def __init__(
         self,
         ring: FrameRing,
-        strategy: Backpressure | str = Backpressure.WAIT,
+        strategy: BufferFillingStrategy | str = BufferFillingStrategy.WAIT,
         *,
         reap_interval: float = 0.2,
     ) -> None:
         self.ring = ring
-        self.strategy = Backpressure.parse(strategy)
+        self.strategy = BufferFillingStrategy.parse(strategy)
         self._mode = self.strategy.base
         self._reap_interval = reap_interval
         self._next_reap = 0.0
@@ -356,15 +325,17 @@ class FrameProducer(Closing):
         self._modes = bytearray([self._cmode]) * ring.max_consumers
         self._all_mask = (1 << min(ring.max_consumers, 64)) - 1
         self._uniform = True
-        self._any_wait = self._mode is Backpressure.WAIT
+        self._any_wait = self._mode is BufferFillingStrategy.WAIT
         ring._set_producer(os.getpid())
 
-    def set_consumer_strategy(self, index: int, strategy: Backpressure | str | None) -> None:
+    def set_consumer_strategy(
+        self, index: int, strategy: BufferFillingStrategy | str | None
+    ) -> None:
         """Give consumer ``index`` its own strategy (consumers of one source with different
         needs); None returns it to the producer's. ``acquire`` waits for a slot when any
         consumer's strategy is WAIT."""
         self.ring._centry(index)  # range check
-        base = self._mode if strategy is None else Backpressure.parse(strategy).base
+        base = self._mode if strategy is None else BufferFillingStrategy.parse(strategy).base
         self._modes[index] = _C_MODES[base]
         self._uniform = all(m == self._cmode for m in self._modes)
         self._any_wait = any(m == _spsc.MODE_WAIT for m in self._modes)
@@ -393,10 +364,14 @@ class FrameProducer(Closing):
 
     # -- producing ----------------------------------------------------------------------------
 
-    def acquire(self, timeout: float | None = None) -> int | None:
+    def acquire(
+        self, timeout: float | None = None, *, on_wait: Callable[[], None] | None = None
+    ) -> int | None:
         """A free slot to write into. Under WAIT, waits up to ``timeout`` (None = forever)
         while reclaiming dead consumers; under the DROP strategies never waits: None means
-        the frame is dropped (counted as ``dropped_no_slot``)."""
+        the frame is dropped (counted as ``dropped_no_slot``). ``on_wait`` is called between
+        wait slices (a decoder beats its heartbeat and reads its commands there; an exception
+        it raises ends the wait)."""
         ring = self.ring
         slot = ring.try_acquire()
         if slot is not None:
@@ -420,6 +395,8 @@ class FrameProducer(Closing):
                 if slot is not None:
                     return slot
                 self.reap()
+                if on_wait is not None:
+                    on_wait()
         finally:
             self._wait_ns += time.monotonic_ns() - started
 
@@ -439,10 +416,12 @@ class FrameProducer(Closing):
         capture_ns: int | None = None,
         timeout: float | None = None,
         consumers: Iterable[int] | None = None,
+        on_wait: Callable[[], None] | None = None,
     ) -> FrameDescriptor:
         """Publish the frame written into ``slot`` and hand it to every live consumer under
         the strategy. ``timeout`` bounds the total WAIT time for this frame. ``consumers``
-        (optional) restricts delivery to those consumer indices."""
+        (optional) restricts delivery to those consumer indices. ``on_wait``: as for
+        :meth:`acquire`."""
         if self._closed:
             raise OperationError(f"producer of ring {self.ring.name} is closed")
         if time.monotonic() >= self._next_reap:
@@ -471,10 +450,16 @@ class FrameProducer(Closing):
         self._dropped_replaced += replaced
         d = FrameDescriptor(slot, seq, frame_id, source_id, pts, capture_ns, publish_ns)
         if wait_mask:
-            self._wait_for(wait_mask, d, timeout)
+            self._wait_for(wait_mask, d, timeout, on_wait)
         return d
 
-    def _wait_for(self, wait_mask: int, d: FrameDescriptor, timeout: float | None) -> None:
+    def _wait_for(
+        self,
+        wait_mask: int,
+        d: FrameDescriptor,
+        timeout: float | None,
+        on_wait: Callable[[], None] | None,
+    ) -> None:
         """WAIT: hand ``d`` to the consumers whose queues were full (their leases are already
         granted), blocking until each has room, the timeout passes, or it goes away."""
         deadline = _deadline(timeout)
@@ -482,7 +467,7 @@ class FrameProducer(Closing):
         for index in range(self.ring.max_consumers):
             if not (wait_mask >> index) & 1:
                 continue
-            if self._wait_put(index, d, _remaining(deadline)):
+            if self._wait_put(index, d, _remaining(deadline), on_wait):
                 self._delivered += 1
                 self._bump(index, _C_DELIVERED)
                 continue
@@ -493,7 +478,13 @@ class FrameProducer(Closing):
             self._dropped_timeout += 1
             self._bump(index, _C_DROPPED)
 
-    def _wait_put(self, index: int, d: FrameDescriptor, timeout: float | None) -> bool:
+    def _wait_put(
+        self,
+        index: int,
+        d: FrameDescriptor,
+        timeout: float | None,
+        on_wait: Callable[[], None] | None,
+    ) -> bool:
         """Block (GIL released) until consumer ``index`` has room; False on timeout or if
         the consumer went away (it is reclaimed then)."""
         queue = self._queues[index]
@@ -511,6 +502,8 @@ class FrameProducer(Closing):
                 if queue.put(*d, timeout=step):
                     return True
                 self.reap()
+                if on_wait is not None:
+                    on_wait()
         finally:
             self._wait_ns += time.monotonic_ns() - started
 

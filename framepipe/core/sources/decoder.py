@@ -1,0 +1,482 @@
+"""The decode process: one per video source, writing decoded frames straight into ring slots.
+
+Runs :func:`run_decoder` in a child process (started from the forkserver of
+:mod:`framepipe.core.sources.launcher`). It opens the source and tells its owner the stream's
+size (the owner creates the :class:`~framepipe.core.ring.FrameRing` and sends its name back),
+then loops: grab the next frame, decide which consumers get it (their mode, ``max_fps``,
+adaptive pace), acquire a free slot, retrieve the frame as BGR straight into the slot, publish
+its descriptor to those consumers under each one's filling strategy.
+
+Everything about the source lives in its :class:`~framepipe.core.sources.status.SourceStatus`
+block: the decoder writes its state, events and statistics there, and reads there how each
+consumer wants its frames (a consumer sets its own mode). The control pipe carries only the
+ring hand-over, ``Terminate``, and its EOF (the owner is gone). Pixels never go through it.
+
+Live sources reconnect with backoff (RESTARTING → RUNNING); a file ends (ENDED); a source that
+cannot be opened is ERROR with the reason. ``max_fps`` keeps a live source's freshest frames at
+that rate and, on a file, picks frames by the video's own timeline (the file is read as fast as
+its consumers take frames, unless it is replayed in real time). Every open and read has a
+timeout, so the process never hangs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from framepipe.core.processes import die_with_parent
+from framepipe.core.sources.backends import (
+    BackendOptions,
+    DecodeBackend,
+    SourceOpenError,
+    make_backend,
+)
+from framepipe.core.sources.entities import (
+    BufferFillingStrategy,
+    DecoderBackendName,
+    DropReason,
+    StreamState,
+)
+from framepipe.core.sources.messages import AttachRing, Command, Opened, Terminate
+from framepipe.core.sources.reference import ParsedReference
+from framepipe.core.sources.status import ConsumerMode, EventKind, SourceStatus
+
+if TYPE_CHECKING:
+    from framepipe.core.ring import FrameProducer, FrameRing
+
+#: pts travels in descriptors as integer microseconds; this means "no pts".
+PTS_NONE = -1
+_ADAPTIVE_TOLERANCE = 0.1  # a consumer may be 10% slower than the stream before adaptive drops
+_ADAPTIVE_MIN_FPS = 0.5
+_ADAPTIVE = (BufferFillingStrategy.ADAPTIVE_DROP_OLDEST, BufferFillingStrategy.ADAPTIVE_DROP_LATEST)
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    decoder_id: int
+    reference: ParsedReference
+    backend: DecoderBackendName
+    status_name: str
+    options: BackendOptions = field(default_factory=BackendOptions)
+    realtime: bool = False  # a file is decoded at its own frame rate, like a camera
+    reconnect_initial_backoff_s: float = 0.1
+    reconnect_max_backoff_s: float = 1.0
+    stats_interval_s: float = 0.25
+    retry_open: bool = False  # a replacement decoder: keep retrying the stream, never ERROR
+    wait_slice_s: float = 0.05  # longest a wait blocks before commands are looked at again
+
+
+class _Stop(Exception):
+    """Leave the decode loop (terminate command, or the owner is gone)."""
+
+
+@dataclass
+class _Consumer:
+    """The decoder's view of one consumer entry (refreshed when its generation changes)."""
+
+    index: int
+    generation: int
+    strategy: BufferFillingStrategy
+    max_fps: float | None
+    next_due_ns: int | None = None
+    adaptive_fps: float | None = None
+    last_received: int = 0
+
+    def due(self, at_ns: int, fps: float | None) -> bool:
+        """Rate gate on a timeline (capture time, or a file's presentation time): at most
+        ``fps`` frames per second of that timeline, without drift (a gate that fell behind by
+        more than half an interval catches up at once instead of bursting)."""
+        if fps is None:
+            return True
+        interval = int(1e9 / fps)
+        if self.next_due_ns is None:
+            self.next_due_ns = at_ns + interval
+            return True
+        if at_ns < self.next_due_ns:
+            return False
+        self.next_due_ns = max(self.next_due_ns + interval, at_ns - interval // 2)
+        return True
+
+
+class _Decoder:
+    def __init__(self, config: DecoderConfig, control: Connection, status: SourceStatus) -> None:
+        self.config = config
+        self.control = control
+        self.status = status
+        self._poller = select.poll()
+        self._poller.register(control.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        self.consumers: dict[int, _Consumer] = {}
+        self._generations: Any = None
+        self.backend: DecodeBackend | None = None
+        self.ring: FrameRing | None = None  # once attached
+        self.producer: FrameProducer | None = None  # once attached
+        self.frame_id = status.frames_decoded  # a replacement decoder continues the count
+        self.fps: float | None = None
+        self._cpu_base = status.cpu_s
+        self._next_stats = 0.0
+        self._last_stats_decoded = self.frame_id
+        self._last_stats_at = time.monotonic()
+        self._measured_fps = 0.0
+        self._decode_latency_ms = 0.0
+        self._replay_origin: tuple[float, float] | None = None  # (monotonic, pts) of 1st frame
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def poll_commands(self, timeout: float = 0.0) -> None:
+        # One persistent poll object: Connection.poll() builds a selector per call (~0.2 ms),
+        # which every frame would pay.
+        poller = self._poller
+        try:
+            ready = poller.poll(math.ceil(timeout * 1000) if timeout > 0 else 0)
+            while ready:
+                self.handle(self.control.recv())
+                ready = poller.poll(0)
+        except (EOFError, OSError):
+            raise _Stop from None
+
+    def handle(self, command: Command) -> None:
+        if isinstance(command, Terminate):
+            raise _Stop
+        if isinstance(command, AttachRing):
+            self.attach(command.ring_name)
+
+    def send(self, event: Opened) -> None:
+        try:
+            self.control.send(event)
+        except (BrokenPipeError, EOFError, OSError):
+            raise _Stop from None
+
+    def on_wait(self) -> None:
+        """Between the slices of a wait for a slot or a consumer's room: still alive."""
+        self.status.heartbeat()
+        self.poll_commands()
+        self.refresh_consumers()
+        self.send_stats()
+
+    # -- consumers ----------------------------------------------------------------------------
+
+    def refresh_consumers(self) -> None:
+        """Pick up consumers that came, left or changed (their entries' generations moved)."""
+        generations = self.status.generations()
+        if self._generations is not None and (generations == self._generations).all():
+            return
+        self._generations = generations
+        for index in range(self.status.max_consumers):
+            settings = self.status.consumer(index)
+            known = self.consumers.get(index)
+            if not settings.active:
+                if known is not None:
+                    del self.consumers[index]
+                    if self.producer is not None:
+                        self.producer.set_consumer_strategy(index, None)
+                        self.producer.reap()
+                continue
+            if known is not None and known.generation == settings.generation:
+                continue
+            self.consumers[index] = _Consumer(
+                index, settings.generation, settings.strategy, settings.max_fps
+            )
+            if self.producer is not None:
+                self.producer.set_consumer_strategy(index, settings.strategy)
+
+    def mode_state(self) -> StreamState:
+        """RUNNING, or PAUSED/MUTED when every consumer is (one running consumer is enough)."""
+        modes = {
+            ConsumerMode(int(m)) for i, m in enumerate(self.status.modes()) if i in self.consumers
+        }
+        if modes and modes == {ConsumerMode.PAUSED}:
+            return StreamState.PAUSED
+        if modes and ConsumerMode.RUNNING not in modes:
+            return StreamState.MUTED
+        return StreamState.RUNNING
+
+    def update_mode_state(self) -> None:
+        if self.status.state in (StreamState.RUNNING, StreamState.PAUSED, StreamState.MUTED):
+            self.status.set_state(self.mode_state())
+
+    def attach(self, ring_name: str) -> None:
+        from framepipe.core.ring import FrameProducer, FrameRing
+
+        ring = FrameRing.attach(ring_name)
+        self.ring = ring
+        # A decoder that replaces a crashed one: a slot it died writing (odd seq) is given back.
+        for slot in range(ring.slots):
+            ring.abandon(slot)
+        self.producer = FrameProducer(ring, BufferFillingStrategy.DROP_OLDEST)
+        for consumer in self.consumers.values():
+            self.producer.set_consumer_strategy(consumer.index, consumer.strategy)
+
+    # -- statistics ---------------------------------------------------------------------------
+
+    def send_stats(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_stats:
+            return
+        self._next_stats = now + self.config.stats_interval_s
+        elapsed = now - self._last_stats_at
+        if elapsed > 0:
+            self._measured_fps = (self.frame_id - self._last_stats_decoded) / elapsed
+        self._last_stats_at = now
+        self._last_stats_decoded = self.frame_id
+        ring = self.ring
+        if ring is not None:
+            self.update_adaptive(elapsed)
+        self.status.update_statistics(
+            measured_fps=self._measured_fps,
+            decode_latency_ms=self._decode_latency_ms,
+            cpu_s=self._cpu_base + time.process_time(),
+            ring_slots=ring.slots if ring is not None else 0,
+            ring_occupancy=ring.slots - ring.free_slots() if ring is not None else 0,
+            copies=int(getattr(self.backend, "copies", 0)),
+        )
+
+    def update_adaptive(self, elapsed: float) -> None:
+        """ADAPTIVE_*: a consumer slower than the stream gets frames at its own pace."""
+        assert self.ring is not None
+        stream_fps = self._measured_fps
+        for consumer in self.consumers.values():
+            if consumer.strategy not in _ADAPTIVE:
+                continue
+            info = self.ring.consumer_info(consumer.index)
+            taken = info.received - consumer.last_received
+            consumer.last_received = info.received
+            reader_fps = taken / elapsed if elapsed > 0 else 0.0
+            backlog = info.delivered - info.dropped - info.received
+            if (
+                backlog > 0
+                and stream_fps > 0
+                and reader_fps < stream_fps * (1 - _ADAPTIVE_TOLERANCE)
+            ):
+                consumer.adaptive_fps = max(reader_fps, _ADAPTIVE_MIN_FPS)
+            else:
+                consumer.adaptive_fps = None
+
+    # -- the source ---------------------------------------------------------------------------
+
+    def open(self, reconnect: bool) -> None:
+        config = self.config
+        backend = make_backend(
+            config.backend, config.reference.target, config.reference.kind, config.options
+        )
+        try:
+            info = backend.open()
+        except BaseException:
+            backend.close()
+            raise
+        self.backend = backend
+        self.fps = info.fps
+        self._replay_origin = None
+        started_ns = time.time_ns()
+        self.status.set_info(info, config.backend, started_ns)
+        self.send(Opened(info, config.backend, started_ns, reconnect))
+
+    def close_backend(self) -> None:
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            with contextlib.suppress(Exception):
+                backend.close()
+
+    def reconnect(self) -> None:
+        """RESTARTING: retry with backoff until the stream is back, or we are stopped."""
+        self.close_backend()
+        self.status.set_state(StreamState.RESTARTING)
+        backoff = self.config.reconnect_initial_backoff_s
+        while True:
+            self.send_stats()
+            self.status.heartbeat()
+            self.poll_commands(backoff)
+            try:
+                self.open(reconnect=True)
+            except SourceOpenError as exc:
+                self.status.set_error(f"reconnect failed: {exc}")
+                backoff = min(backoff * 2, self.config.reconnect_max_backoff_s)
+                continue
+            self.status.count_reconnect()
+            self.status.set_state(StreamState.RUNNING)
+            self.update_mode_state()
+            return
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def timeline_ns(self, capture_ns: int, pts: float | None) -> int:
+        """Where a frame sits on the timeline ``max_fps`` counts on: the capture clock for a
+        live source, the video's own presentation time for a file."""
+        if self.config.reference.is_live:
+            return capture_ns
+        if pts is not None:
+            return int(pts * 1e9)
+        fps = self.fps or 30.0
+        return int((self.frame_id - 1) * 1e9 / fps)
+
+    def targets(self, at_ns: int) -> list[int]:
+        modes = self.status.modes()
+        chosen = []
+        for consumer in self.consumers.values():
+            index = consumer.index
+            if int(modes[index]) != ConsumerMode.RUNNING:
+                self.status.count_drop(index, DropReason.MUTED)
+                continue
+            if not consumer.due(at_ns, consumer.max_fps):
+                self.status.count_drop(index, DropReason.MAX_FPS)
+                continue
+            if consumer.adaptive_fps is not None and not consumer.due(at_ns, consumer.adaptive_fps):
+                self.status.count_drop(index, DropReason.ADAPTIVE)
+                continue
+            chosen.append(index)
+        return chosen
+
+    def replay_wait(self, pts: float | None) -> None:
+        """Real-time replay of a file: hold each frame until its presentation time."""
+        if pts is None:
+            fps = self.fps or 30.0
+            pts = (self.frame_id - 1) / fps
+        now = time.monotonic()
+        if self._replay_origin is None:
+            self._replay_origin = (now, pts)
+            return
+        origin, first_pts = self._replay_origin
+        due = origin + (pts - first_pts)
+        while (left := due - time.monotonic()) > 0:
+            self.status.heartbeat()
+            self.poll_commands(min(left, self.config.wait_slice_s))
+
+    def run(self) -> None:
+        reference = self.config.reference
+        try:
+            self.open(reconnect=False)
+        except SourceOpenError as exc:
+            if not self.config.retry_open:
+                self.status.set_state(
+                    StreamState.ERROR, f"could not open video_reference {reference.masked!r}: {exc}"
+                )
+                return
+            self.reconnect()
+        # The owner creates the ring from the stream's size and sends its name.
+        while self.producer is None:
+            self.status.heartbeat()
+            self.poll_commands(0.1)
+        self.refresh_consumers()
+        if self.status.state is StreamState.INITIALISING:
+            self.status.add_event(EventKind.VIDEO_CONSUMPTION_STARTED)
+        self.status.set_state(StreamState.RUNNING)
+        self.update_mode_state()
+        while True:
+            self.poll_commands()
+            self.refresh_consumers()
+            self.send_stats()
+            self.update_mode_state()
+            backend = self.backend
+            assert backend is not None and self.producer is not None
+            self.status.heartbeat()
+            if self.status.state is StreamState.PAUSED and reference.is_file:
+                self.poll_commands(0.1)
+                continue
+            started = time.perf_counter_ns()
+            if not backend.grab():
+                if reference.is_live:
+                    self.reconnect()
+                    continue
+                self.send_stats(force=True)  # final figures arrive before ENDED does
+                self.producer.close()
+                self.status.set_state(StreamState.ENDED)
+                self.status.add_event(EventKind.VIDEO_CONSUMPTION_FINISHED)
+                return
+            capture_ns = time.time_ns()
+            grab_ns = time.perf_counter_ns() - started
+            self.frame_id += 1
+            self.status.frame_decoded(time.monotonic_ns())
+            pts = backend.pts_s()
+            if reference.is_file and self.config.realtime:
+                self.replay_wait(pts)
+                capture_ns = time.time_ns()
+            targets = self.targets(self.timeline_ns(capture_ns, pts))
+            if not targets:
+                if not self.consumers:
+                    self.status.count_no_consumer()
+                continue
+            slot = self.acquire(targets)
+            if slot is None:
+                continue
+            started = time.perf_counter_ns()
+            try:
+                backend.retrieve(self.producer.writable(slot))
+            except Exception:
+                self.producer.abandon(slot)
+                raise
+            decode_ms = (grab_ns + time.perf_counter_ns() - started) / 1e6
+            self._decode_latency_ms = (
+                decode_ms
+                if not self._decode_latency_ms
+                else 0.9 * self._decode_latency_ms + 0.1 * decode_ms
+            )
+            self.producer.publish(
+                slot,
+                frame_id=self.frame_id,
+                source_id=self.config.decoder_id,
+                pts=PTS_NONE if pts is None else round(pts * 1e6),
+                capture_ns=capture_ns,
+                # WAIT: block until every WAIT consumer has room, however slow it is (a
+                # consumer that leaves or dies unblocks it: the producer reclaims it).
+                timeout=None,
+                consumers=targets,
+                on_wait=self.on_wait,
+            )
+            self.status.frame_published()
+
+    def acquire(self, targets: list[int]) -> int | None:
+        """A free slot; under WAIT keep waiting (beating and answering commands meanwhile)."""
+        assert self.producer is not None
+        waiting = any(self.consumers[i].strategy.waits for i in targets)
+        while True:
+            slot = self.producer.acquire(
+                self.config.wait_slice_s if waiting else 0, on_wait=self.on_wait
+            )
+            if slot is not None or not waiting:
+                return slot
+            self.on_wait()
+            if not any(i in self.consumers for i in targets):
+                return None
+
+    def shutdown(self, terminated: bool) -> None:
+        self.close_backend()
+        with contextlib.suppress(Exception):
+            self.send_stats(force=True)
+        if self.producer is not None:
+            self.producer.close()
+        if terminated and not self.status.state.is_final:
+            self.status.set_state(StreamState.TERMINATING)
+            self.status.set_state(StreamState.ENDED)
+            self.status.add_event(EventKind.VIDEO_CONSUMPTION_FINISHED)
+        if self.ring is not None:
+            self.ring.close()
+
+
+def run_decoder(config: DecoderConfig, control: Connection) -> None:
+    """Entry point of a decode process."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's business
+    status = SourceStatus.attach(config.status_name)
+    status.set_decoder_pid(os.getpid())
+    status.heartbeat()  # alive from here on: an open that hangs past every timeout is seen
+    decoder = _Decoder(config, control, status)
+    terminated = False
+    try:
+        decoder.run()
+    except _Stop:
+        terminated = True
+    except Exception as exc:  # report, never die silently
+        with contextlib.suppress(Exception):
+            decoder.send_stats(force=True)
+        status.set_state(StreamState.ERROR, f"decoder failed: {type(exc).__name__}: {exc}")
+    finally:
+        decoder.shutdown(terminated)
+        status.close()
+        with contextlib.suppress(OSError):
+            control.close()

@@ -1,0 +1,65 @@
+"""How big a source's ring is: one home for the sizing rule (decoders and RAM admission use it).
+
+A ring of ``width`` x ``height`` BGR frames has a queue ``depth`` per consumer (the reference's
+``decoding_buffer_size``, shrunk so the ring stays near a byte budget) and
+``depth x consumers + leases in flight + 1`` slots, so the writer never waits for a slot under
+WAIT (DESIGN.md "Slot lifecycle"). A consumer may hold, besides its queue: the frames of the
+batches its pipeline has in flight, one in the multi-source collector's mailbox, and one in the
+DROP_OLDEST mailbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from framepipe.core.ring import FrameRing
+
+__all__ = [
+    "DEFAULT_RING_BUDGET_BYTES",
+    "LEASES_PER_CONSUMER",
+    "MAX_IN_FLIGHT",
+    "ring_bytes",
+    "ring_geometry",
+    "rings_bytes",
+]
+
+DEFAULT_RING_BUDGET_BYTES = 128 * 1024 * 1024
+#: Batches one pipeline may have in processing at once (inference runs overlap).
+MAX_IN_FLIGHT = 3
+LEASES_PER_CONSUMER = MAX_IN_FLIGHT + 2  # + collector mailbox + DROP_OLDEST mailbox
+
+
+def ring_geometry(
+    width: int,
+    height: int,
+    buffer_size: int,
+    consumers: int = 1,
+    ring_budget_bytes: int = DEFAULT_RING_BUDGET_BYTES,
+) -> tuple[int, int]:
+    """(queue depth, slots) of the ring for ``consumers`` consumers of this frame size."""
+    frame_bytes = max(1, width * height * 3)
+    fit = ring_budget_bytes // frame_bytes
+    leases = consumers * LEASES_PER_CONSUMER
+    depth = max(1, min(buffer_size, (fit - leases - 1) // consumers))
+    return depth, FrameRing.required_slots(depth, consumers, LEASES_PER_CONSUMER)
+
+
+def ring_bytes(
+    width: int,
+    height: int,
+    buffer_size: int,
+    consumers: int = 1,
+    ring_budget_bytes: int = DEFAULT_RING_BUDGET_BYTES,
+) -> int:
+    """Shared-memory bytes of that ring, headers included (for RAM budgets)."""
+    depth, slots = ring_geometry(width, height, buffer_size, consumers, ring_budget_bytes)
+    return FrameRing.segment_size(slots, (height, width, 3), np.uint8, consumers, depth)
+
+
+def rings_bytes(
+    frame_sizes: Iterable[tuple[int, int]], buffer_size: int, consumers: int = 1
+) -> int:
+    """The rings of several sources (``(width, height)`` each), e.g. a new pipeline's."""
+    return sum(ring_bytes(w, h, buffer_size, consumers) for w, h in frame_sizes)

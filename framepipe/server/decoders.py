@@ -1,0 +1,147 @@
+"""The manager's decoders: every decode process of the server is the manager's child.
+
+The manager owns one :class:`~framepipe.core.sources.SourceHub`. For each source of a new
+pipeline it admits the pipeline's worker as a consumer (``serve``: a consumer entry in the
+decoder's status block and ring, registered for the worker's pid, with the pipeline's own
+filling strategy and ``max_fps``) and hands the worker the :class:`SourceTicket`; the worker
+reads frames in place and the source's state where the decoder writes it. When the pipeline
+ends (or its worker dies), ``release`` gives the entries back; the last consumer of a decoder
+stops it and unlinks its ring. With sharing on, pipelines on the same live reference share one
+decode process (see :mod:`framepipe.core.sources.hub` for when files are shared).
+
+Everything here blocks (process start, stopping a decoder): the manager calls it in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from framepipe.errors import FramepipeError
+
+if TYPE_CHECKING:
+    from framepipe.core.sources import SourceHub, SourceTicket, SubscriptionRequest
+
+log = logging.getLogger("framepipe.manager")
+
+# Frame size assumed for a source whose size is not known before it is opened (a camera, a stream).
+DEFAULT_FRAME_SIZE = (1920, 1080)
+
+
+class Decoders:
+    """The manager's hub of decode processes (thread-safe, blocking)."""
+
+    def __init__(
+        self,
+        *,
+        share: bool,
+        max_consumers: int = 4,
+        open_timeout_s: float = 5.0,
+        read_timeout_s: float = 3.0,
+    ) -> None:
+        self.share = share
+        self.max_consumers = max_consumers
+        self.open_timeout_s = open_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self._hub: SourceHub | None = None
+        self._lock = threading.Lock()
+
+    def _get_hub(self) -> SourceHub:
+        from framepipe.core.sources import BackendOptions, SourceHub
+
+        with self._lock:
+            if self._hub is None:
+                options = BackendOptions(
+                    open_timeout_s=self.open_timeout_s, read_timeout_s=self.read_timeout_s
+                )
+                self._hub = SourceHub(
+                    share=self.share, max_consumers=self.max_consumers, backend_options=options
+                )
+            return self._hub
+
+    def serve(
+        self, requests: Sequence[SubscriptionRequest], worker_pid: int
+    ) -> tuple[SourceTicket, ...]:
+        """Admit the worker ``worker_pid`` as a consumer of each source; its tickets."""
+        hub = self._get_hub()
+        tickets: list[SourceTicket] = []
+        try:
+            for request in requests:
+                tickets.append(hub.serve(request, worker_pid))
+        except BaseException:
+            self.release(tickets, worker_pid)
+            raise
+        return tuple(tickets)
+
+    def release(self, tickets: Sequence[SourceTicket], worker_pid: int) -> None:
+        """The worker is done with these sources (ended, or dead)."""
+        hub = self._hub
+        if hub is None:
+            return
+        for ticket in tickets:
+            try:
+                hub.release(ticket, worker_pid)
+            except FramepipeError:
+                log.exception("releasing source %s failed", ticket.reference)
+
+    def new_rings_bytes(self, requests: Sequence[SubscriptionRequest]) -> int:
+        """Shared memory the new rings of a pipeline with these sources would take (a source
+        joining a decoder that runs already adds none)."""
+        from framepipe.core.sources.sizing import ring_bytes
+
+        hub = self._hub
+        total = 0
+        for request in requests:
+            reference = request.reference
+            if reference is None:
+                continue
+            if self.share and hub is not None and hub.is_decoding(reference.original):
+                continue
+            width, height = frame_size(reference.target, request.video_source_properties)
+            consumers = (
+                self.max_consumers if self.share and (reference.is_live or request.realtime) else 1
+            )
+            total += ring_bytes(width, height, request.buffer_size, consumers)
+        return total
+
+    def pids(self) -> set[int]:
+        hub = self._hub
+        if hub is None:
+            return set()
+        return {pid for handle in hub.decoders() if (pid := handle.pid) is not None}
+
+    def close(self) -> None:
+        with self._lock:
+            hub, self._hub = self._hub, None
+        if hub is not None:
+            hub.close()
+
+
+def frame_size(target: object, properties: dict[str, Any]) -> tuple[int, int]:
+    """The frame size of a source: from its properties, a quick probe of a local file, or 1080p."""
+    width, height = properties.get("frame_width"), properties.get("frame_height")
+    if (
+        isinstance(width, int | float)
+        and isinstance(height, int | float)
+        and width > 0
+        and height > 0
+    ):
+        return int(width), int(height)
+    try:
+        is_file = isinstance(target, str) and Path(target).is_file()
+    except OSError:  # a name the filesystem refuses (too long, ...)
+        is_file = False
+    if is_file:
+        try:
+            import av  # only admission of a file source needs it
+
+            with av.open(str(target), timeout=2.0) as container:
+                stream = container.streams.video[0]
+                if stream.width and stream.height:
+                    return int(stream.width), int(stream.height)
+        except Exception:
+            log.debug("could not probe %s for its frame size", target, exc_info=True)
+    return DEFAULT_FRAME_SIZE
