@@ -22,6 +22,7 @@ from framepipe.bench.config import (
     Layout,
     SourceMode,
     quick_config,
+    smoke_config,
 )
 
 _EPILOG = """\
@@ -82,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick",
         action="store_true",
         help="about a minute: passthrough at N=1,2 and the model at N=2, 1.5 s windows",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds: passthrough, one stream, does it still run?"
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object as the last line"
@@ -192,6 +196,8 @@ def config_from_arguments(args: argparse.Namespace) -> BenchConfig:
         decoding_buffer_size=args.decoding_buffer_size,
         plots=not args.no_plots,
     )
+    if args.smoke:
+        return smoke_config(config)
     return quick_config(config) if args.quick else config
 
 

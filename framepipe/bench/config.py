@@ -116,3 +116,16 @@ def quick_config(config: BenchConfig) -> BenchConfig:
         warmup_s=min(config.warmup_s, 0.3),
         budget_s=min(config.budget_s, 120.0),
     )
+
+
+def smoke_config(config: BenchConfig) -> BenchConfig:
+    """``--smoke`` (as every benchmark in perf/ has): does it still run? Passthrough, one
+    stream, both architectures, a 1 s window; the figures mean nothing."""
+    return quick_config(config).with_changes(
+        models=(PASSTHROUGH,),
+        layouts=(Layout.DISTINCT,),
+        pipelines=(1,),
+        model_pipelines=(1,),
+        duration_s=1.0,
+        warmup_s=0.2,
+    )
