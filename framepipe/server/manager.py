@@ -91,6 +91,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("framepipe.manager")
 
 
+#: Seconds between two RAM samples of every worker by the health loop.
+RAM_SAMPLE_INTERVAL_S = 5.0
+
+
 class PipelineWorkerLost(OperationError):
     """A pipeline's worker died while a command was on its way (the pipeline FAILED)."""
 
@@ -124,6 +128,7 @@ class StreamManager:
         self._health_task: asyncio.Task[Any] | None = None
         self._registry: ModelRegistry | None = None
         self._reaper: Reaper | None = None
+        self._next_ram_sample = 0.0
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -464,10 +469,9 @@ class StreamManager:
         """Stop a pipeline nobody consumes; it stays listed, FAILED, with what was discarded."""
         with contextlib.suppress(FramepipeError):
             await self._fetch_status(pipeline_id, None)
-        row = self.table.find(pipeline_id)
+        # FAILED with its cause first: a status read while the worker stops says why.
+        self.table.expired(pipeline_id, reason, time.monotonic())
         await self._stop_worker(pipeline_id)
-        if row is not None:
-            self.table.expired(pipeline_id, reason, time.monotonic())
         log.warning("pipeline %s expired: %s", pipeline_id, reason)
 
     # ---- RAM ---------------------------------------------------------------------------------
@@ -531,7 +535,12 @@ class StreamManager:
         # Every tick: a worker's processes may outlive it by a moment, and their segments can
         # only go once they are gone.
         await asyncio.get_running_loop().run_in_executor(None, sweep_orphan_segments)
-        await self._measure_usage()
+        # Unique memory is read from /proc/<pid>/smaps_rollup, which costs the kernel a walk of
+        # every mapping of every process: often enough for the RAM windows, not every tick
+        # (an `init` measures afresh for its admission anyway).
+        if now >= self._next_ram_sample:
+            self._next_ram_sample = now + RAM_SAMPLE_INTERVAL_S
+            await self._measure_usage()
 
     def _check_health(self, pipeline_id: str) -> None:
         if self._lock(pipeline_id).locked():

@@ -189,7 +189,7 @@ def test_the_pipelines_command_reads_framepipe_token(manager: ManagerProcess) ->
     port = str(manager.port)
     anonymous = pipelines("--port", port, "list", env={"FRAMEPIPE_TOKEN": ""})
     assert anonymous.returncode == 2 and "FRAMEPIPE_TOKEN is set but empty" in anonymous.stderr
-    listed = pipelines("--port", port, "list", env={"FRAMEPIPE_TOKEN": TOKEN})
+    listed = pipelines("--port", port, "list", "--json", env={"FRAMEPIPE_TOKEN": TOKEN})
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["pipelines"] == []
     wrong = pipelines("--port", port, "--token", "not-the-token-at-all", "list")
@@ -203,7 +203,7 @@ def test_tls_end_to_end_through_the_command_line(tmp_path: Path) -> None:
         assert any("(TLS)" in line for line in manager.log)
         port = str(manager.port)
         ok = pipelines(
-            "--port", port, "--tls-ca", str(cert), "list", env={"FRAMEPIPE_TOKEN": TOKEN}
+            "--port", port, "--tls-ca", str(cert), "list", "--json", env={"FRAMEPIPE_TOKEN": TOKEN}
         )
         assert ok.returncode == 0, ok.stderr
         assert json.loads(ok.stdout)["pipelines"] == []
