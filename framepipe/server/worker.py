@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from framepipe.core.inference import Inference, InferenceChannel
     from framepipe.core.pipeline import Pipeline
     from framepipe.core.sources import SourceTicket, Subscription, SubscriptionRequest
+    from framepipe.server.inference_client import RemoteInference
 
 log = logging.getLogger("framepipe.worker")
 
@@ -158,6 +159,7 @@ class PipelineRunner:
         self._options = options
         self._pipeline: Pipeline | None = None
         self._preloaded: list[InferenceChannel] = []
+        self._remote: RemoteInference | None = None  # the model's inference service, if any
         self.done = False
 
     def preload(self, models: Sequence[str]) -> None:
@@ -222,30 +224,47 @@ class PipelineRunner:
         # Under WAIT no result may be lost: a full result buffer holds processing back.
         hold = any(request.strategies[0].waits for request in requests)
         reference = config.video_reference
-        pipeline = Pipeline(
-            list(reference) if isinstance(reference, tuple) else reference,
-            processing=config.processing,
-            max_fps=config.max_fps,
-            source_buffer_filling_strategy=config.filling_strategy,
-            source_buffer_consumption_strategy=config.consumption_strategy,
-            video_source_properties=config.video_source_properties,
-            batch_collection_timeout=config.batch_collection_timeout,
-            decoding_buffer_size=config.decoding_buffer_size,
-            results_buffer_size=config.results_buffer_size,
-            realtime_replay=config.realtime_replay,
-            hub=TicketSources(command.sources),
-            inference=self._inference(command.inference),
-            hold_results=hold,
-        )
-        pipeline.start(begun_at=command.begun_at)
+        inference = self._inference(command.inference)
+        try:
+            pipeline = Pipeline(
+                list(reference) if isinstance(reference, tuple) else reference,
+                processing=config.processing,
+                max_fps=config.max_fps,
+                source_buffer_filling_strategy=config.filling_strategy,
+                source_buffer_consumption_strategy=config.consumption_strategy,
+                video_source_properties=config.video_source_properties,
+                batch_collection_timeout=config.batch_collection_timeout,
+                decoding_buffer_size=config.decoding_buffer_size,
+                results_buffer_size=config.results_buffer_size,
+                realtime_replay=config.realtime_replay,
+                hub=TicketSources(command.sources),
+                inference=inference,
+                hold_results=hold,
+            )
+            pipeline.start(begun_at=command.begun_at)
+        except BaseException:
+            self._close_remote()
+            raise
         self._pipeline = pipeline
 
-    @staticmethod
-    def _inference(address: object) -> Inference | None:
-        """Where the model runs: None runs it in an engine of this process."""
-        if address is not None:
+    def _inference(self, address: object) -> Inference | None:
+        """Where the model runs: the inference service at ``address`` (a ServiceAddress), or
+        None for an engine of this process."""
+        if address is None:
+            return None
+        from framepipe.server.inference_client import RemoteInference
+        from framepipe.server.inference_messages import ServiceAddress
+
+        if not isinstance(address, ServiceAddress):
             raise OperationError(f"unknown inference address {address!r}")
-        return None
+        self._close_remote()
+        self._remote = RemoteInference(address)
+        return self._remote
+
+    def _close_remote(self) -> None:
+        remote, self._remote = self._remote, None
+        if remote is not None:
+            remote.close()
 
     @staticmethod
     def _consume(pipeline: Pipeline, command: Consume) -> ConsumeReply:
@@ -267,8 +286,11 @@ class PipelineRunner:
             with contextlib.suppress(Exception):
                 channel.close()
         if pipeline is None:
+            self._close_remote()
             return
         try:
             pipeline.terminate(self._options.terminate_timeout_s)
         except Exception:
             log.exception("terminating the pipeline failed")
+        finally:
+            self._close_remote()  # after the pipeline closed its channel

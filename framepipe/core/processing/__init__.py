@@ -9,7 +9,13 @@ Public surface::
 
 from framepipe.core.processing.annotate import annotate
 from framepipe.core.processing.detections import Detections, detections_to_predictions
-from framepipe.core.processing.model import FrameResult, LoadedModel, Preprocessor
+from framepipe.core.processing.model import (
+    DecodeOptions,
+    FrameResult,
+    LoadedModel,
+    Preprocessor,
+    serves_task,
+)
 from framepipe.core.processing.postprocess import (
     Classification,
     Thresholds,
@@ -19,6 +25,7 @@ from framepipe.core.processing.postprocess import (
     decode_yolo,
     nms,
 )
+from framepipe.core.processing.predictions import prediction_to_wire, thresholds_for
 from framepipe.core.processing.processor import (
     FrameTap,
     ModelProcessor,
@@ -49,6 +56,7 @@ from framepipe.core.processing.spec import (
 
 __all__ = [
     "Classification",
+    "DecodeOptions",
     "Detections",
     "FrameResult",
     "FrameTap",
@@ -81,6 +89,9 @@ __all__ = [
     "decode_yolo",
     "detections_to_predictions",
     "nms",
+    "prediction_to_wire",
     "processing_spec_from_wire",
     "resolve_providers",
+    "serves_task",
+    "thresholds_for",
 ]
