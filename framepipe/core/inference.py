@@ -57,13 +57,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from framepipe.core.processing.model import DecodeOptions, FrameResult, LoadedModel
-from framepipe.core.processing.predictions import prediction_to_wire, thresholds_for
 from framepipe.core.processing.registry import ModelRegistry, ProcessingSettings
-from framepipe.core.processing.runner import CPU, resolve_providers
 from framepipe.core.processing.spec import ModelSpec
 from framepipe.core.ring import FrameRef, StaleFrameError
 from framepipe.protocol.errors import InvalidPayloadError, OperationError
+
+if TYPE_CHECKING:
+    # ONNX Runtime (and the model code) load with the first engine, not with this module:
+    # a pipeline worker that sends its frames to an inference service never imports it.
+    from framepipe.core.processing.model import DecodeOptions, FrameResult, LoadedModel
 
 __all__ = [
     "ChannelState",
@@ -241,6 +243,8 @@ class Inference(Protocol):
 def predictions_to_wire(model: LoadedModel, frame: Frame, result: FrameResult) -> dict[str, Any]:
     """One frame's predictions in the reference's shape (see
     :func:`~framepipe.core.processing.predictions.prediction_to_wire`, their one home)."""
+    from framepipe.core.processing.predictions import prediction_to_wire
+
     del frame  # the source size is the result's (its plan's)
     return prediction_to_wire(result, model.class_names, model.keypoint_names)
 
@@ -344,6 +348,9 @@ class InferenceEngine:
         options: EngineOptions | None = None,
         resolver: FrameResolver | None = None,
     ) -> None:
+        from framepipe.core.processing.model import LoadedModel
+        from framepipe.core.processing.runner import CPU
+
         if registry is None:
             registry = ModelRegistry.from_settings(ProcessingSettings.from_env())
         options = options if options is not None else EngineOptions()
@@ -385,6 +392,9 @@ class InferenceEngine:
             raise InvalidPayloadError(
                 f"pipeline {name!r} asks for model {spec.model!r}; this engine runs {self.model_name!r}"
             )
+        from framepipe.core.processing.model import DecodeOptions
+        from framepipe.core.processing.predictions import thresholds_for
+
         self.model.check_task(spec.task)
         options = DecodeOptions(thresholds_for(spec, self.model), spec.top_k)
         with self._lock:
@@ -605,6 +615,8 @@ class InferenceEngine:
                 f"frame of source {index} (ring {ref.ring}, slot {ref.slot}, seq {ref.seq}) "
                 "was overwritten while it was being read: its ring slot was reused"
             )
+        from framepipe.core.processing.predictions import prediction_to_wire
+
         try:
             return prediction_to_wire(
                 result, self.model.class_names, self.model.keypoint_names
@@ -805,6 +817,8 @@ class LocalInference:
 
     def _key(self, spec: ModelSpec, registry: ModelRegistry) -> _Key:
         import onnxruntime as ort
+
+        from framepipe.core.processing.runner import resolve_providers
 
         wanted = spec.providers if spec.providers is not None else registry.settings.providers
         return spec.model, tuple(resolve_providers(wanted, ort.get_available_providers()))

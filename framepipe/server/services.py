@@ -413,12 +413,10 @@ class InferenceServices:
         self._closed = False
 
     def _key(self, model: str, providers: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
-        import onnxruntime as ort
-
-        from framepipe.core.processing.runner import resolve_providers
-
+        # By the providers asked for, as asked (the service resolves what this machine has):
+        # the manager never imports ONNX Runtime.
         wanted = providers if providers is not None else self.settings.providers
-        return model, tuple(resolve_providers(wanted, ort.get_available_providers()))
+        return model, tuple(p.lower() for p in wanted) if wanted else ()
 
     async def ensure(self, model: str, providers: Sequence[str] | None = None) -> ServiceAddress:
         """The address of ``model``'s service on ``providers``, started if it is not running."""

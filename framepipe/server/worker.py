@@ -50,7 +50,7 @@ from framepipe.server.messages import (
 )
 
 if TYPE_CHECKING:
-    from framepipe.core.inference import Inference, InferenceChannel
+    from framepipe.core.inference import Inference
     from framepipe.core.pipeline import Pipeline
     from framepipe.core.sources import SourceTicket, Subscription, SubscriptionRequest
     from framepipe.server.inference_client import RemoteInference
@@ -76,9 +76,6 @@ class WorkerOptions:
     parent_pid: int
     terminate_timeout_s: float = 10.0
     log_level: int = logging.INFO
-    # Models an idle worker loads ahead of time (registered names), for pipelines whose model
-    # runs in the worker itself.
-    preload_models: tuple[str, ...] = ()
 
 
 def warm_imports(modules: Sequence[str] = WARM_MODULES) -> list[str]:
@@ -107,7 +104,6 @@ def worker_main(conn: Connection, options: WorkerOptions) -> None:
     if missing:
         log.warning("worker %d: cannot import %s", os.getpid(), ", ".join(missing))
     runner = PipelineRunner(options)
-    runner.preload(options.preload_models)
     # One poll object for the life of the worker (Connection.poll builds a selector per call).
     poller = select.poll()
     poller.register(conn.fileno(), select.POLLIN | select.POLLHUP)
@@ -158,24 +154,8 @@ class PipelineRunner:
     def __init__(self, options: WorkerOptions) -> None:
         self._options = options
         self._pipeline: Pipeline | None = None
-        self._preloaded: list[InferenceChannel] = []
         self._remote: RemoteInference | None = None  # the model's inference service, if any
         self.done = False
-
-    def preload(self, models: Sequence[str]) -> None:
-        """Load ``models`` into this process's engines now (kept loaded while idle, so a
-        pipeline on one of them starts without loading it); a failure is logged."""
-        from framepipe.core.inference import local_engine
-        from framepipe.core.processing import ModelSpec
-
-        for name in models:
-            try:
-                self._preloaded.append(
-                    local_engine().open_channel(ModelSpec(model=name), "preload")
-                )
-                log.info("worker %d: model %r loaded ahead of time", os.getpid(), name)
-            except Exception:
-                log.exception("worker %d: could not preload model %r", os.getpid(), name)
 
     def handle(self, message: object) -> WorkerReply:
         if not isinstance(message, WorkerRequest):
@@ -281,10 +261,6 @@ class PipelineRunner:
         """Terminate and join the pipeline (idempotent); the worker then exits."""
         pipeline, self._pipeline = self._pipeline, None
         self.done = True
-        preloaded, self._preloaded = self._preloaded, []
-        for channel in preloaded:
-            with contextlib.suppress(Exception):
-                channel.close()
         if pipeline is None:
             self._close_remote()
             return
