@@ -28,24 +28,31 @@ from framepipe.core.processing import (
 from framepipe.data import demo_video_path
 
 # A process whose threads are named like the classic baseline's: one burns CPU as
-# "bl-decode", one as "bl-model", the main thread sleeps; a child process idles.
+# "bl-decode", one as "bl-model", then both idle until told to end (like the baseline's
+# long-lived threads); the main thread sleeps; a child process idles.
 _BURNER = textwrap.dedent(
     """
     import ctypes, subprocess, sys, threading, time
+    burned = threading.Barrier(3)
+    release = threading.Event()
     def burn(name, seconds):
         ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)
         t = time.thread_time()
         while time.thread_time() - t < seconds:
             pass
+        burned.wait()
+        release.wait()  # stay alive: the sampler reads a thread's CPU while it exists
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     print("ready", flush=True)
     sys.stdin.readline()
     threads = [threading.Thread(target=burn, args=("bl-decode", 0.4)),
                threading.Thread(target=burn, args=("bl-model", 0.2))]
     for t in threads: t.start()
-    for t in threads: t.join()
+    burned.wait()
     print("done", flush=True)
     sys.stdin.readline()
+    release.set()
+    for t in threads: t.join()
     child.kill(); child.wait()
     """
 )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import types
 
 import framepipe.core.processing as processing
 
@@ -11,6 +13,19 @@ def test_every_exported_name_exists() -> None:
     missing = [name for name in processing.__all__ if not hasattr(processing, name)]
     assert not missing
     assert sorted(processing.__all__) == processing.__all__
+
+
+def test_no_submodule_shadows_an_exported_name() -> None:
+    # importing a submodule sets it as an attribute of the package; one named like an
+    # export would replace the lazily loaded object with the module
+    for module in set(processing._EXPORTS.values()):
+        importlib.import_module(module)
+    shadowed = [
+        name
+        for name in processing.__all__
+        if isinstance(getattr(processing, name), types.ModuleType)
+    ]
+    assert not shadowed
 
 
 def test_contract_signatures() -> None:

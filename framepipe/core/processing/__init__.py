@@ -16,8 +16,8 @@ Models run in inference engines (:mod:`framepipe.core.inference`), one per model
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from framepipe.core.processing.annotate import annotate
     from framepipe.core.processing.detections import Detections, detections_to_predictions
+    from framepipe.core.processing.drawing import annotate
     from framepipe.core.processing.model import (
         DecodeOptions,
         FrameResult,
@@ -90,7 +90,7 @@ _EXPORTS = {
     "WorkflowProcessor": "framepipe.core.processing.processor",
     "WorkflowSpec": "framepipe.core.processing.spec",
     "YoloFormat": "framepipe.core.processing.postprocess",
-    "annotate": "framepipe.core.processing.annotate",
+    "annotate": "framepipe.core.processing.drawing",
     "build_processor": "framepipe.core.processing.processor",
     "check_spec": "framepipe.core.processing.processor",
     "classify_topk": "framepipe.core.processing.postprocess",
