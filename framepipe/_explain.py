@@ -44,7 +44,10 @@ def hint_for(error: BaseException) -> str | None:
         request = f" under request_id {error.request_id}" if error.request_id else ""
         return f"the manager's log has the details{request}"
     if isinstance(error, GatewayStartError):
-        return "choose another --http-port (FRAMEPIPE_HTTP_PORT), or 0 for any free one"
+        return (
+            "choose another --http-port or --metrics-port (FRAMEPIPE_HTTP_PORT, "
+            "FRAMEPIPE_METRICS_PORT), or 0 for any free one"
+        )
     if isinstance(error, ImportError):
         return "install the extra it needs, e.g. pip install 'framepipe[http]'"
     return None

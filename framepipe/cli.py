@@ -1,7 +1,8 @@
 """The ``framepipe`` command line.
 
 ``framepipe serve [--http-port N]``       run the stream manager (TCP control plane, and the
-                                          HTTP gateway with --http-port)
+                                          HTTP gateway with --http-port; Prometheus /metrics
+                                          on it, or on --metrics-port)
 ``framepipe pipelines list|status|consume|pause|resume|terminate``   talk to a running manager
 ``framepipe top``                         the pipelines table, refreshed live
 ``framepipe run VIDEO [--model NAME]``    run one pipeline locally, print its results
@@ -112,6 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
     gateway_settings = gateway_from_arguments(args, os.environ)
     companions: list[Companion] = []
     if gateway_settings.enabled:
+        from framepipe.gateway.metrics import metrics_router
         from framepipe.gateway.runner import Gateway
 
         def announce_gateway(url: str) -> None:
@@ -123,6 +125,27 @@ def _serve(args: argparse.Namespace) -> int:
                 probe_token=settings.token,
                 default_host=settings.host,
                 announce=announce_gateway,
+                routers=[metrics_router()],
+            )
+        )
+    if gateway_settings.metrics_port is not None:
+        import dataclasses
+
+        from framepipe.gateway.metrics import metrics_router
+        from framepipe.gateway.runner import Gateway
+
+        def announce_metrics(url: str) -> None:
+            print(f"framepipe: Prometheus metrics on {url}/metrics", flush=True)
+
+        companions.append(
+            Gateway(
+                dataclasses.replace(gateway_settings, http_port=gateway_settings.metrics_port),
+                probe_token=settings.token,
+                default_host=settings.host,
+                announce=announce_metrics,
+                routers=[metrics_router()],
+                control_plane=False,
+                name="metrics endpoint",
             )
         )
 
