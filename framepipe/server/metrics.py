@@ -48,7 +48,8 @@ __all__ = [
 ]
 
 _FAILED = "FAILED"
-_STARTING = "STARTING"
+# A listed pipeline without a report yet: the pipeline state its row's state stands for.
+_UNREPORTED_STATE = {RowState.RUNNING: "RUNNING", RowState.FINISHED: "FINISHED"}
 
 
 class EngineStatisticsLike(Protocol):
@@ -173,7 +174,7 @@ def pipeline_figures(row: Row) -> PipelineFigures:
     if report is None:
         return PipelineFigures(
             pipeline_id=row.pipeline_id,
-            state=_FAILED if failed else _STARTING,
+            state=_UNREPORTED_STATE.get(row.state, _FAILED),
             reported=False,
             uptime_seconds=0.0,
             throughput_fps=0.0,

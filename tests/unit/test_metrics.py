@@ -228,7 +228,7 @@ def test_pipeline_figures_come_from_its_last_report() -> None:
     assert source.frame_age_seconds is not None
     assert source.frame_age_seconds.cumulative[-1] == 3
     assert failed.state == "FAILED" and failed.throughput_fps == 0.0  # the worker is gone
-    assert fresh.reported is False and fresh.sources == []
+    assert fresh.reported is False and fresh.sources == [] and fresh.state == "RUNNING"
 
 
 def test_a_removed_pipeline_leaves_the_snapshot() -> None:
