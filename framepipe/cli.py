@@ -5,7 +5,8 @@
                                           on it, or on --metrics-port)
 ``framepipe pipelines list|status|consume|pause|resume|terminate``   talk to a running manager
 ``framepipe top``                         the pipelines table, refreshed live
-``framepipe run VIDEO [--model NAME]``    run one pipeline locally, print its results
+``framepipe run VIDEO [--model NAME]``    run one pipeline locally: progress, then a summary
+                                          (--output: an annotated H.264 recording; --json)
 ``framepipe demo``                        start a manager, run a pipeline on the sample video,
                                           print results as they come, shut everything down
 
@@ -76,7 +77,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_remote_commands(commands)
 
-    run = commands.add_parser("run", help="run one pipeline locally and print its results")
+    run = commands.add_parser(
+        "run",
+        help="run one pipeline locally: progress, a summary, optionally an annotated recording",
+    )
     run.add_argument("video", help="file path, stream URL or camera index")
     run.add_argument(
         "--model", default="passthrough", help="registered model name (default: passthrough)"
@@ -84,7 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-fps", type=float, default=None, help="limit the processing rate")
     run.add_argument("--frames", type=int, default=None, help="stop after this many results")
     run.add_argument(
-        "--output", default=None, help="write the frames with their detections drawn (H.264 .mp4)"
+        "--output",
+        default=None,
+        help="record the frames as they pass, with the detections drawn (H.264 .mp4); "
+        "streams too (until Ctrl-C or --frames)",
+    )
+    run.add_argument(
+        "--json", action="store_true", help="the summary as JSON on stdout (for scripts)"
     )
     run.set_defaults(run=_run)
 
@@ -166,7 +176,12 @@ def _run(args: argparse.Namespace) -> int:
     from framepipe._run import run_local
 
     return run_local(
-        args.video, model=args.model, max_fps=args.max_fps, frames=args.frames, output=args.output
+        args.video,
+        model=args.model,
+        max_fps=args.max_fps,
+        frames=args.frames,
+        output=args.output,
+        as_json=args.json,
     )
 
 
