@@ -51,6 +51,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from starlette.concurrency import run_in_threadpool
 
 from framepipe.gateway.app import _FAILURES, GatewayContext, Token
 from framepipe.protocol.metrics import HistogramFigures, MetricsSnapshot, SourceFigures
@@ -355,6 +356,8 @@ def metrics_router() -> APIRouter:
     async def metrics(request: Request, token: Token) -> Response:
         context: GatewayContext = request.app.state.gateway
         snapshot = await context.client(token).get_metrics()
-        return Response(render(snapshot), media_type=CONTENT_TYPE)
+        # Rendering takes ~0.4 ms per pipeline: in a thread, so the event loop it shares with
+        # the manager keeps serving meanwhile.
+        return Response(await run_in_threadpool(render, snapshot), media_type=CONTENT_TYPE)
 
     return router
