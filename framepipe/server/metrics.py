@@ -23,7 +23,6 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from framepipe.core.budget import MB, MemoryUsage
-from framepipe.core.sources.entities import DropReason
 from framepipe.protocol.metrics import (
     HistogramFigures,
     ManagerFigures,
@@ -142,6 +141,10 @@ def _histogram(snapshot: HistogramSnapshot) -> HistogramFigures:
 def _source_figures(
     source: SourceReport, processed: int, histograms: SourceHistograms | None
 ) -> SourceFigures:
+    # (not at module level: the sources package imports numpy and the decoders, which the
+    # manager must not wait for before it listens)
+    from framepipe.core.sources.entities import DropReason
+
     return SourceFigures(
         source_id=source.source_id,
         kind=source.kind.value,
