@@ -53,20 +53,17 @@ class _Item:
 class AnnotatedRecorder:
     """Writes the frames it is offered, with their outputs drawn, to ``path`` (H.264 MP4).
 
-    The file is opened at once (a path that cannot be written is an error here, not after the
-    run); the video stream is added when the first frame shows its size. Use as a context
-    manager, or call :meth:`close`.
+    The file is created with the first frame (which gives the video its size): a run that
+    records nothing leaves no file. Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(
         self, path: str | Path, *, queue_size: int = 32, max_wait_s: float = 1.0, crf: int = 23
     ) -> None:
-        import av
-
         self.path = str(path)
         self._max_wait_s = max_wait_s
         self._crf = crf
-        self._container: Any = av.open(self.path, mode="w")
+        self._container: Any = None
         self._stream: Any = None
         self._rate = Fraction(30)
         self._lock = threading.Lock()  # the counts: offer() and the writer both drop
@@ -118,7 +115,8 @@ class AnnotatedRecorder:
             self._drain()
         finally:
             try:
-                self._container.close()
+                if self._container is not None:
+                    self._container.close()
             except Exception as exc:
                 self._error = self._error or f"{type(exc).__name__}: {exc}"
 
@@ -137,6 +135,7 @@ class AnnotatedRecorder:
         image = item.image
         height, width = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2  # yuv420p: even
         if self._stream is None:
+            self._container = av.open(self.path, mode="w")
             fps = item.fps if item.fps and item.fps > 0 else _DEFAULT_FPS
             rate = Fraction(fps).limit_denominator(1001)
             stream = self._container.add_stream("libx264", rate=rate)

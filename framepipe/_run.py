@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from framepipe._recorder import AnnotatedRecorder, RecordingStatistics
     from framepipe.core.histogram import HistogramSnapshot
-    from framepipe.core.pipeline import Pipeline, PipelineReport
+    from framepipe.core.pipeline import Pipeline, PipelineReport, PipelineState
 
 __all__ = ["Percentiles", "RunSummary", "run_local"]
 
@@ -176,7 +176,7 @@ def run_local(
     output: str | None = None,
     as_json: bool = False,
 ) -> int:
-    from framepipe.core.pipeline import Pipeline
+    from framepipe.core.pipeline import Pipeline, PipelineState
     from framepipe.errors import FramepipeError
 
     if frames is not None and frames < 1:
@@ -205,8 +205,11 @@ def run_local(
             raise CommandLineError(missing, _VIDEO_HINT)
         try:
             pipeline.start()
-        except FramepipeError as exc:
-            raise CommandLineError(exc.message, "-v shows the details") from exc
+        except BaseException as exc:
+            pipeline.terminate()
+            if isinstance(exc, FramepipeError):
+                raise CommandLineError(exc.message, "-v shows the details") from exc
+            raise
         started = time.monotonic()
         progress_console = Console(stderr=True)
         show_progress = not as_json or progress_console.is_terminal
@@ -215,7 +218,7 @@ def run_local(
         recording = recorder.close() if recorder is not None else None
     elapsed = time.monotonic() - started
     report = pipeline.status()
-    if state == "FAILED":
+    if state is PipelineState.FAILED:
         raise CommandLineError(
             f"the video could not be processed: {report.failure or 'it failed'}",
             "check that the file plays (e.g. with ffprobe) or that the stream is reachable "
@@ -247,16 +250,12 @@ def _recorder(output: str) -> AnnotatedRecorder:
             f"cannot write --output {output!r}: {folder} is not a writable directory",
             "choose a path in a directory that exists and is writable",
         )
-    try:
-        return AnnotatedRecorder(output)
-    except OSError as exc:
-        raise CommandLineError(
-            f"cannot write --output {output!r}: {exc.strerror or exc}",
-            "choose a path in a directory that exists and is writable",
-        ) from exc
+    return AnnotatedRecorder(output)
 
 
-def _follow(pipeline: Pipeline, tally: _Tally, console: Console | None) -> tuple[str, str]:
+def _follow(
+    pipeline: Pipeline, tally: _Tally, console: Console | None
+) -> tuple[str, PipelineState]:
     """Wait for the end (the pipeline's, --frames', or Ctrl-C's), showing progress; then stop
     the pipeline. Returns what stopped it, and the pipeline's state then."""
     from rich.progress import (
@@ -313,7 +312,7 @@ def _follow(pipeline: Pipeline, tally: _Tally, console: Console | None) -> tuple
     except KeyboardInterrupt:
         stopped_by = "interrupt"
     finally:
-        state = pipeline.state.value
+        state = pipeline.state
         pipeline.terminate()
         pipeline.join(10.0)
     return stopped_by, state
@@ -357,7 +356,7 @@ def _summary(
     report: PipelineReport,
     tally: _Tally,
     model: str,
-    state: str,
+    state: PipelineState,
     stopped_by: str,
     elapsed: float,
     recording: RecordingStatistics | None,
@@ -372,7 +371,7 @@ def _summary(
     return RunSummary(
         video=source.reference if source is not None else "",
         model=model,
-        state=state,
+        state=state.value,
         stopped_by=stopped_by,
         elapsed_s=elapsed,
         frames_decoded=source.frames_decoded if source is not None else 0,

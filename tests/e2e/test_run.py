@@ -202,7 +202,7 @@ def test_a_live_stream_is_recorded_until_ctrl_c(tmp_path: Path) -> None:
 def test_errors_are_one_line_with_a_hint(tmp_path: Path) -> None:
     video = str(demo_video_path())
     for args, cause in (
-        (("run", "no-such-video.mp4"), "not found"),
+        (("run", "no-such-video.mp4", "--output", str(tmp_path / "never.mp4")), "not found"),
         (("run", video, "--model", "no-such-model"), "not registered"),
         (("run", video, "--output", str(tmp_path / "missing" / "out.mp4")), "not a writable"),
         (("run", video, "--output", str(tmp_path / "out.txt")), "not a video file name"),
@@ -212,3 +212,4 @@ def test_errors_are_one_line_with_a_hint(tmp_path: Path) -> None:
         lines = result.stderr.strip().splitlines()
         assert lines[-1].startswith("framepipe: ") and cause in lines[-1], lines
         assert "(hint: " in lines[-1] and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [], "a run that recorded nothing leaves no file"
