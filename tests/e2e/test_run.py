@@ -158,35 +158,36 @@ def test_a_live_stream_is_recorded_until_ctrl_c(tmp_path: Path) -> None:
     try:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TTY_COMPATIBLE": "1", "COLUMNS": "200"}
         command = [sys.executable, "-m", "framepipe.cli", "run", server.url, "--json"]
-        process = subprocess.Popen(
+        with subprocess.Popen(
             [*command, "--output", str(output)],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )
-        assert process.stderr is not None
-        reader = threading.Thread(
-            target=lambda: shown.extend(iter(lambda: process.stderr.read(256), "")),  # type: ignore[union-attr]
-            daemon=True,
-        )
-        reader.start()
-        try:
-            # a stream has no length: a live counter, no bar to fill, no ETA
-            counting = re.compile(r"\d+/\? frames · [1-9]\d* results")
-            deadline = time.monotonic() + 60
-            while not counting.search(plain("".join(shown))):
-                assert process.poll() is None, "".join(shown)
-                assert time.monotonic() < deadline, "no result counted:\n" + "".join(shown)
-                time.sleep(0.1)
-            process.send_signal(signal.SIGINT)
-            stdout, _ = process.communicate(timeout=60)
-            reader.join(10)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+        ) as process:
+            stderr, stdout_pipe = process.stderr, process.stdout
+            assert stderr is not None and stdout_pipe is not None
+            reader = threading.Thread(
+                target=lambda: shown.extend(iter(lambda: stderr.read(256), "")), daemon=True
+            )
+            reader.start()
+            try:
+                # a stream has no length: a live counter, no bar to fill, no ETA
+                counting = re.compile(r"\d+/\? frames · [1-9]\d* results")
+                deadline = time.monotonic() + 60
+                while not counting.search(plain("".join(shown))):
+                    assert process.poll() is None, "".join(shown)
+                    assert time.monotonic() < deadline, "no result counted:\n" + "".join(shown)
+                    time.sleep(0.1)
+                process.send_signal(signal.SIGINT)
+                process.wait(60)  # (stderr is the reader's: no communicate(), which reads it too)
+                stdout = stdout_pipe.read()
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(10)
+                reader.join(10)
     finally:
         server.kill()
     assert process.returncode == 0, "".join(shown)[-3000:]

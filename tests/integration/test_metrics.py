@@ -49,6 +49,7 @@ def series_of(samples: Samples, pipeline_id: str) -> list[str]:
 
 def start(gateway: Gateway, **video: Any) -> str:
     body = init_body(str(video.pop("video_reference")), **video)
+    body["sink_configuration"] = {"type": "MemorySinkConfiguration", "results_buffer_size": 4096}
     response = gateway.http.post("/inference_pipelines/initialise", json=body)
     assert response.status_code == 200, response.text
     pipeline_id: str = response.json()["context"]["pipeline_id"]
@@ -68,6 +69,7 @@ def test_scrapes_move_agree_with_the_status_and_forget_terminated_pipelines(
     with running_gateway() as gateway:
         route = gateway.http.get("/openapi.json").json()["paths"]["/metrics"]["get"]
         assert "text/plain; version=0.0.4; charset=utf-8" in route["responses"]["200"]["content"]
+        # results nobody consumes: a sink that holds them all, so processing never waits for room
         live = start(gateway, video_reference=clip.path, realtime_replay=True)
         # the bundled video through the bundled model, one frame in five (max_fps on a file
         # picks frames by its timeline: the others are dropped with the reason max_fps)
