@@ -17,12 +17,23 @@ from framepipe.protocol.errors import (
 _MANAGER = "set --host/--port or STREAM_MANAGER_HOST/STREAM_MANAGER_PORT to reach it"
 
 
+class CommandLineError(Exception):
+    """An error a command found itself, with what to do about it (``framepipe run``'s)."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
 def hint_for(error: BaseException) -> str | None:
     """What a user can do about ``error`` (None when there is nothing useful to say)."""
+    if isinstance(error, CommandLineError):
+        return error.hint
     if isinstance(error, ConnectivityError):
         return f"is `framepipe serve` running there? {_MANAGER}"
     if isinstance(error, ProtocolViolationError):
@@ -44,7 +55,10 @@ def hint_for(error: BaseException) -> str | None:
         request = f" under request_id {error.request_id}" if error.request_id else ""
         return f"the manager's log has the details{request}"
     if isinstance(error, GatewayStartError):
-        return "choose another --http-port (FRAMEPIPE_HTTP_PORT), or 0 for any free one"
+        return (
+            "choose another --http-port or --metrics-port (FRAMEPIPE_HTTP_PORT, "
+            "FRAMEPIPE_METRICS_PORT), or 0 for any free one"
+        )
     if isinstance(error, ImportError):
         return "install the extra it needs, e.g. pip install 'framepipe[http]'"
     return None
@@ -55,6 +69,8 @@ def explain(error: BaseException) -> str:
     if isinstance(error, FramepipeError):
         label = "" if isinstance(error, ConnectivityError) else f"{error.error_type.value}: "
         cause = f"{label}{_one_line(error.message)}"
+    elif isinstance(error, CommandLineError):
+        cause = _one_line(error.message)
     elif isinstance(error, OSError | ImportError | GatewayStartError):
         cause = _one_line(str(error))
     else:

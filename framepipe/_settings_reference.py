@@ -26,6 +26,7 @@ class SettingRow:
     default: str
     description: str
     example: str
+    section: str = ""  # what the table prefixes the description with ("HTTP gateway")
 
 
 def _shown(value: Any) -> str:
@@ -62,6 +63,7 @@ def rows() -> list[SettingRow]:
                 _shown(spec.default),
                 meta["help"],
                 meta["example"],
+                meta.get("section", "HTTP gateway"),
             )
         )
     return found
@@ -74,7 +76,7 @@ def render_markdown() -> str:
         "|---|---|---|",
     ]
     for row in rows():
-        where = "" if row.owner == "manager" else "HTTP gateway: "
+        where = f"{row.section}: " if row.section else ""
         lines.append(f"| `{row.env}` | `{row.default}` | {where}{row.description} |")
     return "\n".join(lines) + "\n"
 

@@ -1,10 +1,12 @@
 """The ``framepipe`` command line.
 
 ``framepipe serve [--http-port N]``       run the stream manager (TCP control plane, and the
-                                          HTTP gateway with --http-port)
+                                          HTTP gateway with --http-port; Prometheus /metrics
+                                          on it, or on --metrics-port)
 ``framepipe pipelines list|status|consume|pause|resume|terminate``   talk to a running manager
 ``framepipe top``                         the pipelines table, refreshed live
-``framepipe run VIDEO [--model NAME]``    run one pipeline locally, print its results
+``framepipe run VIDEO [--model NAME]``    run one pipeline locally: progress, then a summary
+                                          (--output: an annotated H.264 recording; --json)
 ``framepipe demo``                        start a manager, run a pipeline on the sample video,
                                           print results as they come, shut everything down
 ``framepipe bench``                       streams per machine: framepipe against the classic
@@ -78,7 +80,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_remote_commands(commands)
 
-    run = commands.add_parser("run", help="run one pipeline locally and print its results")
+    run = commands.add_parser(
+        "run",
+        help="run one pipeline locally: progress, a summary, optionally an annotated recording",
+    )
     run.add_argument("video", help="file path, stream URL or camera index")
     run.add_argument(
         "--model", default="passthrough", help="registered model name (default: passthrough)"
@@ -86,7 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-fps", type=float, default=None, help="limit the processing rate")
     run.add_argument("--frames", type=int, default=None, help="stop after this many results")
     run.add_argument(
-        "--output", default=None, help="write the frames with their detections drawn (H.264 .mp4)"
+        "--output",
+        default=None,
+        help="record the frames as they pass, with the detections drawn (H.264 .mp4); "
+        "streams too (until Ctrl-C or --frames)",
+    )
+    run.add_argument(
+        "--json", action="store_true", help="the summary as JSON on stdout (for scripts)"
     )
     run.set_defaults(run=_run)
 
@@ -121,6 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
     gateway_settings = gateway_from_arguments(args, os.environ)
     companions: list[Companion] = []
     if gateway_settings.enabled:
+        from framepipe.gateway.metrics import metrics_router
         from framepipe.gateway.runner import Gateway
 
         def announce_gateway(url: str) -> None:
@@ -132,6 +144,27 @@ def _serve(args: argparse.Namespace) -> int:
                 probe_token=settings.token,
                 default_host=settings.host,
                 announce=announce_gateway,
+                routers=[metrics_router()],
+            )
+        )
+    if gateway_settings.metrics_port is not None:
+        import dataclasses
+
+        from framepipe.gateway.metrics import metrics_router
+        from framepipe.gateway.runner import Gateway
+
+        def announce_metrics(url: str) -> None:
+            print(f"framepipe: Prometheus metrics on {url}/metrics", flush=True)
+
+        companions.append(
+            Gateway(
+                dataclasses.replace(gateway_settings, http_port=gateway_settings.metrics_port),
+                probe_token=settings.token,
+                default_host=settings.host,
+                announce=announce_metrics,
+                routers=[metrics_router()],
+                control_plane=False,
+                name="metrics endpoint",
             )
         )
 
@@ -152,7 +185,12 @@ def _run(args: argparse.Namespace) -> int:
     from framepipe._run import run_local
 
     return run_local(
-        args.video, model=args.model, max_fps=args.max_fps, frames=args.frames, output=args.output
+        args.video,
+        model=args.model,
+        max_fps=args.max_fps,
+        frames=args.frames,
+        output=args.output,
+        as_json=args.json,
     )
 
 

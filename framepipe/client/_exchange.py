@@ -21,6 +21,7 @@ from framepipe.protocol.commands import AUTH_TOKEN_KEY, Command
 from framepipe.protocol.envelope import Envelope, parse_response
 from framepipe.protocol.errors import FramepipeError
 from framepipe.protocol.framing import decode_payload, encode_message
+from framepipe.protocol.metrics import METRICS_KEY, MetricsSnapshot
 
 DEFAULT_CLIENT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 
@@ -174,6 +175,14 @@ def _entry(raw: Any) -> ConsumedEntry:
         raise ProtocolViolationError(f"Unexpected result entry: {type(raw).__name__}")
     entry: ConsumedEntry = _validated(ConsumedEntry, **raw)
     return entry
+
+
+def metrics_response(envelope: Envelope) -> MetricsSnapshot:
+    raw = _field(envelope, METRICS_KEY)
+    try:
+        return MetricsSnapshot.model_validate(raw)
+    except ValidationError as error:
+        raise ProtocolViolationError(f"Unexpected metrics shape: {error}") from error
 
 
 def webrtc_response(envelope: Envelope) -> InitializeWebRTCPipelineResponse:

@@ -26,6 +26,7 @@ from framepipe.protocol.commands import (
     ConsumeResultCommand,
     InitCommand,
     ListPipelinesCommand,
+    MetricsCommand,
     MuteCommand,
     ResumeCommand,
     StatusCommand,
@@ -34,6 +35,7 @@ from framepipe.protocol.commands import (
 )
 from framepipe.protocol.envelope import Envelope
 from framepipe.protocol.framing import FrameDecoder, FramingError
+from framepipe.protocol.metrics import MetricsSnapshot
 from framepipe.protocol.payloads import InitialisePipelinePayload, InitialiseWebRTCPipelinePayload
 
 
@@ -86,6 +88,11 @@ class StreamManagerClient(_exchange.ClientSettings):
             max_entries=max_entries,
         )
         return _exchange.consume_response(await self.send(command))
+
+    async def get_metrics(self) -> MetricsSnapshot:
+        """The manager's figures for monitoring (framepipe extension: a reference manager
+        answers it with invalid_payload)."""
+        return _exchange.metrics_response(await self.send(MetricsCommand()))
 
     async def send(self, command: Command) -> Envelope:
         """Send one command; the successful response's envelope (failures raise)."""

@@ -21,6 +21,7 @@ from framepipe.protocol.commands import (
     ConsumeResultCommand,
     InitCommand,
     ListPipelinesCommand,
+    MetricsCommand,
     MuteCommand,
     ResumeCommand,
     StatusCommand,
@@ -29,6 +30,7 @@ from framepipe.protocol.commands import (
 )
 from framepipe.protocol.envelope import Envelope
 from framepipe.protocol.framing import FrameDecoder, FramingError
+from framepipe.protocol.metrics import MetricsSnapshot
 from framepipe.protocol.payloads import InitialisePipelinePayload, InitialiseWebRTCPipelinePayload
 
 
@@ -72,6 +74,11 @@ class SyncStreamManagerClient(_exchange.ClientSettings):
             max_entries=max_entries,
         )
         return _exchange.consume_response(self.send(command))
+
+    def get_metrics(self) -> MetricsSnapshot:
+        """The manager's figures for monitoring (framepipe extension: a reference manager
+        answers it with invalid_payload)."""
+        return _exchange.metrics_response(self.send(MetricsCommand()))
 
     def send(self, command: Command) -> Envelope:
         payload = self.exchange(_exchange.request_bytes(command, self.auth_token))

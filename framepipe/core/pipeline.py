@@ -42,6 +42,12 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from framepipe.core.histogram import (
+    FRAME_AGE_BUCKETS_S,
+    INFERENCE_LATENCY_BUCKETS_S,
+    Histogram,
+    HistogramSnapshot,
+)
 from framepipe.core.inference import (
     ChannelState,
     Inference,
@@ -49,7 +55,7 @@ from framepipe.core.inference import (
     SubmittedFrame,
     local_engine,
 )
-from framepipe.core.processing.processor import Processor, build_processor
+from framepipe.core.processing.processor import FrameCallback, FrameTap, Processor, build_processor
 from framepipe.core.processing.spec import ModelSpec, ProcessingSpec
 from framepipe.core.sinks import InMemoryBufferSink, SinkStatistics
 from framepipe.core.sources.entities import (
@@ -79,6 +85,7 @@ __all__ = [
     "PipelineReport",
     "PipelineResult",
     "PipelineState",
+    "SourceHistograms",
     "Sources",
     "frame_metadata_to_wire",
     "source_requests",
@@ -223,6 +230,21 @@ class CompletionReport:
 
 
 @dataclass(frozen=True)
+class SourceHistograms:
+    """One source's latency histograms since the pipeline started (fixed buckets, counts that
+    only grow: what a monitoring system scrapes), next to the recent windows of
+    :class:`LatencyReport`.
+
+    ``inference_latency_s``: processing start → result composed; ``frame_age_s``: capture →
+    result handed out.
+    """
+
+    source_id: int
+    inference_latency_s: HistogramSnapshot
+    frame_age_s: HistogramSnapshot
+
+
+@dataclass(frozen=True)
 class PipelineReport:
     """Typed status of a pipeline; ``to_wire()`` is the reference's ``report`` object."""
 
@@ -242,6 +264,7 @@ class PipelineReport:
     uptime_s: float
     pid: int  # the process running the pipeline
     inference: ChannelState | None = None  # where the model runs: counts, service gaps
+    histograms: list[SourceHistograms] = field(default_factory=list)
 
     @property
     def results_dropped(self) -> int:
@@ -325,6 +348,10 @@ class _Latencies:
     decoding: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
     inference: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
     e2e: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    inference_histogram: Histogram = field(
+        default_factory=lambda: Histogram(INFERENCE_LATENCY_BUCKETS_S)
+    )
+    age_histogram: Histogram = field(default_factory=lambda: Histogram(FRAME_AGE_BUCKETS_S))
     completed: int = 0
     last_completed_at: float | None = None
     last_frame_id: int | None = None
@@ -480,7 +507,10 @@ class Pipeline:
 
     ``model``: a registered model's name or a :class:`ModelSpec` (thresholds, class filter);
     ``processing``: any :data:`ProcessingSpec` (a workflow) or :class:`Processor` instead; with
-    neither, frames pass through with their metadata. ``inference``: where models run (default:
+    neither, frames pass through with their metadata. ``on_frame(frame, output, metadata)``:
+    shown every frame in place, right after its output was composed (a
+    :class:`~framepipe.core.processing.processor.FrameTap`; the frame is valid only during the
+    call — draw on a copy, e.g. with ``annotate``). ``inference``: where models run (default:
     this process's shared engines). ``hub``: where sources come from (default: decode processes
     of this pipeline's own). ``hold_results``: whether a full result buffer holds processing back
     (True), drops its oldest entry (False), or holds only while a ``results()`` iterator is open
@@ -494,6 +524,7 @@ class Pipeline:
         model: str | ModelSpec | None = None,
         processing: ProcessingSpec | Processor | None = None,
         on_prediction: OnPrediction | None = None,
+        on_frame: FrameCallback | None = None,
         max_fps: float | None = None,
         source_buffer_filling_strategy: BufferFillingStrategy | str | None = None,
         source_buffer_consumption_strategy: BufferConsumptionStrategy | str | None = None,
@@ -516,6 +547,8 @@ class Pipeline:
                 f"results_buffer_size must be >= 1, got {results_buffer_size}"
             )
         self._processor = _processing_processor(model, processing)
+        if on_frame is not None:
+            self._processor = FrameTap(self._processor, on_frame)
         self._requests = source_requests(
             video_reference,
             max_fps=max_fps,
@@ -908,9 +941,13 @@ class Pipeline:
                 if meta is None:
                     continue
                 lat = self._latencies[meta.source_id]
+                inference_s = (processed_ns - job.started_ns) / 1e9
+                age_s = (done_ns - meta.capture_ns) / 1e9
                 lat.decoding.append((job.started_ns - meta.capture_ns) / 1e9)
-                lat.inference.append((processed_ns - job.started_ns) / 1e9)
-                lat.e2e.append((done_ns - meta.capture_ns) / 1e9)
+                lat.inference.append(inference_s)
+                lat.e2e.append(age_s)
+                lat.inference_histogram.observe(inference_s)
+                lat.age_histogram.observe(age_s)
                 lat.completed += 1
                 lat.last_completed_at = now
                 lat.last_frame_id = meta.frame_id
@@ -982,6 +1019,12 @@ class Pipeline:
                     for source_id, lat in self._latencies.items()
                 ],
             )
+            histograms = [
+                SourceHistograms(
+                    source_id, lat.inference_histogram.snapshot(), lat.age_histogram.snapshot()
+                )
+                for source_id, lat in self._latencies.items()
+            ]
             produced, errors_count = self._results_produced, self._processing_errors
             last_error, failed = self._last_processing_error, dict(self._frames_failed)
         model = self._processor.model
@@ -1007,6 +1050,7 @@ class Pipeline:
             uptime_s=(now - self._started_at) if self._started_at else 0.0,
             pid=os.getpid(),
             inference=inference,
+            histograms=histograms,
         )
 
 

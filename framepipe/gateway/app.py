@@ -18,8 +18,9 @@ Every request carries its own credentials: ``Authorization: Bearer <token>`` is 
 manager as the request's ``auth_token``; the gateway holds no token of its own except for the
 ``/readyz`` probe, which returns no data. Errors: :mod:`framepipe.gateway.errors`.
 
-More routes plug in through ``create_app(..., routers=[...])`` (a Prometheus ``/metrics``
-router will, once the figures it needs are available from the manager).
+More routes plug in through ``create_app(..., routers=[...])``: Prometheus' ``/metrics``
+(:mod:`framepipe.gateway.metrics`) does. ``control_plane=False`` leaves the
+``/inference_pipelines`` routes out (a metrics-only endpoint).
 """
 
 from __future__ import annotations
@@ -216,8 +217,11 @@ def _describe_validation(error: RequestValidationError) -> str:
     return "; ".join(problems) or "invalid request"
 
 
-def create_app(context: GatewayContext, *, routers: Sequence[APIRouter] = ()) -> FastAPI:
-    """The gateway application serving ``context``'s manager."""
+def create_app(
+    context: GatewayContext, *, routers: Sequence[APIRouter] = (), control_plane: bool = True
+) -> FastAPI:
+    """The gateway application serving ``context``'s manager (without the
+    ``/inference_pipelines`` routes when ``control_plane`` is False)."""
     app = FastAPI(
         title="framepipe HTTP gateway",
         version="0.1.0",
@@ -235,7 +239,8 @@ def create_app(context: GatewayContext, *, routers: Sequence[APIRouter] = ()) ->
         )
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     _install_error_handlers(app, settings.max_body_bytes)
-    app.include_router(_pipeline_routes(context))
+    if control_plane:
+        app.include_router(_pipeline_routes(context))
     app.include_router(_probe_routes(context))
     for router in routers:
         app.include_router(router)

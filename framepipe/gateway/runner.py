@@ -39,9 +39,10 @@ class _EmbeddedServer(uvicorn.Server):
 class Gateway:
     """The HTTP gateway in front of the manager at ``manager_host:manager_port``.
 
-    ``announce(url)`` is called once it listens; ``routers`` add routes (a ``/metrics`` router,
-    later). Usable as a companion of :func:`framepipe.server.app.serve` (``start(host, port)``
-    / ``close()``).
+    ``announce(url)`` is called once it listens; ``routers`` add routes (``/metrics``);
+    ``control_plane=False`` serves only those and the probes (``framepipe serve
+    --metrics-port``), ``name`` is what the log calls it. Usable as a companion of
+    :func:`framepipe.server.app.serve` (``start(host, port)`` / ``close()``).
     """
 
     def __init__(
@@ -52,9 +53,13 @@ class Gateway:
         default_host: str = "127.0.0.1",
         announce: Callable[[str], None] | None = None,
         routers: Sequence[APIRouter] = (),
+        control_plane: bool = True,
+        name: str = "HTTP gateway",
     ) -> None:
         self.settings = settings
         self.routers = tuple(routers)
+        self.control_plane = control_plane
+        self.name = name
         self.probe_token = probe_token
         self.default_host = default_host
         self.announce = announce
@@ -90,11 +95,12 @@ class Gateway:
             self._socket = socket.create_server((self.host, port), backlog=1024)
         except OSError as error:
             raise GatewayStartError(
-                f"cannot listen for HTTP on {self.host}:{port}: {error.strerror or error}"
+                f"cannot listen for HTTP ({self.name}) on {self.host}:{port}: "
+                f"{error.strerror or error}"
             ) from error
         self._socket.set_inheritable(False)
         config = uvicorn.Config(
-            create_app(context, routers=self.routers),
+            create_app(context, routers=self.routers, control_plane=self.control_plane),
             lifespan="off",
             log_config=None,
             access_log=False,
@@ -104,7 +110,7 @@ class Gateway:
         self._task = asyncio.get_running_loop().create_task(
             self._server.serve(sockets=[self._socket]), name="framepipe-http-gateway"
         )
-        logger.info("HTTP gateway on %s (manager %s:%d)", self.url, manager_host, manager_port)
+        logger.info("%s on %s (manager %s:%d)", self.name, self.url, manager_host, manager_port)
         if self.announce is not None:
             self.announce(self.url)
 

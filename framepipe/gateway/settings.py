@@ -20,10 +20,14 @@ class GatewaySettingsError(ValueError):
     """An environment variable or flag of the gateway has a value that cannot be used."""
 
 
-def _setting(default: Any, env: str, help: str, example: str) -> Any:
+def _setting(default: Any, env: str, help: str, example: str, section: str = "HTTP gateway") -> Any:
     """A field with its environment name, description and an example value (the settings
-    test sets each variable to its example and checks the field follows)."""
-    return field(default=default, metadata={"env": env, "help": help, "example": example})
+    test sets each variable to its example and checks the field follows); ``section`` heads
+    its description in the configuration reference."""
+    return field(
+        default=default,
+        metadata={"env": env, "help": help, "example": example, "section": section},
+    )
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,15 @@ class GatewaySettings:
         "comma-separated origins a browser dashboard may call the gateway from",
         "https://dash.example",
     )
+    metrics_port: int | None = _setting(
+        None,
+        "FRAMEPIPE_METRICS_PORT",
+        "port of a `/metrics` endpoint of its own, also when the HTTP gateway is off (0: any "
+        "free one; it binds the gateway's address); unset: `/metrics` is on the gateway's port "
+        "only",
+        "9100",
+        section="Prometheus metrics",
+    )
 
     @property
     def enabled(self) -> bool:
@@ -94,6 +107,7 @@ class GatewaySettings:
         """Settings from ``environ`` (pass ``os.environ``)."""
         defaults = cls()
         port = environ.get("FRAMEPIPE_HTTP_PORT", "").strip()
+        metrics_port = environ.get("FRAMEPIPE_METRICS_PORT", "").strip()
         origins = environ.get("FRAMEPIPE_HTTP_CORS_ORIGINS", "")
         settings = cls(
             http_port=_int("FRAMEPIPE_HTTP_PORT", port) if port else None,
@@ -111,6 +125,7 @@ class GatewaySettings:
                 environ, "FRAMEPIPE_HTTP_STREAM_KEEPALIVE", defaults.stream_keepalive_s
             ),
             cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
+            metrics_port=_int("FRAMEPIPE_METRICS_PORT", metrics_port) if metrics_port else None,
         )
         settings.validate()
         return settings
@@ -125,6 +140,10 @@ class GatewaySettings:
     def validate(self) -> None:
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise GatewaySettingsError(f"HTTP port must be within 0..65535, got {self.http_port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise GatewaySettingsError(
+                f"metrics port must be within 0..65535, got {self.metrics_port}"
+            )
         if not 1 <= self.stream_buffer <= MAX_STREAM_BUFFER:
             raise GatewaySettingsError(
                 f"FRAMEPIPE_HTTP_STREAM_BUFFER must be 1..{MAX_STREAM_BUFFER}, "
@@ -151,12 +170,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--http-host", help="address the HTTP gateway binds (FRAMEPIPE_HTTP_HOST; --host)"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics on this port too, also without the gateway; 0 for any "
+        "free one (FRAMEPIPE_METRICS_PORT)",
+    )
 
 
 def from_arguments(args: argparse.Namespace, environ: Mapping[str, str]) -> GatewaySettings:
     """Settings from the environment, then the flags given on the command line."""
     return GatewaySettings.from_env(environ).with_overrides(
-        http_port=getattr(args, "http_port", None), http_host=getattr(args, "http_host", None)
+        http_port=getattr(args, "http_port", None),
+        http_host=getattr(args, "http_host", None),
+        metrics_port=getattr(args, "metrics_port", None),
     )
 
 

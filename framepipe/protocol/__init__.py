@@ -5,7 +5,8 @@
 - :mod:`~framepipe.protocol.payloads`: ``init`` / ``webrtc`` payload schemas;
 - :mod:`~framepipe.protocol.envelope`: response envelope, success and failure bodies;
 - :mod:`~framepipe.protocol.errors`: the error tree, one class per wire ``error_type``;
-- :mod:`~framepipe.protocol.limits`: depth and size limits checked on a request's raw bytes.
+- :mod:`~framepipe.protocol.limits`: depth and size limits checked on a request's raw bytes;
+- :mod:`~framepipe.protocol.metrics`: the ``metrics`` extension's typed snapshot.
 """
 
 from framepipe.protocol.commands import (
@@ -15,6 +16,7 @@ from framepipe.protocol.commands import (
     ConsumeResultCommand,
     InitCommand,
     ListPipelinesCommand,
+    MetricsCommand,
     MuteCommand,
     PipelineCommand,
     ResumeCommand,
@@ -97,6 +99,7 @@ __all__ = [
     "ListPipelinesBody",
     "ListPipelinesCommand",
     "MemorySinkConfiguration",
+    "MetricsCommand",
     "ModelConfiguration",
     "MuteCommand",
     "NotFoundError",

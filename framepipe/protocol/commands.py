@@ -43,6 +43,7 @@ class CommandType(StrEnum):
     TERMINATE = "terminate"
     LIST_PIPELINES = "list_pipelines"
     CONSUME_RESULT = "consume_result"
+    METRICS = "metrics"  # framepipe extension (framepipe.protocol.metrics)
 
 
 class Command(BaseModel):
@@ -120,6 +121,18 @@ class ConsumeResultCommand(PipelineCommand):
         return wire
 
 
+class MetricsCommand(Command):
+    """framepipe extension: the manager's figures for monitoring
+    (:class:`~framepipe.protocol.metrics.MetricsSnapshot`). The reference's clients never send
+    it."""
+
+    command_type = CommandType.METRICS
+    type: Literal[CommandType.METRICS] = CommandType.METRICS
+
+    def to_wire(self) -> dict[str, Any]:
+        return {TYPE_KEY: self.type.value}
+
+
 class InitCommand(Command):
     command_type = CommandType.INIT
     type: Literal[CommandType.INIT] = CommandType.INIT
@@ -149,6 +162,7 @@ AnyCommand = (
     | ResumeCommand
     | TerminateCommand
     | ConsumeResultCommand
+    | MetricsCommand
     | InitCommand
     | WebRTCCommand
 )
@@ -160,6 +174,7 @@ _SIMPLE_COMMANDS: dict[CommandType, type[Command]] = {
     CommandType.RESUME: ResumeCommand,
     CommandType.TERMINATE: TerminateCommand,
     CommandType.CONSUME_RESULT: ConsumeResultCommand,
+    CommandType.METRICS: MetricsCommand,
 }
 _VALID_TYPES = ", ".join(t.value for t in CommandType)
 

@@ -43,6 +43,7 @@ from framepipe.protocol.commands import (
     ConsumeResultCommand,
     InitCommand,
     ListPipelinesCommand,
+    MetricsCommand,
     MuteCommand,
     ResumeCommand,
     StatusCommand,
@@ -56,6 +57,7 @@ from framepipe.protocol.envelope import (
     StatusBody,
     SuccessBody,
 )
+from framepipe.protocol.metrics import MetricsBody, MetricsSnapshot
 from framepipe.protocol.payloads import InitialisePipelinePayload
 from framepipe.server.decoders import Decoders
 from framepipe.server.messages import (
@@ -71,6 +73,7 @@ from framepipe.server.messages import (
     WorkerCommand,
     expect,
 )
+from framepipe.server.metrics import build_snapshot
 from framepipe.server.reaper import Reaper
 from framepipe.server.settings import ServerSettings
 from framepipe.server.table import (
@@ -129,6 +132,8 @@ class StreamManager:
         self._health_task: asyncio.Task[Any] | None = None
         self._reaper: Reaper | None = None
         self._next_ram_sample = 0.0
+        self._started_at = time.monotonic()
+        self._last_usage: MemoryUsage | None = None  # the last health check's RAM figures
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -230,10 +235,26 @@ class StreamManager:
         if isinstance(command, TerminateCommand):
             await self.terminate(command.pipeline_id)
             return SuccessBody(pipeline_id=command.pipeline_id)
+        if isinstance(command, MetricsCommand):
+            return MetricsBody(snapshot=self.metrics())
         raise InvalidPayloadError(f"Unsupported command {type(command).__name__}")
 
     async def list_pipelines(self) -> list[str]:
         return self.table.listed()
+
+    def metrics(self) -> MetricsSnapshot:
+        """The figures for monitoring, from what the manager knows now (no worker is asked:
+        see :mod:`framepipe.server.metrics`)."""
+        # the services started so far (reading them starts none)
+        services = self._services.statistics() if self._services is not None else []
+        return build_snapshot(
+            self.table.rows(),
+            usage=self._last_usage,
+            max_ram_mb=self.settings.max_ram_mb,
+            decoder_processes=len(self.decoders.pids()),
+            uptime_s=time.monotonic() - self._started_at,
+            services=services,
+        )
 
     async def initialise(
         self, payload: InitialisePipelinePayload, request_id: str | None = None
@@ -501,7 +522,9 @@ class StreamManager:
     # ---- RAM ---------------------------------------------------------------------------------
 
     async def _measure_usage(self) -> MemoryUsage:
-        return await asyncio.get_running_loop().run_in_executor(None, self._measure_usage_sync)
+        usage = await asyncio.get_running_loop().run_in_executor(None, self._measure_usage_sync)
+        self._last_usage = usage
+        return usage
 
     def _measure_usage_sync(self) -> MemoryUsage:
         manager_pid = os.getpid()

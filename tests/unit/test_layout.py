@@ -75,3 +75,20 @@ def test_error_tree_maps_one_to_one_onto_wire_error_types() -> None:
     for error_type, cls in ERROR_CLASSES.items():
         assert issubclass(cls, FramepipeError)
         assert cls.error_type is error_type
+
+
+def test_the_manager_listens_before_it_imports_the_data_plane() -> None:
+    """`framepipe serve` binds its port within a fraction of a second: importing the server
+    loads neither numpy nor the decoders (they load in the background, or at a first scrape)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, framepipe.server.app, framepipe.server.metrics; "
+        "heavy = sorted(m for m in ('numpy', 'cv2', 'av', 'framepipe.core.sources') "
+        "if m in sys.modules); print(','.join(heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "", result.stdout

@@ -27,6 +27,7 @@ def test_constructor_keywords_match_the_contract() -> None:
         "model",
         "processing",
         "on_prediction",
+        "on_frame",
         "max_fps",
         "source_buffer_filling_strategy",
         "source_buffer_consumption_strategy",

@@ -19,6 +19,7 @@ CLIENT_METHODS = {
     "resume_pipeline",
     "consume_pipeline_result",
     "terminate_pipeline",
+    "get_metrics",
     "send",
     "exchange",
 }
