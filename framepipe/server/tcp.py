@@ -128,6 +128,9 @@ connections are reset at once. Draining without a bound let an attacker make the
 1 GB/s of junk; a careless client that sent a few MB too many still gets its answer."""
 _FAST_READ_BYTES = 64 * 1024
 _ACCEPTS_PER_WAKEUP = 64
+_EVICTIONS_PER_WAKEUP = 4
+"""At max_connections each accept evicts an open connection, whose socket asyncio closes on
+the next pass of the loop: a few per wakeup keep the descriptors open near the limit."""
 _ACCEPT_PAUSE_S = 0.1
 _SCRATCH = bytearray(64 * 1024)  # where bytes to be dropped are read (never looked at)
 _EARLY_LIMIT_BYTES = 256 * 1024
@@ -607,11 +610,14 @@ class TcpFront:
         listener = self._listener
         if listener is None:
             return
+        evictions = 0
         for _ in range(_ACCEPTS_PER_WAKEUP):  # bounded: the loop has other work too
             full = self.open_connections >= self.settings.max_connections
             if full and not self.reading and not self.lingering:
                 self._pause_accepting()  # every open connection is being served: wait for one
                 return
+            if full and evictions >= _EVICTIONS_PER_WAKEUP:
+                return  # let the loop close the evicted sockets first (the listener stays ready)
             try:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -631,6 +637,7 @@ class TcpFront:
                 self._accept_failing = False
             if full:
                 self._evict()  # a connection is waiting: the oldest reader makes room for it
+                evictions += 1
             conn.setblocking(False)
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -178,8 +178,9 @@ def test_a_thousand_abandoned_connections_leave_no_descriptor_behind(
             f"{sampler.peaks.fds}, {settled} after; status p99 {summary['p99_ms']:.1f} ms over "
             f"{int(summary['probes'])} probes"
         )
-        # The connection cap (512) held: never much more than it open at once.
-        assert sampler.peaks.fds < baseline_fds + 512 + 64
+        # The connection cap (512) held: never more than it open at once, give or take the
+        # few evicted sockets that asyncio closes on its next pass and the prober's.
+        assert sampler.peaks.fds < baseline_fds + 512 + 24
         assert not prober.stats.failures, prober.stats.failures[:5]
         assert max(prober.stats.latencies_s) < 2.0
         time.sleep(0.5)
