@@ -60,6 +60,13 @@ class ServerSettings:
     # Pipelines on the same video reference share one decode process and ring, owned by the
     # manager (FRAMEPIPE_SHARE_DECODERS=0 gives every pipeline its own decoder).
     share_decoders: bool = True
+    # WebRTC: the addresses the server offers as ICE host candidates (empty: every address of
+    # every interface except loopback, aioice's choice). "127.0.0.1" keeps a local peer on
+    # loopback (a browser needs --allow-loopback-in-peer-connection for that).
+    webrtc_ice_addresses: tuple[str, ...] = ()
+    # WebRTC: seconds a peer has, from the answer, to connect and send its first frame (after
+    # that, `webrtc_peer_timeout` of the request bounds the silence between two frames).
+    webrtc_connect_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -97,6 +104,10 @@ class ServerSettings:
                 if name.strip()
             ),
             share_decoders=_bool(env, "FRAMEPIPE_SHARE_DECODERS", defaults.share_decoders),
+            webrtc_ice_addresses=_list(env, "FRAMEPIPE_WEBRTC_ICE_ADDRESSES"),
+            webrtc_connect_timeout_s=_float(
+                env, "FRAMEPIPE_WEBRTC_CONNECT_TIMEOUT", defaults.webrtc_connect_timeout_s
+            ),
         )
 
     def with_overrides(self, **changes: object) -> ServerSettings:
@@ -189,6 +200,11 @@ def _int(
         bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
         raise SettingsError(f"{name} must be {bound}, got {value}")
     return value
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list (empty entries ignored)."""
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

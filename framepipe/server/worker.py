@@ -41,6 +41,7 @@ from framepipe.server.messages import (
     ReplyBody,
     Resume,
     StartPipeline,
+    StartWebRTCPipeline,
     StatusReply,
     Stop,
     WorkerFailure,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from framepipe.core.inference import Inference, InferenceChannel
     from framepipe.core.pipeline import Pipeline
     from framepipe.core.sources import SourceTicket, Subscription, SubscriptionRequest
+    from framepipe.server.webrtc.session import WebRTCSession
 
 log = logging.getLogger("framepipe.worker")
 
@@ -157,6 +159,7 @@ class PipelineRunner:
     def __init__(self, options: WorkerOptions) -> None:
         self._options = options
         self._pipeline: Pipeline | None = None
+        self._webrtc: WebRTCSession | None = None  # the peer of a WebRTC pipeline
         self._preloaded: list[InferenceChannel] = []
         self.done = False
 
@@ -194,6 +197,8 @@ class PipelineRunner:
         if isinstance(command, StartPipeline):
             self._start(command)
             return Done()
+        if isinstance(command, StartWebRTCPipeline):
+            return self._start_webrtc(command)
         if isinstance(command, Stop):
             self.close()
             return Done()
@@ -201,7 +206,10 @@ class PipelineRunner:
         if pipeline is None:
             raise OperationError(f"cannot {type(command).__name__}: this worker runs no pipeline")
         if isinstance(command, GetStatus):
-            return StatusReply(pipeline.status())
+            report = pipeline.status()
+            if self._webrtc is not None:
+                report.extensions["webrtc"] = self._webrtc.statistics()
+            return StatusReply(report)
         if isinstance(command, Mute):
             pipeline.mute()
             return Done()
@@ -240,6 +248,18 @@ class PipelineRunner:
         pipeline.start(begun_at=command.begun_at)
         self._pipeline = pipeline
 
+    def _start_webrtc(self, command: StartWebRTCPipeline) -> ReplyBody:
+        """A pipeline whose source is a WebRTC peer (the session holds the connection)."""
+        if self._pipeline is not None:
+            raise OperationError("this worker already runs a pipeline")
+        from framepipe.server.webrtc.session import start_webrtc_pipeline
+
+        pipeline, session, answer = start_webrtc_pipeline(
+            command, self._inference(command.inference)
+        )
+        self._pipeline, self._webrtc = pipeline, session
+        return answer
+
     @staticmethod
     def _inference(address: object) -> Inference | None:
         """Where the model runs: None runs it in an engine of this process."""
@@ -266,9 +286,14 @@ class PipelineRunner:
         for channel in preloaded:
             with contextlib.suppress(Exception):
                 channel.close()
-        if pipeline is None:
-            return
-        try:
-            pipeline.terminate(self._options.terminate_timeout_s)
-        except Exception:
-            log.exception("terminating the pipeline failed")
+        session, self._webrtc = self._webrtc, None
+        if pipeline is not None:
+            try:
+                pipeline.terminate(self._options.terminate_timeout_s)
+            except Exception:
+                log.exception("terminating the pipeline failed")
+        if session is not None:
+            try:
+                session.close()
+            except Exception:
+                log.exception("closing the WebRTC peer failed")

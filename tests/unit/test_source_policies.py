@@ -9,7 +9,6 @@ import pytest
 
 from framepipe.core.pipeline import PipelineResult
 from framepipe.core.processing import PassthroughProcessor
-from framepipe.core.sources.gate import ConsumerGate
 from framepipe.core.sources.entities import (
     BufferConsumptionStrategy,
     BufferFillingStrategy,
@@ -17,6 +16,7 @@ from framepipe.core.sources.entities import (
     StreamState,
     state_update,
 )
+from framepipe.core.sources.gate import ConsumerGate
 from framepipe.core.sources.hub import default_strategies
 from framepipe.core.sources.reference import parse_reference
 
