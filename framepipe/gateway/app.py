@@ -341,8 +341,9 @@ def _pipeline_routes(context: GatewayContext) -> APIRouter:
         response_model=InitializeWebRTCPipelineResponse,
         summary="Establishes WebRTC peer connection and starts new InferencePipeline "
         "consuming video track",
-        description="The manager's `webrtc`: the answer carries the SDP answer. A manager "
-        "without WebRTC refuses with operation_error (409).",
+        description="The manager's `webrtc`: the body is an `initialise` body plus "
+        "`webrtc_offer` (and the reference's optional WebRTC fields); the answer carries the "
+        "SDP answer and the new pipeline's id. An offer without video is invalid_payload (400).",
     )
     async def initialise_webrtc(
         request: InitialiseWebRTCPipelinePayload, token: Token

@@ -89,6 +89,8 @@ class TestPeer:
     # Decode a returned frame when its last packet arrives (as a browser does), not when the
     # next frame's first one does (aiortc's own jitter buffer).
     frame_end_jitter_buffer: bool = True
+    # While True, no frame is sent (the connection stays up): a peer gone silent.
+    paused: bool = False
     sent_ns: dict[int, int] = field(default_factory=dict)
     returned: list[ReturnedFrame] = field(default_factory=list)
     returned_count: int = 0
@@ -166,15 +168,19 @@ class _GeneratedTrack(VideoStreamTrack):
         super().__init__()
         self._peer = peer
         self._number = 0
-        self._began: float | None = None
+        self._due: float | None = None
 
     async def recv(self) -> VideoFrame:
         peer = self._peer
-        if self._began is None:
-            self._began = time.monotonic()
+        while peer.paused:
+            await asyncio.sleep(0.02)
+            self._due = None  # pace from the next frame on
+        now = time.monotonic()
+        if self._due is None or self._due <= now:
+            self._due = now  # late (or the first): send now, never in a burst
         else:
-            due = self._began + self._number / peer.fps
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await asyncio.sleep(self._due - now)
+        self._due += 1 / peer.fps
         number = self._number
         self._number += 1
         frame = VideoFrame.from_ndarray(peer.draw(number), format="bgr24")
