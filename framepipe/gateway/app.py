@@ -13,6 +13,7 @@ Routes (the first eight as the reference's gateway names and shapes them):
 - ``GET  /inference_pipelines/{pipeline_id}/results/stream``  (text/event-stream, see
   :mod:`framepipe.gateway.streams`)
 - ``GET  /healthz`` (the process answers), ``GET /readyz`` (the manager answers)
+- ``GET  /webrtc``: the WebRTC demo page (:mod:`framepipe.gateway.demo`)
 
 Every request carries its own credentials: ``Authorization: Bearer <token>`` is passed to the
 manager as the request's ``auth_token``; the gateway holds no token of its own except for the
@@ -42,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from framepipe.client import StreamManagerClient
 from framepipe.client.responses import ConsumedEntry
 from framepipe.gateway import errors
+from framepipe.gateway.demo import demo_routes
 from framepipe.gateway.models import (
     CommandResponse,
     ConsumeResultsPayload,
@@ -237,6 +239,7 @@ def create_app(context: GatewayContext, *, routers: Sequence[APIRouter] = ()) ->
     _install_error_handlers(app, settings.max_body_bytes)
     app.include_router(_pipeline_routes(context))
     app.include_router(_probe_routes(context))
+    app.include_router(demo_routes())
     for router in routers:
         app.include_router(router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]

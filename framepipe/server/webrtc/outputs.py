@@ -202,7 +202,7 @@ def render(
     the errors to report."""
     predictions, errors = predictions_for(output, selection.stream)
     canvas = annotate(frame, {"predictions": predictions}) if predictions else frame.copy()
-    hud = [f"framepipe {fps:4.1f} fps  {len(predictions)} detections"]
+    hud = [f"framepipe  {fps:4.1f} fps  detections: {len(predictions)}"]
     draw_hud(canvas, hud + errors)
     return canvas, errors
 
