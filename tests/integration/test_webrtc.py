@@ -30,6 +30,7 @@ from framepipe.protocol.payloads import (
 )
 from framepipe.server.webrtc.ice import offer_host_addresses
 from framepipe.testing.webrtc import TestPeer, read_counter, stamp_counter
+from tests.conftest import framepipe_shm_entries
 from tests.integration.gateway_harness import Gateway, running_gateway
 from tests.integration.manager_harness import ManagerProcess
 
@@ -274,6 +275,37 @@ async def test_the_returned_video_stays_fresh_and_every_input_frame_is_accounted
     assert source["frames_decoded"] == source["frames_delivered"] + sum(dropped.values())
     assert status["framepipe"]["webrtc"]["frames_received"] == source["frames_decoded"]
     await until_gone(client, pipeline_id)
+
+
+async def test_a_killed_worker_fails_the_pipeline_and_leaves_no_segment(
+    client: StreamManagerClient, manager: ManagerProcess
+) -> None:
+    """The worker owns the source's ring and status block (named after its pid): when it is
+    killed, the manager reports the pipeline FAILED and sweeps what it left in /dev/shm (the
+    leak guard checks)."""
+    before = {p.pid for p in manager.workers()}
+    peer = TestPeer(counted_face, fps=15)
+    pipeline_id = await connect(client, peer, model="passthrough")
+    try:
+        await peer.wait_for(lambda: peer.returned_count >= 2, 60, "returned frames")
+        (worker,) = [p for p in manager.workers() if p.pid not in before]
+        assert any(name.startswith(f"fp-{worker.pid}-") for name in framepipe_shm_entries())
+        worker.kill()
+        for _ in range(100):
+            status = await report(client, pipeline_id)
+            if status["framepipe"]["state"] == "FAILED":
+                break
+            await asyncio.sleep(0.1)
+        assert status["framepipe"]["state"] == "FAILED"
+        assert "SIGKILL" in status["framepipe"]["failure"]
+        await peer.wait_for(
+            lambda: not any(n.startswith(f"fp-{worker.pid}-") for n in framepipe_shm_entries()),
+            30,
+            "the dead worker's segments to be swept",
+        )
+    finally:
+        await client.terminate_pipeline(pipeline_id)
+        await peer.close()
 
 
 async def test_max_fps_limits_the_frames_processed(client: StreamManagerClient) -> None:

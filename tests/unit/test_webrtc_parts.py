@@ -84,6 +84,17 @@ def test_the_reference_fields_map_onto_the_config() -> None:
     assert (defaults.stream_output, defaults.data_output, defaults.realtime) == (None, (), True)
 
 
+def test_the_turn_server_is_the_only_ice_server() -> None:
+    from framepipe.server.webrtc.session import rtc_configuration
+
+    turn = {"urls": "turn:turn.example.org:3478", "username": "u", "credential": "c"}
+    configured = rtc_configuration(WebRTCConfig.from_payload(payload(webrtc_turn_config=turn)))
+    assert configured.iceServers is not None
+    (server,) = configured.iceServers
+    assert (server.urls, server.username, server.credential) == (turn["urls"], "u", "c")
+    assert rtc_configuration(WebRTCConfig.from_payload(payload())).iceServers == []
+
+
 def test_a_negative_peer_timeout_is_refused() -> None:
     with pytest.raises(InvalidPayloadError, match="webrtc_peer_timeout"):
         WebRTCConfig.from_payload(payload(webrtc_peer_timeout=-2))

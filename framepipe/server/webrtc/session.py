@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from framepipe.core.inference import Inference
     from framepipe.core.pipeline import Pipeline
 
-__all__ = ["WebRTCSession", "start_webrtc_pipeline"]
+__all__ = ["WebRTCSession", "rtc_configuration", "start_webrtc_pipeline"]
 
 log = logging.getLogger("framepipe.webrtc")
 
@@ -78,6 +78,19 @@ MAX_IN_FLIGHT = 1
 _NEGOTIATE_TIMEOUT_S = 20.0
 _CLOSE_TIMEOUT_S = 5.0
 _DRAIN_TIMEOUT_S = 30.0
+
+
+def rtc_configuration(config: WebRTCConfig) -> RTCConfiguration:
+    """The peer connection's configuration: the request's TURN server as the only ICE server,
+    or none (aiortc's default STUN server is not reachable from every network; host candidates
+    need none)."""
+    servers = []
+    if config.turn is not None:
+        turn = config.turn
+        servers.append(
+            RTCIceServer(urls=turn.urls, username=turn.username, credential=turn.credential)
+        )
+    return RTCConfiguration(iceServers=servers)
 
 
 class WebRTCSession:
@@ -139,16 +152,7 @@ class WebRTCSession:
         config = self.config
         offer_host_addresses(config.ice_addresses)
         use_frame_end_jitter_buffer()
-        servers = []
-        if config.turn is not None:
-            servers.append(
-                RTCIceServer(
-                    urls=config.turn.urls,
-                    username=config.turn.username,
-                    credential=config.turn.credential,
-                )
-            )
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        pc = RTCPeerConnection(rtc_configuration(config))
         self._pc = pc
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
