@@ -8,7 +8,14 @@ import pytest
 from framepipe import Pipeline
 from framepipe.core.pipeline import PipelineState
 from framepipe.core.processing.processor import PassthroughProcessor
-from framepipe.core.sources import PushSource, SourceKind, StreamState, SubscriptionRequest
+from framepipe.core.sources import (
+    BufferConsumptionStrategy,
+    BufferFillingStrategy,
+    PushSource,
+    SourceKind,
+    StreamState,
+    SubscriptionRequest,
+)
 from framepipe.testing import read_frame_number, render_frame
 
 WIDTH, HEIGHT = 320, 240
@@ -72,6 +79,28 @@ def test_the_freshest_frame_wins_and_the_replaced_ones_are_counted() -> None:
             source.skip(3)  # three more arrived but a newer one had come already
             assert subscription.report().frames_dropped == {"drop_oldest": 12}
             assert subscription.report().frames_decoded == 13
+        finally:
+            subscription.close()
+
+
+def test_a_queued_consumer_takes_frames_in_order_and_the_newest_is_dropped_when_full() -> None:
+    """DROP_LATEST / LAZY (a WebRTC peer that is not realtime): up to buffer_size frames wait."""
+    with PushSource("push:queue", buffer_size=3) as source:
+        subscription = source.subscribe(
+            request(
+                filling_strategy=BufferFillingStrategy.DROP_LATEST,
+                consumption_strategy=BufferConsumptionStrategy.LAZY,
+            )
+        )
+        try:
+            for number in range(1, 6):
+                source.push_image(render_frame(number, WIDTH, HEIGHT))
+            taken = []
+            while (frame := subscription.take(0.2)) is not None:
+                taken.append(read_frame_number(frame.image))
+                subscription.release(frame)
+            assert taken == [1, 2, 3]
+            assert subscription.report().frames_dropped == {"buffer_full": 2}
         finally:
             subscription.close()
 
