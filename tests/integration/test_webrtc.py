@@ -339,6 +339,16 @@ async def test_an_offer_aiortc_cannot_answer_is_invalid_and_leaves_nothing(
     broken = {"type": "offer", "sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"}
     with pytest.raises(InvalidPayloadError, match="webrtc_offer"):
         await client.initialise_webrtc_pipeline(webrtc_payload(broken))
+    peer = TestPeer(counted_face)
+    try:
+        offer = await peer.offer()
+        # a video codec aiortc does not have, and nothing else
+        for codec in ("VP8", "H264", "rtx"):
+            offer["sdp"] = offer["sdp"].replace(f" {codec}/90000", " XVID9/90000")
+        with pytest.raises(InvalidPayloadError, match="webrtc_offer could not be answered"):
+            await client.initialise_webrtc_pipeline(webrtc_payload(offer))
+    finally:
+        await peer.close()
     assert (await client.list_pipelines()).pipelines == []
 
 

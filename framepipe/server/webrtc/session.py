@@ -42,6 +42,8 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidAccessError, InvalidStateError
+from aiortc.exceptions import OperationError as AiortcOperationError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
@@ -164,7 +166,16 @@ class WebRTCSession:
             )
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            # aiortc's own: no codec in common, a description it cannot take in this state
+            AiortcOperationError,
+            InvalidAccessError,
+            InvalidStateError,
+        ) as exc:
             message = f"webrtc_offer could not be answered: {type(exc).__name__}: {exc}"
             raise InvalidPayloadError(message, public_message=message) from exc
         local = pc.localDescription
