@@ -151,7 +151,24 @@ async def run_peer(port: int, model: str, duration_s: float, window_s: float) ->
     pipeline_id = answer.context.pipeline_id
     assert pipeline_id is not None
     await peer.wait_for(lambda: peer.returned_count > 0, 120, "the first returned frame")
-    await asyncio.sleep(WARMUP_S + duration_s)
+    await asyncio.sleep(WARMUP_S)
+    # Every window: the server's own capture → result latency and the machine's load, to tell
+    # the path's behaviour from the machine's (the host is shared).
+    server: list[dict[str, Any]] = []
+    elapsed = 0.0
+    while elapsed < duration_s:
+        step = min(window_s, duration_s - elapsed)
+        await asyncio.sleep(step)
+        elapsed += step
+        report = (await client.get_status(pipeline_id)).report
+        e2e = (report["framepipe"]["latency_ms"] or [{}])[0]
+        server.append(
+            {
+                "at_s": round(elapsed, 1),
+                "server_e2e_p50_ms": round(e2e.get("e2e_p50") or 0.0, 1),
+                "load_average": round(os.getloadavg()[0], 2),
+            }
+        )
     status = (await client.get_status(pipeline_id)).report
     await client.terminate_pipeline(pipeline_id)
     await peer.close()
@@ -165,6 +182,13 @@ async def run_peer(port: int, model: str, duration_s: float, window_s: float) ->
     span = end - start
     source = status["framepipe"]["sources"][0]
     first_p99, last_p99 = percentile(first, 99), percentile(last, 99)
+    windows = []
+    for index, sample in enumerate(server):
+        lo, hi = start + index * window_s, start + (index + 1) * window_s
+        values = [ms for t, ms in measured if lo <= t < hi]
+        windows.append(
+            {**sample, "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99)}
+        )
     return {
         "model": model,
         "latency_p50_ms": percentile(latencies, 50),
@@ -178,6 +202,7 @@ async def run_peer(port: int, model: str, duration_s: float, window_s: float) ->
         "input_frames": source["frames_decoded"],
         "input_dropped": source["frames_dropped"],
         "return_replaced": status["framepipe"]["webrtc"]["dropped"]["return_replaced"],
+        "windows": windows,
     }
 
 
@@ -227,6 +252,8 @@ def main() -> None:
                 f"{run['fps']} fps returned, p99 last/first window "
                 f"{run['last_over_first_p99']}, input dropped {run['input_dropped']}"
             )
+            for window in run["windows"]:
+                print(f"{'':>24}{window}")
     print(json.dumps(result))
 
 
