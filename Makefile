@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.framepipe-installed
-EXTRAS ?= dev,webrtc,http
+EXTRAS ?= dev,webrtc,http,bench
 
-.PHONY: install build system-deps models test test-unit lint bench demo clean
+.PHONY: install build system-deps models test test-unit soak lint bench demo clean
 
 install: $(STAMP) build models
 
@@ -36,6 +36,13 @@ test: install system-deps
 
 test-unit: install
 	$(PY) -m pytest tests/unit
+
+# The reliability load test for longer: 200 clients against 4 pipelines for SOAK_SECONDS
+# (60 by default; `make soak SOAK_SECONDS=600`), figures printed at the end.
+SOAK_SECONDS ?= 60
+soak: install
+	FRAMEPIPE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/reliability/test_load.py \
+		-o timeout=$$(( $(SOAK_SECONDS) + 300 ))
 
 lint: install
 	$(VENV)/bin/ruff check framepipe tests perf scripts

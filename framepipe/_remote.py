@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from framepipe.client import NotFoundError, StreamManagerClient
 from framepipe.client.address import reachable_host
 from framepipe.protocol.errors import FramepipeError
-from framepipe.server.settings import ServerSettings
+from framepipe.server.settings import ServerSettings, SettingsError
 
 if TYPE_CHECKING:  # rich and the tables load when a command runs, not for `framepipe serve`
     from rich.console import Console, RenderableType
@@ -53,6 +55,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=float,
         default=argparse.SUPPRESS,
         help=f"seconds per call to the manager (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    connection.add_argument(
+        "--tls",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="connect with TLS, checked against the system's CAs",
+    )
+    connection.add_argument(
+        "--tls-ca",
+        default=argparse.SUPPRESS,
+        help="connect with TLS, checked against this CA bundle or self-signed certificate "
+        "(FRAMEPIPE_TLS_CA)",
     )
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument(
@@ -122,7 +136,19 @@ def connect(args: argparse.Namespace) -> StreamManagerClient:
         port=settings.port if port is None else port,
         operations_timeout=DEFAULT_TIMEOUT_S if timeout is None else timeout,
         auth_token=getattr(args, "token", None) or settings.token,
+        tls=_tls(args),
     )
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    """``--tls`` (the system's CAs), or ``--tls-ca`` / FRAMEPIPE_TLS_CA (that bundle)."""
+    ca_file = getattr(args, "tls_ca", None) or os.environ.get("FRAMEPIPE_TLS_CA") or None
+    if ca_file is None:
+        return bool(getattr(args, "tls", False))
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(f"TLS CA file {ca_file!r} cannot be loaded: {exc}") from None
 
 
 def _console() -> Console:

@@ -7,6 +7,8 @@
 ``framepipe run VIDEO [--model NAME]``    run one pipeline locally, print its results
 ``framepipe demo``                        start a manager, run a pipeline on the sample video,
                                           print results as they come, shut everything down
+``framepipe bench``                       streams per machine: framepipe against the classic
+                                          architecture (framepipe/bench)
 
 Heavy modules are imported by the sub-command that needs them, so ``framepipe serve`` binds its
 port within a fraction of a second. An error is one line with its cause and a hint; ``-v``
@@ -22,6 +24,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from framepipe.bench.cli import add_arguments as add_bench_arguments
 from framepipe.gateway.settings import GatewaySettingsError
 from framepipe.gateway.settings import add_arguments as add_gateway_arguments
 from framepipe.gateway.settings import from_arguments as gateway_from_arguments
@@ -95,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
         "--model", default=None, help="model to run (default: the bundled one if present)"
     )
     demo.set_defaults(run=_demo)
+
+    bench = commands.add_parser(
+        "bench", help="how many streams this machine carries, against the classic architecture"
+    )
+    add_bench_arguments(bench)
+    bench.set_defaults(run=_bench)
     return parser
 
 
@@ -151,6 +160,12 @@ def _demo(args: argparse.Namespace) -> int:
     from framepipe._demo import run_demo
 
     return run_demo(seconds=args.seconds, model=args.model)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from framepipe.bench.cli import run
+
+    return run(args)
 
 
 if __name__ == "__main__":

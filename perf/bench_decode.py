@@ -34,7 +34,8 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from framepipe.core.pipeline import Pipeline
-from framepipe.core.sources import FrameMetadata, warm_forkserver
+from framepipe.core.processing import Processor
+from framepipe.core.sources import warm_forkserver
 from framepipe.testing import make_test_video
 
 
@@ -43,7 +44,7 @@ def cpu_now() -> float:
     return t.user + t.system
 
 
-class RowSum:
+class RowSum(Processor):
     """Reads every frame in place (one row), records when each frame arrived."""
 
     def __init__(self, delay_s: float = 0.0) -> None:
@@ -52,10 +53,11 @@ class RowSum:
         self.checksum = 0
         self.delay_s = delay_s
 
-    def process(
+    def compose(
         self,
         frames: Sequence[npt.NDArray[np.uint8] | None],
-        frames_metadata: Sequence[FrameMetadata | None],
+        frames_metadata: Sequence[Any | None],
+        predictions: Sequence[dict[str, Any] | None] | None = None,
     ) -> list[dict[str, Any] | None]:
         now_ns = time.time_ns()
         self.arrivals.append(time.perf_counter())
@@ -92,7 +94,7 @@ def plain_decode(path: Path) -> tuple[float, float, int]:
 def framepipe_decode(path: Path, decoder: str) -> tuple[float, float, int]:
     reader = RowSum()
     cpu0 = cpu_now()
-    pipeline = Pipeline(str(path), processor=reader, decoder=decoder, decoding_buffer_size=8)
+    pipeline = Pipeline(str(path), processing=reader, decoder=decoder, decoding_buffer_size=8)
     pipeline.start()
     pipeline.join(120)
     pipeline.terminate()
@@ -132,7 +134,7 @@ def plain_4x(path: Path) -> float:
 def framepipe_4x(path: Path, decoder: str) -> float:
     """Total fps of one framepipe Pipeline multiplexing 4 sources (first frame → last frame)."""
     reader = RowSum()
-    pipeline = Pipeline([str(path)] * 4, processor=reader, decoder=decoder, decoding_buffer_size=8)
+    pipeline = Pipeline([str(path)] * 4, processing=reader, decoder=decoder, decoding_buffer_size=8)
     pipeline.start()
     pipeline.join(300)
     pipeline.terminate()
@@ -144,8 +146,8 @@ def drop_oldest_age(path: Path, fps: float, processing_s: float) -> dict[str, fl
     reader = RowSum(delay_s=processing_s)
     pipeline = Pipeline(
         str(path),
-        processor=reader,
-        max_fps=fps,
+        processing=reader,
+        realtime_replay=True,  # played at its own pace, like a camera
         source_buffer_filling_strategy="DROP_OLDEST",
         source_buffer_consumption_strategy="EAGER",
     )
@@ -169,14 +171,15 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="short run (< 45 s)")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds: does it still run?")
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object as the last line"
     )
     args = parser.parse_args()
-    frames_1080 = 240 if args.quick else 600
-    frames_720 = 150 if args.quick else 450
-    rounds = 3 if args.quick else 5
-    age_seconds = 8 if args.quick else 60
+    frames_1080 = 60 if args.smoke else 240 if args.quick else 600
+    frames_720 = 30 if args.smoke else 150 if args.quick else 450
+    rounds = 1 if args.smoke else 3 if args.quick else 5
+    age_seconds = 2 if args.smoke else 8 if args.quick else 60
     warm_forkserver()
     with tempfile.TemporaryDirectory(prefix="fp-bench-") as tmp:
         tmpdir = Path(tmp)

@@ -398,10 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=None, help="seconds per throughput run")
     ap.add_argument("--latency-frames", type=int, default=None)
     ap.add_argument("--modes", default="fill,stamp")
+    ap.add_argument("--smoke", action="store_true", help="a few seconds: does it still run?")
     args = ap.parse_args(argv)
-    seconds = args.seconds or (2.5 if args.quick else 8.0)
-    lat_frames = args.latency_frames or (1000 if args.quick else 4000)
-    modes = [m for m in args.modes.split(",") if m]
+    seconds = args.seconds or (0.5 if args.smoke else 2.5 if args.quick else 8.0)
+    lat_frames = args.latency_frames or (150 if args.smoke else 1000 if args.quick else 4000)
+    modes = ["fill"] if args.smoke else [m for m in args.modes.split(",") if m]
     ctx = mp.get_context("spawn")
 
     results: dict[str, dict[str, Throughput]] = {}

@@ -212,9 +212,12 @@ def main() -> int:
         "--json", action="store_true", help="print one JSON object as the last line"
     )
     parser.add_argument("--quick", action="store_true", help="100 iterations per case")
+    parser.add_argument("--smoke", action="store_true", help="10 iterations: does it still run?")
     args = parser.parse_args()
     if args.quick:
         args.iterations = min(args.iterations, 100)
+    if args.smoke:
+        args.iterations = min(args.iterations, 10)
     cv2.setNumThreads(THREADS)
     frame_1080 = test_frame(1920, 1080)
     frame_720 = test_frame(1280, 720)

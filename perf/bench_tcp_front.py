@@ -266,9 +266,12 @@ def main() -> None:
         "--json", action="store_true", help="print one JSON object as the last line"
     )
     parser.add_argument("--quick", action="store_true", help="20 requests per client")
+    parser.add_argument("--smoke", action="store_true", help="10 clients x 5: does it still run?")
     args = parser.parse_args()
     if args.quick:
         args.requests = min(args.requests, 20)
+    if args.smoke:
+        args.clients, args.requests = min(args.clients, 10), min(args.requests, 5)
 
     # (row name, JSON key, server, hung request present)
     plan: list[tuple[str, str, Any, bool]] = [

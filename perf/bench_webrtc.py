@@ -140,7 +140,7 @@ async def run_peer(port: int, model: str, duration_s: float, window_s: float) ->
     client = StreamManagerClient(host="127.0.0.1", port=port, operations_timeout=120)
     answer = await client.initialise_webrtc_pipeline(
         InitialiseWebRTCPipelinePayload(
-            video_configuration=VideoConfiguration(video_reference=""),
+            video_configuration=VideoConfiguration(video_reference="webrtc"),
             processing_configuration=ModelConfiguration(model=model),
             webrtc_offer=WebRTCOffer(**await peer.offer()),
             webrtc_peer_timeout=5,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any, Self
 
 from pydantic import ValidationError
@@ -37,9 +38,14 @@ class ClientSettings:
         connect_timeout: float | None = None,
         auth_token: str | None = None,
         max_message_size: int = DEFAULT_CLIENT_MAX_MESSAGE_SIZE,
+        tls: ssl.SSLContext | bool | None = None,
+        tls_server_hostname: str | None = None,
     ) -> Self:
         """``operations_timeout`` bounds each whole call (connect, send, receive);
-        ``connect_timeout`` (default: ``operations_timeout``) bounds the connect alone."""
+        ``connect_timeout`` (default: ``operations_timeout``) bounds the connect alone.
+        ``tls``: connect with TLS (``True``: the system's CAs; or an :class:`ssl.SSLContext`,
+        e.g. ``ssl.create_default_context(cafile="server.pem")`` for a self-signed
+        certificate); the certificate must name ``tls_server_hostname`` (default: ``host``)."""
         return cls(
             host=host,
             port=port,
@@ -47,6 +53,8 @@ class ClientSettings:
             connect_timeout=connect_timeout,
             auth_token=auth_token,
             max_message_size=max_message_size,
+            tls=tls,
+            tls_server_hostname=tls_server_hostname,
         )
 
     def __init__(
@@ -57,6 +65,8 @@ class ClientSettings:
         connect_timeout: float | None = None,
         auth_token: str | None = None,
         max_message_size: int = DEFAULT_CLIENT_MAX_MESSAGE_SIZE,
+        tls: ssl.SSLContext | bool | None = None,
+        tls_server_hostname: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -66,6 +76,10 @@ class ClientSettings:
         )
         self.auth_token = auth_token
         self.max_message_size = max_message_size
+        self.ssl_context: ssl.SSLContext | None = (
+            ssl.create_default_context() if tls is True else tls if tls else None
+        )
+        self.tls_server_hostname = tls_server_hostname or host
 
 
 """Responses carry images; the client accepts larger frames than the server does."""

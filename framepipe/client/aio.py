@@ -97,7 +97,7 @@ class StreamManagerClient(_exchange.ClientSettings):
         try:
             async with asyncio.timeout(self.operations_timeout):
                 return await self._exchange(request)
-        except (OSError, TimeoutError) as error:
+        except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
             raise ConnectivityError(
                 f"Could not communicate with the stream manager at {self.host}:{self.port}: "
                 f"{type(error).__name__}: {error}"
@@ -105,7 +105,15 @@ class StreamManagerClient(_exchange.ClientSettings):
 
     async def _exchange(self, request: bytes) -> bytes:
         async with asyncio.timeout(self.connect_timeout):
-            reader, writer = await asyncio.open_connection(self.host, self.port)
+            if self.ssl_context is None:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+            else:
+                reader, writer = await asyncio.open_connection(
+                    self.host,
+                    self.port,
+                    ssl=self.ssl_context,
+                    server_hostname=self.tls_server_hostname,
+                )
         try:
             sock = writer.get_extra_info("socket")
             if sock is not None:

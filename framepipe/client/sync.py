@@ -3,6 +3,7 @@ on plain sockets (no event loop per call)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -85,8 +86,15 @@ class SyncStreamManagerClient(_exchange.ClientSettings):
         )
         try:
             connect_timeout = _earliest(self.connect_timeout, deadline)
-            with socket.create_connection((self.host, self.port), timeout=connect_timeout) as sock:
+            with contextlib.ExitStack() as stack:
+                sock = stack.enter_context(
+                    socket.create_connection((self.host, self.port), timeout=connect_timeout)
+                )
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.ssl_context is not None:  # the handshake is bounded by connect_timeout
+                    sock = stack.enter_context(
+                        self.ssl_context.wrap_socket(sock, server_hostname=self.tls_server_hostname)
+                    )
                 sock.settimeout(_remaining(deadline))
                 sock.sendall(request)
                 decoder = FrameDecoder(self.max_message_size)
@@ -106,7 +114,7 @@ class SyncStreamManagerClient(_exchange.ClientSettings):
                         ) from error
                     if messages:
                         return messages[0]
-        except OSError as error:  # includes socket.timeout / TimeoutError
+        except OSError as error:  # includes socket.timeout / TimeoutError and ssl.SSLError
             raise ConnectivityError(
                 f"Could not communicate with the stream manager at {self.host}:{self.port}: "
                 f"{type(error).__name__}: {error}"

@@ -4,7 +4,8 @@
 - :mod:`~framepipe.protocol.commands`: typed commands and :func:`parse_command`;
 - :mod:`~framepipe.protocol.payloads`: ``init`` / ``webrtc`` payload schemas;
 - :mod:`~framepipe.protocol.envelope`: response envelope, success and failure bodies;
-- :mod:`~framepipe.protocol.errors`: the error tree, one class per wire ``error_type``.
+- :mod:`~framepipe.protocol.errors`: the error tree, one class per wire ``error_type``;
+- :mod:`~framepipe.protocol.limits`: depth and size limits checked on a request's raw bytes.
 """
 
 from framepipe.protocol.commands import (
@@ -55,6 +56,7 @@ from framepipe.protocol.framing import (
     decode_object,
     encode_message,
 )
+from framepipe.protocol.limits import JsonLimitError, JsonLimits, check_json_limits
 from framepipe.protocol.payloads import (
     BufferConsumptionStrategy,
     BufferFillingStrategy,
@@ -90,6 +92,8 @@ __all__ = [
     "InitialiseWebRTCPipelinePayload",
     "InternalError",
     "InvalidPayloadError",
+    "JsonLimitError",
+    "JsonLimits",
     "ListPipelinesBody",
     "ListPipelinesCommand",
     "MemorySinkConfiguration",
@@ -114,6 +118,7 @@ __all__ = [
     "WebRTCTURNConfig",
     "WireFrameMetadata",
     "WorkflowConfiguration",
+    "check_json_limits",
     "decode_object",
     "encode_message",
     "encode_response",

@@ -131,11 +131,15 @@ def loads(body: bytes, *, exact_integers: bool = True) -> Any:
     rejects ``NaN``/``Infinity``; a document orjson refuses goes through ``json.loads``, and so
     does one with a run of 20 digits when ``exact_integers`` (that scan costs ~10 us per kB,
     negligible for requests; clients reading large responses turn it off). Raises ValueError
-    (UnicodeDecodeError, JSONDecodeError) for anything that is not a JSON document in UTF-8.
+    (UnicodeDecodeError, JSONDecodeError) for anything that is not a JSON document in UTF-8,
+    including one nested too deeply to be read (never RecursionError).
     """
     if not exact_integers or _LONG_DIGIT_RUN.search(body) is None:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(body.decode("utf-8"))
+    try:
+        return json.loads(body.decode("utf-8"))
+    except RecursionError:  # nesting deeper than the interpreter's stack (orjson stops at 1024)
+        raise ValueError("JSON nested too deeply to be read") from None

@@ -16,10 +16,11 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from framepipe.protocol.errors import InvalidPayloadError
+from framepipe.protocol.errors import InvalidPayloadError, preview
 from framepipe.protocol.payloads import (
     InitialisePipelinePayload,
     InitialiseWebRTCPipelinePayload,
+    Name,
 )
 
 TYPE_KEY = "type"
@@ -29,6 +30,8 @@ AUTH_TOKEN_KEY = "auth_token"
 
 MAX_ENTRIES_LIMIT = 10_000
 """Upper bound of ``consume_result``'s ``max_entries`` extension."""
+MAX_EXCLUDED_FIELDS = 1024
+"""Entries of ``consume_result``'s ``excluded_fields``."""
 
 
 class CommandType(StrEnum):
@@ -68,7 +71,7 @@ class ListPipelinesCommand(Command):
 class PipelineCommand(Command):
     """A command addressed to one existing pipeline."""
 
-    pipeline_id: str
+    pipeline_id: Name
 
     @property
     def target_pipeline_id(self) -> str | None:
@@ -104,7 +107,9 @@ class ConsumeResultCommand(PipelineCommand):
 
     command_type = CommandType.CONSUME_RESULT
     type: Literal[CommandType.CONSUME_RESULT] = CommandType.CONSUME_RESULT
-    excluded_fields: list[str] = Field(default_factory=list)
+    excluded_fields: Annotated[list[Name], Field(max_length=MAX_EXCLUDED_FIELDS)] = Field(
+        default_factory=list
+    )
     max_entries: Annotated[int, Field(ge=1, le=MAX_ENTRIES_LIMIT)] | None = None
 
     def to_wire(self) -> dict[str, Any]:
@@ -165,7 +170,8 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     for item in error.errors(include_url=False, include_input=False):
         location = ".".join(str(part) for part in item["loc"])
         field = f"{prefix}{location}" if location else prefix.rstrip(".") or "payload"
-        problems.append(f"field '{field}': {item['msg']}")
+        message = item["msg"].removeprefix("Value error, ")  # our validators' own sentences
+        problems.append(f"field '{field}': {message}")
     return "; ".join(problems)
 
 
@@ -182,7 +188,8 @@ def parse_command(data: dict[str, Any]) -> Command:
         command_type = CommandType(raw_type)
     except ValueError:
         raise InvalidPayloadError(
-            f"Unknown command type {raw_type!r} in field 'type'; expected one of {_VALID_TYPES}"
+            f"Unknown command type {preview(raw_type)} in field 'type'; "
+            f"expected one of {_VALID_TYPES}"
         ) from None
     if command_type in (CommandType.INIT, CommandType.WEBRTC):
         return _parse_initialisation(command_type, data)

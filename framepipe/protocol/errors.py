@@ -16,7 +16,7 @@ How an error becomes a failure body (see :mod:`framepipe.protocol.envelope`):
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class ErrorType(StrEnum):
@@ -119,3 +119,12 @@ def error_class_for(error_type: ErrorType, error_class: str | None) -> type[Fram
     if refined is not None and issubclass(refined, base):
         return refined
     return base
+
+
+def preview(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: an error message quotes what it
+    refuses, never megabytes of it."""
+    if isinstance(value, list | dict | tuple) and len(value) > limit:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."

@@ -17,7 +17,11 @@ from framepipe.protocol import _json
 from framepipe.protocol.errors import InvalidPayloadError
 
 HEADER_SIZE = 4
-DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+"""The largest request a server reads by default. Real commands are far smaller: an ``init``
+with a 40-step workflow on 4 cameras is 37 kB, a ``webrtc`` offer 41 kB with the same workflow
+(tests/realistic_requests.py); 1 MiB leaves ~25x headroom and bounds what an anonymous client
+can make the server buffer. Servers make it settable (``FRAMEPIPE_MAX_MESSAGE_BYTES``)."""
 MAX_ENCODABLE_SIZE = 2**32 - 1
 
 
@@ -72,6 +76,33 @@ def decode_object(payload: bytes) -> dict[str, Any]:
             f"Received payload that is not a JSON object (got {_json_kind(document)})"
         )
     return document
+
+
+def payload_size(header: bytes, max_message_size: int) -> int:
+    """The payload size a complete 4-byte header declares; a FramingError when it is zero or
+    above ``max_message_size`` (the body need not be read to refuse it)."""
+    size = int.from_bytes(header, "big")
+    if size <= 0:
+        raise MalformedHeaderError(f"Header is indicating non positive payload size: {size}")
+    if size > max_message_size:
+        raise MessageTooLargeError(
+            f"Header declares a payload of {size} bytes, above the limit of "
+            f"{max_message_size} bytes"
+        )
+    return size
+
+
+def short_header_error(received: bytes) -> MalformedHeaderError:
+    """The error for a connection that ended within the header."""
+    return MalformedHeaderError(f"Expected header size: {HEADER_SIZE}, received: {received!r}")
+
+
+def truncated_error(received: int, expected: int) -> TruncatedMessageError:
+    """The error for a connection that ended within the payload."""
+    return TruncatedMessageError(
+        "Socket was closed to read before payload was decoded "
+        f"(received {received} of {expected} bytes)."
+    )
 
 
 def _json_kind(value: Any) -> str:
@@ -145,15 +176,10 @@ class FrameDecoder:
             return
         if self._expected is None and self._buffer:
             self._failed = True
-            raise MalformedHeaderError(
-                f"Expected header size: {HEADER_SIZE}, received: {bytes(self._buffer)!r}"
-            )
+            raise short_header_error(bytes(self._buffer))
         if self._expected is not None:
             self._failed = True
-            raise TruncatedMessageError(
-                "Socket was closed to read before payload was decoded "
-                f"(received {len(self._buffer)} of {self._expected} bytes)."
-            )
+            raise truncated_error(len(self._buffer), self._expected)
 
     def _raise_pending(self) -> None:
         if self._pending_error is not None:
@@ -161,16 +187,9 @@ class FrameDecoder:
             raise error
 
     def _read_header(self, header: bytes) -> int:
-        size = int.from_bytes(header, "big")
-        if size <= 0 or size > self.max_message_size:
+        try:
+            return payload_size(header, self.max_message_size)
+        except FramingError:
             self._buffer.clear()
-        if size <= 0:
             self._failed = True
-            raise MalformedHeaderError(f"Header is indicating non positive payload size: {size}")
-        if size > self.max_message_size:
-            self._failed = True
-            raise MessageTooLargeError(
-                f"Header declares a payload of {size} bytes, above the limit of "
-                f"{self.max_message_size} bytes"
-            )
-        return size
+            raise

@@ -19,7 +19,9 @@ import signal
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from framepipe.protocol.limits import JsonLimits
 from framepipe.server.manager import StreamManager
+from framepipe.server.policy import InputPolicy, PolicyHandler, reference_checks
 from framepipe.server.settings import ServerSettings
 from framepipe.server.tcp import TcpFrontSettings, start_server
 
@@ -48,23 +50,28 @@ async def serve(
     stop = asyncio.Event()
     for signo in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signo, stop.set)
+    for warning in settings.security_warnings():
+        log.warning("%s", warning)
     manager = StreamManager(settings)
     front = await start_server(
-        manager,
-        TcpFrontSettings(
-            host=settings.host,
-            port=settings.port,
-            max_message_size=settings.max_message_bytes,
-            read_timeout_s=settings.read_timeout_s,
-            auth_token=settings.token,
-        ),
+        PolicyHandler(manager, InputPolicy(settings.video_dirs)),
+        front_settings(settings),
     )
     host, port = settings.host, front.port
-    log.info("stream manager listening on %s:%d", host, port)
+    log.info(
+        "stream manager listening on %s:%d%s%s",
+        host,
+        port,
+        " (TLS)" if settings.tls_cert is not None else "",
+        " (token required)" if settings.token is not None else "",
+    )
     if announce is not None:
         announce(host, port)
     started: list[Companion] = []
     try:
+        # The input policy's imports, done before the manager's own start in the background
+        # (see framepipe.server.policy.reference_checks); requests are served meanwhile.
+        await loop.run_in_executor(None, reference_checks)
         for companion in companions:
             await companion.start(host, port)
             started.append(companion)
@@ -79,3 +86,20 @@ async def serve(
         for signo in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signo)
+
+
+def front_settings(settings: ServerSettings) -> TcpFrontSettings:
+    """The TCP front end's settings from the manager's."""
+    return TcpFrontSettings(
+        host=settings.host,
+        port=settings.port,
+        max_message_size=settings.max_message_bytes,
+        read_timeout_s=settings.read_timeout_s,
+        auth_token=settings.token,
+        max_connections=settings.max_connections,
+        max_pending_bytes=settings.max_pending_bytes,
+        json_limits=JsonLimits(
+            max_depth=settings.max_json_depth, max_items=settings.max_json_items
+        ),
+        ssl_context=settings.tls_context(),
+    )

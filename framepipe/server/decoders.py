@@ -34,18 +34,32 @@ DEFAULT_FRAME_SIZE = (1920, 1080)
 class Decoders:
     """The manager's hub of decode processes (thread-safe, blocking)."""
 
-    def __init__(self, *, share: bool, max_consumers: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        share: bool,
+        max_consumers: int = 4,
+        open_timeout_s: float = 5.0,
+        read_timeout_s: float = 3.0,
+    ) -> None:
         self.share = share
         self.max_consumers = max_consumers
+        self.open_timeout_s = open_timeout_s
+        self.read_timeout_s = read_timeout_s
         self._hub: SourceHub | None = None
         self._lock = threading.Lock()
 
     def _get_hub(self) -> SourceHub:
-        from framepipe.core.sources import SourceHub
+        from framepipe.core.sources import BackendOptions, SourceHub
 
         with self._lock:
             if self._hub is None:
-                self._hub = SourceHub(share=self.share, max_consumers=self.max_consumers)
+                options = BackendOptions(
+                    open_timeout_s=self.open_timeout_s, read_timeout_s=self.read_timeout_s
+                )
+                self._hub = SourceHub(
+                    share=self.share, max_consumers=self.max_consumers, backend_options=options
+                )
             return self._hub
 
     def serve(

@@ -74,6 +74,7 @@ from framepipe.server.messages import (
     WorkerCommand,
     expect,
 )
+from framepipe.server.reaper import Reaper
 from framepipe.server.settings import ServerSettings
 from framepipe.server.table import (
     CheckHealth,
@@ -91,6 +92,10 @@ if TYPE_CHECKING:
     from framepipe.core.processing.registry import ModelRegistry
 
 log = logging.getLogger("framepipe.manager")
+
+
+#: Seconds between two RAM samples of every worker by the health loop.
+RAM_SAMPLE_INTERVAL_S = 5.0
 
 
 class PipelineWorkerLost(OperationError):
@@ -112,7 +117,11 @@ class StreamManager:
             preloaded_workers=settings.preloaded_processes,
             ram_window=settings.ram_usage_queue_size,
         )
-        self.decoders = Decoders(share=settings.share_decoders)
+        self.decoders = Decoders(
+            share=settings.share_decoders,
+            open_timeout_s=settings.source_open_timeout_s,
+            read_timeout_s=settings.source_read_timeout_s,
+        )
         self._workers: dict[str, WorkerHandle] = {}
         self._tickets: dict[str, tuple[Any, ...]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -121,12 +130,16 @@ class StreamManager:
         self._closing = False
         self._health_task: asyncio.Task[Any] | None = None
         self._registry: ModelRegistry | None = None
+        self._reaper: Reaper | None = None
+        self._next_ram_sample = 0.0
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Sweep orphaned segments and start the health loop (non-blocking)."""
-        swept = await asyncio.get_running_loop().run_in_executor(None, sweep_orphan_segments)
+        """Sweep orphaned segments, start the reaper and the health loop (non-blocking)."""
+        loop = asyncio.get_running_loop()
+        self._reaper = await loop.run_in_executor(None, Reaper)
+        swept = await loop.run_in_executor(None, sweep_orphan_segments)
         if swept:
             log.info("removed %d orphaned shared-memory entries: %s", len(swept), ", ".join(swept))
         self._health_task = self._spawn_background(self._health_loop(), "health-loop")
@@ -156,6 +169,8 @@ class StreamManager:
         await loop.run_in_executor(None, self.decoders.close)
         await loop.run_in_executor(None, sweep_orphan_segments)
         remove_own_segments(os.getpid())
+        if self._reaper is not None:
+            await loop.run_in_executor(None, self._reaper.close)
 
     def _spawn_background(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -515,10 +530,9 @@ class StreamManager:
         """Stop a pipeline nobody consumes; it stays listed, FAILED, with what was discarded."""
         with contextlib.suppress(FramepipeError):
             await self._fetch_status(pipeline_id, None)
-        row = self.table.find(pipeline_id)
+        # FAILED with its cause first: a status read while the worker stops says why.
+        self.table.expired(pipeline_id, reason, time.monotonic())
         await self._stop_worker(pipeline_id)
-        if row is not None:
-            self.table.expired(pipeline_id, reason, time.monotonic())
         log.warning("pipeline %s expired: %s", pipeline_id, reason)
 
     # ---- RAM ---------------------------------------------------------------------------------
@@ -582,7 +596,12 @@ class StreamManager:
         # Every tick: a worker's processes may outlive it by a moment, and their segments can
         # only go once they are gone.
         await asyncio.get_running_loop().run_in_executor(None, sweep_orphan_segments)
-        await self._measure_usage()
+        # Unique memory is read from /proc/<pid>/smaps_rollup, which costs the kernel a walk of
+        # every mapping of every process: often enough for the RAM windows, not every tick
+        # (an `init` measures afresh for its admission anyway).
+        if now >= self._next_ram_sample:
+            self._next_ram_sample = now + RAM_SAMPLE_INTERVAL_S
+            await self._measure_usage()
 
     def _check_health(self, pipeline_id: str) -> None:
         if self._lock(pipeline_id).locked():

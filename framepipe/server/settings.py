@@ -5,6 +5,11 @@ Environment names are the reference's (``STREAM_MANAGER_HOST``, ``STREAM_MANAGER
 ``STREAM_API_PRELOADED_PROCESSES``) plus framepipe's own (``FRAMEPIPE_*``). Nothing here runs at
 import time: :meth:`ServerSettings.from_env` is called by whoever starts the manager, and the
 resulting frozen object is passed down.
+
+The front end's limits and its security settings (token, TLS, video directories, binding
+beyond loopback) are checked at start: a setting that would leave the manager open by accident
+(an empty token, a public address without a token or without video directories) is refused
+with a :class:`SettingsError`, which ``framepipe serve`` reports with exit status 2.
 """
 
 from __future__ import annotations
@@ -12,9 +17,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import ipaddress
 import os
+import socket
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict
+
+from framepipe.protocol.framing import DEFAULT_MAX_MESSAGE_SIZE
+from framepipe.protocol.limits import DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_JSON_ITEMS
+
+DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_MAX_PENDING_BYTES = 32 * 1024 * 1024
+# A token is compared with the request's bytes before they are parsed (see server/tcp.py), so
+# it must be written the same way by every JSON encoder: printable ASCII, no quote, no
+# backslash, no slash (some encoders write "\/"), no space.
+_TOKEN_FORBIDDEN = set(' "\\/')
+SHORT_TOKEN = 16
 
 
 class SettingsError(ValueError):
@@ -49,7 +70,7 @@ class ServerSettings:
     # failed one nobody looked at, stays listed at most this long.
     retention_s: float = 60.0
     # Framing limits of the TCP front end.
-    max_message_bytes: int = 16 * 1024 * 1024
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_SIZE
     read_timeout_s: float = 10.0
     # The event loop: "uvloop" (faster with many short connections) when it is installed,
     # else "asyncio"; FRAMEPIPE_EVENT_LOOP=asyncio|uvloop chooses explicitly.
@@ -67,6 +88,65 @@ class ServerSettings:
     # WebRTC: seconds a peer has, from the answer, to connect and send its first frame (after
     # that, `webrtc_peer_timeout` of the request bounds the silence between two frames).
     webrtc_connect_timeout_s: float = 30.0
+    # A source that does not open within this many seconds fails to open (a live one retries).
+    source_open_timeout_s: float = 5.0
+    # A live source that delivers no frame for this many seconds is RESTARTING and reconnected.
+    source_read_timeout_s: float = 3.0
+    # ---- the front end's limits and security (see docs/RELIABILITY.md) -----------------------
+    # Connections open at once; at the limit the oldest one still sending its request is dropped.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # Bytes of requests above 64 kB being received or parsed at once (beyond: they wait).
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    max_json_items: int = DEFAULT_MAX_JSON_ITEMS
+    # Binding beyond loopback without a token needs this (FRAMEPIPE_ALLOW_UNAUTHENTICATED=1).
+    allow_unauthenticated: bool = False
+    # File video references must lie in one of these (resolved); required beyond loopback.
+    video_dirs: tuple[Path, ...] | None = None
+    # TLS on the TCP port: a PEM certificate (chain) and its private key.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def is_loopback(self) -> bool:
+        """The manager listens on a loopback address only."""
+        return is_loopback_host(self.host)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server-side TLS context (None without TLS); SettingsError if it cannot load."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(
+                f"TLS certificate {str(self.tls_cert)!r} / key {str(self.tls_key)!r} cannot be "
+                f"loaded: {exc} (FRAMEPIPE_TLS_CERT, FRAMEPIPE_TLS_KEY)"
+            ) from None
+        return context
+
+    def security_warnings(self) -> list[str]:
+        """What an operator should know about these settings (logged at start)."""
+        warnings = []
+        where = f"{self.host or '*'}:{self.port}"
+        if not self.is_loopback and self.token is None:
+            warnings.append(
+                f"listening on {where} WITHOUT a token (--allow-unauthenticated): anyone who "
+                "can reach this port controls the stream manager"
+            )
+        if not self.is_loopback and self.tls_cert is None:
+            warnings.append(
+                f"listening on {where} without TLS: requests (and the token) and results cross "
+                "the network in clear text; set FRAMEPIPE_TLS_CERT and FRAMEPIPE_TLS_KEY"
+            )
+        if self.token is not None and len(self.token) < SHORT_TOKEN:
+            warnings.append(
+                f"the token is {len(self.token)} characters long; use {SHORT_TOKEN} or more "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return warnings
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -83,7 +163,7 @@ class ServerSettings:
             preloaded_processes=_int(
                 env, "STREAM_API_PRELOADED_PROCESSES", defaults.preloaded_processes, minimum=0
             ),
-            token=env.get("FRAMEPIPE_TOKEN") or None,
+            token=_token(env.get("FRAMEPIPE_TOKEN"), "FRAMEPIPE_TOKEN"),
             command_timeout_s=_float(env, "FRAMEPIPE_COMMAND_TIMEOUT", defaults.command_timeout_s),
             init_timeout_s=_float(env, "FRAMEPIPE_INIT_TIMEOUT", defaults.init_timeout_s),
             spawn_timeout_s=_float(env, "FRAMEPIPE_SPAWN_TIMEOUT", defaults.spawn_timeout_s),
@@ -108,6 +188,13 @@ class ServerSettings:
             webrtc_connect_timeout_s=_float(
                 env, "FRAMEPIPE_WEBRTC_CONNECT_TIMEOUT", defaults.webrtc_connect_timeout_s
             ),
+            source_open_timeout_s=_float(
+                env, "FRAMEPIPE_SOURCE_OPEN_TIMEOUT", defaults.source_open_timeout_s
+            ),
+            source_read_timeout_s=_float(
+                env, "FRAMEPIPE_SOURCE_READ_TIMEOUT", defaults.source_read_timeout_s
+            ),
+            **_front_from_env(env, defaults),
         )
 
     def with_overrides(self, **changes: object) -> ServerSettings:
@@ -145,6 +232,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds a worker has to answer (FRAMEPIPE_COMMAND_TIMEOUT)",
     )
+    _add_front_arguments(parser)
+
+
+def _add_front_arguments(parser: argparse.ArgumentParser) -> None:
+    """The front end's security flags (documented in README's settings section)."""
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --host without a token (FRAMEPIPE_ALLOW_UNAUTHENTICATED=1)",
+    )
+    parser.add_argument(
+        "--video-dir",
+        action="append",
+        dest="video_dirs",
+        help="directory file video references must lie in; repeatable; required beyond "
+        "loopback (FRAMEPIPE_VIDEO_DIRS, colon-separated)",
+    )
+    parser.add_argument("--tls-cert", help="PEM certificate chain for TLS (FRAMEPIPE_TLS_CERT)")
+    parser.add_argument("--tls-key", help="PEM private key for TLS (FRAMEPIPE_TLS_KEY)")
 
 
 def from_arguments(
@@ -160,18 +267,148 @@ def from_arguments(
         token=args.token,
         command_timeout_s=args.command_timeout,
         preload_models=tuple(args.preload_models) if args.preload_models else None,
+        **_front_overrides(args),
     )
-    _validate(settings)
-    return settings
+    return validated(settings)
 
 
-def _validate(settings: ServerSettings) -> None:
+def validated(settings: ServerSettings) -> ServerSettings:
+    """``settings`` checked as a whole, with the video directories resolved; raises
+    SettingsError for anything that cannot start or would start open by accident."""
     if not 0 <= settings.port <= 65535:
         raise SettingsError(f"port must be within 0..65535, got {settings.port}")
     if settings.preloaded_processes < 0:
         raise SettingsError(f"preloaded processes must be >= 0, got {settings.preloaded_processes}")
     if settings.max_ram_mb is not None and settings.max_ram_mb <= 0:
         raise SettingsError(f"max RAM must be > 0 MB, got {settings.max_ram_mb}")
+    return _validated_front(settings)
+
+
+def _validated_front(settings: ServerSettings) -> ServerSettings:
+    if settings.token is not None:
+        _token(settings.token, "--token")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise SettingsError(
+            "TLS needs both a certificate and its key (FRAMEPIPE_TLS_CERT and FRAMEPIPE_TLS_KEY, "
+            "or --tls-cert and --tls-key)"
+        )
+    settings.tls_context()  # loads once now, so that a bad file stops the start
+    dirs = None
+    if settings.video_dirs is not None:
+        dirs = []
+        for directory in settings.video_dirs:
+            resolved = Path(os.path.realpath(directory))
+            if not resolved.is_dir():
+                raise SettingsError(
+                    f"video directory {str(directory)!r} is not a directory (FRAMEPIPE_VIDEO_DIRS)"
+                )
+            dirs.append(resolved)
+        if not dirs:
+            raise SettingsError("FRAMEPIPE_VIDEO_DIRS is set but names no directory")
+    if not settings.is_loopback:
+        where = f"{settings.host or '0.0.0.0'}:{settings.port}"
+        if settings.token is None and not settings.allow_unauthenticated:
+            raise SettingsError(
+                f"binding {where} (beyond loopback) without a token would let anyone on the "
+                "network control the stream manager: set FRAMEPIPE_TOKEN (or --token), or pass "
+                "--allow-unauthenticated (FRAMEPIPE_ALLOW_UNAUTHENTICATED=1) to accept that"
+            )
+        if dirs is None:
+            raise SettingsError(
+                f"binding {where} (beyond loopback) needs FRAMEPIPE_VIDEO_DIRS (or --video-dir): "
+                "the directories remote clients may read video files from"
+            )
+    return dataclasses.replace(settings, video_dirs=tuple(dirs) if dirs is not None else None)
+
+
+def is_loopback_host(host: str) -> bool:
+    """``host`` is a loopback address, or a name that resolves to loopback addresses only
+    ("" and 0.0.0.0 / :: mean every interface: not loopback)."""
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(
+        ipaddress.ip_address(str(a).split("%", 1)[0]).is_loopback for a in addresses
+    )
+
+
+def _token(raw: str | None, name: str) -> str | None:
+    """A shared token as configured: None when unset; an empty or unusable one is an error
+    (an empty FRAMEPIPE_TOKEN used to turn authentication off without a word)."""
+    if raw is None:
+        return None
+    if not raw.strip():
+        raise SettingsError(
+            f"{name} is set but empty: set a token (e.g. python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))') or unset it to run without one"
+        )
+    bad = sorted({c for c in raw if c in _TOKEN_FORBIDDEN or not (0x21 <= ord(c) <= 0x7E)})
+    if bad:
+        raise SettingsError(
+            f"{name} may hold printable ASCII characters other than space, quote, backslash and "
+            f"slash; it contains {', '.join(repr(c) for c in bad)} (secrets.token_urlsafe makes "
+            "suitable tokens)"
+        )
+    return raw
+
+
+class _FrontFields(TypedDict):
+    max_connections: int
+    max_pending_bytes: int
+    max_json_depth: int
+    max_json_items: int
+    allow_unauthenticated: bool
+    video_dirs: tuple[Path, ...] | None
+    tls_cert: Path | None
+    tls_key: Path | None
+
+
+def _front_from_env(env: Mapping[str, str], defaults: ServerSettings) -> _FrontFields:
+    raw_dirs = env.get("FRAMEPIPE_VIDEO_DIRS")
+    return {
+        "max_connections": _int(
+            env, "FRAMEPIPE_MAX_CONNECTIONS", defaults.max_connections, minimum=8
+        ),
+        "max_pending_bytes": _int(
+            env, "FRAMEPIPE_MAX_PENDING_BYTES", defaults.max_pending_bytes, minimum=1024 * 1024
+        ),
+        "max_json_depth": _int(env, "FRAMEPIPE_MAX_JSON_DEPTH", defaults.max_json_depth, minimum=2),
+        "max_json_items": _int(env, "FRAMEPIPE_MAX_JSON_ITEMS", defaults.max_json_items, minimum=8),
+        "allow_unauthenticated": _bool(
+            env, "FRAMEPIPE_ALLOW_UNAUTHENTICATED", defaults.allow_unauthenticated
+        ),
+        "video_dirs": (
+            None
+            if raw_dirs is None
+            else tuple(Path(part) for part in raw_dirs.split(":") if part.strip())
+        ),
+        "tls_cert": _optional_path(env, "FRAMEPIPE_TLS_CERT"),
+        "tls_key": _optional_path(env, "FRAMEPIPE_TLS_KEY"),
+    }
+
+
+def _front_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "allow_unauthenticated": getattr(args, "allow_unauthenticated", None),
+        "video_dirs": (
+            tuple(Path(d) for d in args.video_dirs) if getattr(args, "video_dirs", None) else None
+        ),
+        "tls_cert": Path(args.tls_cert) if getattr(args, "tls_cert", None) else None,
+        "tls_key": Path(args.tls_key) if getattr(args, "tls_key", None) else None,
+    }
+
+
+def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    return Path(raw) if raw is not None and raw.strip() else None
 
 
 def _event_loop(choice: str) -> str:
@@ -237,4 +474,11 @@ def _optional_float(env: Mapping[str, str], name: str) -> float | None:
     return value
 
 
-__all__: Sequence[str] = ["ServerSettings", "SettingsError", "add_arguments", "from_arguments"]
+__all__: Sequence[str] = [
+    "ServerSettings",
+    "SettingsError",
+    "add_arguments",
+    "from_arguments",
+    "is_loopback_host",
+    "validated",
+]

@@ -61,6 +61,18 @@ SERVER_SETTINGS: dict[str, SettingDoc] = {
     "health_interval_s": SettingDoc(
         "FRAMEPIPE_HEALTH_INTERVAL", "seconds between two rounds of the health loop", "2"
     ),
+    "source_open_timeout_s": SettingDoc(
+        "FRAMEPIPE_SOURCE_OPEN_TIMEOUT",
+        "seconds a source has to open (a live one keeps retrying with backoff)",
+        "10",
+    ),
+    "source_read_timeout_s": SettingDoc(
+        "FRAMEPIPE_SOURCE_READ_TIMEOUT",
+        "seconds without a frame after which a live source is RESTARTING and reconnected; a "
+        "decode process silent for twice the open and read timeouts together is killed (a live "
+        "source's is replaced)",
+        "5",
+    ),
     "ended_linger_s": SettingDoc(
         "FRAMEPIPE_ENDED_LINGER",
         "seconds a finished pipeline stays listed once its last result was consumed, and a "
@@ -74,8 +86,44 @@ SERVER_SETTINGS: dict[str, SettingDoc] = {
         "300",
     ),
     "max_message_bytes": SettingDoc(
-        "FRAMEPIPE_MAX_MESSAGE_BYTES", "largest TCP request the manager reads", "1048576"
+        "FRAMEPIPE_MAX_MESSAGE_BYTES",
+        "largest TCP request the manager reads (refused from its header)",
+        "2097152",
     ),
+    "max_connections": SettingDoc(
+        "FRAMEPIPE_MAX_CONNECTIONS",
+        "TCP connections open at once; at the limit the oldest still sending is dropped",
+        "1024",
+    ),
+    "max_pending_bytes": SettingDoc(
+        "FRAMEPIPE_MAX_PENDING_BYTES",
+        "bytes of requests above 64 kB being received or parsed at once (the rest wait)",
+        "67108864",
+    ),
+    "max_json_depth": SettingDoc(
+        "FRAMEPIPE_MAX_JSON_DEPTH", "deepest JSON nesting a request may have", "32"
+    ),
+    "max_json_items": SettingDoc(
+        "FRAMEPIPE_MAX_JSON_ITEMS", "most JSON values (items) one request may hold", "10000"
+    ),
+    "allow_unauthenticated": SettingDoc(
+        "FRAMEPIPE_ALLOW_UNAUTHENTICATED",
+        "binding beyond loopback without a token is refused unless this is set (a warning "
+        "is logged then)",
+        "1",
+    ),
+    "video_dirs": SettingDoc(
+        "FRAMEPIPE_VIDEO_DIRS",
+        "colon-separated directories a file video_reference must lie in (after resolving "
+        "links); required beyond loopback; unset: any file",
+        "/srv/videos",
+    ),
+    "tls_cert": SettingDoc(
+        "FRAMEPIPE_TLS_CERT",
+        "PEM certificate (chain) for TLS on the TCP port; unset: no TLS",
+        "/etc/framepipe/cert.pem",
+    ),
+    "tls_key": SettingDoc("FRAMEPIPE_TLS_KEY", "its private key (PEM)", "/etc/framepipe/key.pem"),
     "read_timeout_s": SettingDoc(
         "FRAMEPIPE_READ_TIMEOUT", "seconds a TCP client has to send its whole request", "20"
     ),

@@ -79,7 +79,8 @@ class ManagerProcess:
         for child in children:
             try:
                 cmdline = " ".join(child.cmdline())
-                if "resource_tracker" not in cmdline and "forkserver" not in cmdline:
+                helpers = ("resource_tracker", "forkserver", "framepipe.server.reaper")
+                if not any(helper in cmdline for helper in helpers):
                     workers.append(child)
             except psutil.Error:
                 continue

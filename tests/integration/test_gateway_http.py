@@ -209,8 +209,8 @@ def test_capacity_refusals_are_503_told_apart_by_class() -> None:
         huge = init_body(
             "/nonexistent.mp4",
             video_source_properties={
-                "frame_width": 100_000.0,
-                "frame_height": 100_000.0,
+                "frame_width": 16384.0,
+                "frame_height": 16384.0,
             },
         )
         shm = gateway.http.post("/inference_pipelines/initialise", json=huge)

@@ -106,11 +106,13 @@ def test_ram_budget_refusal_is_operation_error_with_the_numbers() -> None:
 
 def test_shm_space_is_checked_before_admission() -> None:
     with running_manager() as manager:
-        huge = {"frame_width": 100_000.0, "frame_height": 100_000.0}  # 30 GB frames
+        # The largest frames (16384 x 16384, 805 MB) and sources (32) the protocol accepts:
+        # 32 rings of ~5.6 GB.
+        huge = {"frame_width": 16_384.0, "frame_height": 16_384.0}
         message = init_message()
         message["video_configuration"] = {
             "type": "VideoConfiguration",
-            "video_reference": str(demo_video_path()),
+            "video_reference": [str(demo_video_path())] * 32,
             "video_source_properties": huge,
         }
         reply = manager.request(message)

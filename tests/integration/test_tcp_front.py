@@ -481,9 +481,9 @@ async def test_request_not_completed_in_time_is_answered_and_closed(table: Pipel
 async def test_large_requests_are_parsed_off_the_event_loop(
     client: StreamManagerClient, front: TcpFront, table: PipelineTable
 ) -> None:
-    """A multi-megabyte init (a big workflow specification) is parsed in a worker thread; it
-    is served correctly, and so is a malformed one of the same size."""
-    big_spec = {"version": "1.0", "steps": [], "notes": "n" * 3_000_000}
+    """An init near the 1 MiB limit (a big workflow specification) is parsed in a worker
+    thread; it is served correctly, and so is a malformed one of the same size."""
+    big_spec = {"version": "1.0", "steps": [], "notes": "n" * 1_000_000}
     request = InitialisePipelinePayload(
         video_configuration=VideoConfiguration(video_reference="clip.mp4"),
         processing_configuration=WorkflowConfiguration(workflow_specification=big_spec),
@@ -495,7 +495,7 @@ async def test_large_requests_are_parsed_off_the_event_loop(
     init = table.commands[-1]
     assert isinstance(init, InitCommand)
     assert init.payload.raw_processing_configuration["workflow_specification"] == big_spec
-    bad = {"type": "init", "video_configuration": {"x": "y" * 3_000_000}}
+    bad = {"type": "init", "video_configuration": {"x": "y" * 1_000_000}}
     body = response_of(await raw_exchange(front.port, encode_message(bad)))["response"]
     assert body["error_type"] == "invalid_payload" and "video_reference" in body["error_message"]
 

@@ -84,7 +84,7 @@ async def client(manager: ManagerProcess) -> AsyncIterator[StreamManagerClient]:
 def webrtc_payload(offer: dict[str, str], **fields: Any) -> InitialiseWebRTCPipelinePayload:
     return InitialiseWebRTCPipelinePayload(
         video_configuration=VideoConfiguration(
-            video_reference="", max_fps=fields.pop("max_fps", None)
+            video_reference="webrtc", max_fps=fields.pop("max_fps", None)
         ),
         processing_configuration=ModelConfiguration(model=fields.pop("model", "centerface")),
         webrtc_offer=WebRTCOffer(**offer),
@@ -357,6 +357,7 @@ async def test_the_http_route_starts_a_webrtc_pipeline(gateway: Gateway) -> None
     peer = TestPeer(counted_face, fps=15)
     try:
         body = webrtc_payload(await peer.offer(), data_output=["*"]).model_dump(mode="json")
+        body["video_configuration"]["video_reference"] = ""  # what the reference's client sends
         response = await asyncio.to_thread(
             gateway.http.post, "/inference_pipelines/initialise_webrtc", json=body
         )

@@ -19,6 +19,8 @@ FORBIDDEN = {
     # The gateway is a client of the manager: it may run beside a manager elsewhere.
     "gateway": {"core", "ext", "server", "cli"},
     "server": {"client", "gateway", "cli"},
+    # the bench drives the real server as a subprocess, through the client, like a user
+    "bench": {"server", "gateway", "cli"},
 }
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from framepipe.protocol.errors import InvalidPayloadError
 from framepipe.protocol.framing import (
+    DEFAULT_MAX_MESSAGE_SIZE,
     HEADER_SIZE,
     FrameDecoder,
     FramingError,
@@ -96,12 +97,23 @@ def test_oversize_length_is_rejected_from_the_header_alone() -> None:
     assert decoder.buffered == 0
 
 
-def test_default_limit_is_16_mib() -> None:
+def test_default_limit_is_1_mib() -> None:
     decoder = FrameDecoder()
     assert decoder.feed(encode_frame(b"1")) == [b"1"]
-    decoder.feed((16 * 1024 * 1024).to_bytes(4, "big"))  # exactly the limit: accepted
+    decoder.feed((1024 * 1024).to_bytes(4, "big"))  # exactly the limit: accepted
     with pytest.raises(MessageTooLargeError):
-        FrameDecoder().feed((16 * 1024 * 1024 + 1).to_bytes(4, "big"))
+        FrameDecoder().feed((1024 * 1024 + 1).to_bytes(4, "big"))
+
+
+def test_default_limit_leaves_headroom_over_real_large_commands() -> None:
+    """The largest real commands (a 40-step workflow on 4 cameras; the same as a WebRTC offer)
+    fit the default limit many times over."""
+    from tests.realistic_requests import large_workflow_init, sdp_offer, webrtc_request
+
+    for request in (large_workflow_init(), webrtc_request(sdp_offer())):
+        frame = encode_message(request)
+        assert len(frame) * 20 < DEFAULT_MAX_MESSAGE_SIZE
+        assert len(FrameDecoder().feed(frame)) == 1
 
 
 def test_zero_length_header_is_malformed() -> None:

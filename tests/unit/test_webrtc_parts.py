@@ -64,7 +64,7 @@ def test_an_offer_that_cannot_carry_video_is_refused_saying_why(
 def test_the_reference_fields_map_onto_the_config() -> None:
     config = WebRTCConfig.from_payload(
         payload(
-            webrtc_peer_timeout=0,
+            webrtc_peer_timeout=2.5,
             webrtc_turn_config={"urls": "turn:t:3478", "username": "u", "credential": "c"},
             stream_output=[None],
             data_output=["predictions", None],
@@ -73,7 +73,7 @@ def test_the_reference_fields_map_onto_the_config() -> None:
         ),
         ice_addresses=("127.0.0.1",),
     )
-    assert config.peer_timeout_s == 1.0  # the reference: a falsy timeout is 1 s
+    assert config.peer_timeout_s == 2.5
     assert config.turn is not None and config.turn.urls == "turn:t:3478"
     assert config.stream_output is None  # [None]: the reference UI's "any output"
     assert config.data_output == ("predictions",)
@@ -95,9 +95,18 @@ def test_the_turn_server_is_the_only_ice_server() -> None:
     assert rtc_configuration(WebRTCConfig.from_payload(payload())).iceServers == []
 
 
-def test_a_negative_peer_timeout_is_refused() -> None:
-    with pytest.raises(InvalidPayloadError, match="webrtc_peer_timeout"):
-        WebRTCConfig.from_payload(payload(webrtc_peer_timeout=-2))
+def test_a_webrtc_request_may_leave_video_reference_empty_as_the_reference_client_does() -> None:
+    from framepipe.protocol.commands import parse_command
+
+    request = {
+        "type": "webrtc",
+        "video_configuration": {"type": "VideoConfiguration", "video_reference": ""},
+        "processing_configuration": {"type": "ModelConfiguration", "model": "centerface"},
+        "webrtc_offer": {"type": "offer", "sdp": OFFER},
+    }
+    parse_command(request)  # the peer's track is the source: the reference is not read
+    with pytest.raises(InvalidPayloadError, match="video_reference is empty"):
+        parse_command({**request, "type": "init"})
 
 
 # -- what is drawn and sent ----------------------------------------------------------------------

@@ -8,38 +8,94 @@ collects batches across sources; ``sizing`` sizes rings; ``backends`` decode; ``
 validates what a ``video_reference`` names.
 """
 
-from framepipe.core.sources.backends import (
-    BackendOptions,
-    DecodeBackend,
-    OpenCVBackend,
-    PyAVBackend,
-)
-from framepipe.core.sources.entities import (
-    BufferConsumptionStrategy,
-    BufferFillingStrategy,
-    DecoderBackendName,
-    DropReason,
-    FrameMetadata,
-    SourceKind,
-    SourceProperties,
-    SourceReport,
-    StatusUpdate,
-    StreamState,
-)
-from framepipe.core.sources.handle import DecoderHandle
-from framepipe.core.sources.hub import SourceHub, SubscriptionRequest, default_strategies
-from framepipe.core.sources.launcher import warm_forkserver
-from framepipe.core.sources.multiplexer import BatchCollector, LeasedFrame
-from framepipe.core.sources.push import PushSource
-from framepipe.core.sources.reference import (
-    ParsedReference,
-    mask_credentials,
-    parse_reference,
-    parse_references,
-)
-from framepipe.core.sources.sizing import ring_bytes, ring_geometry
-from framepipe.core.sources.status import ConsumerMode, SourceStatus
-from framepipe.core.sources.subscription import SourceTicket, Subscription
+# Names load on first use: importing one submodule never runs the others (two threads
+# importing different submodules at once cannot deadlock on this package), and a process
+# that only reads frames never imports the decoders' OpenCV and PyAV.
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from framepipe.core.sources.backends import (
+        BackendOptions,
+        DecodeBackend,
+        OpenCVBackend,
+        PyAVBackend,
+    )
+    from framepipe.core.sources.entities import (
+        BufferConsumptionStrategy,
+        BufferFillingStrategy,
+        DecoderBackendName,
+        DropReason,
+        FrameMetadata,
+        SourceKind,
+        SourceProperties,
+        SourceReport,
+        StatusUpdate,
+        StreamState,
+    )
+    from framepipe.core.sources.handle import DecoderHandle
+    from framepipe.core.sources.hub import SourceHub, SubscriptionRequest, default_strategies
+    from framepipe.core.sources.launcher import warm_forkserver
+    from framepipe.core.sources.multiplexer import BatchCollector, LeasedFrame
+    from framepipe.core.sources.push import PushSource
+    from framepipe.core.sources.reference import (
+        ParsedReference,
+        mask_credentials,
+        parse_reference,
+        parse_references,
+    )
+    from framepipe.core.sources.sizing import ring_bytes, ring_geometry
+    from framepipe.core.sources.status import ConsumerMode, SourceStatus
+    from framepipe.core.sources.subscription import SourceTicket, Subscription
+
+_EXPORTS = {
+    "BackendOptions": "framepipe.core.sources.backends",
+    "BatchCollector": "framepipe.core.sources.multiplexer",
+    "BufferConsumptionStrategy": "framepipe.core.sources.entities",
+    "BufferFillingStrategy": "framepipe.core.sources.entities",
+    "ConsumerMode": "framepipe.core.sources.status",
+    "DecodeBackend": "framepipe.core.sources.backends",
+    "DecoderBackendName": "framepipe.core.sources.entities",
+    "DecoderHandle": "framepipe.core.sources.handle",
+    "DropReason": "framepipe.core.sources.entities",
+    "FrameMetadata": "framepipe.core.sources.entities",
+    "LeasedFrame": "framepipe.core.sources.multiplexer",
+    "OpenCVBackend": "framepipe.core.sources.backends",
+    "ParsedReference": "framepipe.core.sources.reference",
+    "PushSource": "framepipe.core.sources.push",
+    "PyAVBackend": "framepipe.core.sources.backends",
+    "SourceHub": "framepipe.core.sources.hub",
+    "SourceKind": "framepipe.core.sources.entities",
+    "SourceProperties": "framepipe.core.sources.entities",
+    "SourceReport": "framepipe.core.sources.entities",
+    "SourceStatus": "framepipe.core.sources.status",
+    "SourceTicket": "framepipe.core.sources.subscription",
+    "StatusUpdate": "framepipe.core.sources.entities",
+    "StreamState": "framepipe.core.sources.entities",
+    "Subscription": "framepipe.core.sources.subscription",
+    "SubscriptionRequest": "framepipe.core.sources.hub",
+    "default_strategies": "framepipe.core.sources.hub",
+    "mask_credentials": "framepipe.core.sources.reference",
+    "parse_reference": "framepipe.core.sources.reference",
+    "parse_references": "framepipe.core.sources.reference",
+    "ring_bytes": "framepipe.core.sources.sizing",
+    "ring_geometry": "framepipe.core.sources.sizing",
+    "warm_forkserver": "framepipe.core.sources.launcher",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(_EXPORTS)
+
 
 __all__ = [
     "BackendOptions",

@@ -422,6 +422,7 @@ def run_decoder(config: DecoderConfig, control: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's business
     status = SourceStatus.attach(config.status_name)
     status.set_decoder_pid(os.getpid())
+    status.heartbeat()  # alive from here on: an open that hangs past every timeout is seen
     decoder = _Decoder(config, control, status)
     terminated = False
     try:

@@ -241,4 +241,5 @@ class SourceReport:
             "shared_with": self.shared_with,
             "decoder_cpu_s": self.decoder_cpu_s,
             "decoder_restarts": self.decoder_restarts,
+            "decoder_pid": self.decoder_pid,
         }

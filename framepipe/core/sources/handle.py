@@ -82,6 +82,7 @@ class DecoderHandle:
         self._halt = threading.Event()
         self._restarts = 0
         self._error = error
+        self._stall_cause: str | None = None
 
     # -- properties -----------------------------------------------------------------------------
 
@@ -226,6 +227,23 @@ class DecoderHandle:
         with self._send_lock, contextlib.suppress(OSError, BrokenPipeError, EOFError):
             conn.send(command)
 
+    def stalled_for(self, now_mono_ns: int) -> float:
+        """Seconds since the running decode process last showed a sign of life (0 when none
+        runs, or it has not reported yet)."""
+        if not self.alive or self._closed:
+            return 0.0
+        beat = self.status.statistics().heartbeat_mono_ns
+        return max(0.0, (now_mono_ns - beat) / 1e9) if beat else 0.0
+
+    def kill_stalled(self, stalled_s: float) -> None:
+        """The decode process is alive but stuck: kill it. A live source is then given a new
+        one (RESTARTING); any other fails (ERROR), with this cause."""
+        with self._lock:
+            if self._closed:
+                return
+            self._stall_cause = f"gave no sign of life for {stalled_s:.1f} s and was killed"
+        self.kill()
+
     def kill(self) -> None:
         """SIGKILL the decode process (a stuck one: the listener then treats it as crashed)."""
         process = self._process
@@ -249,7 +267,9 @@ class DecoderHandle:
         with self._lock:
             if self._closed or self.status.state.is_final:
                 return
-            cause = f"the decode process (pid {process.pid}) {describe_exit(process.exitcode)}"
+            how = self._stall_cause or describe_exit(process.exitcode)
+            self._stall_cause = None
+            cause = f"the decode process (pid {process.pid}) {how}"
             live = self.reference is not None and self.reference.is_live
             if live and self.ring is not None:
                 restart = (

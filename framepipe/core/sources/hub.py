@@ -20,8 +20,10 @@ of its own that starts at frame 1. ``share=False`` gives every consumer its own 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,6 +43,8 @@ from framepipe.core.sources.subscription import SourceTicket, Subscription
 from framepipe.protocol.errors import OperationError
 
 __all__ = ["SourceHub", "SubscriptionRequest", "default_strategies"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class SourceHub:
         max_consumers: int = 4,
         ring_budget_bytes: int = DEFAULT_RING_BUDGET_BYTES,
         backend_options: BackendOptions | None = None,
+        stall_timeout_s: float | None = None,
     ) -> None:
         if max_consumers < 1:
             raise ValueError(f"max_consumers must be >= 1, got {max_consumers}")
@@ -100,6 +105,14 @@ class SourceHub:
         self.max_consumers = max_consumers
         self.ring_budget_bytes = ring_budget_bytes
         self.backend_options = backend_options or BackendOptions()
+        # A decode process silent for longer than any open or read may take is stuck (its loop
+        # shows a sign of life between every blocking call, each bounded by these timeouts).
+        opts = self.backend_options
+        self.stall_timeout_s = stall_timeout_s or max(
+            2.0, 2 * (opts.open_timeout_s + opts.read_timeout_s)
+        )
+        self._supervisor: threading.Thread | None = None
+        self._stop_supervisor = threading.Event()
         self._decoders: list[tuple[tuple[Any, ...], DecoderHandle]] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -164,6 +177,7 @@ class SourceHub:
         except BaseException:
             self._remove(handle, index, consumer_pid)
             raise
+        self._supervise()
         reference = request.reference
         return SourceTicket(
             source_id=request.source_id,
@@ -210,6 +224,37 @@ class SourceHub:
 
     # -- the decoders ---------------------------------------------------------------------------
 
+    def _supervise(self) -> None:
+        """Start the thread that kills a decode process that is alive but stuck (once)."""
+        with self._lock:
+            if self._supervisor is not None or self._closed:
+                return
+            self._supervisor = threading.Thread(
+                target=self._watch_stalls, name="framepipe-decoder-watch", daemon=True
+            )
+            self._supervisor.start()
+
+    def _watch_stalls(self) -> None:
+        period = min(1.0, self.stall_timeout_s / 4)
+        while not self._stop_supervisor.wait(period):
+            self.kill_stalled()
+
+    def kill_stalled(self) -> list[DecoderHandle]:
+        """Kill every decode process silent for longer than ``stall_timeout_s``; those killed."""
+        now = time.monotonic_ns()
+        killed = []
+        for handle in self.decoders():
+            stalled = handle.stalled_for(now)
+            if stalled > self.stall_timeout_s:
+                logger.warning(
+                    "decode process of %s stuck for %.1f s: killing it",
+                    handle.masked_reference,
+                    stalled,
+                )
+                handle.kill_stalled(stalled)
+                killed.append(handle)
+        return killed
+
     def decoders(self) -> list[DecoderHandle]:
         with self._lock:
             return [h for _, h in self._decoders if not h.closed]
@@ -233,6 +278,10 @@ class SourceHub:
             self._closed = True
             handles = [h for _, h in self._decoders]
             self._decoders.clear()
+            supervisor = self._supervisor
+        self._stop_supervisor.set()
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join(5.0)
         for handle in handles:
             handle.stop()
 

@@ -57,19 +57,14 @@ class WebRTCConfig:
         """The config of a ``webrtc`` payload; InvalidPayloadError names a wrong field."""
         offer = payload.webrtc_offer
         check_offer(offer.type, offer.sdp)
-        # The reference: a falsy timeout is 1 s.
-        peer_timeout = payload.webrtc_peer_timeout or 1.0
-        if peer_timeout < 0:
-            raise _invalid(f"webrtc_peer_timeout must be > 0, got {payload.webrtc_peer_timeout}")
-        if payload.webcam_fps is not None and payload.webcam_fps <= 0:
-            raise _invalid(f"webcam_fps must be > 0, got {payload.webcam_fps}")
+        # The payload's bounds (timeouts, fps, lengths) were checked at the edge.
         turn = payload.webrtc_turn_config
         stream = payload.stream_output or []
         data = payload.data_output or []
         return cls(
             offer_sdp=offer.sdp,
             offer_type=offer.type,
-            peer_timeout_s=float(peer_timeout),
+            peer_timeout_s=float(payload.webrtc_peer_timeout),
             realtime=payload.webrtc_realtime_processing,
             turn=TurnServer(turn.urls, turn.username, turn.credential) if turn else None,
             # The reference's UI sends [None] (or [""]) for "any output": the default here.

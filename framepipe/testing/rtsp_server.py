@@ -1,15 +1,19 @@
-"""A real RTSP server on 127.0.0.1 for the tests: GStreamer's gst-rtsp-server.
+"""A real RTSP server on 127.0.0.1: GStreamer's gst-rtsp-server (Debian's packages).
 
-Run by Debian's ``/usr/bin/python3`` (it has ``gi``; the venv's python does not):
+Run by Debian's ``/usr/bin/python3`` (it has ``gi``; a virtual environment's python usually
+does not) — :class:`framepipe.testing.rtsp.RtspServer` starts it:
 
-    /usr/bin/python3 tests/rtsp_server.py --port 8554 [--file video.mp4] [--fps 15]
+    /usr/bin/python3 framepipe/testing/rtsp_server.py --port 8554 [--file video.mp4] [--fps 15]
+        [--mounts N] [--not-shared]
 
 serves ``rtsp://127.0.0.1:PORT/test`` — an endless live test pattern (320x240, H.264), or
-the H.264 stream of an mp4 file (known content; the stream ends with the file). Prints
-``READY <port>`` on stdout once it listens, and exits on SIGTERM/SIGINT.
+the H.264 stream of an mp4 file (known content, played at its own frame rate; the stream ends
+with the file). ``--mounts N`` adds ``/s0`` … ``/s{N-1}``, each serving the same content as a
+camera of its own. ``--not-shared`` gives every client its own playback (from the start of the
+file) instead of joining the one already playing. Prints ``READY <port>`` on stdout once it
+listens, and exits on SIGTERM/SIGINT.
 
-The pytest side (start, ready check, kill, restart on the same port) is
-``tests/rtsp.py``.
+This file imports nothing of framepipe: it runs under the system interpreter.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--mount", default="/test")
+    parser.add_argument("--mounts", type=int, default=0, help="also serve /s0 ... /s{N-1}")
+    parser.add_argument("--not-shared", action="store_true", help="one playback per client")
     parser.add_argument("--file", default="")
     parser.add_argument("--pattern", default="ball")
     parser.add_argument("--width", type=int, default=320)
@@ -55,10 +61,12 @@ def main() -> int:
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
-    factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(launch_line(args))
-    factory.set_shared(True)
-    server.get_mount_points().add_factory(args.mount, factory)
+    mounts = server.get_mount_points()
+    for mount in [args.mount, *(f"/s{i}" for i in range(args.mounts))]:
+        factory = GstRtspServer.RTSPMediaFactory()
+        factory.set_launch(launch_line(args))
+        factory.set_shared(not args.not_shared)
+        mounts.add_factory(mount, factory)
     if server.attach(None) == 0:
         print(f"FAILED could not listen on 127.0.0.1:{args.port}", flush=True)
         return 1

@@ -1,0 +1,171 @@
+"""The product's targets, checked against a bench run (the summary's last table)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from framepipe.bench.config import PASSTHROUGH, Architecture, Criteria, Layout
+from framepipe.bench.results import (
+    ArchitectureResult,
+    ScenarioResult,
+    age_limit_ms,
+    memory_slope_mb,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    framepipe: float | None
+    classic: float | None
+    value: float | None  # the figure the target is about (a ratio, or framepipe's own figure)
+    wanted: str
+    met: bool | None  # None: not measured
+    where: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        def r(x: float | None) -> float | None:
+            return None if x is None else round(x, 3)
+
+        return {
+            "name": self.name,
+            "framepipe": r(self.framepipe),
+            "classic": r(self.classic),
+            "value": r(self.value),
+            "wanted": self.wanted,
+            "met": self.met,
+            "where": self.where,
+        }
+
+
+def _pick(scenarios: list[ScenarioResult], passthrough: bool) -> ScenarioResult | None:
+    for s in scenarios:
+        if s.layout is Layout.DISTINCT and (s.model == PASSTHROUGH) == passthrough:
+            return s
+    return None
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _at_least(fp: ArchitectureResult, classic: ArchitectureResult, factor: float) -> bool | None:
+    """framepipe carries ``factor`` x the classic's streams (any stream beats none); None when
+    the runs cannot tell (framepipe's count is a lower bound that does not reach the factor)."""
+    if classic.sustainable == 0:
+        return None if fp.sustainable == 0 else True
+    if fp.sustainable >= factor * classic.sustainable:
+        return None if classic.lower_bound else True
+    return None if fp.lower_bound else False
+
+
+def check_targets(scenarios: list[ScenarioResult], criteria: Criteria) -> list[Target]:
+    targets: list[Target] = []
+    pt = _pick(scenarios, passthrough=True)
+    if pt is not None:
+        fp, bl = pt.results.get(Architecture.FRAMEPIPE), pt.results.get(Architecture.CLASSIC)
+        ref = pt.reference_count()
+        fp_run = fp.run_at(ref) if fp is not None and ref is not None else None
+        if fp_run is None and fp is not None and fp.runs:
+            fp_run = fp.run_at(fp.sustainable) or fp.runs[0]
+        bl_run = bl.run_at(fp_run.count) if bl is not None and fp_run is not None else None
+        where = f"{pt.key}, N={fp_run.count}" if fp_run is not None else pt.key
+        cost = fp_run.outside_us_per_frame if fp_run is not None else None
+        targets.append(
+            Target(
+                "passthrough: CPU per frame outside decode (µs)",
+                cost,
+                bl_run.outside_us_per_frame if bl_run is not None else None,
+                cost,
+                "< 300 µs",
+                None if cost is None else cost < 300,
+                where,
+            )
+        )
+        if fp is not None and bl is not None:
+            ratio = _div(float(fp.sustainable), float(bl.sustainable))
+            targets.append(
+                Target(
+                    "passthrough: sustainable streams",
+                    float(fp.sustainable),
+                    float(bl.sustainable),
+                    ratio,
+                    ">= 2x the classic",
+                    _at_least(fp, bl, 2.0),
+                    pt.key,
+                )
+            )
+            bl_cost = bl_run.outside_us_per_frame if bl_run is not None else None
+            lower = _div(bl_cost, cost)
+            targets.append(
+                Target(
+                    "passthrough: frame-transport CPU per frame (x lower)",
+                    cost,
+                    bl_cost,
+                    lower,
+                    ">= 10x lower",
+                    None if lower is None else lower >= 10.0,
+                    where,
+                )
+            )
+    det = _pick(scenarios, passthrough=False)
+    if det is not None:
+        fp, bl = det.results.get(Architecture.FRAMEPIPE), det.results.get(Architecture.CLASSIC)
+        if fp is not None and bl is not None:
+            ratio = _div(float(fp.sustainable), float(bl.sustainable))
+            targets.append(
+                Target(
+                    f"{det.model} @ {det.target_fps:g} fps: sustainable streams",
+                    float(fp.sustainable),
+                    float(bl.sustainable),
+                    ratio,
+                    ">= 1.2x the classic",
+                    _at_least(fp, bl, 1.2),
+                    det.key,
+                )
+            )
+            fp_mem, bl_mem = memory_slope_mb(fp.runs), memory_slope_mb(bl.runs)
+            lower = _div(bl_mem, fp_mem)
+            targets.append(
+                Target(
+                    f"{det.model}: memory per additional stream, USS + shm (MB, x lower)",
+                    fp_mem,
+                    bl_mem,
+                    lower,
+                    ">= 2x lower",
+                    None if lower is None else lower >= 2.0,
+                    det.key,
+                )
+            )
+    worst: float | None = None
+    where = ""
+    for scenario in scenarios:
+        fp = scenario.results.get(Architecture.FRAMEPIPE)
+        if fp is None:
+            continue
+        for run in fp.runs:
+            keeps_rate = (
+                run.error is None
+                and run.streams
+                and run.min_stream_fps >= criteria.min_rate * run.target_fps
+            )
+            if not keeps_rate or run.age_p99_ms is None:
+                continue
+            share = run.age_p99_ms / age_limit_ms(run.target_fps, criteria)
+            if worst is None or share > worst:
+                worst, where = share, f"{scenario.key}, N={run.count}"
+    targets.append(
+        Target(
+            "frame age p99 when not saturated (x of 2 frame intervals)",
+            worst,
+            None,
+            worst,
+            "< 1 (under 2 frame intervals)",
+            None if worst is None else worst < 1.0,
+            where,
+        )
+    )
+    return targets

@@ -1,0 +1,382 @@
+"""Faults of every process kind, mid-stream, with several pipelines: nothing lost, leaked or hidden.
+
+Each test runs a real manager with real pipelines, kills (SIGKILL) or stops (SIGSTOP) one of
+its processes, and checks that: the fault is reported for what it is (killed by which signal,
+stuck, never "ended"); the other pipelines keep producing; and afterwards no process of the
+manager's tree is alive and no ``fp-`` entry of theirs is left in /dev/shm (the suite's guard
+checks that too). The manager's own death is covered: its reaper unlinks what was left without
+waiting for a manager to start again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from framepipe.client import SyncStreamManagerClient
+from framepipe.protocol.payloads import (
+    InitialisePipelinePayload,
+    MemorySinkConfiguration,
+    ModelConfiguration,
+    VideoConfiguration,
+)
+from framepipe.testing import make_test_video
+from tests.conftest import framepipe_shm_entries
+from tests.integration.manager_harness import ManagerProcess, running_manager, wait_for
+from tests.rtsp import RtspServer, system_python_has_gst_rtsp
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("faults")
+    return {
+        # a minute at 30 fps, replayed in real time: outlives every test here
+        "long": make_test_video(
+            root / "long.mp4", frames=1800, width=320, height=240, fps=30.0
+        ).path,
+        # Matroska can be read up to where it is cut
+        "mkv": make_test_video(root / "cut.mkv", frames=300, width=320, height=240, fps=30.0).path,
+    }
+
+
+@pytest.fixture
+def rtsp() -> Iterator[RtspServer]:
+    if not system_python_has_gst_rtsp():
+        pytest.skip("GStreamer RTSP server not installed (make system-deps)")
+    server = RtspServer(fps=15)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def client_for(manager: ManagerProcess) -> SyncStreamManagerClient:
+    return SyncStreamManagerClient(host="127.0.0.1", port=manager.port, operations_timeout=30)
+
+
+def start(client: SyncStreamManagerClient, reference: str, **video: Any) -> str:
+    pipeline_id = client.initialise_pipeline(
+        InitialisePipelinePayload(
+            video_configuration=VideoConfiguration(video_reference=reference, **video),
+            processing_configuration=ModelConfiguration(model="passthrough"),
+            sink_configuration=MemorySinkConfiguration(results_buffer_size=256),
+        )
+    ).context.pipeline_id
+    assert pipeline_id
+    return pipeline_id
+
+
+def produced(client: SyncStreamManagerClient, pipeline_id: str) -> int:
+    client.consume_pipeline_result(pipeline_id, max_entries=1000)
+    extra = client.get_status(pipeline_id).report["framepipe"]
+    return int(extra["results_produced"])
+
+
+def keeps_producing(client: SyncStreamManagerClient, pipeline_id: str, more: int = 10) -> None:
+    before = produced(client, pipeline_id)
+    wait_for(lambda: produced(client, pipeline_id) >= before + more, 20, f"{more} more results")
+
+
+def state_of(client: SyncStreamManagerClient, pipeline_id: str) -> dict[str, Any]:
+    extra: dict[str, Any] = client.get_status(pipeline_id).report["framepipe"]
+    return extra
+
+
+def worker_running(
+    manager: ManagerProcess, client: SyncStreamManagerClient, pipeline_id: str
+) -> psutil.Process:
+    pid = state_of(client, pipeline_id)["pid"]
+    return psutil.Process(pid)
+
+
+def decoder_of(client: SyncStreamManagerClient, pipeline_id: str) -> int:
+    pid = int(state_of(client, pipeline_id)["sources"][0]["decoder_pid"])
+    assert pid > 0
+    return pid
+
+
+def segments_of(pids: set[int]) -> set[str]:
+    owned = set()
+    for name in framepipe_shm_entries():
+        pid_text = name.removeprefix("sem.").removeprefix("fp-").split("-", 1)[0]
+        if pid_text.isdigit() and int(pid_text) in pids:
+            owned.add(name)
+    return owned
+
+
+def alive(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.add(pid)
+    return out
+
+
+def test_a_killed_manager_leaves_no_process_and_no_segment(videos: dict[str, Path]) -> None:
+    manager = ManagerProcess()
+    try:
+        client = client_for(manager)
+        ids = [start(client, str(videos["long"]), realtime_replay=True) for _ in range(2)]
+        ids.append(start(client, str(videos["mkv"])))
+        for pipeline_id in ids[:2]:
+            keeps_producing(client, pipeline_id, 3)
+        tree = {p.pid for p in manager.tree()} | {manager.pid}
+        reapers = [p for p in manager.tree() if "framepipe.server.reaper" in " ".join(p.cmdline())]
+        assert len(reapers) == 1, "the manager runs a reaper"
+        assert segments_of(tree), "running pipelines hold shared memory"
+        os.kill(manager.pid, signal.SIGKILL)
+        manager.proc.wait(10)
+        manager._close_output()
+    except BaseException:
+        manager.kill()
+        raise
+    others = tree - {reapers[0].pid, manager.pid}
+    wait_for(lambda: not alive(others), 5, "the manager's processes to die with it")
+    # the reaper unlinks what they left, without a manager starting again
+    wait_for(lambda: not segments_of(tree), 10, "the reaper to unlink the segments")
+    wait_for(lambda: not alive({reapers[0].pid}), 15, "the reaper to finish")
+
+
+def test_killed_and_stopped_workers_among_several_pipelines() -> None:
+    env = {"FRAMEPIPE_COMMAND_TIMEOUT": "2", "FRAMEPIPE_HEALTH_INTERVAL": "0.5"}
+    with running_manager(env) as manager:
+        client = client_for(manager)
+        video = str(
+            make_test_video(
+                Path(os.environ.get("TMPDIR", "/tmp")) / f"fp-faults-{os.getpid()}.mp4",
+                frames=900,
+                width=160,
+                height=120,
+                fps=30.0,
+            ).path
+        )
+        try:
+            killed, stopped, survivor = (
+                start(client, video, realtime_replay=True) for _ in range(3)
+            )
+            for pipeline_id in (killed, stopped, survivor):
+                keeps_producing(client, pipeline_id, 3)
+            victims = {
+                killed: worker_running(manager, client, killed),
+                stopped: worker_running(manager, client, stopped),
+            }
+            trees = {
+                pid: {p.pid, *(c.pid for c in p.children(recursive=True))}
+                for pid, p in victims.items()
+            }
+            victims[killed].kill()
+            victims[stopped].send_signal(signal.SIGSTOP)
+            keeps_producing(client, survivor, 30)  # the others never wait for them
+
+            def failed(pipeline_id: str) -> dict[str, Any] | None:
+                extra = state_of(client, pipeline_id)
+                return extra if extra["state"] == "FAILED" else None
+
+            extra = wait_for(lambda: failed(killed), 5, "the killed worker's pipeline to fail")
+            assert "was killed by SIGKILL" in extra["failure"]
+            extra = wait_for(lambda: failed(stopped), 10, "the stopped worker's pipeline to fail")
+            assert "did not answer" in extra["failure"] and "killed" in extra["failure"]
+            assert sorted(client.list_pipelines().pipelines) == sorted([killed, stopped, survivor])
+            for tree in trees.values():
+                wait_for(lambda tree=tree: not segments_of(tree), 5, "their segments to be freed")
+                wait_for(lambda tree=tree: not alive(tree), 5, "their processes to be gone")
+            keeps_producing(client, survivor, 10)
+            for pipeline_id in (killed, stopped, survivor):
+                client.terminate_pipeline(pipeline_id)
+            wait_for(lambda: not manager.decoders(), 10, "the decoders to stop")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(video)
+
+
+def test_a_killed_decoder_fails_a_file_and_is_replaced_for_a_camera(
+    videos: dict[str, Path], rtsp: RtspServer
+) -> None:
+    with running_manager() as manager:
+        client = client_for(manager)
+        on_file = start(client, str(videos["long"]), realtime_replay=True)
+        on_camera = start(client, rtsp.url)
+        for pipeline_id in (on_file, on_camera):
+            keeps_producing(client, pipeline_id, 3)
+        file_decoder, camera_decoder = decoder_of(client, on_file), decoder_of(client, on_camera)
+        os.kill(file_decoder, signal.SIGKILL)
+        os.kill(camera_decoder, signal.SIGKILL)
+
+        def file_failed() -> dict[str, Any] | None:
+            extra = state_of(client, on_file)
+            return extra if extra["state"] == "FAILED" else None
+
+        extra = wait_for(file_failed, 10, "the file's pipeline to fail")
+        source = extra["sources"][0]
+        assert source["state"] == "ERROR"
+        assert (
+            f"the decode process (pid {file_decoder}) was killed by SIGKILL" in source["last_error"]
+        )
+        keeps_producing(client, on_camera, 10)  # a new decode process, the same ring
+        camera = state_of(client, on_camera)["sources"][0]
+        assert camera["decoder_restarts"] == 1 and camera["decoder_pid"] != camera_decoder
+        assert "was killed by SIGKILL" in camera["last_error"]
+        for pipeline_id in (on_file, on_camera):
+            client.terminate_pipeline(pipeline_id)
+
+
+def test_a_stopped_decoder_is_killed_and_replaced(rtsp: RtspServer) -> None:
+    env = {"FRAMEPIPE_SOURCE_OPEN_TIMEOUT": "1", "FRAMEPIPE_SOURCE_READ_TIMEOUT": "1"}
+    with running_manager(env) as manager:
+        client = client_for(manager)
+        pipeline_id = start(client, rtsp.url)
+        keeps_producing(client, pipeline_id, 3)
+        stuck = decoder_of(client, pipeline_id)
+        os.kill(stuck, signal.SIGSTOP)
+
+        def replaced() -> dict[str, Any] | None:
+            source = state_of(client, pipeline_id)["sources"][0]
+            return (
+                source if source["decoder_restarts"] >= 1 and source["state"] == "RUNNING" else None
+            )
+
+        # alive but silent for 2 x (1 + 1) s: killed, and the camera gets a new decode process
+        source = wait_for(replaced, 20, "the stuck decode process to be replaced")
+        assert f"the decode process (pid {stuck}) gave no sign of life" in source["last_error"]
+        assert not alive({stuck})
+        keeps_producing(client, pipeline_id, 10)
+        client.terminate_pipeline(pipeline_id)
+
+
+def test_a_camera_that_dies_and_returns_or_freezes(rtsp: RtspServer) -> None:
+    env = {"FRAMEPIPE_SOURCE_OPEN_TIMEOUT": "1", "FRAMEPIPE_SOURCE_READ_TIMEOUT": "1"}
+    with running_manager(env) as manager:
+        client = client_for(manager)
+        pipeline_id = start(client, rtsp.url)
+        keeps_producing(client, pipeline_id, 3)
+
+        def source_state() -> str:
+            return str(state_of(client, pipeline_id)["sources"][0]["state"])
+
+        rtsp.kill()
+        wait_for(lambda: source_state() == "RESTARTING", 10, "RESTARTING after the camera died")
+        rtsp.start()
+        wait_for(lambda: source_state() == "RUNNING", 15, "RUNNING once it is back")
+        keeps_producing(client, pipeline_id, 5)
+        rtsp.freeze()
+        wait_for(lambda: source_state() == "RESTARTING", 15, "RESTARTING when it froze")
+        rtsp.thaw()
+        wait_for(lambda: source_state() == "RUNNING", 20, "RUNNING once it answers again")
+        keeps_producing(client, pipeline_id, 5)
+        assert state_of(client, pipeline_id)["sources"][0]["reconnects"] >= 2
+        client.terminate_pipeline(pipeline_id)
+
+
+def test_a_file_cut_short_is_read_to_where_it_ends(videos: dict[str, Path], tmp_path: Path) -> None:
+    whole = videos["mkv"].read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole[: len(whole) * 6 // 10])
+    with running_manager() as manager:
+        client = client_for(manager)
+        pipeline_id = start(client, str(cut))
+        ids: list[int] = []
+
+        def ended() -> dict[str, Any] | None:
+            for entry in client.consume_pipeline_result(pipeline_id, max_entries=1000).entries:
+                ids.extend(m.frame_id for m in entry.frames_metadata if m is not None)
+            extra = state_of(client, pipeline_id)
+            return extra if extra["finished"] else None
+
+        extra = wait_for(ended, 30, "the cut file to end")
+        assert extra["state"] == "FINISHED", extra
+        assert 0 < len(ids) < 300 and ids == list(range(1, len(ids) + 1))
+        client.terminate_pipeline(pipeline_id)
+
+
+def _unshare_works() -> bool:
+    if os.geteuid() != 0:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "true"], capture_output=True, timeout=10
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs root and mount namespaces (unshare -m)")
+def test_a_full_dev_shm_is_refused_cleanly(videos: dict[str, Path]) -> None:
+    """A 24 MB /dev/shm (a private tmpfs in a mount namespace of its own): a pipeline whose
+    rings do not fit is refused at admission with the sizes, one that fits runs, and the
+    manager leaves the filesystem empty when it stops."""
+    script = (
+        "mount -t tmpfs -o size=24m tmpfs /dev/shm && "
+        f"exec {sys.executable} -m framepipe.cli serve --port 0"
+    )
+    proc = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = 0
+        deadline = time.monotonic() + 30
+        while not port and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if "listening on" in line:
+                port = int(line.rsplit(":", 1)[1])
+        assert port, "the manager did not start in its namespace"
+        client = SyncStreamManagerClient(host="127.0.0.1", port=port, operations_timeout=30)
+        with pytest.raises(Exception) as refused:
+            client.initialise_pipeline(
+                InitialisePipelinePayload(
+                    video_configuration=VideoConfiguration(
+                        video_reference=str(videos["long"]),
+                        video_source_properties={"frame_width": 1920.0, "frame_height": 1080.0},
+                    ),
+                    processing_configuration=ModelConfiguration(model="passthrough"),
+                    decoding_buffer_size=64,
+                )
+            )
+        error = refused.value
+        assert getattr(error, "error_class", "") == "ShmExhaustedError", error
+        assert "/dev/shm" in str(error)
+        small = client.initialise_pipeline(
+            InitialisePipelinePayload(
+                video_configuration=VideoConfiguration(
+                    video_reference=str(videos["long"]), realtime_replay=True
+                ),
+                processing_configuration=ModelConfiguration(model="passthrough"),
+                decoding_buffer_size=2,
+            )
+        ).context.pipeline_id
+        assert small
+        keeps_producing(client, small, 5)
+        client.terminate_pipeline(small)
+        leftover = subprocess.run(
+            ["nsenter", "-t", str(proc.pid), "-m", "ls", "-A", "/dev/shm"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert [n for n in leftover.stdout.split() if n.startswith(("fp-", "sem.fp-"))] == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -1,0 +1,204 @@
+"""How `framepipe bench` turns measurements into figures, verdicts, ratios and targets."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from framepipe.bench._procs import (
+    DECODE,
+    MODEL,
+    Kind,
+    ProcessInfo,
+    classify_classic,
+    classify_framepipe,
+    group_classic_thread,
+)
+from framepipe.bench._targets import check_targets
+from framepipe.bench.config import Architecture, Criteria, Layout
+from framepipe.bench.results import (
+    MB,
+    CpuFigures,
+    MemoryFigures,
+    RunResult,
+    ScenarioResult,
+    StreamFigures,
+    judge,
+    memory_slope_mb,
+    percentile,
+)
+
+CRITERIA = Criteria()
+
+
+def run(
+    arch: Architecture,
+    count: int,
+    *,
+    fps: float = 30.0,
+    target: float = 30.0,
+    p99: float = 20.0,
+    memory_mb: float = 100.0,
+    cpu_s: float = 1.0,
+    decode_s: float = 0.4,
+    model_s: float = 0.0,
+    window_s: float = 10.0,
+) -> RunResult:
+    streams = tuple(
+        StreamFigures(i, round(fps * window_s), fps, p99 / 4, p99, {"drop_oldest": 1})
+        for i in range(count)
+    )
+    result = RunResult(
+        architecture=arch,
+        layout=Layout.DISTINCT,
+        count=count,
+        target_fps=target,
+        streams=streams,
+        cpu=CpuFigures(window_s, cpu_s, {Kind.DECODER: decode_s}, decode_s, model_s, "test"),
+        memory=MemoryFigures({Kind.WORKER: int(memory_mb * MB)}, {Kind.WORKER: count}, 0),
+        age_method="test",
+    )
+    return replace(result, verdict=judge(result, CRITERIA))
+
+
+def test_figures_are_derived_from_the_streams_and_the_cpu_window() -> None:
+    r = run(Architecture.FRAMEPIPE, 2, fps=30.0, cpu_s=2.0, decode_s=0.8, window_s=10.0)
+    assert r.total_fps == pytest.approx(60.0)
+    assert r.delivered == 600
+    assert r.drops == {"drop_oldest": 2}
+    assert r.cpu_per_stream_pct == pytest.approx(10.0)  # 2 CPU-s / 10 s / 2 streams
+    assert r.outside_us_per_frame == pytest.approx((2.0 - 0.8) / 600 * 1e6)
+    assert r.age_p99_ms == pytest.approx(20.0)
+    figures = r.figures()
+    for key in (
+        "total_fps",
+        "stream_fps_min",
+        "cpu_per_stream_pct",
+        "outside_us_per_frame",
+        "age_p50_ms",
+        "age_p99_ms",
+        "memory_mb",
+        "uss_mb",
+        "shm_mb",
+        "drops",
+    ):
+        assert figures[key] is not None, key
+    json.dumps(r.to_dict())  # the whole record is JSON
+
+
+def test_a_count_is_sustainable_only_with_full_rate_and_fresh_results() -> None:
+    assert run(Architecture.FRAMEPIPE, 1).verdict.passed
+    slow = run(Architecture.FRAMEPIPE, 1, fps=28.0)  # 93% of 30
+    assert not slow.verdict.passed and "under 95%" in slow.verdict.reasons[0]
+    stale = run(Architecture.FRAMEPIPE, 1, p99=70.0)  # 2 intervals at 30 fps = 66.7 ms
+    assert not stale.verdict.passed and "frame age p99" in stale.verdict.reasons[0]
+    # a model at 5 fps: two of its intervals are 400 ms
+    assert run(Architecture.FRAMEPIPE, 1, fps=5.0, target=5.0, p99=350.0).verdict.passed
+    failed = replace(run(Architecture.FRAMEPIPE, 1), error="init refused")
+    assert judge(failed, CRITERIA).reasons == ("init refused",)
+
+
+def test_memory_per_additional_stream_is_the_slope_over_the_counts() -> None:
+    runs = [run(Architecture.CLASSIC, n, memory_mb=50 + 40 * n) for n in (1, 2, 4, 8)]
+    assert memory_slope_mb(runs) == pytest.approx(40.0)
+    assert memory_slope_mb(runs[:1]) is None
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    assert percentile([], 50) is None
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
+    assert percentile(list(map(float, range(101))), 99) == pytest.approx(99.0)
+
+
+def scenario(model: str, fp: list[RunResult], cl: list[RunResult]) -> ScenarioResult:
+    s = ScenarioResult(
+        f"{model} 720p30 file distinct", model, "720p30", "file", Layout.DISTINCT, 30.0
+    )
+    for arch, runs in ((Architecture.FRAMEPIPE, fp), (Architecture.CLASSIC, cl)):
+        result = s.arch(arch)
+        result.runs = runs
+        passing = [r.count for r in runs if r.verdict.passed]
+        result.sustainable = max(passing, default=0)
+        result.search_end = "found"
+    return s
+
+
+def test_ratios_compare_the_largest_count_both_sustain() -> None:
+    s = scenario(
+        "passthrough",
+        [run(Architecture.FRAMEPIPE, n, cpu_s=0.5 * n, memory_mb=200 * n) for n in (1, 2, 4)],
+        [
+            run(Architecture.CLASSIC, 1, cpu_s=2.0, memory_mb=50),
+            run(Architecture.CLASSIC, 2, fps=20.0),
+        ],
+    )
+    assert s.reference_count() == 1
+    ratios = s.ratios()
+    assert ratios["sustainable"] == pytest.approx(4.0)
+    assert ratios["at_reference"]["cpu_per_stream_pct"] == pytest.approx(0.25)
+    assert set(ratios["by_count"]) == {"1", "2"}
+    json.dumps(s.to_dict())
+
+
+def test_targets_are_checked_against_the_distinct_scenarios() -> None:
+    passthrough = scenario(
+        "passthrough",
+        [
+            run(Architecture.FRAMEPIPE, n, cpu_s=0.4 * n + 0.01 * n, decode_s=0.4 * n)
+            for n in (1, 2, 4, 8)
+        ]
+        + [run(Architecture.FRAMEPIPE, 16, fps=20.0)],
+        [run(Architecture.CLASSIC, n, cpu_s=4.0 * n, decode_s=0.4 * n) for n in (1, 2, 4)]
+        + [run(Architecture.CLASSIC, 8, fps=10.0)],
+    )
+    detector = scenario(
+        "centerface",
+        [
+            run(Architecture.FRAMEPIPE, n, fps=5.0, target=5.0, p99=300.0, memory_mb=100 + 30 * n)
+            for n in (1, 2)
+        ],
+        [run(Architecture.CLASSIC, n, fps=5.0, target=5.0, memory_mb=100 + 90 * n) for n in (1, 2)],
+    )
+    by_name = {t.name: t for t in check_targets([passthrough, detector], CRITERIA)}
+    cost = by_name["passthrough: CPU per frame outside decode (µs)"]
+    assert cost.where.endswith("N=4")  # the largest count both sustain
+    assert cost.met is True and cost.value == pytest.approx(0.04 / 1200 * 1e6)
+    assert by_name["passthrough: sustainable streams"].met is True  # 8 vs 4
+    assert by_name["passthrough: frame-transport CPU per frame (x lower)"].met is True
+    assert by_name[
+        "centerface: memory per additional stream, USS + shm (MB, x lower)"
+    ].value == pytest.approx(3.0)
+    age = by_name["frame age p99 when not saturated (x of 2 frame intervals)"]
+    assert age.value == pytest.approx(0.75)  # 300 ms of the detector's 400 ms
+    assert age.met is True
+
+
+def test_process_kinds_are_told_apart_by_their_command_lines() -> None:
+    root = ProcessInfo(10, 1, "python -m framepipe.cli serve --port 0", "python")
+    fork = ProcessInfo(
+        11, 10, "python -c from multiprocessing.forkserver import main; main(1)", "python"
+    )
+    decoder = ProcessInfo(12, 11, fork.cmdline, "python")
+    worker = ProcessInfo(
+        13,
+        10,
+        "python -c from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5) --multiprocessing-fork",
+        "python",
+    )
+    tracker = ProcessInfo(
+        14, 10, "python -c from multiprocessing.resource_tracker import main;main(16)", "python"
+    )
+    assert classify_framepipe(root, None, 10) == Kind.MANAGER
+    assert classify_framepipe(fork, root, 10) == Kind.OTHER
+    assert classify_framepipe(decoder, fork, 10) == Kind.DECODER
+    assert classify_framepipe(worker, root, 10) == Kind.WORKER
+    assert classify_framepipe(tracker, root, 10) == Kind.OTHER
+    assert classify_classic(root, None, 10) == Kind.APP
+    assert classify_classic(worker, root, 10) == Kind.INFERENCE
+    assert group_classic_thread("bl-decode") == DECODE
+    assert group_classic_thread("av:h264:df0") == DECODE
+    assert group_classic_thread("bl-model") == MODEL
+    assert group_classic_thread("bl-app") is None
