@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """End to end in one process: 720p demo frames -> preprocess -> CenterFace (640 wide) -> records.
 
-Each frame of the bundled demo video (1280x720) is decoded with cv2 (not timed) and handed to
-the ``centerface`` ModelProcessor, which letterboxes it into a 640x384 input, runs ONNX
-Runtime and decodes faces into the reference's prediction records. The runner's ``run`` is
+Each frame of the bundled demo video (1280x720) is decoded with cv2 (not timed) and run the
+way an inference engine's runner runs it: ``LoadedModel.infer`` letterboxes it into a 640x384
+input, runs ONNX Runtime and decodes faces, and ``prediction_to_wire`` makes the reference's
+prediction records. The runner's ``run`` is
 wrapped with a timer, so each frame's time splits into inference and everything outside it
 (preprocessing, decoding, NMS, records with uuid4 ids).
 
@@ -28,13 +29,13 @@ import numpy as np
 import numpy.typing as npt
 
 from framepipe.core.processing import (
-    ModelProcessor,
+    LoadedModel,
     ModelRegistry,
+    ModelSpec,
     ProcessingSettings,
-    build_processor,
+    prediction_to_wire,
+    thresholds_for,
 )
-from framepipe.core.processing import processing_spec_from_wire as spec_from_wire
-from framepipe.core.processing.model import LoadedModel
 from framepipe.data import demo_video_path
 
 
@@ -128,36 +129,30 @@ def main() -> int:
     cv2.setNumThreads(args.threads)
     settings = ProcessingSettings(intra_op_threads=args.threads, providers=("cpu",))
     registry = ModelRegistry.from_settings(settings)
-    processor = build_processor(
-        spec_from_wire({"type": "ModelConfiguration", "model": "centerface"}), registry
-    )
-    assert isinstance(processor, ModelProcessor)
-    model = processor.model
+    model = LoadedModel(registry.get("centerface"), registry.settings)
+    thresholds = thresholds_for(ModelSpec("centerface"), model)  # one decoder for both paths
     clock = InferenceClock(model)
     in_h, in_w = model.input_hw(720, 1280)
 
-    for frame in frames(10):  # warm up both paths
-        processor.process([frame], [None])
-    framepipe = measure(lambda f: processor.process([f], [None]), clock, args.frames)
+    def fused(frame: npt.NDArray[np.uint8]) -> dict[str, Any]:
+        [result] = model.infer([frame], thresholds)
+        assert result is not None
+        return prediction_to_wire(result, model.class_names, model.keypoint_names)
 
-    thresholds = processor._runner.thresholds  # the same decoder and thresholds
+    for frame in frames(10):  # warm up both paths
+        fused(frame)
+    framepipe = measure(fused, clock, args.frames)
 
     def usual(frame: npt.NDArray[np.uint8]) -> object:
         plan = model.preprocessor.plan(frame.shape[0], frame.shape[1], in_h, in_w)
         outputs = model.runner.run(usual_preprocess(frame, in_h, in_w))
         result = model._decode(outputs, 0, plan, thresholds, 1)
-        return processor._runner.to_wire(frame, result)
+        return prediction_to_wire(result, model.class_names, model.keypoint_names)
 
     for frame in frames(10):
         usual(frame)
     baseline = measure(usual, clock, args.frames)
-    faces = sum(
-        len(o["predictions"])
-        for f in frames(args.frames)
-        for o in processor.process([f], [None])
-        if o
-    )
-    processor.close()
+    faces = sum(len(fused(f)["predictions"]) for f in frames(args.frames))
 
     print(
         f"CenterFace end to end, 1280x720 -> {in_w}x{in_h}, CPU provider, {args.threads} intra-op thread(s), "

@@ -42,7 +42,13 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from framepipe.core.inference import Inference, InferenceChannel, SubmittedFrame, local_engine
+from framepipe.core.inference import (
+    ChannelState,
+    Inference,
+    InferenceChannel,
+    SubmittedFrame,
+    local_engine,
+)
 from framepipe.core.processing.processor import Processor, build_processor
 from framepipe.core.processing.spec import ModelSpec, ProcessingSpec
 from framepipe.core.sinks import InMemoryBufferSink, SinkStatistics
@@ -235,6 +241,7 @@ class PipelineReport:
     model: str | None
     uptime_s: float
     pid: int  # the process running the pipeline
+    inference: ChannelState | None = None  # where the model runs: counts, service gaps
     # More of framepipe's report, by whoever runs the pipeline (e.g. "webrtc": the peer's side).
     extensions: dict[str, Any] = field(default_factory=dict)
 
@@ -274,6 +281,7 @@ class PipelineReport:
                 },
                 "processing_errors": self.processing_errors,
                 "last_processing_error": self.last_processing_error,
+                "inference": _inference_to_wire(self.inference),
                 "frames_failed": dict(self.frames_failed),
                 "latency_ms": [
                     {
@@ -288,6 +296,31 @@ class PipelineReport:
                 **self.extensions,
             },
         }
+
+
+def _inference_to_wire(state: ChannelState | None) -> dict[str, Any] | None:
+    if state is None:
+        return None
+    return {
+        "connected": state.connected,
+        "submitted": state.submitted,
+        "completed": state.completed,
+        "failed": state.failed,
+        "in_flight": state.in_flight,
+        "gap_count": state.gap_count,
+        "gaps": [
+            {
+                "started_at": datetime.fromtimestamp(gap.started_at).isoformat(),
+                "ended_at": (
+                    datetime.fromtimestamp(gap.ended_at).isoformat()
+                    if gap.ended_at is not None
+                    else None
+                ),
+                "reason": gap.reason,
+            }
+            for gap in state.gaps
+        ],
+    }
 
 
 @dataclass
@@ -504,6 +537,7 @@ class Pipeline:
         self._hub: Sources = hub if hub is not None else SourceHub(share=False)
         self._inference = inference
         self._channel: InferenceChannel | None = None
+        self._final_inference: ChannelState | None = None  # the channel's, once it closed
         self._subscriptions: list[Subscription] = []
         self._sink: InMemoryBufferSink[PipelineResult] = InMemoryBufferSink(results_buffer_size)
         self._hold_results = hold_results
@@ -766,8 +800,10 @@ class Pipeline:
             with self._lock:
                 if self._state is not PipelineState.TERMINATED and not self._stop.is_set():
                     self._state, self._failure = self._final_state(crashed)
-                    # Nothing more to read: give the sources back now; the results stay.
+                    # Nothing more to read or run: give the sources and the model's channel
+                    # back now; the results stay.
                     self._close_sources()
+                    self._close_channel()
             self._sink.wake()
 
     def _final_state(self, crashed: BaseException | None) -> tuple[PipelineState, str | None]:
@@ -899,6 +935,8 @@ class Pipeline:
         channel, self._channel = self._channel, None
         if channel is not None:
             with contextlib.suppress(Exception):
+                self._final_inference = channel.state
+            with contextlib.suppress(Exception):
                 channel.close()
 
     # -- status -----------------------------------------------------------------------------
@@ -952,6 +990,11 @@ class Pipeline:
             produced, errors_count = self._results_produced, self._processing_errors
             last_error, failed = self._last_processing_error, dict(self._frames_failed)
         model = self._processor.model
+        channel = self._channel
+        inference = self._final_inference
+        if channel is not None:
+            with contextlib.suppress(Exception):  # a channel closing meanwhile says nothing
+                inference = channel.state
         return PipelineReport(
             state=state,
             status_updates=events,
@@ -968,6 +1011,7 @@ class Pipeline:
             model=model.model if model is not None else None,
             uptime_s=(now - self._started_at) if self._started_at else 0.0,
             pid=os.getpid(),
+            inference=inference,
         )
 
 

@@ -89,7 +89,7 @@ from framepipe.server.table import (
 from framepipe.server.workers import WorkerGone, WorkerHandle, WorkerTimeout
 
 if TYPE_CHECKING:
-    from framepipe.core.processing.registry import ModelRegistry
+    from framepipe.server.services import InferenceServices
 
 log = logging.getLogger("framepipe.manager")
 
@@ -122,6 +122,7 @@ class StreamManager:
             open_timeout_s=settings.source_open_timeout_s,
             read_timeout_s=settings.source_read_timeout_s,
         )
+        self._services: InferenceServices | None = None
         self._workers: dict[str, WorkerHandle] = {}
         self._tickets: dict[str, tuple[Any, ...]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -129,7 +130,6 @@ class StreamManager:
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._health_task: asyncio.Task[Any] | None = None
-        self._registry: ModelRegistry | None = None
         self._reaper: Reaper | None = None
         self._next_ram_sample = 0.0
 
@@ -143,9 +143,30 @@ class StreamManager:
         if swept:
             log.info("removed %d orphaned shared-memory entries: %s", len(swept), ", ".join(swept))
         self._health_task = self._spawn_background(self._health_loop(), "health-loop")
+        for model in self.settings.preload_models:
+            self._spawn_background(self._preload_service(model), f"preload-{model}")
         # Admission sizes rings with numpy and probes files with PyAV: import them now, in a
         # thread, so the first `init` does not pay for it (the port is already accepting).
         self._spawn_background(self._preload(), "preload")
+
+    @property
+    def services(self) -> InferenceServices:
+        """The inference services (one per model; made on first use, so the port opens before
+        the engine code is imported)."""
+        if self._services is None:
+            from framepipe.core.processing.registry import ProcessingSettings
+            from framepipe.server.services import InferenceServices
+
+            self._services = InferenceServices(ProcessingSettings.from_env(), owner_pid=os.getpid())
+        return self._services
+
+    async def _preload_service(self, model: str) -> None:
+        """Start ``model``'s inference service now, so the first pipeline on it does not wait."""
+        try:
+            await self.services.ensure(model)
+            log.info("inference service for model %r started ahead of time", model)
+        except FramepipeError as exc:
+            log.warning("could not start the inference service for %r: %s", model, exc.message)
 
     async def _preload(self) -> None:
         try:
@@ -167,6 +188,8 @@ class StreamManager:
         await asyncio.gather(*self._background, return_exceptions=True)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.decoders.close)
+        if self._services is not None:
+            await self._services.close()
         await loop.run_in_executor(None, sweep_orphan_segments)
         remove_own_segments(os.getpid())
         if self._reaper is not None:
@@ -240,14 +263,21 @@ class StreamManager:
             pipeline_id = row.pipeline_id
             worker = self._workers[pipeline_id]
             try:
-                # The sources start opening while the worker finishes warming up.
+                # The sources start opening (and the model's service, if it must) while the
+                # worker finishes warming up.
                 tickets = await loop.run_in_executor(
                     None, self.decoders.serve, requests, worker.pid
                 )
                 self._tickets[pipeline_id] = tickets
+                model = config.model
+                address = None
+                if model is not None:
+                    address = await self.services.ensure(model.model, model.providers)
                 await worker.wait_ready(self.settings.spawn_timeout_s)
                 await worker.request(
-                    StartPipeline(config=config, sources=tickets, begun_at=begun_at),
+                    StartPipeline(
+                        config=config, sources=tickets, inference=address, begun_at=begun_at
+                    ),
                     timeout=self.settings.init_timeout_s,
                     request_id=request_id,
                 )
@@ -302,8 +332,15 @@ class StreamManager:
             pipeline_id = row.pipeline_id
             worker = self._workers[pipeline_id]
             try:
+                # The model runs where every pipeline's runs: its inference service.
+                model = config.model
+                address = None
+                if model is not None:
+                    address = await self.services.ensure(model.model, model.providers)
                 await worker.wait_ready(self.settings.spawn_timeout_s)
-                command = StartWebRTCPipeline(config=config, webrtc=webrtc, begun_at=begun_at)
+                command = StartWebRTCPipeline(
+                    config=config, webrtc=webrtc, inference=address, begun_at=begun_at
+                )
                 answer: WebRTCAnswer = expect(
                     await worker.request(
                         command, timeout=self.settings.init_timeout_s, request_id=request_id
@@ -326,12 +363,9 @@ class StreamManager:
         """An unknown model is refused before any process starts (InvalidPayloadError naming
         it, with the registered ones)."""
         from framepipe.core.processing.processor import check_spec
-        from framepipe.core.processing.registry import ModelRegistry, ProcessingSettings
 
-        if self._registry is None:
-            self._registry = ModelRegistry.from_settings(ProcessingSettings.from_env())
         try:
-            check_spec(config.processing, self._registry)
+            check_spec(config.processing, self.services.registry)
         except InvalidPayloadError as exc:
             raise InvalidPayloadError(exc.message, public_message=exc.message) from None
 
@@ -440,10 +474,7 @@ class StreamManager:
             lock.release()
 
     async def _spawn_worker(self, state: RowState) -> Row:
-        worker = await WorkerHandle.spawn(
-            terminate_timeout_s=self.settings.terminate_timeout_s,
-            preload_models=self.settings.preload_models,
-        )
+        worker = await WorkerHandle.spawn(terminate_timeout_s=self.settings.terminate_timeout_s)
         pipeline_id = str(uuid.uuid4())
         self._workers[pipeline_id] = worker
         return self.table.add_worker(pipeline_id, worker.pid, state, time.monotonic())

@@ -26,7 +26,7 @@ from framepipe.protocol.payloads import (
 
 if TYPE_CHECKING:
     from framepipe.core.pipeline import PipelineReport, PipelineState
-    from framepipe.core.processing.spec import ProcessingSpec
+    from framepipe.core.processing.spec import ModelSpec, ProcessingSpec
     from framepipe.core.sources import SourceTicket, SubscriptionRequest
     from framepipe.server.webrtc.config import WebRTCConfig
 
@@ -88,12 +88,11 @@ class PipelineConfig:
         )
 
     @property
-    def model_name(self) -> str | None:
-        """The registered model the pipeline's processing needs (None: none)."""
-        from framepipe.core.processing import build_processor
+    def model(self) -> ModelSpec | None:
+        """The model the pipeline's processing needs (None: none)."""
+        from framepipe.core.processing.processor import build_processor
 
-        model = build_processor(self.processing).model
-        return model.model if model is not None else None
+        return build_processor(self.processing).model
 
 
 # -- manager → worker ---------------------------------------------------------------------

@@ -75,8 +75,8 @@ class ServerSettings:
     # The event loop: "uvloop" (faster with many short connections) when it is installed,
     # else "asyncio"; FRAMEPIPE_EVENT_LOOP=asyncio|uvloop chooses explicitly.
     event_loop: str = "asyncio"
-    # Registered model names every idle worker loads ahead of time (FRAMEPIPE_PRELOAD_MODELS,
-    # comma-separated): an `init` asking for one skips loading it.
+    # Registered models whose inference services start with the manager
+    # (FRAMEPIPE_PRELOAD_MODELS, comma-separated): the first `init` on one does not wait.
     preload_models: tuple[str, ...] = ()
     # Pipelines on the same video reference share one decode process and ring, owned by the
     # manager (FRAMEPIPE_SHARE_DECODERS=0 gives every pipeline its own decoder).
@@ -225,7 +225,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preload-model",
         action="append",
         dest="preload_models",
-        help="model idle workers load ahead of time; repeatable (FRAMEPIPE_PRELOAD_MODELS)",
+        help="model whose inference service starts with the manager; repeatable "
+        "(FRAMEPIPE_PRELOAD_MODELS)",
     )
     parser.add_argument(
         "--command-timeout",

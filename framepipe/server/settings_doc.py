@@ -135,7 +135,8 @@ SERVER_SETTINGS: dict[str, SettingDoc] = {
     ),
     "preload_models": SettingDoc(
         "FRAMEPIPE_PRELOAD_MODELS",
-        "comma-separated models idle workers load ahead of time",
+        "comma-separated models whose inference services start with the manager (the first "
+        "pipeline on one does not wait for it to load)",
         "centerface",
     ),
     "share_decoders": SettingDoc(

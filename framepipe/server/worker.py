@@ -51,9 +51,10 @@ from framepipe.server.messages import (
 )
 
 if TYPE_CHECKING:
-    from framepipe.core.inference import Inference, InferenceChannel
+    from framepipe.core.inference import Inference
     from framepipe.core.pipeline import Pipeline
     from framepipe.core.sources import SourceTicket, Subscription, SubscriptionRequest
+    from framepipe.server.inference_client import RemoteInference
     from framepipe.server.webrtc.session import WebRTCSession
 
 log = logging.getLogger("framepipe.worker")
@@ -77,9 +78,6 @@ class WorkerOptions:
     parent_pid: int
     terminate_timeout_s: float = 10.0
     log_level: int = logging.INFO
-    # Models an idle worker loads ahead of time (registered names), for pipelines whose model
-    # runs in the worker itself.
-    preload_models: tuple[str, ...] = ()
 
 
 def warm_imports(modules: Sequence[str] = WARM_MODULES) -> list[str]:
@@ -108,7 +106,6 @@ def worker_main(conn: Connection, options: WorkerOptions) -> None:
     if missing:
         log.warning("worker %d: cannot import %s", os.getpid(), ", ".join(missing))
     runner = PipelineRunner(options)
-    runner.preload(options.preload_models)
     # One poll object for the life of the worker (Connection.poll builds a selector per call).
     poller = select.poll()
     poller.register(conn.fileno(), select.POLLIN | select.POLLHUP)
@@ -160,23 +157,8 @@ class PipelineRunner:
         self._options = options
         self._pipeline: Pipeline | None = None
         self._webrtc: WebRTCSession | None = None  # the peer of a WebRTC pipeline
-        self._preloaded: list[InferenceChannel] = []
+        self._remote: RemoteInference | None = None  # the model's inference service, if any
         self.done = False
-
-    def preload(self, models: Sequence[str]) -> None:
-        """Load ``models`` into this process's engines now (kept loaded while idle, so a
-        pipeline on one of them starts without loading it); a failure is logged."""
-        from framepipe.core.inference import local_engine
-        from framepipe.core.processing import ModelSpec
-
-        for name in models:
-            try:
-                self._preloaded.append(
-                    local_engine().open_channel(ModelSpec(model=name), "preload")
-                )
-                log.info("worker %d: model %r loaded ahead of time", os.getpid(), name)
-            except Exception:
-                log.exception("worker %d: could not preload model %r", os.getpid(), name)
 
     def handle(self, message: object) -> WorkerReply:
         if not isinstance(message, WorkerRequest):
@@ -230,22 +212,27 @@ class PipelineRunner:
         # Under WAIT no result may be lost: a full result buffer holds processing back.
         hold = any(request.strategies[0].waits for request in requests)
         reference = config.video_reference
-        pipeline = Pipeline(
-            list(reference) if isinstance(reference, tuple) else reference,
-            processing=config.processing,
-            max_fps=config.max_fps,
-            source_buffer_filling_strategy=config.filling_strategy,
-            source_buffer_consumption_strategy=config.consumption_strategy,
-            video_source_properties=config.video_source_properties,
-            batch_collection_timeout=config.batch_collection_timeout,
-            decoding_buffer_size=config.decoding_buffer_size,
-            results_buffer_size=config.results_buffer_size,
-            realtime_replay=config.realtime_replay,
-            hub=TicketSources(command.sources),
-            inference=self._inference(command.inference),
-            hold_results=hold,
-        )
-        pipeline.start(begun_at=command.begun_at)
+        inference = self._inference(command.inference)
+        try:
+            pipeline = Pipeline(
+                list(reference) if isinstance(reference, tuple) else reference,
+                processing=config.processing,
+                max_fps=config.max_fps,
+                source_buffer_filling_strategy=config.filling_strategy,
+                source_buffer_consumption_strategy=config.consumption_strategy,
+                video_source_properties=config.video_source_properties,
+                batch_collection_timeout=config.batch_collection_timeout,
+                decoding_buffer_size=config.decoding_buffer_size,
+                results_buffer_size=config.results_buffer_size,
+                realtime_replay=config.realtime_replay,
+                hub=TicketSources(command.sources),
+                inference=inference,
+                hold_results=hold,
+            )
+            pipeline.start(begun_at=command.begun_at)
+        except BaseException:
+            self._close_remote()
+            raise
         self._pipeline = pipeline
 
     def _start_webrtc(self, command: StartWebRTCPipeline) -> ReplyBody:
@@ -254,18 +241,34 @@ class PipelineRunner:
             raise OperationError("this worker already runs a pipeline")
         from framepipe.server.webrtc.session import start_webrtc_pipeline
 
-        pipeline, session, answer = start_webrtc_pipeline(
-            command, self._inference(command.inference)
-        )
+        try:
+            pipeline, session, answer = start_webrtc_pipeline(
+                command, self._inference(command.inference)
+            )
+        except BaseException:
+            self._close_remote()
+            raise
         self._pipeline, self._webrtc = pipeline, session
         return answer
 
-    @staticmethod
-    def _inference(address: object) -> Inference | None:
-        """Where the model runs: None runs it in an engine of this process."""
-        if address is not None:
+    def _inference(self, address: object) -> Inference | None:
+        """Where the model runs: the inference service at ``address`` (a ServiceAddress), or
+        None for an engine of this process."""
+        if address is None:
+            return None
+        from framepipe.server.inference_client import RemoteInference
+        from framepipe.server.inference_messages import ServiceAddress
+
+        if not isinstance(address, ServiceAddress):
             raise OperationError(f"unknown inference address {address!r}")
-        return None
+        self._close_remote()
+        self._remote = RemoteInference(address)
+        return self._remote
+
+    def _close_remote(self) -> None:
+        remote, self._remote = self._remote, None
+        if remote is not None:
+            remote.close()
 
     @staticmethod
     def _consume(pipeline: Pipeline, command: Consume) -> ConsumeReply:
@@ -282,16 +285,14 @@ class PipelineRunner:
         """Terminate and join the pipeline (idempotent); the worker then exits."""
         pipeline, self._pipeline = self._pipeline, None
         self.done = True
-        preloaded, self._preloaded = self._preloaded, []
-        for channel in preloaded:
-            with contextlib.suppress(Exception):
-                channel.close()
         session, self._webrtc = self._webrtc, None
         if pipeline is not None:
             try:
                 pipeline.terminate(self._options.terminate_timeout_s)
             except Exception:
                 log.exception("terminating the pipeline failed")
+        # After the pipeline closed its channel; the peer after the pipeline stopped reading.
+        self._close_remote()
         if session is not None:
             try:
                 session.close()

@@ -100,9 +100,7 @@ class WorkerHandle:
         self._reader.start()
 
     @classmethod
-    async def spawn(
-        cls, *, terminate_timeout_s: float, preload_models: tuple[str, ...] = ()
-    ) -> WorkerHandle:
+    async def spawn(cls, *, terminate_timeout_s: float) -> WorkerHandle:
         """Start a worker (``spawn`` start method; safe with threads, CUDA and ONNX Runtime).
 
         The fork-exec and the hand-over of the start-up data run in a thread, off the loop.
@@ -111,7 +109,6 @@ class WorkerHandle:
         options = WorkerOptions(
             parent_pid=os.getpid(),
             terminate_timeout_s=terminate_timeout_s,
-            preload_models=preload_models,
             log_level=logging.getLogger().getEffectiveLevel(),
         )
         started = loop.run_in_executor(None, start_worker_process, options)

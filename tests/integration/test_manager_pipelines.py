@@ -415,21 +415,56 @@ def _centerface_available() -> bool:
 @pytest.mark.skipif(
     not _centerface_available(), reason="the bundled model is not fetched (make models)"
 )
-def test_idle_worker_with_a_preloaded_model_runs_it() -> None:
+def test_pipelines_on_one_model_share_its_inference_service() -> None:
+    """The model's service starts with the manager (FRAMEPIPE_PRELOAD_MODELS); two pipelines on
+    it share that one process, their workers never load ONNX Runtime, and a passthrough
+    pipeline touches no service."""
     demo = Path(__file__).resolve().parents[2] / "framepipe" / "data" / "demo_faces.mp4"
     env = {"STREAM_API_PRELOADED_PROCESSES": "1", "FRAMEPIPE_PRELOAD_MODELS": "centerface"}
     with running_manager(env) as manager:
         wait_for(
-            lambda: "'centerface' loaded ahead of time" in manager.output(), 60, "the model preload"
+            lambda: "service for model 'centerface' started ahead of time" in manager.output(),
+            60,
+            "the model's service",
         )
         client = client_for(manager)
-        message = payload(demo).to_wire() | {"type": "init"}
-        message["processing_configuration"] = {"type": "ModelConfiguration", "model": "centerface"}
-        reply = manager.request(message)
-        assert reply["response"]["status"] == "success", reply
-        first = first_result(client, reply["pipeline_id"])
-        assert "predictions" in first.outputs[0]
-        client.terminate_pipeline(reply["pipeline_id"])
+        ids = []
+        for _ in range(2):
+            message = payload(demo).to_wire() | {"type": "init"}
+            message["processing_configuration"] = {
+                "type": "ModelConfiguration",
+                "model": "centerface",
+            }
+            reply = manager.request(message)
+            assert reply["response"]["status"] == "success", reply
+            ids.append(reply["pipeline_id"])
+        plain = start(client, demo)
+        for pipeline_id in ids:
+            first = first_result(client, pipeline_id)
+            assert "predictions" in first.outputs[0]
+            inference = framepipe_report(client, pipeline_id)["framepipe"]["inference"]
+            assert inference["connected"] and inference["completed"] >= 1
+        assert framepipe_report(client, plain)["framepipe"]["inference"] is None
+        services = [
+            p
+            for p in manager.tree()
+            if "framepipe-inference" in " ".join(p.cmdline()) or (p.name() == "framepipe-inference")
+        ]
+        workers = [psutil.Process(framepipe_report(client, i)["framepipe"]["pid"]) for i in ids]
+        for worker in workers:
+            maps = {m.path for m in worker.memory_maps()}
+            assert not any("onnxruntime" in path for path in maps), "a worker loaded the model"
+        loaded = [p for p in manager.tree() if any("onnxruntime" in m.path for m in _maps(p))]
+        assert len(loaded) == 1, f"one process holds the model, not {loaded} ({services})"
+        for pipeline_id in [*ids, plain]:
+            client.terminate_pipeline(pipeline_id)
+
+
+def _maps(proc: psutil.Process) -> list[Any]:
+    try:
+        return list(proc.memory_maps())
+    except psutil.Error:
+        return []
 
 
 def test_multi_source_batches_report_a_source_without_a_frame_as_null(

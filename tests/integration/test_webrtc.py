@@ -18,6 +18,7 @@ import av
 import cv2
 import numpy as np
 import orjson
+import psutil
 import pytest
 
 from framepipe.client import StreamManagerClient
@@ -32,7 +33,7 @@ from framepipe.server.webrtc.ice import offer_host_addresses
 from framepipe.testing.webrtc import TestPeer, read_counter, stamp_counter
 from tests.conftest import framepipe_shm_entries
 from tests.integration.gateway_harness import Gateway, running_gateway
-from tests.integration.manager_harness import ManagerProcess
+from tests.integration.manager_harness import ManagerProcess, wait_for
 
 DEMO = "framepipe/data/demo_faces.mp4"
 DEMO_JSON = "framepipe/data/demo_faces.json"
@@ -41,6 +42,9 @@ ENV = {
     "FRAMEPIPE_WEBRTC_ICE_ADDRESSES": "127.0.0.1",
     "FRAMEPIPE_ENDED_LINGER": "0.5",
     "FRAMEPIPE_HEALTH_INTERVAL": "0.25",
+    # The model's inference service lives as long as the manager: started with it, before
+    # the first test (the leak guard counts processes a test leaves behind).
+    "FRAMEPIPE_PRELOAD_MODELS": "centerface",
 }
 
 
@@ -66,6 +70,13 @@ def counted_face(number: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Gateway]:
     with running_gateway(ENV) as gateway:
+        wait_for(
+            lambda: (
+                "service for model 'centerface' started ahead of time" in gateway.manager.output()
+            ),
+            60,
+            "the model's inference service",
+        )
         yield gateway
 
 
@@ -169,8 +180,10 @@ async def test_a_peer_gets_frames_with_its_face_drawn_and_the_predictions(
         drawn = edge_difference(returned, sent, box_of(faces[0]))
         untouched = np.abs(returned.astype(int) - sent.astype(int))[150:300, 400:600].mean()
         assert drawn > 60 and untouched < 10, (drawn, untouched)
-        # the status tells the peer's side
+        # the status tells the peer's side; the model ran in the model's inference service
         status = await report(client, pipeline_id)
+        inference = status["framepipe"]["inference"]
+        assert inference["connected"] and inference["completed"] >= 5
         webrtc = status["framepipe"]["webrtc"]
         assert webrtc["connection_state"] == "connected"
         assert webrtc["frames_received"] >= webrtc["frames_returned"] >= 5
@@ -278,17 +291,16 @@ async def test_the_returned_video_stays_fresh_and_every_input_frame_is_accounted
 
 
 async def test_a_killed_worker_fails_the_pipeline_and_leaves_no_segment(
-    client: StreamManagerClient, manager: ManagerProcess
+    client: StreamManagerClient,
 ) -> None:
     """The worker owns the source's ring and status block (named after its pid): when it is
     killed, the manager reports the pipeline FAILED and sweeps what it left in /dev/shm (the
     leak guard checks)."""
-    before = {p.pid for p in manager.workers()}
     peer = TestPeer(counted_face, fps=15)
     pipeline_id = await connect(client, peer, model="passthrough")
     try:
         await peer.wait_for(lambda: peer.returned_count >= 2, 60, "returned frames")
-        (worker,) = [p for p in manager.workers() if p.pid not in before]
+        worker = psutil.Process((await report(client, pipeline_id))["framepipe"]["pid"])
         assert any(name.startswith(f"fp-{worker.pid}-") for name in framepipe_shm_entries())
         worker.kill()
         for _ in range(100):

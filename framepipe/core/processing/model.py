@@ -2,12 +2,18 @@
 
 Frames are read in place (ring-slot views) by the Cython pass and never kept: after
 :meth:`LoadedModel.infer` returns, only typed results that own their arrays remain.
+
+One :class:`LoadedModel` may serve several threads at once (the inference service runs K
+concurrent single-frame runs on one session): input buffers, like the runner's output
+buffers, belong to the calling thread, so each thread reuses its own and a steady state
+allocates nothing; the plan cache is shared under a lock.
 """
 
 from __future__ import annotations
 
 import ast
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +45,7 @@ from framepipe.protocol.errors import InvalidPayloadError
 CENTERFACE_OUTPUTS = ("heatmap", "scale", "offset", "landmarks")
 DEFAULT_INPUT_SIDE = 640
 _PLAN_CACHE = 16
-_BUFFER_CACHE = 8
+_BUFFER_CACHE = 8  # model input sizes with a buffer kept, per thread
 
 
 class Preprocessor:
@@ -53,17 +59,20 @@ class Preprocessor:
             normalisation.scale, normalisation.mean, normalisation.std, normalisation.rgb, pad_value
         )
         self._plans: OrderedDict[tuple[int, int, int, int], ResizePlan] = OrderedDict()
+        self._lock = threading.Lock()  # plans are immutable; only the cache is shared state
 
     def plan(self, src_height: int, src_width: int, dst_height: int, dst_width: int) -> ResizePlan:
         key = (src_height, src_width, dst_height, dst_width)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = ResizePlan(src_height, src_width, dst_height, dst_width, self.letterbox)
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+        plan = ResizePlan(src_height, src_width, dst_height, dst_width, self.letterbox)
+        with self._lock:
             self._plans[key] = plan
             if len(self._plans) > _PLAN_CACHE:
                 self._plans.popitem(last=False)
-        else:
-            self._plans.move_to_end(key)
         return plan
 
     def write(
@@ -75,6 +84,14 @@ class Preprocessor:
         fill_padding: bool = True,
     ) -> ResizePlan:
         return preprocess_bgr(frame, out, plan, self.normalisation, index, fill_padding)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeOptions:
+    """How one frame's raw outputs become results (per pipeline: one model, many settings)."""
+
+    thresholds: Thresholds
+    top_k: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +117,28 @@ def parse_names_metadata(raw: str) -> tuple[str, ...]:
     return ()
 
 
+class _ThreadBuffers(threading.local):
+    """The input buffers of one calling thread — one per model input size, as large as the
+    largest batch so far; a batch of n uses its first n images — and which plan last filled
+    the padding of each image."""
+
+    def __init__(self) -> None:
+        self.inputs: OrderedDict[tuple[int, int], npt.NDArray[np.floating]] = OrderedDict()
+        self.padded: dict[tuple[int, int, int], ResizePlan] = {}  # (height, width, image)
+
+
+def serves_task(model_task: ModelTask, requested: ModelTask | None) -> bool:
+    """Whether a model of ``model_task`` answers a request for ``requested`` (None: anything).
+    A face detector is an object detector with one class, so it serves object detection."""
+    return (
+        requested is None
+        or requested is model_task
+        or (requested is ModelTask.OBJECT_DETECTION and model_task is ModelTask.FACE_DETECTION)
+    )
+
+
 class LoadedModel:
-    """One registry entry, loaded and warmed up."""
+    """One registry entry, loaded and warmed up; safe for concurrent :meth:`infer` calls."""
 
     def __init__(
         self,
@@ -120,11 +157,13 @@ class LoadedModel:
         )
         meta = self.runner.metadata
         self.labels: tuple[str, ...] = entry.labels or parse_names_metadata(meta.get("names", ""))
-        self.task = task or entry.task or self._task_from_model()
-        if task is not None and entry.task is not None and task is not entry.task:
-            raise InvalidPayloadError(
-                f"model {entry.name!r} is a {entry.task.value} model, not {task.value}"
-            )
+        if entry.task is not None:
+            self.task = entry.task
+        elif task is ModelTask.OBJECT_DETECTION and self._centerface_outputs():
+            self.task = ModelTask.FACE_DETECTION  # decoded as faces, served as detections
+        else:
+            self.task = task or self._task_from_model()
+        self.check_task(task)
         self.yolo_format: YoloFormat | None = None
         if self.task is ModelTask.OBJECT_DETECTION:
             shape = self.runner.outputs[0].shape
@@ -145,9 +184,16 @@ class LoadedModel:
         self.preprocessor = Preprocessor(
             entry.normalisation, letterbox=entry.letterbox, pad_value=entry.pad_value
         )
-        self._buffers: OrderedDict[tuple[int, int, int], npt.NDArray[np.floating]] = OrderedDict()
-        self._padded: dict[tuple[int, int, int, int], ResizePlan] = {}
+        self._buffers = _ThreadBuffers()
         self.warmup(720, 1280)
+
+    def check_task(self, requested: ModelTask | None) -> None:
+        """Raise InvalidPayloadError unless this model serves ``requested``."""
+        if not serves_task(self.task, requested):
+            assert requested is not None
+            raise InvalidPayloadError(
+                f"model {self.entry.name!r} is a {self.task.value} model, not {requested.value}"
+            )
 
     def _task_from_model(self) -> ModelTask:
         meta_task = self.runner.metadata.get("task")
@@ -156,7 +202,7 @@ class LoadedModel:
         if meta_task in ("classify", "classification"):
             return ModelTask.CLASSIFICATION
         outputs = self.runner.outputs
-        if [o.name for o in outputs] == list(CENTERFACE_OUTPUTS):
+        if self._centerface_outputs():
             return ModelTask.FACE_DETECTION
         if len(outputs) == 1 and len(outputs[0].shape) == 2:
             return ModelTask.CLASSIFICATION
@@ -166,6 +212,9 @@ class LoadedModel:
             f"model {self.entry.name!r}: cannot tell its task from outputs "
             f'{[(o.name, o.shape) for o in outputs]}; add a sidecar {self.entry.name}.json with "task"'
         )
+
+    def _centerface_outputs(self) -> bool:
+        return [o.name for o in self.runner.outputs] == list(CENTERFACE_OUTPUTS)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -201,21 +250,37 @@ class LoadedModel:
         self.runner.warmup(h, w)
 
     def _buffer(self, batch: int, height: int, width: int) -> npt.NDArray[np.floating]:
-        key = (batch, height, width)
-        buf = self._buffers.get(key)
-        if buf is None:
+        mine = self._buffers
+        key = (height, width)
+        buf = mine.inputs.get(key)
+        if buf is None or buf.shape[0] < batch:
             buf = np.zeros((batch, 3, height, width), self.runner.input.dtype)
-            self._buffers[key] = buf
-            if len(self._buffers) > _BUFFER_CACHE:
-                old_key, _ = self._buffers.popitem(last=False)
-                self._padded = {k: v for k, v in self._padded.items() if k[:3] != old_key}
-        return buf
+            mine.inputs[key] = buf
+            mine.padded = {k: v for k, v in mine.padded.items() if k[:2] != key}
+            if len(mine.inputs) > _BUFFER_CACHE:
+                old_key, _ = mine.inputs.popitem(last=False)
+                mine.padded = {k: v for k, v in mine.padded.items() if k[:2] != old_key}
+        else:
+            mine.inputs.move_to_end(key)
+        return buf[:batch]  # the first images of a C-contiguous buffer: contiguous too
 
     def infer(
         self, frames: Sequence[npt.NDArray[np.uint8] | None], thresholds: Thresholds, top_k: int = 5
     ) -> list[FrameResult | None]:
-        """Results per frame (None where the frame is None). Frames of the same size are
-        batched when the model takes a dynamic batch."""
+        """Results per frame (None where the frame is None). Frames that share a model input
+        size are batched when the model takes a dynamic batch."""
+        options = DecodeOptions(thresholds, top_k)
+        return self.infer_frames(frames, [options] * len(frames))
+
+    def infer_frames(
+        self,
+        frames: Sequence[npt.NDArray[np.uint8] | None],
+        options: Sequence[DecodeOptions | None],
+    ) -> list[FrameResult | None]:
+        """Like :meth:`infer`, with decode options per frame (frames of several pipelines in
+        one batch, each pipeline with its own thresholds)."""
+        if len(options) != len(frames):
+            raise InvalidPayloadError(f"{len(frames)} frames but {len(options)} decode options")
         results: list[FrameResult | None] = [None] * len(frames)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, frame in enumerate(frames):
@@ -225,26 +290,32 @@ class LoadedModel:
                 raise InvalidPayloadError(
                     f"frame {i}: expected BGR uint8 HxWx3, got {frame.dtype} {frame.shape}"
                 )
-            groups.setdefault((frame.shape[0], frame.shape[1]), []).append(i)
+            if options[i] is None:
+                raise InvalidPayloadError(f"frame {i} has no decode options")
+            groups.setdefault(self.input_hw(frame.shape[0], frame.shape[1]), []).append(i)
         fixed_batch = self.runner.fixed_batch
-        for (src_h, src_w), indices in groups.items():
-            dst_h, dst_w = self.input_hw(src_h, src_w)
-            plan = self.preprocessor.plan(src_h, src_w, dst_h, dst_w)
+        for (dst_h, dst_w), indices in groups.items():
             chunk = fixed_batch or len(indices)
             for start in range(0, len(indices), chunk):
                 part = indices[start : start + chunk]
                 buf = self._buffer(fixed_batch or len(part), dst_h, dst_w)
+                padded = self._buffers.padded  # after _buffer: a new buffer starts a new record
+                plans: list[ResizePlan] = []
                 for b, i in enumerate(part):
                     frame = frames[i]
                     assert frame is not None
-                    key = (*buf.shape[0:1], dst_h, dst_w, b)
+                    plan = self.preprocessor.plan(frame.shape[0], frame.shape[1], dst_h, dst_w)
+                    key = (dst_h, dst_w, b)
                     # the padding of a reused buffer is already there for the same plan
-                    fill = self._padded.get(key) is not plan
+                    fill = padded.get(key) is not plan
                     self.preprocessor.write(frame, buf, b, plan, fill_padding=fill)
-                    self._padded[key] = plan
+                    padded[key] = plan
+                    plans.append(plan)
                 outputs = self.runner.run(buf)
-                for b, i in enumerate(part):
-                    results[i] = self._decode(outputs, b, plan, thresholds, top_k)
+                for b, (i, plan) in enumerate(zip(part, plans, strict=True)):
+                    option = options[i]
+                    assert option is not None
+                    results[i] = self._decode(outputs, b, plan, option.thresholds, option.top_k)
         return results
 
     def _decode(

@@ -9,13 +9,20 @@ Threads are sized for many pipelines per machine: each session gets ``intra_op_t
 steal each other's time.
 
 On the CPU provider, inputs are bound in place (no copy) and each output is bound to a
-buffer the runner owns and reuses for the same input shape, so a run allocates nothing;
-the returned arrays stay valid until the next :meth:`OnnxRunner.run`.
+buffer the runner owns and reuses for the same input shape, so a run allocates nothing.
+
+Several threads may call :meth:`OnnxRunner.run` on one runner at once (ONNX Runtime's
+``run`` is thread-safe and releases the GIL): K concurrent single-frame runs on one session,
+1 intra-op thread each, is how the inference service uses the cores of a CPU. The output
+buffers are per calling thread, so the arrays a run returns stay valid until the next run
+*on the same thread*, and each thread reaches a steady state that allocates nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +41,7 @@ CPU = "CPUExecutionProvider"
 PROVIDER_ORDER = (TENSORRT, CUDA, CPU)
 PROVIDER_ALIASES = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "gpu": CUDA, "cpu": CPU}
 DEFAULT_PROVIDERS = (CUDA, CPU)  # TensorRT builds engines for minutes: only when asked for
+_OUTPUT_SHAPES_KEPT = 8  # per thread: batch sizes 1..8 of one input size
 
 _ONNX_DTYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
@@ -66,8 +74,15 @@ class TensorInfo:
     dtype: type[np.generic]
 
 
+class _ThreadOutputs(threading.local):
+    """Output buffers of one calling thread, by input shape (most recently used last)."""
+
+    def __init__(self) -> None:
+        self.by_shape: OrderedDict[tuple[int, ...], list[npt.NDArray[np.float32]]] = OrderedDict()
+
+
 class OnnxRunner:
-    """One inference session. Not thread-safe: one runner per pipeline worker."""
+    """One inference session; :meth:`run` may be called from several threads at once."""
 
     def __init__(
         self,
@@ -101,8 +116,9 @@ class OnnxRunner:
                 f"{path.name}: the input must be NCHW, got shape {self.input.shape}"
             )
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        # Cleared for good (by whichever thread finds out) when an output cannot be bound.
         self._bind_outputs = self.providers[0] == CPU
-        self._output_buffers: dict[tuple[int, ...], list[npt.NDArray[np.float32]]] = {}
+        self._outputs = _ThreadOutputs()
 
     def _create(self, options: ort.SessionOptions, chosen: list[str]) -> ort.InferenceSession:
         gpu = [p for p in chosen if p != CPU]
@@ -162,8 +178,13 @@ class OnnxRunner:
         batch = self.fixed_batch or 1
         self.run(np.zeros((batch, 3, height, width), self.input.dtype))
 
+    @property
+    def provider(self) -> str:
+        """The execution provider the session runs on first (e.g. ``CPUExecutionProvider``)."""
+        return self.providers[0]
+
     def run(self, batch: npt.NDArray[np.floating]) -> list[npt.NDArray[np.float32]]:
-        """Run on an NCHW batch. The arrays returned may be reused by the next call."""
+        """Run on an NCHW batch. The arrays returned may be reused by this thread's next call."""
         if batch.dtype != self.input.dtype:
             raise InternalError(
                 f"input dtype {batch.dtype} but the model takes {np.dtype(self.input.dtype)}"
@@ -176,7 +197,7 @@ class OnnxRunner:
                     # an output whose shape depends on the data (in-graph NMS) cannot be
                     # bound ahead: run plainly from now on
                     self._bind_outputs = False
-                    self._output_buffers.clear()
+                    self._outputs.by_shape.clear()
             return list(self.session.run(None, {self.input.name: batch}))
         except Exception as exc:
             raise InternalError(f"{self.path.name}: inference failed: {exc}") from exc
@@ -184,17 +205,19 @@ class OnnxRunner:
     def _run_bound(self, batch: npt.NDArray[np.floating]) -> list[npt.NDArray[np.float32]]:
         binding = self.session.io_binding()
         binding.bind_input(self.input.name, "cpu", 0, batch.dtype, batch.shape, batch.ctypes.data)
-        buffers = self._output_buffers.get(batch.shape)
+        kept = self._outputs.by_shape
+        buffers = kept.get(batch.shape)
         if buffers is None:
             # first run of this shape: let onnxruntime allocate, then keep same-shaped buffers
             for out in self.outputs:
                 binding.bind_output(out.name, "cpu")
             self.session.run_with_iobinding(binding)
             results: list[npt.NDArray[np.float32]] = binding.copy_outputs_to_cpu()
-            if len(self._output_buffers) >= 8:
-                self._output_buffers.pop(next(iter(self._output_buffers)))
-            self._output_buffers[batch.shape] = [np.empty_like(r) for r in results]
+            if len(kept) >= _OUTPUT_SHAPES_KEPT:
+                kept.popitem(last=False)
+            kept[batch.shape] = [np.empty_like(r) for r in results]
             return results
+        kept.move_to_end(batch.shape)
         for out, buf in zip(self.outputs, buffers, strict=True):
             binding.bind_output(out.name, "cpu", 0, buf.dtype, buf.shape, buf.ctypes.data)
         self.session.run_with_iobinding(binding)
