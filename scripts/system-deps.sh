@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the integration tests need, only when one is missing.
 # The RTSP server used by the tests is GStreamer's gst-rtsp-server driven by Debian's python3-gi;
-# curl and jq run the README's examples.
+# curl and jq run the README's examples; chromium is the browser the WebRTC demo test drives
+# (with Playwright from PyPI).
 set -euo pipefail
 PACKAGES=(
     gir1.2-gst-rtsp-server-1.0 python3-gi
     gstreamer1.0-plugins-base gstreamer1.0-plugins-good
     gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
     curl jq  # the README's HTTP gateway examples, run by tests/e2e/test_readme_examples.py
+    chromium  # tests/e2e/test_webrtc_browser.py (fake camera from a .y4m file)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -265,6 +265,8 @@ class PipelineReport:
     pid: int  # the process running the pipeline
     inference: ChannelState | None = None  # where the model runs: counts, service gaps
     histograms: list[SourceHistograms] = field(default_factory=list)
+    # More of framepipe's report, by whoever runs the pipeline (e.g. "webrtc": the peer's side).
+    extensions: dict[str, Any] = field(default_factory=dict)
 
     @property
     def results_dropped(self) -> int:
@@ -314,6 +316,7 @@ class PipelineReport:
                     for r in self.latency_reports
                 ],
                 "sources": [s.to_wire_statistics() for s in self.sources],
+                **self.extensions,
             },
         }
 
@@ -794,14 +797,16 @@ class Pipeline:
         crashed: BaseException | None = None
         try:
             while not self._stop.is_set():
-                batch = collector.collect(self._stop)
-                if batch is None:
-                    break
-                if not any(frame is not None for frame in batch):
-                    continue
+                # Room first, then the frames: a live source's batch is taken when it can go
+                # to inference at once, so it is the freshest one (not one that waited here).
                 if not self._take_flight_slot():
-                    self._release(batch)
                     break
+                batch = collector.collect(self._stop)
+                if batch is None or not any(frame is not None for frame in batch):
+                    self._land()
+                    if batch is None:
+                        break
+                    continue
                 job = _Job(next(self._seq), batch, time.time_ns())
                 channel = self._channel
                 if channel is None:

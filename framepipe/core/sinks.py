@@ -82,6 +82,16 @@ class InMemoryBufferSink(Generic[T]):
                 self._cond.notify_all()
         return taken
 
+    def discard(self) -> int:
+        """Drop every buffered entry (counted as dropped): nobody will read them any more.
+        Returns how many there were."""
+        with self._cond:
+            count = len(self._entries)
+            self._entries.clear()
+            self._dropped += count
+            self._cond.notify_all()
+        return count
+
     def wait(self, timeout: float | None) -> bool:
         """Wait until an entry is buffered (True), the timeout passes or the sink is woken by
         :meth:`wake` (False)."""

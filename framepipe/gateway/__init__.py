@@ -10,7 +10,8 @@ as well run beside a manager elsewhere.
 - :mod:`~framepipe.gateway.errors`: error → status code and body;
 - :mod:`~framepipe.gateway.streams`: results pushed to readers (one drain, fanned out);
 - :mod:`~framepipe.gateway.runner`: uvicorn on the caller's event loop;
-- :mod:`~framepipe.gateway.settings`: the gateway's settings.
+- :mod:`~framepipe.gateway.settings`: the gateway's settings;
+- :mod:`~framepipe.gateway.demo`: the WebRTC demo page (``/webrtc``).
 """
 
 from framepipe.gateway.settings import GatewaySettings, GatewaySettingsError

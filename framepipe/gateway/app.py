@@ -13,6 +13,7 @@ Routes (the first eight as the reference's gateway names and shapes them):
 - ``GET  /inference_pipelines/{pipeline_id}/results/stream``  (text/event-stream, see
   :mod:`framepipe.gateway.streams`)
 - ``GET  /healthz`` (the process answers), ``GET /readyz`` (the manager answers)
+- ``GET  /webrtc``: the WebRTC demo page (:mod:`framepipe.gateway.demo`)
 
 Every request carries its own credentials: ``Authorization: Bearer <token>`` is passed to the
 manager as the request's ``auth_token``; the gateway holds no token of its own except for the
@@ -43,6 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from framepipe.client import StreamManagerClient
 from framepipe.client.responses import ConsumedEntry
 from framepipe.gateway import errors
+from framepipe.gateway.demo import demo_routes
 from framepipe.gateway.models import (
     CommandResponse,
     ConsumeResultsPayload,
@@ -242,6 +244,7 @@ def create_app(
     if control_plane:
         app.include_router(_pipeline_routes(context))
     app.include_router(_probe_routes(context))
+    app.include_router(demo_routes())
     for router in routers:
         app.include_router(router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
@@ -346,8 +349,9 @@ def _pipeline_routes(context: GatewayContext) -> APIRouter:
         response_model=InitializeWebRTCPipelineResponse,
         summary="Establishes WebRTC peer connection and starts new InferencePipeline "
         "consuming video track",
-        description="The manager's `webrtc`: the answer carries the SDP answer. A manager "
-        "without WebRTC refuses with operation_error (409).",
+        description="The manager's `webrtc`: the body is an `initialise` body plus "
+        "`webrtc_offer` (and the reference's optional WebRTC fields); the answer carries the "
+        "SDP answer and the new pipeline's id. An offer without video is invalid_payload (400).",
     )
     async def initialise_webrtc(
         request: InitialiseWebRTCPipelinePayload, token: Token

@@ -321,6 +321,10 @@ class WebRTCTURNConfig(_WireModel):
 OutputNames = Annotated[list[Name | None], Field(max_length=MAX_OUTPUT_NAMES)]
 
 
+#: What an empty ``video_reference`` of a ``webrtc`` request becomes (it is never read).
+WEBRTC_VIDEO_REFERENCE = "webrtc"
+
+
 class InitialiseWebRTCPipelinePayload(InitialisePipelinePayload):
     webrtc_offer: WebRTCOffer
     webrtc_peer_timeout: Annotated[float, Field(gt=0, le=600)] = 1
@@ -333,3 +337,17 @@ class InitialiseWebRTCPipelinePayload(InitialisePipelinePayload):
     fps_probe_frames: Annotated[int, Field(ge=1, le=1000)] = 10
     max_consecutive_timeouts: Annotated[int, Field(ge=1, le=100_000)] = 30
     min_consecutive_on_time: Annotated[int, Field(ge=1, le=100_000)] = 5
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unread_video_reference(cls, data: Any) -> Any:
+        """The source is the peer's video track, so ``video_reference`` is not read; the
+        reference's client sends ``""``, which ``init`` refuses: accepted here."""
+        if isinstance(data, dict):
+            video = data.get("video_configuration")
+            if isinstance(video, dict) and video.get("video_reference") == "":
+                data = {
+                    **data,
+                    "video_configuration": {**video, "video_reference": WEBRTC_VIDEO_REFERENCE},
+                }
+        return data

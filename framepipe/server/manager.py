@@ -56,9 +56,10 @@ from framepipe.protocol.envelope import (
     ResultEntry,
     StatusBody,
     SuccessBody,
+    WebRTCAnswerBody,
 )
 from framepipe.protocol.metrics import MetricsBody, MetricsSnapshot
-from framepipe.protocol.payloads import InitialisePipelinePayload
+from framepipe.protocol.payloads import InitialisePipelinePayload, InitialiseWebRTCPipelinePayload
 from framepipe.server.decoders import Decoders
 from framepipe.server.messages import (
     Consume,
@@ -68,8 +69,10 @@ from framepipe.server.messages import (
     PipelineConfig,
     Resume,
     StartPipeline,
+    StartWebRTCPipeline,
     StatusReply,
     Stop,
+    WebRTCAnswer,
     WorkerCommand,
     expect,
 )
@@ -213,9 +216,7 @@ class StreamManager:
         if isinstance(command, InitCommand):
             return SuccessBody(pipeline_id=await self.initialise(command.payload, request_id))
         if isinstance(command, WebRTCCommand):
-            raise OperationError(
-                "WebRTC pipelines are not available in this build of the stream manager."
-            )
+            return await self.initialise_webrtc(command.payload, request_id)
         if isinstance(command, StatusCommand):
             report = await self.status(command.pipeline_id, request_id)
             return StatusBody(pipeline_id=command.pipeline_id, report=report)
@@ -309,6 +310,73 @@ class StreamManager:
             self.table.started(pipeline_id, config.consumption_timeout, time.monotonic())
             log.info("pipeline %s started on worker %d", pipeline_id, worker.pid)
             return pipeline_id
+        finally:
+            self.table.settle(admission)
+
+    async def initialise_webrtc(
+        self, payload: InitialiseWebRTCPipelinePayload, request_id: str | None = None
+    ) -> WebRTCAnswerBody:
+        """Start a pipeline whose source is a WebRTC peer's video track; returns the SDP answer.
+
+        The worker holds the peer connection and owns the source's ring (a push source: no
+        decoder of the manager's is involved); results go back to the peer on the connection
+        (and into the pipeline's buffer, as for any pipeline). Like ``init``, a pipeline that
+        fails to start leaves nothing behind.
+        """
+        from framepipe.core.sources.sizing import ring_bytes
+        from framepipe.server.webrtc.config import WebRTCConfig
+
+        if self._closing:
+            raise OperationError("The stream manager is shutting down.")
+        begun_at = datetime.now()
+        config = PipelineConfig.from_payload(payload)
+        webrtc = WebRTCConfig.from_payload(
+            payload,
+            ice_addresses=self.settings.webrtc_ice_addresses,
+            connect_timeout_s=self.settings.webrtc_connect_timeout_s,
+        )
+        self._check_models(config)
+        # The peer's frame size is known only once frames flow: budget for 720p.
+        buffer = 1 if webrtc.realtime else config.decoding_buffer_size
+        rings = ring_bytes(1280, 720, buffer)
+        row = self.table.take_idle(time.monotonic())
+        usage = await self._measure_usage()
+        try:
+            admission = self.table.admit(usage, rings, reused=row)
+        except FramepipeError:
+            if row is not None:
+                self.table.give_back(row)
+            raise
+        try:
+            if row is None:
+                row = await self._spawn_worker(RowState.STARTING)
+            pipeline_id = row.pipeline_id
+            worker = self._workers[pipeline_id]
+            try:
+                # The model runs where every pipeline's runs: its inference service.
+                model = config.model
+                address = None
+                if model is not None:
+                    address = await self.services.ensure(model.model, model.providers)
+                await worker.wait_ready(self.settings.spawn_timeout_s)
+                command = StartWebRTCPipeline(
+                    config=config, webrtc=webrtc, inference=address, begun_at=begun_at
+                )
+                answer: WebRTCAnswer = expect(
+                    await worker.request(
+                        command, timeout=self.settings.init_timeout_s, request_id=request_id
+                    ),
+                    WebRTCAnswer,
+                )
+            except BaseException as exc:
+                await self._end(pipeline_id, "failed to start")
+                if isinstance(exc, FramepipeError) and exc.pipeline_id is None:
+                    exc.pipeline_id = pipeline_id
+                raise
+            # Its results go to the peer: no consumption_timeout (as in the reference).
+            self.table.started(pipeline_id, None, time.monotonic())
+            log.info("WebRTC pipeline %s started on worker %d", pipeline_id, worker.pid)
+            return WebRTCAnswerBody(pipeline_id=pipeline_id, sdp=answer.sdp, type=answer.type)
         finally:
             self.table.settle(admission)
 

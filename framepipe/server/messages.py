@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from framepipe.core.pipeline import PipelineReport, PipelineState
     from framepipe.core.processing.spec import ModelSpec, ProcessingSpec
     from framepipe.core.sources import SourceTicket, SubscriptionRequest
+    from framepipe.server.webrtc.config import WebRTCConfig
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,18 @@ class StartPipeline:
 
 
 @dataclass(frozen=True)
+class StartWebRTCPipeline:
+    """Start a pipeline whose source is a WebRTC peer's video track: the worker holds the peer
+    connection, its frames go into a ring the worker owns, the answer goes back in the reply
+    (:class:`WebRTCAnswer`)."""
+
+    config: PipelineConfig
+    webrtc: WebRTCConfig
+    inference: Any = None  # as in StartPipeline
+    begun_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class GetStatus:
     pass
 
@@ -133,7 +146,7 @@ class Stop:
     """End the pipeline (the worker then exits)."""
 
 
-WorkerCommand = StartPipeline | GetStatus | Mute | Resume | Consume | Stop
+WorkerCommand = StartPipeline | StartWebRTCPipeline | GetStatus | Mute | Resume | Consume | Stop
 
 
 @dataclass(frozen=True)
@@ -186,7 +199,15 @@ class Done:
     pass
 
 
-ReplyBody = StatusReply | ConsumeReply | Done
+@dataclass(frozen=True)
+class WebRTCAnswer:
+    """The worker's SDP answer to a peer's offer."""
+
+    sdp: str
+    type: str = "answer"
+
+
+ReplyBody = StatusReply | ConsumeReply | Done | WebRTCAnswer
 
 
 @dataclass(frozen=True)

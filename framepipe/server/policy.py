@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from framepipe.protocol.commands import Command, InitCommand, WebRTCCommand
+from framepipe.protocol.commands import Command, InitCommand
 from framepipe.protocol.envelope import SuccessBody
 from framepipe.protocol.errors import NotFoundError
 from framepipe.server.tcp import CommandHandler
@@ -58,8 +58,8 @@ class InputPolicy:
     def check(self, command: Command) -> None:
         """Raise InvalidPayloadError naming the first unacceptable reference (blocking: it
         looks at the file system)."""
-        if not isinstance(command, InitCommand | WebRTCCommand):
-            return
+        if not isinstance(command, InitCommand):
+            return  # a webrtc request's source is the peer's track: its video_reference is unread
         parse_reference = reference_checks()
         references = command.payload.video_configuration.video_reference
         for reference in references if isinstance(references, list) else [references]:
@@ -77,7 +77,7 @@ class PolicyHandler:
         self.policy = policy
 
     async def handle(self, request_id: str, command: Command) -> SuccessBody:
-        if isinstance(command, InitCommand | WebRTCCommand):
+        if isinstance(command, InitCommand):
             # A stat() may wait on a slow or remote disk: never on the event loop.
             await asyncio.to_thread(self.policy.check, command)
         return await self.handler.handle(request_id, command)

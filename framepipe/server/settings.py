@@ -81,6 +81,13 @@ class ServerSettings:
     # Pipelines on the same video reference share one decode process and ring, owned by the
     # manager (FRAMEPIPE_SHARE_DECODERS=0 gives every pipeline its own decoder).
     share_decoders: bool = True
+    # WebRTC: the addresses the server offers as ICE host candidates (empty: every address of
+    # every interface except loopback, aioice's choice). "127.0.0.1" keeps a local peer on
+    # loopback (a browser needs --allow-loopback-in-peer-connection for that).
+    webrtc_ice_addresses: tuple[str, ...] = ()
+    # WebRTC: seconds a peer has, from the answer, to connect and send its first frame (after
+    # that, `webrtc_peer_timeout` of the request bounds the silence between two frames).
+    webrtc_connect_timeout_s: float = 30.0
     # A source that does not open within this many seconds fails to open (a live one retries).
     source_open_timeout_s: float = 5.0
     # A live source that delivers no frame for this many seconds is RESTARTING and reconnected.
@@ -177,6 +184,10 @@ class ServerSettings:
                 if name.strip()
             ),
             share_decoders=_bool(env, "FRAMEPIPE_SHARE_DECODERS", defaults.share_decoders),
+            webrtc_ice_addresses=_list(env, "FRAMEPIPE_WEBRTC_ICE_ADDRESSES"),
+            webrtc_connect_timeout_s=_float(
+                env, "FRAMEPIPE_WEBRTC_CONNECT_TIMEOUT", defaults.webrtc_connect_timeout_s
+            ),
             source_open_timeout_s=_float(
                 env, "FRAMEPIPE_SOURCE_OPEN_TIMEOUT", defaults.source_open_timeout_s
             ),
@@ -427,6 +438,11 @@ def _int(
         bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
         raise SettingsError(f"{name} must be {bound}, got {value}")
     return value
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list (empty entries ignored)."""
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -144,4 +144,15 @@ SERVER_SETTINGS: dict[str, SettingDoc] = {
         "pipelines on the same video reference share one decode process and ring",
         "0",
     ),
+    "webrtc_ice_addresses": SettingDoc(
+        "FRAMEPIPE_WEBRTC_ICE_ADDRESSES",
+        "WebRTC: comma-separated addresses offered as ICE host candidates; empty: every "
+        "non-loopback interface",
+        "127.0.0.1",
+    ),
+    "webrtc_connect_timeout_s": SettingDoc(
+        "FRAMEPIPE_WEBRTC_CONNECT_TIMEOUT",
+        "WebRTC: seconds a peer has to connect and send its first frame after the answer",
+        "10",
+    ),
 }

@@ -41,6 +41,7 @@ from framepipe.server.messages import (
     ReplyBody,
     Resume,
     StartPipeline,
+    StartWebRTCPipeline,
     StatusReply,
     Stop,
     WorkerFailure,
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from framepipe.core.pipeline import Pipeline
     from framepipe.core.sources import SourceTicket, Subscription, SubscriptionRequest
     from framepipe.server.inference_client import RemoteInference
+    from framepipe.server.webrtc.session import WebRTCSession
 
 log = logging.getLogger("framepipe.worker")
 
@@ -154,6 +156,7 @@ class PipelineRunner:
     def __init__(self, options: WorkerOptions) -> None:
         self._options = options
         self._pipeline: Pipeline | None = None
+        self._webrtc: WebRTCSession | None = None  # the peer of a WebRTC pipeline
         self._remote: RemoteInference | None = None  # the model's inference service, if any
         self.done = False
 
@@ -176,6 +179,8 @@ class PipelineRunner:
         if isinstance(command, StartPipeline):
             self._start(command)
             return Done()
+        if isinstance(command, StartWebRTCPipeline):
+            return self._start_webrtc(command)
         if isinstance(command, Stop):
             self.close()
             return Done()
@@ -183,7 +188,10 @@ class PipelineRunner:
         if pipeline is None:
             raise OperationError(f"cannot {type(command).__name__}: this worker runs no pipeline")
         if isinstance(command, GetStatus):
-            return StatusReply(pipeline.status())
+            report = pipeline.status()
+            if self._webrtc is not None:
+                report.extensions["webrtc"] = self._webrtc.statistics()
+            return StatusReply(report)
         if isinstance(command, Mute):
             pipeline.mute()
             return Done()
@@ -227,6 +235,22 @@ class PipelineRunner:
             raise
         self._pipeline = pipeline
 
+    def _start_webrtc(self, command: StartWebRTCPipeline) -> ReplyBody:
+        """A pipeline whose source is a WebRTC peer (the session holds the connection)."""
+        if self._pipeline is not None:
+            raise OperationError("this worker already runs a pipeline")
+        from framepipe.server.webrtc.session import start_webrtc_pipeline
+
+        try:
+            pipeline, session, answer = start_webrtc_pipeline(
+                command, self._inference(command.inference)
+            )
+        except BaseException:
+            self._close_remote()
+            raise
+        self._pipeline, self._webrtc = pipeline, session
+        return answer
+
     def _inference(self, address: object) -> Inference | None:
         """Where the model runs: the inference service at ``address`` (a ServiceAddress), or
         None for an engine of this process."""
@@ -261,12 +285,16 @@ class PipelineRunner:
         """Terminate and join the pipeline (idempotent); the worker then exits."""
         pipeline, self._pipeline = self._pipeline, None
         self.done = True
-        if pipeline is None:
-            self._close_remote()
-            return
-        try:
-            pipeline.terminate(self._options.terminate_timeout_s)
-        except Exception:
-            log.exception("terminating the pipeline failed")
-        finally:
-            self._close_remote()  # after the pipeline closed its channel
+        session, self._webrtc = self._webrtc, None
+        if pipeline is not None:
+            try:
+                pipeline.terminate(self._options.terminate_timeout_s)
+            except Exception:
+                log.exception("terminating the pipeline failed")
+        # After the pipeline closed its channel; the peer after the pipeline stopped reading.
+        self._close_remote()
+        if session is not None:
+            try:
+                session.close()
+            except Exception:
+                log.exception("closing the WebRTC peer failed")

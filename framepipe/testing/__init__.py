@@ -1,4 +1,5 @@
-"""Helpers for testing framepipe and code built on it: numbered test videos."""
+"""Helpers for testing framepipe and code built on it: numbered test videos, raw .y4m videos for
+a browser's fake camera; a WebRTC test peer in :mod:`framepipe.testing.webrtc` (``webrtc`` extra)."""
 
 from framepipe.testing.media import (
     CODECS,
@@ -7,6 +8,7 @@ from framepipe.testing.media import (
     make_test_video,
     read_frame_number,
     render_frame,
+    write_y4m,
 )
 
 __all__ = [
@@ -16,4 +18,5 @@ __all__ = [
     "make_test_video",
     "read_frame_number",
     "render_frame",
+    "write_y4m",
 ]

@@ -12,6 +12,7 @@ decode timings are realistic.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -170,3 +171,25 @@ def make_test_video(
     return SyntheticVideo(
         path=path, frames=frames, width=width, height=height, fps=float(rate), codec=codec
     )
+
+
+def write_y4m(path: str | Path, images: Iterable[Frame], fps: int = 25) -> Path:
+    """Write BGR images (all of one even size) as a raw YUV4MPEG2 (``.y4m``) video: what
+    Chrome's fake camera plays (``--use-file-for-fake-video-capture``), in a loop."""
+    import cv2
+
+    path = Path(path)
+    with path.open("wb") as out:
+        header_written = False
+        for image in images:
+            height, width = image.shape[:2]
+            if width % 2 or height % 2:
+                raise ValueError(f"a 4:2:0 frame needs an even size, got {width}x{height}")
+            if not header_written:
+                out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+                header_written = True
+            out.write(b"FRAME\n")
+            out.write(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420).tobytes())
+        if not header_written:
+            raise ValueError("no images to write")
+    return path

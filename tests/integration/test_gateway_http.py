@@ -188,11 +188,11 @@ def test_the_managers_own_refusal_of_a_payload_is_400() -> None:
         assert "no-such-model" in body.message and body.request_id
 
 
-def test_webrtc_route_maps_the_managers_refusal_to_409(gateway: Gateway) -> None:
+def test_webrtc_route_maps_the_managers_refusal_of_an_offer_to_400(gateway: Gateway) -> None:
     body = init_body("/nonexistent.mp4")
     body["webrtc_offer"] = {"type": "offer", "sdp": "v=0"}
     response = gateway.http.post("/inference_pipelines/initialise_webrtc", json=body)
-    assert error_of(response, 409, "operation_error").error_class == "OperationError"
+    assert "no m=video" in error_of(response, 400, "invalid_payload").message
     missing_offer = gateway.http.post("/inference_pipelines/initialise_webrtc", json=init_body("x"))
     assert "webrtc_offer" in error_of(missing_offer, 400, "invalid_payload").message
 

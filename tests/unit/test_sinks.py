@@ -51,6 +51,16 @@ def test_full_buffer_drops_oldest_and_counts() -> None:
     assert sink.statistics().consumed == 2
 
 
+def test_discard_empties_the_buffer_and_counts_the_entries_as_dropped() -> None:
+    sink: InMemoryBufferSink[int] = InMemoryBufferSink(4)
+    for i in range(6):
+        sink.put(i)
+    assert sink.discard() == 4
+    stats = sink.statistics()
+    assert (stats.buffered, stats.dropped, stats.consumed) == (0, 6, 0)
+    assert sink.consume() == []
+
+
 def test_hold_waits_for_room_and_loses_nothing() -> None:
     sink: InMemoryBufferSink[int] = InMemoryBufferSink(2)
     got: list[int] = []

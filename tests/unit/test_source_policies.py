@@ -9,7 +9,6 @@ import pytest
 
 from framepipe.core.pipeline import PipelineResult
 from framepipe.core.processing import PassthroughProcessor
-from framepipe.core.sources.decoder import _Consumer
 from framepipe.core.sources.entities import (
     BufferConsumptionStrategy,
     BufferFillingStrategy,
@@ -17,12 +16,13 @@ from framepipe.core.sources.entities import (
     StreamState,
     state_update,
 )
+from framepipe.core.sources.gate import ConsumerGate
 from framepipe.core.sources.hub import default_strategies
 from framepipe.core.sources.reference import parse_reference
 
 
 def _gate(stream_fps: float, max_fps: float, seconds: float, jitter_ns: int = 0) -> int:
-    consumer = _Consumer(0, 1, BufferFillingStrategy.DROP_OLDEST, max_fps)
+    consumer = ConsumerGate(0, 1, BufferFillingStrategy.DROP_OLDEST, max_fps)
     interval = int(1e9 / stream_fps)
     delivered = 0
     for i in range(int(stream_fps * seconds)):

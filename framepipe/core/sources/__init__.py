@@ -1,6 +1,7 @@
 """Video sources: decode processes writing into shared-memory rings, shared through a hub.
 
-``hub`` decides which decode process serves which consumer; ``handle`` starts, restarts and
+``hub`` decides which decode process serves which consumer; ``push`` is a source whose owner
+pushes its frames in (a WebRTC track) instead of a decode process; ``handle`` starts, restarts and
 stops one decode process; ``decoder`` is the decode process itself; ``status`` is a source's
 state in shared memory; ``subscription`` is one consumer, in any process; ``multiplexer``
 collects batches across sources; ``sizing`` sizes rings; ``backends`` decode; ``reference``
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from framepipe.core.sources.hub import SourceHub, SubscriptionRequest, default_strategies
     from framepipe.core.sources.launcher import warm_forkserver
     from framepipe.core.sources.multiplexer import BatchCollector, LeasedFrame
+    from framepipe.core.sources.push import PushSource
     from framepipe.core.sources.reference import (
         ParsedReference,
         mask_credentials,
@@ -60,6 +62,7 @@ _EXPORTS = {
     "LeasedFrame": "framepipe.core.sources.multiplexer",
     "OpenCVBackend": "framepipe.core.sources.backends",
     "ParsedReference": "framepipe.core.sources.reference",
+    "PushSource": "framepipe.core.sources.push",
     "PyAVBackend": "framepipe.core.sources.backends",
     "SourceHub": "framepipe.core.sources.hub",
     "SourceKind": "framepipe.core.sources.entities",
@@ -108,6 +111,7 @@ __all__ = [
     "LeasedFrame",
     "OpenCVBackend",
     "ParsedReference",
+    "PushSource",
     "PyAVBackend",
     "SourceHub",
     "SourceKind",

@@ -41,9 +41,9 @@ from framepipe.core.sources.backends import (
 from framepipe.core.sources.entities import (
     BufferFillingStrategy,
     DecoderBackendName,
-    DropReason,
     StreamState,
 )
+from framepipe.core.sources.gate import ConsumerGate, frame_targets
 from framepipe.core.sources.messages import AttachRing, Command, Opened, Terminate
 from framepipe.core.sources.reference import ParsedReference
 from framepipe.core.sources.status import ConsumerMode, EventKind, SourceStatus
@@ -77,34 +77,6 @@ class _Stop(Exception):
     """Leave the decode loop (terminate command, or the owner is gone)."""
 
 
-@dataclass
-class _Consumer:
-    """The decoder's view of one consumer entry (refreshed when its generation changes)."""
-
-    index: int
-    generation: int
-    strategy: BufferFillingStrategy
-    max_fps: float | None
-    next_due_ns: int | None = None
-    adaptive_fps: float | None = None
-    last_received: int = 0
-
-    def due(self, at_ns: int, fps: float | None) -> bool:
-        """Rate gate on a timeline (capture time, or a file's presentation time): at most
-        ``fps`` frames per second of that timeline, without drift (a gate that fell behind by
-        more than half an interval catches up at once instead of bursting)."""
-        if fps is None:
-            return True
-        interval = int(1e9 / fps)
-        if self.next_due_ns is None:
-            self.next_due_ns = at_ns + interval
-            return True
-        if at_ns < self.next_due_ns:
-            return False
-        self.next_due_ns = max(self.next_due_ns + interval, at_ns - interval // 2)
-        return True
-
-
 class _Decoder:
     def __init__(self, config: DecoderConfig, control: Connection, status: SourceStatus) -> None:
         self.config = config
@@ -112,7 +84,7 @@ class _Decoder:
         self.status = status
         self._poller = select.poll()
         self._poller.register(control.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
-        self.consumers: dict[int, _Consumer] = {}
+        self.consumers: dict[int, ConsumerGate] = {}
         self._generations: Any = None
         self.backend: DecodeBackend | None = None
         self.ring: FrameRing | None = None  # once attached
@@ -180,7 +152,7 @@ class _Decoder:
                 continue
             if known is not None and known.generation == settings.generation:
                 continue
-            self.consumers[index] = _Consumer(
+            self.consumers[index] = ConsumerGate(
                 index, settings.generation, settings.strategy, settings.max_fps
             )
             if self.producer is not None:
@@ -316,21 +288,7 @@ class _Decoder:
         return int((self.frame_id - 1) * 1e9 / fps)
 
     def targets(self, at_ns: int) -> list[int]:
-        modes = self.status.modes()
-        chosen = []
-        for consumer in self.consumers.values():
-            index = consumer.index
-            if int(modes[index]) != ConsumerMode.RUNNING:
-                self.status.count_drop(index, DropReason.MUTED)
-                continue
-            if not consumer.due(at_ns, consumer.max_fps):
-                self.status.count_drop(index, DropReason.MAX_FPS)
-                continue
-            if consumer.adaptive_fps is not None and not consumer.due(at_ns, consumer.adaptive_fps):
-                self.status.count_drop(index, DropReason.ADAPTIVE)
-                continue
-            chosen.append(index)
-        return chosen
+        return frame_targets(self.status, self.consumers.values(), at_ns)
 
     def replay_wait(self, pts: float | None) -> None:
         """Real-time replay of a file: hold each frame until its presentation time."""
