@@ -288,7 +288,9 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check)
         self._transport = cast(asyncio.Transport, transport)
-        if self._slot.evicted:  # dropped while its transport was being set up
+        if self._slot.evicted:  # dropped while its transport was being set up: say why
+            body = FailureBody.from_error(_evicted(self._front))
+            self._transport.write(encode_response(str(uuid.uuid4()), None, body))
             transport.close()
             return
         self._front.reading[self._slot] = self.evict  # (keeps its place: accepted first)

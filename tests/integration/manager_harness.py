@@ -52,14 +52,16 @@ class ManagerProcess:
             raise RuntimeError("manager exited before listening:\n" + self.output())
 
     def _read_output(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line.rstrip())
-            match = _LISTENING.search(line)
-            if match and not self.port:
-                self.port = int(match.group(2))
-                self.announced_at = time.monotonic()
-                self._port_known.set()
+        stdout = self.proc.stdout
+        assert stdout is not None
+        with stdout:  # closed here, at EOF: when the manager and every child that inherited
+            for line in stdout:  # its stdout (a reaper outliving it) are gone
+                self.log.append(line.rstrip())
+                match = _LISTENING.search(line)
+                if match and not self.port:
+                    self.port = int(match.group(2))
+                    self.announced_at = time.monotonic()
+                    self._port_known.set()
         self._port_known.set()
 
     def output(self) -> str:
@@ -117,9 +119,8 @@ class ManagerProcess:
         return code
 
     def _close_output(self) -> None:
+        # The reader closes the pipe at EOF; closing it under the reader's feet would fail it.
         self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
     def kill(self) -> None:
         for child in self.tree():
