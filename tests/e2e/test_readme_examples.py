@@ -116,3 +116,26 @@ def test_readme_run_examples_run(tmp_path: Path) -> None:
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("framepipe: video_reference 'no-such-video.mp4' not found"), shown
     assert "(hint: " in error and "Traceback" not in result.stderr, shown
+
+
+def test_readme_python_pipeline_example_runs(tmp_path: Path) -> None:
+    """The first example of "Use it": a `Pipeline` with a model, run as written from the
+    repository's root (its path is relative to it)."""
+    blocks = re.findall(r"```python\n(.*?)```", section(README.read_text(), "Use it"), re.DOTALL)
+    result = subprocess.run(
+        [sys.executable, "-c", blocks[0]],
+        cwd=ROOT,
+        env=session_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    shown = f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, shown
+    lines = result.stdout.splitlines()
+    # The 200-frame 25 fps demo video at max_fps=10: 80 frames, subsampled by its timeline.
+    assert len(lines) == 80, shown
+    frame_ids = [int(line.split(" ", 1)[0]) for line in lines]
+    assert frame_ids == sorted(frame_ids) and frame_ids[0] == 1, shown
+    assert sum("'class': 'face'" in line for line in lines) > 40, shown
