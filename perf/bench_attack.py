@@ -21,7 +21,7 @@ so every body is read whole: the token's bytes are looked for before any parse);
 attack without a token, ``1MiB-parse``: the clients hold the token and send the heaviest request
 the default limits let through (1 MiB, ~49,000 items), parsed whole each time.
 
-Usage: python perf/bench_attack.py [--quick] [--json] [--clients 16] [--seconds 6]
+Usage: python perf/bench_attack.py [--quick | --smoke] [--json] [--clients 16] [--seconds 6]
 """
 
 from __future__ import annotations
@@ -130,11 +130,14 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     parser.add_argument("--quick", action="store_true", help="3 s of attack per configuration")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds: does it still run?")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=6.0, help="attack per configuration")
     parser.add_argument("--only", choices=sorted(CONFIGURATIONS), action="append")
     args = parser.parse_args()
-    seconds = 3.0 if args.quick else args.seconds
+    seconds = 1.0 if args.smoke else 3.0 if args.quick else args.seconds
+    if args.smoke:
+        args.clients = min(args.clients, 4)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         video = make_test_video(

@@ -17,7 +17,7 @@ The paths are measured in interleaved rounds (baseline, service, engine, baselin
 burst of load from elsewhere on a shared machine falls on all of them; the means are shown,
 and each path's best round (the one least disturbed from outside).
 
-Usage: perf/bench_engine.py [--frames N] [--concurrency K] [--depth D] [--quick] [--json]
+Usage: perf/bench_engine.py [--frames N] [--concurrency K] [--depth D] [--quick | --smoke] [--json]
 """
 
 from __future__ import annotations
@@ -265,11 +265,14 @@ def main() -> int:
     parser.add_argument("--depth", type=int, default=4, help="submits in flight")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per path")
     parser.add_argument("--quick", action="store_true", help="60 frames, 2 rounds")
+    parser.add_argument(
+        "--smoke", action="store_true", help="20 frames, 1 round: does it still run?"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object as the last line")
     args = parser.parse_args()
-    if args.quick:
-        args.frames = min(args.frames, 60)
-        args.rounds = min(args.rounds, 2)
+    if args.quick or args.smoke:
+        args.frames = min(args.frames, 20 if args.smoke else 60)
+        args.rounds = min(args.rounds, 1 if args.smoke else 2)
     cv2.setNumThreads(1)
     settings = ProcessingSettings(providers=("cpu",))
     registry = ModelRegistry.from_settings(settings)

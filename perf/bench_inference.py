@@ -12,7 +12,7 @@ The baseline, in the same run, replaces the Cython pass with the usual cv2 + num
 preprocessing into a fresh array (resize, copyMakeBorder, cvtColor, astype/transpose) and
 keeps the same model and decoder.
 
-Usage: perf/bench_inference.py [--frames N] [--threads T] [--json]
+Usage: perf/bench_inference.py [--frames N] [--threads T] [--quick | --smoke] [--json]
 """
 
 from __future__ import annotations
@@ -123,9 +123,10 @@ def main() -> int:
         "--json", action="store_true", help="print one JSON object as the last line"
     )
     parser.add_argument("--quick", action="store_true", help="50 frames")
+    parser.add_argument("--smoke", action="store_true", help="10 frames: does it still run?")
     args = parser.parse_args()
-    if args.quick:
-        args.frames = min(args.frames, 50)
+    if args.quick or args.smoke:
+        args.frames = min(args.frames, 10 if args.smoke else 50)
     cv2.setNumThreads(args.threads)
     settings = ProcessingSettings(intra_op_threads=args.threads, providers=("cpu",))
     registry = ModelRegistry.from_settings(settings)

@@ -14,8 +14,8 @@ Measured in one run:
 * baseline, same run: the same path with ``passthrough`` (no model) — the transport's floor.
 
 Targets: p50 < 150 ms, p99 < 300 ms, last-10-s p99 within 1.2x of the first 10 s (60 s run).
-``--quick``: 20 s with the model, 8 s baseline, 5 s windows. ``--json`` prints one JSON object
-as the last line.
+``--quick``: 20 s with the model, 8 s baseline, 5 s windows (``--smoke``: 6, 3 and 2 s).
+``--json`` prints one JSON object as the last line.
 """
 
 from __future__ import annotations
@@ -209,12 +209,15 @@ async def run_peer(port: int, model: str, duration_s: float, window_s: float) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="20 s run, 8 s baseline")
+    parser.add_argument(
+        "--smoke", action="store_true", help="6 s run, 3 s baseline: does it still run?"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object as the last line")
     parser.add_argument("--duration", type=float, help="seconds measured with the model")
     args = parser.parse_args()
-    duration = args.duration or (20.0 if args.quick else 60.0)
-    window = 5.0 if args.quick else 10.0
-    baseline_duration = 8.0 if args.quick else 15.0
+    duration = args.duration or (6.0 if args.smoke else 20.0 if args.quick else 60.0)
+    window = 2.0 if args.smoke else 5.0 if args.quick else 10.0
+    baseline_duration = 3.0 if args.smoke else 8.0 if args.quick else 15.0
     load = os.getloadavg()[0]
     offer_host_addresses(["127.0.0.1"])
     manager = Manager()
