@@ -105,6 +105,8 @@ class InferenceUnavailableError(OperationError):
     """The inference service cannot be reached (it crashed, is restarting, or is gone).
     Submits in flight when it went away fail with this; later ones succeed once it is back."""
 
+    reason = "inference_unavailable"  # the frames it cost, in a pipeline's frames_failed
+
 
 class SubmittedFrame(NamedTuple):
     """One source's frame: its pixels (read in place), and where it is for another process

@@ -203,6 +203,100 @@ def test_killed_and_stopped_workers_among_several_pipelines() -> None:
                 os.unlink(video)
 
 
+def inference_service(manager: ManagerProcess) -> psutil.Process:
+    """The manager's one inference service: the child that listens on a service address."""
+    from framepipe.bench._procs import Kind, classify_framepipe, process_info
+
+    root = process_info(manager.pid)
+    [service] = [
+        p
+        for p in manager.tree()
+        if p.ppid() == manager.pid
+        and (info := process_info(p.pid)) is not None
+        and classify_framepipe(info, root, manager.pid) == Kind.SERVICE
+    ]
+    return service
+
+
+def test_a_killed_or_stopped_inference_service_is_replaced_and_its_pipelines_go_on(
+    videos: dict[str, Path],
+) -> None:
+    """Two pipelines on one model's service and a passthrough one: SIGKILL of the service, then
+    SIGSTOP of its replacement. Each time a new service is running within seconds, the model's
+    pipelines report the gap (and the frames it cost, by reason) and keep producing, RUNNING,
+    and the passthrough pipeline never notices."""
+    env = {"FRAMEPIPE_PRELOAD_MODELS": "centerface", "STREAM_API_PRELOADED_PROCESSES": "0"}
+    with running_manager(env) as manager:
+        wait_for(
+            lambda: "service for model 'centerface' started ahead of time" in manager.output(),
+            60,
+            "the model's service",
+        )
+        client = client_for(manager)
+        model_ids = [
+            client.initialise_pipeline(
+                InitialisePipelinePayload(
+                    video_configuration=VideoConfiguration(
+                        video_reference=str(videos["long"]), realtime_replay=True, max_fps=10
+                    ),
+                    processing_configuration=ModelConfiguration(model="centerface"),
+                    sink_configuration=MemorySinkConfiguration(results_buffer_size=256),
+                )
+            ).context.pipeline_id
+            for _ in range(2)
+        ]
+        plain = start(client, str(videos["long"]), realtime_replay=True)
+        for pipeline_id in [*model_ids, plain]:
+            keeps_producing(client, pipeline_id, 3)
+        first = inference_service(manager)
+
+        def replaced(old: int) -> psutil.Process | None:
+            with contextlib.suppress(ValueError, psutil.Error):
+                service = inference_service(manager)
+                if service.pid != old and service.status() != psutil.STATUS_STOPPED:
+                    return service
+            return None
+
+        def gaps_closed(count: int) -> bool:
+            for pipeline_id in model_ids:
+                inference = state_of(client, pipeline_id)["inference"]
+                if inference["gap_count"] < count or not inference["connected"]:
+                    return False
+                if any(gap["ended_at"] is None for gap in inference["gaps"]):
+                    return False
+            return True
+
+        first.kill()
+        second = wait_for(lambda: replaced(first.pid), 10, "a new service after SIGKILL")
+        wait_for(lambda: gaps_closed(1), 15, "the pipelines to report the gap and reconnect")
+        for pipeline_id in [*model_ids, plain]:
+            keeps_producing(client, pipeline_id, 10)
+
+        stopped_at = time.monotonic()
+        second.send_signal(signal.SIGSTOP)
+        third = wait_for(lambda: replaced(second.pid), 10, "a new service after SIGSTOP")
+        # hung: no answer to the supervisor's pings for 1.5 s, then killed and restarted
+        assert time.monotonic() - stopped_at < 2.0 + 6.0, "a hang is found within 2 s (+ start)"
+        assert not alive({second.pid})
+        wait_for(lambda: gaps_closed(2), 15, "the pipelines to report the second gap")
+        for pipeline_id in [*model_ids, plain]:
+            keeps_producing(client, pipeline_id, 10)
+
+        for pipeline_id in model_ids:
+            extra = state_of(client, pipeline_id)
+            assert extra["state"] == "RUNNING", extra
+            inference = extra["inference"]
+            assert all(gap["reason"].startswith("connection lost") for gap in inference["gaps"])
+            # what the gaps cost is counted, by reason: the frames in flight when the service
+            # went away and those submitted while it was away; nothing else failed
+            assert inference["failed"] > 0, inference
+            assert extra["frames_failed"] == {"inference_unavailable": inference["failed"]}
+        assert state_of(client, plain)["inference"] is None
+        assert third.is_running()
+        for pipeline_id in [*model_ids, plain]:
+            client.terminate_pipeline(pipeline_id)
+
+
 def test_a_killed_decoder_fails_a_file_and_is_replaced_for_a_camera(
     videos: dict[str, Path], rtsp: RtspServer
 ) -> None:
