@@ -151,6 +151,41 @@ def test_a_killed_manager_leaves_no_process_and_no_segment(videos: dict[str, Pat
     wait_for(lambda: not alive({reapers[0].pid}), 15, "the reaper to finish")
 
 
+def test_a_manager_starting_unlinks_what_a_dead_one_left() -> None:
+    """The start-up sweep: segments and semaphores whose owner is dead (a manager killed with
+    its reaper, a machine's earlier run) are unlinked by the next manager before it serves;
+    those of a live owner are left alone. (Any manager's health ticks sweep the same way.)"""
+    import posix_ipc
+
+    exited = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = int(exited.stdout)
+    assert not psutil.pid_exists(dead)
+    left = posix_ipc.SharedMemory(f"/fp-{dead}-ring0xleft", posix_ipc.O_CREX, size=4096)
+    left.close_fd()
+    posix_ipc.Semaphore(f"/fp-{dead}-ring0xleft-p", posix_ipc.O_CREX).close()
+    ours = posix_ipc.SharedMemory(f"/fp-{os.getpid()}-ring0xours", posix_ipc.O_CREX, size=4096)
+    ours.close_fd()
+    try:
+        assert {f"fp-{dead}-ring0xleft", f"sem.fp-{dead}-ring0xleft-p"} <= framepipe_shm_entries()
+        with running_manager():
+            assert f"fp-{dead}-ring0xleft" not in framepipe_shm_entries()
+            assert f"sem.fp-{dead}-ring0xleft-p" not in framepipe_shm_entries()
+            assert f"fp-{os.getpid()}-ring0xours" in framepipe_shm_entries()
+    finally:
+        ours.unlink()
+        for unlink in (
+            lambda: posix_ipc.unlink_shared_memory(f"/fp-{dead}-ring0xleft"),
+            lambda: posix_ipc.unlink_semaphore(f"/fp-{dead}-ring0xleft-p"),
+        ):
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                unlink()
+
+
 def test_killed_and_stopped_workers_among_several_pipelines() -> None:
     env = {"FRAMEPIPE_COMMAND_TIMEOUT": "2", "FRAMEPIPE_HEALTH_INTERVAL": "0.5"}
     with running_manager(env) as manager:
