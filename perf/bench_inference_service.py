@@ -250,7 +250,12 @@ def run_framepipe(srv: Server, files: list[Path], frames: int, skip: int) -> dic
         if "start" in window and len(uss) < 3 and time.perf_counter() - window["start"] > len(uss):
             uss.append(srv.uss_mb())
             shm.append(srv.shm_mb())
-        if "start" in window and max(counts.values()) >= end_at:
+        # (and results inside the window: a drain may have taken one pipeline past end_at)
+        if (
+            "start" in window
+            and max(counts.values()) >= end_at
+            and sum(counts.values()) > window["n0"]
+        ):
             elapsed = time.perf_counter() - window["start"]
             cpu = srv.cpu_s() - window["cpu0"]
             done = sum(counts.values()) - window["n0"]
@@ -315,7 +320,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter files (about 2 minutes)")
     parser.add_argument("--smoke", action="store_true", help="tiny files: does it still run?")
     args = parser.parse_args()
-    frames = 60 if args.smoke else 300 if args.quick else 600
+    # A window needs results on both sides of it: files longer than a drain of the pipelines'
+    # sinks (64 results each), so the window's first and last polls cannot be the same.
+    frames = 120 if args.smoke else 300 if args.quick else 600
     skip = 10 if args.smoke else 30
     latency_s = 3.0 if args.smoke else 10.0 if args.quick else 20.0
 
