@@ -176,6 +176,28 @@ def test_targets_are_checked_against_the_distinct_scenarios() -> None:
     assert age.met is True
 
 
+def test_frame_age_counts_at_or_below_the_sustainable_count_only() -> None:
+    def detector(p99_by_count: dict[int, float]) -> ScenarioResult:
+        return scenario(
+            "centerface",
+            [
+                run(Architecture.FRAMEPIPE, n, fps=5.0, target=5.0, p99=p99)
+                for n, p99 in p99_by_count.items()
+            ],
+            [run(Architecture.CLASSIC, 1, fps=5.0, target=5.0)],
+        )
+
+    name = "frame age p99 when not saturated (x of 2 frame intervals)"
+    # N=3 keeps its rate but its frames wait 900 ms: beyond the sustainable count (2), saturated
+    [age] = [
+        t for t in check_targets([detector({1: 100, 2: 200, 3: 900})], CRITERIA) if t.name == name
+    ]
+    assert age.met is True and age.value == pytest.approx(0.5) and age.where.endswith("N=2")
+    # a count below the sustainable one that was late fails the target
+    [age] = [t for t in check_targets([detector({1: 600, 2: 200})], CRITERIA) if t.name == name]
+    assert age.met is False and age.where.endswith("N=1")
+
+
 def test_process_kinds_are_told_apart_by_their_command_lines() -> None:
     root = ProcessInfo(10, 1, "python -m framepipe.cli serve --port 0", "python")
     fork = ProcessInfo(
