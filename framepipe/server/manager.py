@@ -20,7 +20,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -92,6 +92,7 @@ from framepipe.server.table import (
 from framepipe.server.workers import WorkerGone, WorkerHandle, WorkerTimeout
 
 if TYPE_CHECKING:
+    from framepipe.server.inference_messages import ServiceAddress
     from framepipe.server.services import InferenceServices
 
 log = logging.getLogger("framepipe.manager")
@@ -270,17 +271,7 @@ class StreamManager:
         self._check_models(config)
         requests = config.source_requests()
         rings = await loop.run_in_executor(None, self.decoders.new_rings_bytes, requests)
-        row = self.table.take_idle(time.monotonic())
-        usage = await self._measure_usage()
-        try:
-            admission = self.table.admit(usage, rings, reused=row)
-        except FramepipeError:
-            if row is not None:
-                self.table.give_back(row)
-            raise
-        try:
-            if row is None:
-                row = await self._spawn_worker(RowState.STARTING)
+        async with self._admitted_worker(rings) as row:
             pipeline_id = row.pipeline_id
             worker = self._workers[pipeline_id]
             try:
@@ -290,10 +281,7 @@ class StreamManager:
                     None, self.decoders.serve, requests, worker.pid
                 )
                 self._tickets[pipeline_id] = tickets
-                model = config.model
-                address = None
-                if model is not None:
-                    address = await self.services.ensure(model.model, model.providers)
+                address = await self._service_address(config)
                 await worker.wait_ready(self.settings.spawn_timeout_s)
                 await worker.request(
                     StartPipeline(
@@ -303,15 +291,11 @@ class StreamManager:
                     request_id=request_id,
                 )
             except BaseException as exc:
-                await self._end(pipeline_id, "failed to start")
-                if isinstance(exc, FramepipeError) and exc.pipeline_id is None:
-                    exc.pipeline_id = pipeline_id
+                await self._start_failed(pipeline_id, exc)
                 raise
             self.table.started(pipeline_id, config.consumption_timeout, time.monotonic())
             log.info("pipeline %s started on worker %d", pipeline_id, worker.pid)
             return pipeline_id
-        finally:
-            self.table.settle(admission)
 
     async def initialise_webrtc(
         self, payload: InitialiseWebRTCPipelinePayload, request_id: str | None = None
@@ -339,25 +323,12 @@ class StreamManager:
         # The peer's frame size is known only once frames flow: budget for 720p.
         buffer = 1 if webrtc.realtime else config.decoding_buffer_size
         rings = ring_bytes(1280, 720, buffer)
-        row = self.table.take_idle(time.monotonic())
-        usage = await self._measure_usage()
-        try:
-            admission = self.table.admit(usage, rings, reused=row)
-        except FramepipeError:
-            if row is not None:
-                self.table.give_back(row)
-            raise
-        try:
-            if row is None:
-                row = await self._spawn_worker(RowState.STARTING)
+        async with self._admitted_worker(rings) as row:
             pipeline_id = row.pipeline_id
             worker = self._workers[pipeline_id]
             try:
                 # The model runs where every pipeline's runs: its inference service.
-                model = config.model
-                address = None
-                if model is not None:
-                    address = await self.services.ensure(model.model, model.providers)
+                address = await self._service_address(config)
                 await worker.wait_ready(self.settings.spawn_timeout_s)
                 command = StartWebRTCPipeline(
                     config=config, webrtc=webrtc, inference=address, begun_at=begun_at
@@ -369,16 +340,46 @@ class StreamManager:
                     WebRTCAnswer,
                 )
             except BaseException as exc:
-                await self._end(pipeline_id, "failed to start")
-                if isinstance(exc, FramepipeError) and exc.pipeline_id is None:
-                    exc.pipeline_id = pipeline_id
+                await self._start_failed(pipeline_id, exc)
                 raise
             # Its results go to the peer: no consumption_timeout (as in the reference).
             self.table.started(pipeline_id, None, time.monotonic())
             log.info("WebRTC pipeline %s started on worker %d", pipeline_id, worker.pid)
             return WebRTCAnswerBody(pipeline_id=pipeline_id, sdp=answer.sdp, type=answer.type)
+
+    @contextlib.asynccontextmanager
+    async def _admitted_worker(self, rings: int) -> AsyncIterator[Row]:
+        """The worker of a new pipeline, admitted against the RAM budget with ``rings`` bytes
+        of new shared memory: an idle one, or one spawned now. The admission is settled when
+        the start is over, whichever way it went."""
+        row = self.table.take_idle(time.monotonic())
+        usage = await self._measure_usage()
+        try:
+            admission = self.table.admit(usage, rings, reused=row)
+        except FramepipeError:
+            if row is not None:
+                self.table.give_back(row)
+            raise
+        try:
+            if row is None:
+                row = await self._spawn_worker(RowState.STARTING)
+            yield row
         finally:
             self.table.settle(admission)
+
+    async def _service_address(self, config: PipelineConfig) -> ServiceAddress | None:
+        """Where the pipeline's model runs: its inference service (started if it must be);
+        None for a pipeline without a model."""
+        model = config.model
+        if model is None:
+            return None
+        return await self.services.ensure(model.model, model.providers)
+
+    async def _start_failed(self, pipeline_id: str, exc: BaseException) -> None:
+        """A pipeline that failed to start leaves nothing behind; the error names it."""
+        await self._end(pipeline_id, "failed to start")
+        if isinstance(exc, FramepipeError) and exc.pipeline_id is None:
+            exc.pipeline_id = pipeline_id
 
     def _check_models(self, config: PipelineConfig) -> None:
         """An unknown model is refused before any process starts (InvalidPayloadError naming
