@@ -26,6 +26,7 @@ More routes plug in through ``create_app(..., routers=[...])``: Prometheus' ``/m
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ from framepipe.gateway.streams import (
     StreamEvent,
     Subscription,
 )
-from framepipe.protocol.errors import FramepipeError
+from framepipe.protocol.errors import AuthorisationError, FramepipeError
 from framepipe.protocol.payloads import InitialisePipelinePayload, InitialiseWebRTCPipelinePayload
 
 logger = logging.getLogger(__name__)
@@ -168,25 +169,50 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
 
-class _BodyLimit:
-    """Refuse request bodies above ``max_bytes`` with 413, declared or streamed."""
+SMALL_BODY_BYTES = 64 * 1024
+"""A body up to this size is read whoever sends it (the manager judges the token); a larger one
+is read only with the manager's token, when the gateway knows it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class _BodyLimit:
+    """Refuse request bodies above ``max_bytes`` with 413, declared or streamed. When the
+    gateway knows the manager's token (``token``: it runs with the manager), a body larger than
+    ``SMALL_BODY_BYTES`` without that bearer token is refused with 401 before it is read: HTTP
+    carries the token in a header, so a large body costs nothing until it is trusted."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, token: str | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.token = token.encode() if token else None
+
+    def _trusted(self, scope: Scope) -> bool:
+        if self.token is None:
+            return True
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    credentials.strip(), self.token
+                )
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        trusted = self._trusted(scope)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
+                failure = None
                 if declared > self.max_bytes:
                     failure = errors.too_large(self.max_bytes)
+                elif declared > SMALL_BODY_BYTES and not trusted:
+                    failure = errors.failure_for(_untrusted_body())
+                if failure is not None:
                     await _json_response(failure)(scope, receive, send)
                     return
         received = 0
@@ -198,9 +224,18 @@ class _BodyLimit:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise HTTPException(413, "body too large")
+                if received > SMALL_BODY_BYTES and not trusted:
+                    raise HTTPException(401, "untrusted body")  # (FastAPI re-raises only these)
             return message
 
         await self.app(scope, limited, send)
+
+
+def _untrusted_body() -> AuthorisationError:
+    return AuthorisationError(
+        f"A request body over {SMALL_BODY_BYTES} bytes needs the manager's token "
+        "(missing or wrong bearer token)"
+    )
 
 
 def _json_response(failure: errors.HttpFailure) -> JSONResponse:
@@ -239,7 +274,7 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes, token=context.probe_token)
     _install_error_handlers(app, settings.max_body_bytes)
     if control_plane:
         app.include_router(_pipeline_routes(context))
@@ -267,6 +302,8 @@ def _install_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 413:
             return _json_response(errors.too_large(max_body_bytes))
+        if exc.status_code == 401:
+            return _json_response(errors.failure_for(_untrusted_body()))
         if exc.status_code in (404, 405):
             return _json_response(
                 errors.no_route(exc.status_code, request.method, request.url.path)

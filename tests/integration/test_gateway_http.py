@@ -221,6 +221,60 @@ def test_capacity_refusals_are_503_told_apart_by_class() -> None:
         assert gateway.manager.workers() == []
 
 
+def _raw_post(url: str, headers: str, body: bytes, wait_s: float) -> bytes:
+    """POST with the given header lines and only ``body`` of what they announce; what the
+    gateway answered within ``wait_s`` (b"" if it is still waiting for the rest)."""
+    host, port = httpx.URL(url).host, httpx.URL(url).port
+    with socket.create_connection((host, port), timeout=wait_s) as sock:
+        sock.sendall(
+            b"POST /inference_pipelines/initialise HTTP/1.1\r\nHost: gateway\r\n"
+            + headers.encode()
+            + b"Content-Type: application/json\r\n\r\n"
+            + body
+        )
+        answer = b""
+        try:
+            while True:  # the head, then the body its content-length announces
+                head, _, body = answer.partition(b"\r\n\r\n")
+                length = [
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ]
+                if length and len(body) >= length[0]:
+                    return answer
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return answer
+                answer += chunk
+        except TimeoutError:
+            return answer
+
+
+def test_a_large_body_without_the_token_is_refused_before_it_is_read() -> None:
+    with running_gateway({"FRAMEPIPE_TOKEN": "s3cret"}) as gateway:
+        announced = "Content-Length: 10000000\r\n"
+        # 10 MB announced, 1 byte sent: without the token the answer comes at once
+        for auth in ("", "Authorization: Bearer nope\r\n"):
+            answer = _raw_post(gateway.url, announced + auth, b"{", wait_s=5)
+            assert answer.startswith(b"HTTP/1.1 401"), answer
+            assert b"authorisation_error" in answer and b"bearer token" in answer
+        # with it, the gateway waits for the body it was promised
+        trusted = announced + "Authorization: Bearer s3cret\r\n"
+        assert _raw_post(gateway.url, trusted, b"{", wait_s=1.5) == b""
+        # a streamed (chunked) body without the token: refused once past 64 KiB
+        chunked = gateway.http.post(
+            "/inference_pipelines/initialise",
+            content=iter([b"{" + b" " * 40_000, b" " * 40_000 + b"}"]),
+            headers={"content-type": "application/json"},
+        )
+        error_of(chunked, 401, "authorisation_error")
+        # a small body without the token still reaches the manager, which refuses it
+        small = gateway.http.post("/inference_pipelines/initialise", json=init_body("/x.mp4"))
+        error_of(small, 401, "authorisation_error")
+        assert "64" not in small.json()["message"]
+
+
 def test_bearer_token_is_passed_to_the_manager_and_bodies_are_bounded() -> None:
     env = {"FRAMEPIPE_TOKEN": "s3cret", "FRAMEPIPE_HTTP_MAX_BODY_BYTES": "4096"}
     with running_gateway(env) as gateway:
