@@ -1,5 +1,6 @@
 """framepipe — a stream manager for video inference."""
 
+from framepipe._lazy import lazy_getattr
 from framepipe.errors import (
     AuthorisationError,
     CapacityError,
@@ -24,13 +25,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'framepipe' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

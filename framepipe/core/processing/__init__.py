@@ -15,6 +15,8 @@ Models run in inference engines (:mod:`framepipe.core.inference`), one per model
 
 from typing import TYPE_CHECKING
 
+from framepipe._lazy import lazy_getattr
+
 if TYPE_CHECKING:
     from framepipe.core.processing.detections import Detections, detections_to_predictions
     from framepipe.core.processing.drawing import annotate
@@ -106,13 +108,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

@@ -14,6 +14,8 @@ validates what a ``video_reference`` names.
 
 from typing import TYPE_CHECKING
 
+from framepipe._lazy import lazy_getattr
+
 if TYPE_CHECKING:
     from framepipe.core.sources.backends import (
         BackendOptions,
@@ -84,13 +86,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:
