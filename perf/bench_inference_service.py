@@ -23,13 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,11 +39,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from framepipe.bench._framepipe_run import ServerProcess  # noqa: E402
 from framepipe.client import SyncStreamManagerClient  # noqa: E402
 from framepipe.data import demo_video_path  # noqa: E402
-
-_LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
-
 
 # -- inputs -------------------------------------------------------------------------------------
 
@@ -124,42 +118,25 @@ def run_loop(video: Path, model_path: Path, skip: int) -> dict[str, float]:
 
 
 class Server:
-    """``framepipe serve`` on a free port, with the model's service started ahead of time."""
+    """``framepipe serve`` on a free port (framepipe bench's :class:`ServerProcess`, its output
+    in ``log_path``), with the model's service started ahead of time."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_path: Path) -> None:
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
             "FRAMEPIPE_PRELOAD_MODELS": "centerface",
         }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "framepipe.cli", "serve", "--port", "0"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.log: list[str] = []
-        self.port = 0
-        ready = threading.Event()
-
-        def read() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.log.append(line)
-                match = _LISTENING.search(line)
-                if match and not self.port:
-                    self.port = int(match.group(2))
-                if "started ahead of time" in line:
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(120) or not self.port:
-            self.stop()
-            raise RuntimeError("the server did not start:\n" + "".join(self.log[-30:]))
+        self.process = ServerProcess(log_path, env, start_timeout_s=120)
+        self.proc, self.port = self.process.proc, self.process.port
+        deadline = time.monotonic() + 120
+        while "started ahead of time" not in log_path.read_text():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.process.kill()
+                tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
+                raise RuntimeError("the model's service did not start:\n" + tail)
+            time.sleep(0.1)
         self.client = SyncStreamManagerClient("127.0.0.1", self.port, operations_timeout=60)
 
     def tree(self) -> list[psutil.Process]:
@@ -190,24 +167,17 @@ class Server:
         return shared_segments_bytes({p.pid for p in self.tree()}) / 2**20
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        self.process.stop(60)
 
 
 @contextmanager
 def server() -> Iterator[Server]:
-    running = Server()
-    try:
-        yield running
-    finally:
-        running.stop()
+    with tempfile.TemporaryDirectory(prefix="fp-bench-server-") as scratch:
+        running = Server(Path(scratch) / "serve.log")
+        try:
+            yield running
+        finally:
+            running.stop()
 
 
 def init(srv: Server, reference: str, **video: Any) -> str:

@@ -24,10 +24,8 @@ import argparse
 import asyncio
 import json
 import os
-import re
-import subprocess
 import sys
-import threading
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from framepipe.bench._framepipe_run import ServerProcess  # noqa: E402
 from framepipe.client import StreamManagerClient  # noqa: E402
 from framepipe.protocol.payloads import (  # noqa: E402
     InitialiseWebRTCPipelinePayload,
@@ -50,53 +49,17 @@ from framepipe.testing.webrtc import COUNTER_BAND, TestPeer, read_counter, stamp
 
 WIDTH, HEIGHT, FPS = 640, 480, 30.0
 WARMUP_S = 3.0  # model loading, the first keyframes, the encoders' rate control settling
-_LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
 
 
-class Manager:
-    """``framepipe serve --port 0`` with ICE on loopback."""
-
-    def __init__(self) -> None:
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "PYTHONUNBUFFERED": "1",
-            "FRAMEPIPE_WEBRTC_ICE_ADDRESSES": "127.0.0.1",
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "framepipe.cli", "serve", "--port", "0"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.port = 0
-        found = threading.Event()
-
-        def read() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                match = _LISTENING.search(line)
-                if match and not self.port:
-                    self.port = int(match.group(2))
-                    found.set()
-            found.set()
-
-        self._reader = threading.Thread(target=read, daemon=True)
-        self._reader.start()
-        if not found.wait(30) or not self.port:
-            self.proc.kill()
-            raise SystemExit("the manager did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._reader.join(5)
+def start_manager(log_path: Path) -> ServerProcess:
+    """``framepipe serve --port 0`` with ICE on loopback (framepipe bench's ServerProcess)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "FRAMEPIPE_WEBRTC_ICE_ADDRESSES": "127.0.0.1",
+    }
+    return ServerProcess(log_path, env)
 
 
 def demo_frames(count: int = 100) -> list[np.ndarray]:
@@ -220,12 +183,13 @@ def main() -> None:
     baseline_duration = 3.0 if args.smoke else 8.0 if args.quick else 15.0
     load = os.getloadavg()[0]
     offer_host_addresses(["127.0.0.1"])
-    manager = Manager()
-    try:
-        baseline = asyncio.run(run_peer(manager.port, "passthrough", baseline_duration, window))
-        model = asyncio.run(run_peer(manager.port, "centerface", duration, window))
-    finally:
-        manager.stop()
+    with tempfile.TemporaryDirectory(prefix="fp-bench-webrtc-") as scratch:
+        manager = start_manager(Path(scratch) / "serve.log")
+        try:
+            baseline = asyncio.run(run_peer(manager.port, "passthrough", baseline_duration, window))
+            model = asyncio.run(run_peer(manager.port, "centerface", duration, window))
+        finally:
+            manager.stop()
     result = {
         "benchmark": "webrtc",
         "resolution": f"{WIDTH}x{HEIGHT}",

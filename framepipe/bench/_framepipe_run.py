@@ -64,7 +64,8 @@ class ServerProcess:
 
     def __init__(self, log_path: Path, env: dict[str, str], start_timeout_s: float = 30.0) -> None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log: IO[str] = open(log_path, "w")  # noqa: SIM115 (closed in stop/kill)
+        # (line-buffered: the log can be followed while the server runs)
+        self._log: IO[str] = open(log_path, "w", buffering=1)  # noqa: SIM115 (closed in stop/kill)
         self.log_path = log_path
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "framepipe.cli", "serve", "--port", "0"],
