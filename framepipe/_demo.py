@@ -156,7 +156,8 @@ def _describe(outputs: list[dict[str, Any] | None], frames: list[Any]) -> str:
             predictions = predictions.get("predictions")
         if isinstance(predictions, list):
             found = ", ".join(_detection(p) for p in predictions) or "nothing"
-            parts.append(f"{head}  {len(predictions)} detections: {found}")
+            noun = "detection" if len(predictions) == 1 else "detections"
+            parts.append(f"{head}  {len(predictions)} {noun}: {found}")
         else:
             parts.append(f"{head}  {', '.join(sorted(output))}")
     return " | ".join(parts)
