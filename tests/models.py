@@ -25,7 +25,7 @@ def centerface_registry(**settings: Any) -> ModelRegistry:
     processing = ProcessingSettings(**settings)
     if not (processing.cache_dir / "centerface.onnx").is_file():
         subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "fetch_models.py")], check=True, timeout=300
+            [sys.executable, "-m", "framepipe", "models", "fetch"], check=True, timeout=300
         )
     return ModelRegistry.from_settings(processing)
 

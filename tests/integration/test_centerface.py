@@ -34,7 +34,7 @@ def registry() -> ModelRegistry:
     if not (settings.cache_dir / "centerface.onnx").is_file():
         # `make test` runs `make models` first; this covers a bare pytest run
         subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "fetch_models.py")], check=True, timeout=300
+            [sys.executable, "-m", "framepipe", "models", "fetch"], check=True, timeout=300
         )
     return ModelRegistry.from_settings(settings)
 

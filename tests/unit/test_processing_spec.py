@@ -228,7 +228,7 @@ def test_registry_resolves_names_never_paths(tmp_path: Path) -> None:
     for bad in ("../toy8", "/etc/passwd", str(tmp_path / "toy8.onnx"), "not a name"):
         with pytest.raises(InvalidPayloadError):
             registry.get(bad)
-    with pytest.raises(InvalidPayloadError, match="make models"):
+    with pytest.raises(InvalidPayloadError, match=r"run `framepipe models fetch centerface`"):
         registry.get("centerface")
     with pytest.raises(InvalidPayloadError, match="not registered"):
         registry.get("yolo-nope")

@@ -37,10 +37,15 @@ BUNDLED_CENTERFACE = "centerface"
 PASSTHROUGH = "passthrough"
 
 
-def default_cache_dir() -> Path:
-    """``models/cache`` of the source tree this package runs from (where `make models`
-    puts the converted bundled model)."""
-    return Path(__file__).resolve().parents[3] / "models" / "cache"
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where ``framepipe models fetch`` puts the bundled model: ``FRAMEPIPE_MODEL_CACHE``, else
+    ``$XDG_CACHE_HOME/framepipe/models``, else ``~/.cache/framepipe/models`` (per user, so an
+    installed package never looks inside site-packages)."""
+    env = os.environ if environ is None else environ
+    if env.get("FRAMEPIPE_MODEL_CACHE"):
+        return Path(env["FRAMEPIPE_MODEL_CACHE"]).expanduser()
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "framepipe" / "models"
 
 
 class ModelTask(StrEnum):
@@ -120,11 +125,10 @@ class ProcessingSettings:
             return value
 
         models_dir = env.get("FRAMEPIPE_MODELS_DIR")
-        cache_dir = env.get("FRAMEPIPE_MODEL_CACHE")
         providers = env.get("FRAMEPIPE_PROVIDERS")
         return cls(
             models_dir=Path(models_dir) if models_dir else None,
-            cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+            cache_dir=default_cache_dir(env),
             intra_op_threads=positive_int("FRAMEPIPE_INTRA_OP_THREADS", 1),
             inter_op_threads=positive_int("FRAMEPIPE_INTER_OP_THREADS", 1),
             providers=tuple(p.strip() for p in providers.split(",") if p.strip())
@@ -275,6 +279,10 @@ class ModelRegistry:
                 )
         return cls(entries, settings)
 
+    def entries(self) -> list[ModelEntry]:
+        """Every registered model, present on disk or not, by name."""
+        return [self._entries[name] for name in sorted(self._entries)]
+
     def names(self) -> list[str]:
         """Names of the models that are present on disk."""
         return sorted(name for name, entry in self._entries.items() if entry.path.is_file())
@@ -290,7 +298,7 @@ class ModelRegistry:
                 f"model {name!r} is not registered (available: {', '.join(self.names()) or 'none'})"
             )
         if not entry.path.is_file():
-            hint = " — run `make models`" if name == BUNDLED_CENTERFACE else ""
+            hint = f" — run `framepipe models fetch {name}`" if name == BUNDLED_CENTERFACE else ""
             raise InvalidPayloadError(
                 f"model {name!r} is registered but {entry.path} is missing{hint}"
             )
