@@ -60,8 +60,22 @@ def hint_for(error: BaseException) -> str | None:
             "FRAMEPIPE_METRICS_PORT), or 0 for any free one"
         )
     if isinstance(error, ImportError):
-        return "install the extra it needs, e.g. pip install 'framepipe[http]'"
+        return _import_hint(error)
     return None
+
+
+def _import_hint(error: ImportError) -> str | None:
+    from framepipe._installation import extra_for_module
+
+    module = error.name or ""
+    if module.startswith("framepipe.ext"):
+        return (
+            "framepipe's compiled extensions are missing: reinstall it from a wheel, or from "
+            "the sdist with a C compiler (pip install --force-reinstall framepipe); in a "
+            "checkout, make build"
+        )
+    extra = extra_for_module(module)
+    return f"pip install 'framepipe[{extra}]'" if extra else None
 
 
 def explain(error: BaseException) -> str:

@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.command in _RUNS_PIPELINES:
+            from framepipe._installation import check_single_builds
+
+            check_single_builds()
         code: int = args.run(args)
     except (SettingsError, GatewaySettingsError) as exc:
         print(f"framepipe: {exc}", file=sys.stderr)
@@ -58,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"framepipe: {explain(exc)}", file=sys.stderr)
         return 1
     return code
+
+
+# Commands that import ONNX Runtime and OpenCV: two builds of either are refused first.
+_RUNS_PIPELINES = frozenset({"serve", "run", "demo", "bench"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,6 +146,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     settings = from_arguments(args)
     gateway_settings = gateway_from_arguments(args, os.environ)
+    if gateway_settings.enabled or gateway_settings.metrics_port is not None:
+        from framepipe._installation import require_extra
+
+        require_extra("http")  # before anything starts, not an ImportError once it has
     companions: list[Companion] = []
     if gateway_settings.enabled:
         from framepipe.gateway.metrics import metrics_router

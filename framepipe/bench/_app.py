@@ -10,6 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
+from rich.markup import escape
 
 from framepipe.bench._display import Display
 from framepipe.bench._machine import summary_line
@@ -46,12 +47,13 @@ def rerender(results: Path, out_dir: Path | None, *, json_line: bool = False) ->
 
 def _footer(report: BenchReport, results_path: Path) -> list[str]:
     footer = [f"[dim]{_DEFINITIONS}[/]"]
-    footer += [f"[yellow]note[/]: {note}" for note in report.notes]
+    # notes and paths are plain text: `[bench]` in a hint is not markup
+    footer += [f"[yellow]note[/]: {escape(note)}" for note in report.notes]
     for scenario in report.scenarios:
-        footer += [f"[yellow]{scenario.key}[/]: {note}" for note in scenario.notes]
-    footer.append(f"results: {results_path}")
+        footer += [f"[yellow]{escape(scenario.key)}[/]: {escape(note)}" for note in scenario.notes]
+    footer.append(f"results: {escape(str(results_path))}")
     if report.plots:
-        footer.append(f"plots: {', '.join(report.plots)}")
+        footer.append(f"plots: {escape(', '.join(report.plots))}")
     return footer
 
 

@@ -91,7 +91,7 @@ class Display:
             self._live = None
 
     def note(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(text, markup=False)
 
     # -- progress -----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from framepipe._installation import missing_extra
 from framepipe.bench.config import Architecture, Criteria
 from framepipe.bench.results import MB, RunResult, ScenarioResult, age_limit_ms
 
@@ -37,9 +38,7 @@ def write_plots(
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
     except ImportError as exc:
-        raise PlotsUnavailable(
-            "plots need matplotlib: pip install 'framepipe[bench]' (make install has it)"
-        ) from exc
+        raise PlotsUnavailable(missing_extra("bench") or str(exc)) from exc
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

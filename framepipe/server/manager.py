@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from framepipe._installation import missing_extra
 from framepipe.core.budget import (
     MB,
     MemoryUsage,
@@ -312,6 +313,9 @@ class StreamManager:
 
         if self._closing:
             raise OperationError("The stream manager is shutting down.")
+        missing = missing_extra("webrtc")
+        if missing is not None:  # refused here, not as an ImportError in the worker
+            raise OperationError(missing, public_message=missing)
         begun_at = datetime.now()
         config = PipelineConfig.from_payload(payload)
         webrtc = WebRTCConfig.from_payload(
