@@ -13,7 +13,7 @@ install: $(STAMP) build models
 # The virtual environment and every Python dependency, re-done when the package metadata changes.
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip setuptools wheel "Cython>=3.0" "numpy>=1.26"
+	$(PIP) install --quiet --upgrade pip setuptools wheel "Cython>=3.0" "numpy>=2.0"
 	$(PIP) install --quiet --no-build-isolation -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
