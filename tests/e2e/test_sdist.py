@@ -47,6 +47,32 @@ def minimums(pyproject: Path) -> list[str]:
     return list(pins.values())
 
 
+# Run in the fresh venv: a manager, one WebRTC request, the error it answers, SIGTERM.
+WEBRTC_REQUEST = r"""
+import re, signal, subprocess
+from framepipe.client import FramepipeError, SyncStreamManagerClient
+from framepipe.protocol.payloads import (
+    InitialiseWebRTCPipelinePayload, ModelConfiguration, VideoConfiguration, WebRTCOffer)
+server = subprocess.Popen(["framepipe", "serve", "--port", "0"], stdout=subprocess.PIPE, text=True)
+try:
+    port = int(re.search(r"listening on [\d.]+:(\d+)", server.stdout.readline()).group(1))
+    client = SyncStreamManagerClient(host="127.0.0.1", port=port, operations_timeout=30.0)
+    request = InitialiseWebRTCPipelinePayload(
+        video_configuration=VideoConfiguration(video_reference="clip.mp4"),
+        processing_configuration=ModelConfiguration(model="passthrough"),
+        webrtc_offer=WebRTCOffer(type="offer", sdp="v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"),
+    )
+    try:
+        client.initialise_webrtc_pipeline(request)
+        print("accepted")
+    except FramepipeError as exc:
+        print(f"{exc.error_type.value}: {exc.public_message}")
+finally:
+    server.send_signal(signal.SIGTERM)
+    server.wait(30)
+"""
+
+
 def run(*args: str | Path, cwd: Path, env: dict[str, str], timeout: float = 600) -> str:
     done = subprocess.run(
         [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
@@ -133,12 +159,10 @@ def test_sdist_installs_at_the_floors_and_runs_the_demo_from_outside(tmp_path: P
     assert refused.returncode != 0
     assert refused.stderr.strip().endswith("pip install 'framepipe[http]'"), refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    webrtc = "from framepipe._installation import missing_extra; print(missing_extra('webrtc'))"
-    assert (
-        run(py, "-c", webrtc, cwd=outside, env=env)
-        .strip()
-        .endswith("pip install 'framepipe[webrtc]'")
-    )
+    # and a WebRTC request is refused by the manager at the request, naming its extra
+    answer = run(py, "-c", WEBRTC_REQUEST, cwd=outside, env=env, timeout=120).strip()
+    assert answer.startswith("operation_error: WebRTC pipelines need aiortc"), answer
+    assert answer.endswith("pip install 'framepipe[webrtc]'"), answer
 
     # a source tree without the Cython sources fails the build instead of going pure-Python
     with tarfile.open(sdist) as tar:

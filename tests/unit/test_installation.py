@@ -59,3 +59,21 @@ def test_extras_are_named_by_the_module_they_install() -> None:
         ModuleNotFoundError("No module named 'framepipe.ext._spsc'", name="framepipe.ext._spsc")
     )
     assert "compiled extensions are missing" in ext and "[http]" not in ext
+
+
+def test_bench_notes_are_printed_as_written(tmp_path: Path) -> None:
+    """A note is plain text: rich would otherwise take `[bench]` in a hint for markup."""
+    from rich.console import Console
+
+    from framepipe.bench._app import _footer
+    from framepipe.bench._runner import BenchReport
+    from framepipe.bench.config import BenchConfig
+
+    hint = "plots need matplotlib, which this installation lacks: pip install 'framepipe[bench]'"
+    report = BenchReport(BenchConfig(out_dir=tmp_path, cache_dir=tmp_path), {}, "now")
+    report.notes.append(hint)
+    console = Console(record=True, width=200, color_system=None)
+    for line in _footer(report, tmp_path / "results[1].json"):
+        console.print(line)
+    text = console.export_text()
+    assert hint in text and "results[1].json" in text
