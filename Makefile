@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.framepipe-installed
-EXTRAS ?= dev,webrtc,http,bench
+EXTRAS ?= dev,webrtc,http,bench,ray
 
 .PHONY: install build system-deps models test test-unit soak lint bench demo clean
 
