@@ -37,6 +37,8 @@ __all__ = ["AgentConfig", "AgentInfo", "NodeAgent", "agent_name", "ram_budget_mb
 _LISTENING = re.compile(r"stream manager listening on (\S+):(\d+)")
 #: The share of a host's memory the agents on it may budget, all together.
 HOST_RAM_SHARE = 0.8
+#: Idle warm workers an agent's manager keeps (STREAM_API_PRELOADED_PROCESSES overrides it).
+PRELOADED_WORKERS = 1
 
 
 def agent_name(node_id: str) -> str:
@@ -129,6 +131,9 @@ class NodeAgent:
             FRAMEPIPE_TOKEN=self._config.token,
             PYTHONUNBUFFERED="1",
         )
+        # A warm worker waits for the next init, so that a pipeline placed here after another
+        # node died starts without a worker's spawn (unless the operator chose otherwise).
+        env.setdefault("STREAM_API_PRELOADED_PROCESSES", str(PRELOADED_WORKERS))
         if "FRAMEPIPE_VIDEO_DIRS" not in env:
             # The front end checks every video reference against its own policy before it
             # routes a request; the agent's port is open to token holders only.
