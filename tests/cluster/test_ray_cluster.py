@@ -26,7 +26,12 @@ from framepipe.client.sync import SyncStreamManagerClient
 from framepipe.cluster.settings import NAMESPACE
 from framepipe.data import demo_video_path
 from framepipe.protocol.commands import parse_command
-from tests.cluster.harness import FrontProcess, LocalRayCluster, framepipe_processes, wait_until
+from framepipe.testing.ray_cluster import (
+    FrontProcess,
+    LocalRayCluster,
+    framepipe_processes,
+    wait_until,
+)
 from tests.conftest import _ours, framepipe_shm_entries
 from tests.rtsp import RtspServer
 

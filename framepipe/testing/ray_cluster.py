@@ -1,4 +1,5 @@
-"""A real Ray cluster on this machine (several raylets) and a real front end process.
+"""A real Ray cluster on this machine (several raylets) and a real front end process, for
+tests/cluster and perf/bench_cluster.py (``ray`` extra).
 
 :class:`LocalRayCluster` starts ``ray.cluster_utils.Cluster``: a head node and more nodes,
 each a raylet of its own with one CPU, a small object store and ``camera_slots``, with the
@@ -62,7 +63,7 @@ class LocalRayCluster:
 
     def shutdown(self) -> None:
         with contextlib.suppress(Exception):
-            self.cluster.shutdown()
+            self.cluster.shutdown()  # type: ignore[no-untyped-call]
         for key, value in self._saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -74,7 +75,12 @@ class FrontProcess:
     """``framepipe serve --backend ray`` as an operator runs it; its output in a log file."""
 
     def __init__(
-        self, address: str, log_path: Path, env: dict[str, str] | None = None, timeout: float = 120
+        self,
+        address: str,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "a", buffering=1)  # noqa: SIM115 (closed in stop)
@@ -90,6 +96,7 @@ class FrontProcess:
                 "ray",
                 "--address",
                 address,
+                *extra_args,
             ],
             env={**os.environ, **CLUSTER_ENV, **(env or {})},
             stdout=subprocess.PIPE,
