@@ -6,7 +6,7 @@ One run, on this machine:
   one CPU each, small object stores, the health checks framepipe ships) with the cluster front
   end (``framepipe serve --backend ray``), and a single-machine manager (``framepipe serve``,
   the baseline);
-* a pipeline on every node but one (the demo video, played at its own rate, ``--model``), and
+* a pipeline on every node but one (a two-minute video played at its own rate, ``--model``),
   one on the local manager, then ``status``
   and ``consume_result`` round trips, one at a time from one client, against each: p50/p99
   per command — the routed path adds one hop (front end → the node's manager);
@@ -36,18 +36,21 @@ sys.path.insert(0, str(ROOT))
 from framepipe.bench._framepipe_run import ServerProcess  # noqa: E402
 from framepipe.client.sync import SyncStreamManagerClient  # noqa: E402
 from framepipe.cluster.settings import NAMESPACE  # noqa: E402
-from framepipe.data import demo_video_path  # noqa: E402
 from framepipe.protocol.commands import parse_command  # noqa: E402
+from framepipe.testing.media import make_test_video  # noqa: E402
 from framepipe.testing.ray_cluster import FrontProcess, LocalRayCluster  # noqa: E402
 
+#: The pipelines' video: 320x240 at 5 fps, played at its own rate for two minutes, so that no
+#: pipeline ends during the run.
+VIDEO_FRAMES, VIDEO_FPS = 600, 5.0
 
-def payload(model: str) -> dict[str, Any]:
+
+def payload(model: str, video: Path) -> dict[str, Any]:
     return {
         "type": "init",
         "video_configuration": {
             "type": "VideoConfiguration",
-            "video_reference": str(demo_video_path()),
-            "max_fps": 10,
+            "video_reference": str(video),
             "realtime_replay": True,
         },
         "processing_configuration": {"type": "ModelConfiguration", "model": model},
@@ -96,8 +99,8 @@ def control_paths(
     return report
 
 
-def init(client: SyncStreamManagerClient, model: str) -> str:
-    pipeline_id = client.send(parse_command(payload(model))).pipeline_id
+def init(client: SyncStreamManagerClient, model: str, video: Path) -> str:
+    pipeline_id = client.send(parse_command(payload(model, video))).pipeline_id
     assert pipeline_id is not None
     return pipeline_id
 
@@ -144,6 +147,8 @@ def main() -> int:
 
     report: dict[str, Any] = {"requests": requests, "nodes": args.nodes, "model": args.model}
     with tempfile.TemporaryDirectory(prefix="framepipe-bench-cluster-") as tmp:
+        video = Path(tmp) / "video.mp4"
+        make_test_video(video, frames=VIDEO_FRAMES, fps=VIDEO_FPS)
         # one slot per node: the pipelines spread (the model's node is preferred otherwise),
         # and one node stays free for the failover
         cluster = LocalRayCluster(nodes=args.nodes, camera_slots=1)
@@ -155,8 +160,8 @@ def main() -> int:
             local = ServerProcess(Path(tmp) / "local.log", dict(os.environ))
             front_client = SyncStreamManagerClient.init("127.0.0.1", front.port, 120.0)
             local_client = SyncStreamManagerClient.init(local.host, local.port, 120.0)
-            pipelines = [init(front_client, args.model) for _ in range(args.nodes - 1)]
-            local_id = init(local_client, args.model)
+            pipelines = [init(front_client, args.model, video) for _ in range(args.nodes - 1)]
+            local_id = init(local_client, args.model, video)
             control_paths(front_client, pipelines[0], local_client, local_id, 20)  # warm-up
             report.update(
                 control_paths(front_client, pipelines[0], local_client, local_id, requests)
