@@ -603,6 +603,11 @@ class ClusterFront:
         local = command.model_copy(update={"pipeline_id": record.local_id})
         try:
             envelope = await agent.client.send(local)
+        except ConnectivityError as exc:
+            raise OperationError(
+                f"node {agent.node_id[:12]} that runs pipeline {pipeline_id} did not answer: "
+                f"{exc.message}; try again"
+            ) from None
         except NotFoundError:
             if record.node_id == agent.node_id and agent.node_id in self._agents:
                 await self._forget(pipeline_id)

@@ -45,6 +45,7 @@ class LocalRayCluster:
             initialize_head=True,
             head_node_args={**args, "_system_config": dict(HEALTH_CHECK_SYSTEM_CONFIG)},
         )
+        self._node_args = args
         self.workers = [self.cluster.add_node(**args) for _ in range(nodes - 1)]
         self.cluster.wait_for_nodes()
         self.address: str = self.cluster.address
@@ -55,6 +56,13 @@ class LocalRayCluster:
             if node.node_id == node_id:
                 return node
         raise KeyError(node_id)
+
+    def add(self) -> Any:
+        """One more node, like the others."""
+        node = self.cluster.add_node(**self._node_args)
+        self.cluster.wait_for_nodes()
+        self.workers.append(node)
+        return node
 
     def remove(self, node: Any) -> None:
         """Kill a (non-head) node's raylet and its processes, as a machine dies."""

@@ -10,6 +10,7 @@ fails to import (it does not skip).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -269,6 +270,56 @@ def test_a_restarted_front_end_rebuilds_its_table(world: World) -> None:
         )
     # nothing orphaned: every node runs exactly the pipelines the table places there
     assert len(world.metrics().pipelines) == len(before)
+
+
+def test_a_file_missing_on_the_new_node_fails_with_that_reason(world: World) -> None:
+    # a free slot on the surviving nodes, so that only the missing file stops the move
+    freed = next(iter(world.pipelines))
+    world.client.terminate_pipeline(freed)
+    del world.pipelines[freed]
+    video = world.tmp / "only-on-one-node.mp4"
+    shutil.copyfile(demo_video_path(), video)
+    added = world.cluster.add()
+    # passthrough: no node runs "its model", so the new, empty node takes it
+    wait_until(lambda: _init_on(world, video, added.node_id), 30.0)
+    (pipeline_id,) = [p for p, n in world.nodes().items() if n == added.node_id]
+    world.pipelines[pipeline_id] = "file"
+    assert world.first_result(pipeline_id, 30.0) is not None  # its node has the file open
+    video.unlink()  # the other nodes do not have it
+    world.cluster.remove(added)
+    report = wait_until(lambda: _failed_report(world, pipeline_id), 20.0)
+    assert report, world.client.get_status(pipeline_id).report
+    # the node it moved to does not have the file: the pipeline fails there, saying so
+    assert f"video_reference '{video}' not found" in report["framepipe"]["failure"]
+    (move,) = report["cluster"]["moves"]
+    assert move["from_node"] == added.node_id
+    assert move["to_node"] == report["cluster"]["node_id"] != added.node_id
+    assert move["restarted_from"] == "the beginning"
+    assert world.client.consume_pipeline_result(pipeline_id).outputs == []
+
+
+def _failed_report(world: World, pipeline_id: str) -> dict[str, Any] | None:
+    try:
+        report = world.client.get_status(pipeline_id).report
+    except OperationError as exc:
+        # until Ray declares the node dead, its manager is asked, and does not answer
+        assert "did not answer" in exc.message
+        return None
+    return report if report["framepipe"]["state"] == "FAILED" else None
+
+
+def _init_on(world: World, video: Path, node_id: str) -> bool:
+    """Init a passthrough pipeline on ``video`` once ``node_id`` has its agent (it is placed
+    on the emptiest node, the new one); False (and nothing left) while it lands elsewhere."""
+    payload = file_payload()
+    payload["video_configuration"]["video_reference"] = str(video)
+    payload["processing_configuration"]["model"] = "passthrough"
+    pipeline_id = world.init(payload)
+    if world.nodes()[pipeline_id] == node_id:
+        return True
+    world.client.terminate_pipeline(pipeline_id)
+    time.sleep(0.5)
+    return False
 
 
 def test_nothing_is_left_on_any_node(world: World) -> None:
