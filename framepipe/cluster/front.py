@@ -93,6 +93,8 @@ T = TypeVar("T")
 
 #: A command to an agent's manager (other than init) must be answered within this time.
 COMMAND_TIMEOUT_S = 15.0
+#: A node whose agent could not start is tried again after this many seconds.
+AGENT_RETRY_S = 10.0
 #: A ``metrics`` request waits this long for fresh figures from the nodes.
 METRICS_TIMEOUT_S = 2.0
 
@@ -143,6 +145,7 @@ class ClusterFront:
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="framepipe-ray")
         self._agents: dict[str, _Agent] = {}
         self._starting: dict[str, asyncio.Task[None]] = {}
+        self._agent_failed_at: dict[str, float] = {}
         self._dead: set[str] = set()
         self._records: dict[str, PipelineRecord] = {}
         self._placed_at: dict[str, float] = {}
@@ -195,8 +198,15 @@ class ClusterFront:
         try:
             handle, info = await self._ray(lambda: self._start_agent_sync(node_id))
         except Exception as exc:
-            log.warning("no framepipe agent on node %s: %s", node_id, exc)
+            log.warning(
+                "no framepipe agent on node %s (trying again in %.0f s): %s",
+                node_id,
+                AGENT_RETRY_S,
+                exc,
+            )
+            self._agent_failed_at[node_id] = time.monotonic()
             return
+        self._agent_failed_at.pop(node_id, None)
         host = info.host
         self._agents[node_id] = _Agent(
             node_id=node_id,
@@ -264,7 +274,9 @@ class ClusterFront:
                     if node_id not in alive:
                         self._node_died(node_id)
                 for node_id in alive - set(self._agents) - set(self._starting):
-                    self._start_agent_task(node_id)
+                    failed_at = self._agent_failed_at.get(node_id)
+                    if failed_at is None or time.monotonic() - failed_at >= AGENT_RETRY_S:
+                        self._start_agent_task(node_id)
                 if time.monotonic() - last_metrics >= self.cluster.metrics_interval_s:
                     last_metrics = time.monotonic()
                     await self._metrics_round()
