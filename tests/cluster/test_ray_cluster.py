@@ -218,6 +218,13 @@ def test_a_dead_node_s_pipelines_run_again_elsewhere_within_10_s(world: World) -
         if "framepipe.cluster._node_manager" in " ".join(p.cmdline())
     }
     assert dead_manager_pids
+    # results wait unread on the victim (as its manager last reported them)
+
+    def unread_on_victim() -> bool:
+        figures = {p.pipeline_id: p for p in world.metrics().pipelines}
+        return all(figures[p].results_buffered >= 1 for p in moved)
+
+    assert wait_until(unread_on_victim, 20.0, interval=0.5)
     killed_at = time.monotonic()
     world.cluster.remove(victim)
     failover: dict[str, float] = {}
@@ -241,7 +248,8 @@ def test_a_dead_node_s_pipelines_run_again_elsewhere_within_10_s(world: World) -
         assert move["from_node"] == victim_id and move["to_node"] == after[pipeline_id]
         assert move["reason"] == "node died"
         assert move["restarted_from"] == "the live stream"
-        assert move["results_lost"] >= 0
+        # the results left unread on the dead node are counted as lost
+        assert move["results_lost"] >= 1, move
     # the dead node's manager died with its agent, its workers with it, its segments swept
     assert wait_until(lambda: not any(psutil.pid_exists(p) for p in dead_manager_pids), 10.0)
     assert wait_until(
@@ -295,6 +303,28 @@ def test_a_file_missing_on_the_new_node_fails_with_that_reason(world: World) -> 
     assert move["from_node"] == added.node_id
     assert move["to_node"] == report["cluster"]["node_id"] != added.node_id
     assert move["restarted_from"] == "the beginning"
+    world.client.terminate_pipeline(pipeline_id)  # its slot, for the next test
+    del world.pipelines[pipeline_id]
+
+
+def test_a_front_end_restarting_while_a_node_dies_places_its_pipelines_again(
+    world: World,
+) -> None:
+    video = world.tmp / "everywhere.mp4"
+    shutil.copyfile(demo_video_path(), video)
+    added = world.cluster.add()
+    wait_until(lambda: _init_on(world, video, added.node_id), 30.0)
+    (pipeline_id,) = [p for p, n in world.nodes().items() if n == added.node_id]
+    world.pipelines[pipeline_id] = "file"
+    assert world.first_result(pipeline_id, 30.0) is not None
+    world.front.stop(signal.SIGKILL)
+    world.cluster.remove(added)  # while no front end watches
+    world.front = FrontProcess(world.cluster.address, world.tmp / "front3.log")
+    # the new front end finds the record, the node dead, and places the pipeline again
+    assert world.nodes()[pipeline_id] not in (added.node_id, None)
+    assert world.first_result(pipeline_id, 30.0) is not None
+    (move,) = world.client.get_status(pipeline_id).report["cluster"]["moves"]
+    assert move["from_node"] == added.node_id and move["reason"] == "node died"
     assert world.client.consume_pipeline_result(pipeline_id).outputs == []
 
 
