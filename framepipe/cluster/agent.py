@@ -67,6 +67,8 @@ class AgentInfo:
     ram_budget_mb: float
     camera_slots: int
     gpus: float
+    # The node declares camera_slots as a Ray resource (so they are reserved there too).
+    slots_declared: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +99,7 @@ class NodeAgent:
         self.host: str = me["NodeManagerAddress"]
         same_host = [n for n in nodes if n["NodeManagerAddress"] == self.host]
         resources = me.get("Resources", {})
+        self.slots_declared = "camera_slots" in resources
         self.camera_slots = int(resources.get("camera_slots", default_camera_slots))
         self.gpus = float(resources.get("GPU", 0.0))
         self.ram_budget_mb = ram_budget_mb(
@@ -184,6 +187,7 @@ class NodeAgent:
             ram_budget_mb=self.ram_budget_mb,
             camera_slots=self.camera_slots,
             gpus=self.gpus,
+            slots_declared=self.slots_declared,
         ).to_dict()
 
     def stop(self, timeout_s: float = 20.0) -> int | None:

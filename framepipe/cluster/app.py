@@ -111,7 +111,8 @@ async def serve_cluster(
 
 def shutdown_cluster() -> int:
     """Stop every framepipe agent of the connected cluster: each manager shuts down cleanly
-    (pipelines terminated, segments unlinked), then the actor is killed. Returns how many."""
+    (pipelines terminated, segments unlinked), then the actor is killed; the pipeline records
+    and camera-slot reservations go too. Returns how many agents were stopped."""
     import ray
     from ray.experimental import internal_kv
 
@@ -133,4 +134,9 @@ def shutdown_cluster() -> int:
         stopped += 1
     for key in internal_kv._internal_kv_list("", namespace=NAMESPACE):
         internal_kv._internal_kv_del(key, namespace=NAMESPACE)
+    from framepipe.cluster.reservations import Reservations
+
+    reservations = Reservations()
+    for pipeline_id in reservations.held():
+        reservations.release(pipeline_id)
     return stopped

@@ -45,6 +45,7 @@ from framepipe.cluster.placement import (
     capacity_message,
     rank_nodes,
 )
+from framepipe.cluster.reservations import Reservations
 from framepipe.cluster.settings import NAMESPACE, ClusterSettings
 from framepipe.cluster.store import Move, PipelineRecord, RecordStore
 from framepipe.protocol.commands import (
@@ -93,6 +94,8 @@ T = TypeVar("T")
 
 #: A command to an agent's manager (other than init) must be answered within this time.
 COMMAND_TIMEOUT_S = 15.0
+#: A camera slot must be reserved in Ray's scheduler within this time, or the node is full.
+RESERVE_TIMEOUT_S = 2.0
 #: A node whose agent could not start is tried again after this many seconds.
 AGENT_RETRY_S = 10.0
 #: A ``metrics`` request waits this long for fresh figures from the nodes.
@@ -142,6 +145,7 @@ class ClusterFront:
         self.settings = settings
         self.cluster = cluster
         self._store = RecordStore()
+        self._reservations = Reservations()
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="framepipe-ray")
         self._agents: dict[str, _Agent] = {}
         self._starting: dict[str, asyncio.Task[None]] = {}
@@ -354,8 +358,10 @@ class ClusterFront:
             )
             record.moves.append(move)
             record.node_id = record.local_id = record.manager_pid = None
+            # the slot it held on the node it leaves
+            await self._ray(lambda: self._reservations.release(record.pipeline_id))
             try:
-                agent, local_id = await self._place(payload)
+                agent, local_id = await self._place(payload, record.pipeline_id)
             except FramepipeError as exc:
                 record.failure = (
                     f"could not run again after {reason} on node {from_node}: {exc.message}"
@@ -403,6 +409,8 @@ class ClusterFront:
                 if record.node_id is None:
                     why = "front end restarted during a move"
                 await self._move(record, gone, time.time(), why, 0)
+        for stale in await self._ray(self._reservations.held) - set(self._records):
+            await self._ray(lambda p=stale: self._reservations.release(p))  # type: ignore[misc]
         for node_id, ids in listed.items():
             for orphan in ids - kept.get(node_id, set()):
                 log.warning(
@@ -487,10 +495,13 @@ class ClusterFront:
             gpu=gpu,
         )
 
-    async def _place(self, payload: InitialisePipelinePayload) -> tuple[_Agent, str]:
+    async def _place(
+        self, payload: InitialisePipelinePayload, pipeline_id: str
+    ) -> tuple[_Agent, str]:
         """Start the pipeline on the best node that takes it: (that node's agent, the
-        pipeline's id there). A node whose manager refuses for lack of capacity, or does not
-        answer, is skipped for the next; a request that is wrong on every node is raised."""
+        pipeline's id there). A node where Ray has no camera slot to reserve, whose manager
+        refuses for lack of capacity, or that does not answer, is skipped for the next; a
+        request that is wrong on every node is raised."""
         need = self._need(payload)
         reasons: list[str] = []
         tried: set[str] = set()
@@ -507,7 +518,18 @@ class ClusterFront:
             agent = self._agents[node_id]
             self._placing.per_node[node_id] = self._placing.per_node.get(node_id, 0) + 1
             try:
-                envelope = await agent.init_client.send(InitCommand(payload=payload))
+                if agent.info.slots_declared and not await self._ray(
+                    lambda n=node_id: self._reservations.reserve(  # type: ignore[misc]
+                        pipeline_id, n, RESERVE_TIMEOUT_S
+                    )
+                ):
+                    reasons.append(f"node {node_id[:12]}: no camera slot free in Ray")
+                    continue
+                try:
+                    envelope = await agent.init_client.send(InitCommand(payload=payload))
+                except BaseException:
+                    await self._ray(lambda: self._reservations.release(pipeline_id))
+                    raise
             except CapacityError as exc:
                 reasons.append(f"node {node_id[:12]}: {exc.message}")
                 continue
@@ -571,7 +593,7 @@ class ClusterFront:
             # (and the pipeline, if a node started it, is then an orphan it terminates).
             await self._ray(lambda: self._store.put(record))
             try:
-                agent, local_id = await self._place(payload)
+                agent, local_id = await self._place(payload, pipeline_id)
             except BaseException:
                 await self._ray(lambda: self._store.delete(pipeline_id))
                 self._locks.pop(pipeline_id, None)
@@ -586,6 +608,7 @@ class ClusterFront:
         self._records.pop(pipeline_id, None)
         self._placed_at.pop(pipeline_id, None)
         self._needs.pop(pipeline_id, None)
+        await self._ray(lambda: self._reservations.release(pipeline_id))
         await self._ray(lambda: self._store.delete(pipeline_id))
 
     async def _routed(self, command: PipelineCommand) -> SuccessBody:

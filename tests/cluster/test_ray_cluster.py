@@ -119,6 +119,10 @@ class World:
             time.sleep(0.05)
         return None
 
+    def free_slots(self) -> float:
+        """Camera slots free in Ray's resource view, the whole cluster."""
+        return float(ray.available_resources().get("camera_slots", 0.0))
+
     def metrics(self) -> Any:
         return self.client.get_metrics()
 
@@ -167,6 +171,11 @@ def test_pipelines_spread_over_three_nodes_one_model_service_each(world: World) 
     assert sorted(str(s.node) for s in services()) == sorted(str(n) for n in per_node)
     figures = world.metrics().pipelines
     assert {p.pipeline_id: p.node for p in figures} == nodes, figures
+    # each pipeline's camera slot is reserved in Ray's scheduler, on its node
+    assert world.free_slots() == 0
+    from framepipe.cluster.reservations import Reservations
+
+    assert Reservations().held() == set(ids)
 
 
 def test_init_beyond_capacity_is_refused_and_leaves_nothing(world: World) -> None:
@@ -191,6 +200,7 @@ def test_terminate_runs_on_the_owning_node(world: World) -> None:
     assert world.nodes() == {}
     assert world.records() == []
     assert wait_until(lambda: world.metrics().pipelines == [], 5.0)
+    assert wait_until(lambda: world.free_slots() == NODES * SLOTS, 5.0)
 
 
 def test_live_cameras_prefer_the_node_that_decodes_them(world: World) -> None:
@@ -357,6 +367,9 @@ def test_nothing_is_left_on_any_node(world: World) -> None:
         world.client.terminate_pipeline(pipeline_id)
         del world.pipelines[pipeline_id]
     assert world.records() == []
+    from framepipe.cluster.reservations import Reservations
+
+    assert Reservations().held() == set()  # moves and terminations released every slot
     from framepipe.cluster.app import shutdown_cluster
 
     assert shutdown_cluster() == NODES - 1
