@@ -8,6 +8,7 @@ view of the nodes) and failure detection (Ray's node health checks). See docs/CL
 
 Modules: :mod:`.settings` (the front end's settings and the health-check configuration
 framepipe ships), :mod:`.agent` (the node agent actor), :mod:`.placement` (which node takes a
-pipeline; no I/O), :mod:`.store` (pipeline records in Ray's GCS key-value store),
+pipeline; no I/O), :mod:`.reservations` (each pipeline's camera slot held in Ray's scheduler),
+:mod:`.store` (pipeline records in Ray's GCS key-value store),
 :mod:`.front` (the routing command handler), :mod:`.app` (``framepipe serve --backend ray``).
 """
