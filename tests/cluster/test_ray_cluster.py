@@ -36,7 +36,7 @@ from framepipe.testing.ray_cluster import (
 from tests.conftest import _ours, framepipe_shm_entries
 from tests.rtsp import RtspServer
 
-pytestmark = [pytest.mark.cluster, pytest.mark.allow_leaks]
+pytestmark = [pytest.mark.cluster, pytest.mark.rtsp, pytest.mark.allow_leaks]
 
 NODES = 3
 SLOTS = 2
