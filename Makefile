@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.framepipe-installed
-EXTRAS ?= dev,webrtc,http,bench
+EXTRAS ?= dev,webrtc,http,bench,ray
 
-.PHONY: install build system-deps models test test-unit soak lint bench demo clean
+.PHONY: install build system-deps models test test-unit test-cluster soak lint bench demo clean
 
 install: $(STAMP) build models
 
@@ -37,6 +37,10 @@ test: install system-deps
 
 test-unit: install
 	$(PY) -m pytest tests/unit
+
+# framepipe on a local Ray cluster (docs/CLUSTER.md); `make test` runs these too.
+test-cluster: install
+	$(PY) -m pytest -m cluster
 
 # The reliability load test for longer: 200 clients against 4 pipelines for SOAK_SECONDS
 # (60 by default; `make soak SOAK_SECONDS=600`), figures printed at the end.

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 from framepipe import __version__
 from framepipe.bench.cli import add_arguments as add_bench_arguments
+from framepipe.cluster.settings import add_arguments as add_cluster_arguments
 from framepipe.gateway.settings import GatewaySettingsError
 from framepipe.gateway.settings import add_arguments as add_gateway_arguments
 from framepipe.gateway.settings import from_arguments as gateway_from_arguments
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the stream manager")
     add_arguments(serve)
     add_gateway_arguments(serve)
+    add_cluster_arguments(serve)
     serve.add_argument(
         "--help-settings",
         action="store_true",
@@ -192,6 +194,14 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"framepipe: stream manager listening on {host}:{port}", flush=True)
 
     main = serve(settings, announce=announce, companions=companions)
+    if args.backend == "ray":
+        from framepipe.cluster.app import serve_cluster
+        from framepipe.cluster.settings import from_arguments as cluster_from_arguments
+
+        main.close()  # the single-machine server, never started
+        main = serve_cluster(
+            settings, cluster_from_arguments(args), announce=announce, companions=companions
+        )
     if settings.event_loop == "uvloop":
         import uvloop
 

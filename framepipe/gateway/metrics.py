@@ -15,7 +15,7 @@ manager
     ``manager_memory_used_bytes`` and ``manager_memory_limit_bytes`` (the RAM budget),
     ``manager_memory_bytes{part}`` (manager, workers, shared_segments), ``manager_shm_free_bytes``
 pipeline ``{pipeline_id}``
-    ``pipeline_info{model}`` (1), ``pipeline_state{state}`` (1, the current state),
+    ``pipeline_info{model}`` (1; ``{model, node}`` on a Ray cluster), ``pipeline_state{state}`` (1, the current state),
     ``pipeline_uptime_seconds``, ``pipeline_results_total``, ``pipeline_results_consumed_total``,
     ``pipeline_results_dropped_total``, ``pipeline_results_buffered``,
     ``pipeline_results_capacity``, ``pipeline_processing_errors_total``,
@@ -28,7 +28,7 @@ source ``{pipeline_id, source_id}``
     ``source_inference_latency_seconds`` and ``source_frame_age_seconds`` (histograms),
     ``source_ring_occupancy_slots``, ``source_ring_slots``, ``source_reconnects_total``,
     ``source_decoder_restarts_total``, ``source_shared_memory_bytes``
-inference service ``{model, provider}``
+inference service ``{model, provider}`` (``{model, provider, node}`` on a Ray cluster)
     ``service_state{state}`` (1), ``service_queue_depth``, ``service_in_flight`` (concurrent
     runs now), ``service_concurrency``, ``service_runs_total``, ``service_frames_total``,
     ``service_batch_size`` (histogram of frames per run), ``service_busy_seconds_total``,
@@ -159,13 +159,14 @@ class SnapshotCollector(Collector):
             ).add_metric([], m.shm_free_bytes)
 
     def _pipelines(self, out: _Families) -> None:
+        on_nodes = any(p.node is not None for p in self.snapshot.pipelines)
         for p in self.snapshot.pipelines:
             pid = [p.pipeline_id]
             out.gauge(
                 "pipeline_info",
-                "A listed pipeline and the model it runs (1).",
-                (*_PIPELINE, "model"),
-            ).add_metric([*pid, p.model or "none"], 1)
+                "A listed pipeline, the model it runs and, on a Ray cluster, its node (1).",
+                (*_PIPELINE, "model", *(["node"] if on_nodes else [])),
+            ).add_metric([*pid, p.model or "none", *([p.node or ""] if on_nodes else [])], 1)
             out.gauge(
                 "pipeline_state", "The pipeline's current state (1).", (*_PIPELINE, "state")
             ).add_metric([*pid, p.state], 1)
@@ -281,54 +282,55 @@ class SnapshotCollector(Collector):
         ).add_metric(sid, s.shm_bytes)
 
     def _services(self, out: _Families) -> None:
+        # On a Ray cluster every node runs its own service per model: ``node`` tells them apart.
+        on_nodes = any(v.node is not None for v in self.snapshot.services)
+        labels = (*_SERVICE, "node") if on_nodes else _SERVICE
         for v in self.snapshot.services:
-            key = [v.model, v.provider]
+            key = [v.model, v.provider, *([v.node or ""] if on_nodes else [])]
             out.gauge(
-                "service_state", "The inference service's state (1).", (*_SERVICE, "state")
+                "service_state", "The inference service's state (1).", (*labels, "state")
             ).add_metric([*key, v.state], 1)
-            out.gauge("service_queue_depth", "Frames waiting for a runner.", _SERVICE).add_metric(
+            out.gauge("service_queue_depth", "Frames waiting for a runner.", labels).add_metric(
                 key, v.queue_depth
             )
             out.gauge(
-                "service_in_flight", "Frames being run now (concurrent runs).", _SERVICE
+                "service_in_flight", "Frames being run now (concurrent runs).", labels
             ).add_metric(key, v.in_flight)
             out.gauge(
-                "service_concurrency", "Runs the service makes at once at most.", _SERVICE
+                "service_concurrency", "Runs the service makes at once at most.", labels
             ).add_metric(key, v.concurrency)
-            out.counter("service_runs", "Model runs (a batch is one run).", _SERVICE).add_metric(
+            out.counter("service_runs", "Model runs (a batch is one run).", labels).add_metric(
                 key, v.runs
             )
-            out.counter("service_frames", "Frames run.", _SERVICE).add_metric(key, v.frames)
+            out.counter("service_frames", "Frames run.", labels).add_metric(key, v.frames)
             if v.batch_sizes:
                 bounds = [float(size) for size in range(1, len(v.batch_sizes) + 1)]
                 cumulative, running = [], 0
                 for n in v.batch_sizes:
                     running += n
                     cumulative.append(running)
-                out.histogram("service_batch_size", "Frames per model run.", _SERVICE).add_metric(
+                out.histogram("service_batch_size", "Frames per model run.", labels).add_metric(
                     key, _buckets(bounds, [*cumulative, running]), float(v.frames)
                 )
             out.counter(
                 "service_busy_seconds",
                 "Runner time spent on frames, all runners together.",
-                _SERVICE,
+                labels,
             ).add_metric(key, v.busy_seconds)
             out.gauge(
                 "service_utilisation_ratio",
                 "Share of the runners' time spent working since the service started.",
-                _SERVICE,
+                labels,
             ).add_metric(key, v.utilisation)
             out.counter(
-                "service_restarts", "Times the service was started again.", _SERVICE
+                "service_restarts", "Times the service was started again.", labels
             ).add_metric(key, v.restarts)
-            out.counter("service_crashes", "Times the service crashed.", _SERVICE).add_metric(
+            out.counter("service_crashes", "Times the service crashed.", labels).add_metric(
                 key, v.crashes
             )
-            out.counter("service_hangs", "Times the service hung.", _SERVICE).add_metric(
-                key, v.hangs
-            )
+            out.counter("service_hangs", "Times the service hung.", labels).add_metric(key, v.hangs)
             out.gauge(
-                "service_connections", "Pipeline workers connected to the service.", _SERVICE
+                "service_connections", "Pipeline workers connected to the service.", labels
             ).add_metric(key, v.connections)
 
 

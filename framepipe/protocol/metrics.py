@@ -120,6 +120,8 @@ class PipelineFigures(_Figures):
     frames_failed: dict[str, int] = Field(default_factory=dict)
     memory_unique_bytes: int | None = None
     sources: list[SourceFigures] = Field(default_factory=list)
+    # The Ray node the pipeline runs on (the cluster front end sets it; None on one machine).
+    node: str | None = None
 
 
 class ServiceFigures(_Figures):
@@ -150,6 +152,8 @@ class ServiceFigures(_Figures):
     crashes: int
     hangs: int
     connections: int
+    # The Ray node the service runs on (the cluster front end sets it; None on one machine).
+    node: str | None = None
 
 
 class ManagerFigures(_Figures):

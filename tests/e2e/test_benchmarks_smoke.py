@@ -31,6 +31,13 @@ KEY_FIGURES: dict[str, tuple[str, ...]] = {
         "default.attack_bodies_sent",
         "default.peak_rss_mb",
     ),
+    "bench_cluster.py": (
+        "front.status_p50_ms",
+        "local.status_p50_ms",
+        "front.consume_p50_ms",
+        "local.consume_p50_ms",
+        "failover_s",
+    ),
     "bench_control.py": (
         "manager_accept_ms",
         "bare_python_accept_ms",

@@ -1,0 +1,168 @@
+"""A real Ray cluster on this machine (several raylets) and a real front end process, for
+tests/cluster and perf/bench_cluster.py (``ray`` extra).
+
+:class:`LocalRayCluster` starts ``ray.cluster_utils.Cluster``: a head node and more nodes,
+each a raylet of its own with one CPU, a small object store and ``camera_slots``, with the
+health checks framepipe ships (:data:`framepipe.cluster.settings.HEALTH_CHECK_SYSTEM_CONFIG`).
+:class:`FrontProcess` runs ``python -m framepipe.cli serve --backend ray --address ...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from framepipe.cluster.settings import HEALTH_CHECK_SYSTEM_CONFIG
+
+OBJECT_STORE_BYTES = 80 * 1024 * 1024
+_LISTENING = re.compile(r"stream manager listening on (\S+):(\d+)")
+CLUSTER_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+
+
+class LocalRayCluster:
+    def __init__(self, nodes: int = 3, camera_slots: int = 2) -> None:
+        from ray.cluster_utils import Cluster
+
+        self._saved = {k: os.environ.get(k) for k in CLUSTER_ENV}
+        os.environ.update(CLUSTER_ENV)
+        args: dict[str, Any] = {
+            "num_cpus": 1,
+            "object_store_memory": OBJECT_STORE_BYTES,
+            "resources": {"camera_slots": camera_slots},
+            "include_dashboard": False,
+        }
+        self.cluster = Cluster(
+            initialize_head=True,
+            head_node_args={**args, "_system_config": dict(HEALTH_CHECK_SYSTEM_CONFIG)},
+        )
+        self._node_args = args
+        self.workers = [self.cluster.add_node(**args) for _ in range(nodes - 1)]
+        self.cluster.wait_for_nodes()
+        self.address: str = self.cluster.address
+        self.camera_slots = camera_slots
+
+    def node(self, node_id: str) -> Any:
+        for node in self.workers:
+            if node.node_id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    def add(self) -> Any:
+        """One more node, like the others."""
+        node = self.cluster.add_node(**self._node_args)
+        self.cluster.wait_for_nodes()
+        self.workers.append(node)
+        return node
+
+    def remove(self, node: Any) -> None:
+        """Kill a (non-head) node's raylet and its processes, as a machine dies."""
+        self.cluster.remove_node(node, allow_graceful=False)
+        self.workers.remove(node)
+
+    def shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            self.cluster.shutdown()  # type: ignore[no-untyped-call]
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class FrontProcess:
+    """``framepipe serve --backend ray`` as an operator runs it; its output in a log file."""
+
+    def __init__(
+        self,
+        address: str,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "a", buffering=1)  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "framepipe.cli",
+                "serve",
+                "--port",
+                "0",
+                "--backend",
+                "ray",
+                "--address",
+                address,
+                *extra_args,
+            ],
+            env={**os.environ, **CLUSTER_ENV, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.port = 0
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(timeout) or not self.port:
+            self.stop()
+            raise RuntimeError(f"the front end did not start; see {log_path}")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self._log.write(line)
+            match = _LISTENING.search(line)
+            if match and not self.port:
+                self.port = int(match.group(2))
+                self._ready.set()
+        self._ready.set()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(10)
+        self._reader.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        with contextlib.suppress(ValueError):
+            self._log.close()
+        return code
+
+
+def framepipe_processes(root: int) -> list[psutil.Process]:
+    """Every live framepipe process (manager, worker, decoder, service) below ``root``."""
+    found = []
+    with contextlib.suppress(psutil.Error):
+        for proc in psutil.Process(root).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if proc.status() != psutil.STATUS_ZOMBIE and "framepipe" in " ".join(
+                    proc.cmdline()
+                ):
+                    found.append(proc)
+    return found
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
