@@ -6,8 +6,13 @@ process that maps it, and ignored the frame rings altogether. Here:
 * a process is counted by its *unique* memory (USS: the pages only it maps);
 * each ``fp-*`` segment in /dev/shm owned by the manager's process tree is counted once, by the
   blocks it really occupies;
-* a new pipeline is predicted to need its rings (computed from its configuration) plus as much
-  private memory as the largest worker observed so far.
+* a new pipeline is predicted to need the resident floor of its rings (their metadata and
+  frames in flight, computed from its configuration: :func:`~framepipe.core.sources.sizing.
+  ring_floor_bytes`) plus as much private memory as the largest worker observed so far;
+* a ring grows beyond its floor at run time only by what the budget grants: after each
+  measurement the manager sets the shared growth account's headroom to
+  :meth:`RamBudget.growth_headroom_bytes` (:mod:`framepipe.core.growth`), so growth and
+  admissions draw on the same limit, and a ring refused growth waits (backpressure).
 
 :meth:`RamBudget.admit` raises :class:`RamBudgetExceededError` naming the numbers when the total
 would pass the limit, and :class:`ShmExhaustedError` when /dev/shm has no room for the new rings
@@ -192,3 +197,14 @@ class RamBudget:
                 f"limit STREAM_MANAGER_MAX_RAM_MB={self.max_ram_mb:.1f} MB."
             )
         return Admission(usage=usage, predicted_mb=predicted, max_ram_mb=self.max_ram_mb)
+
+    def growth_headroom_bytes(self, usage: MemoryUsage, reserved_mb: float = 0.0) -> int | None:
+        """What rings may still grow by at run time: the limit less what is in use (resident
+        segments included) and less ``reserved_mb`` (admissions in progress), and no more than
+        /dev/shm has free. None without a limit (growth bounded by capacity and /dev/shm)."""
+        if self.max_ram_mb is None:
+            return None
+        headroom = int((self.max_ram_mb - usage.total_mb - reserved_mb) * MB)
+        if usage.shm_free_bytes is not None:
+            headroom = min(headroom, usage.shm_free_bytes)
+        return max(0, headroom)

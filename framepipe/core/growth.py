@@ -25,7 +25,10 @@ Public API::
 
 from __future__ import annotations
 
+import contextlib
 import os
+
+import posix_ipc
 
 from framepipe.core._lifecycle import OwnedResource
 from framepipe.core.shm import PREFIX, Segment
@@ -56,8 +59,13 @@ class GrowthAccount(OwnedResource):
 
     @classmethod
     def create(cls, owner_pid: int | None = None, headroom: int = 0) -> GrowthAccount:
+        """The account of ``owner_pid`` (default: this process; one per process: a former
+        one of the same name is stale - its pid was reused - and replaced)."""
         pid = os.getpid() if owner_pid is None else owner_pid
-        account = cls(Segment.create(_SIZE, name=growth_account_name(pid)))
+        name = growth_account_name(pid)
+        with contextlib.suppress(posix_ipc.ExistentialError):
+            posix_ipc.unlink_shared_memory(name)
+        account = cls(Segment.create(_SIZE, name=name))
         account.set_headroom(headroom)
         return account
 

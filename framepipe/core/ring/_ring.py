@@ -14,6 +14,8 @@ Public API (stable; other modules code against it)::
     FrameRing.attach(name: str) -> FrameRing
     FrameRing.required_slots(queue_depth: int, consumers: int, leases_in_flight: int = 1) -> int
     FrameRing.segment_size(slots, shape, dtype=np.uint8, max_consumers=4, queue_depth=2) -> int
+    FrameRing.resident_size(slots, shape, dtype=np.uint8, max_consumers=4, queue_depth=2,
+                            resident_slots=1) -> int   # backed at creation (metadata + floor)
 
     ring.name, ring.slots, ring.shape, ring.dtype, ring.max_consumers, ring.queue_depth,
     ring.slot_nbytes, ring.nbytes, ring.owner, ring.segment
@@ -404,6 +406,20 @@ class FrameRing(OwnedResource):
     ) -> int:
         """Bytes of shared memory a ring of this geometry takes (for RAM budgets)."""
         return _Geometry.compute(slots, shape, dtype, max_consumers, queue_depth).total
+
+    @staticmethod
+    def resident_size(
+        slots: int,
+        shape: Sequence[int],
+        dtype: DTypeLike = np.uint8,
+        max_consumers: int = 4,
+        queue_depth: int = 2,
+        resident_slots: int = 1,
+    ) -> int:
+        """Bytes a new ring of this geometry has backed at creation: its metadata and its
+        first ``resident_slots`` slots (the floor of its resident set)."""
+        g = _Geometry.compute(slots, shape, dtype, max_consumers, queue_depth)
+        return g.data_off + min(max(0, resident_slots), g.slots) * g.slot_stride
 
     @classmethod
     def create(
