@@ -3,7 +3,9 @@
 Decode processes come from a ``forkserver`` (never a plain fork of a process that may run
 threads or ONNX Runtime): the server process imports numpy, OpenCV and PyAV once, and every
 decode process is a fork of it, so starting one costs a few tens of milliseconds instead of
-the ~0.5 s of a spawn that re-imports them.
+the ~0.5 s of a spawn that re-imports them. The preloaded objects are frozen out of the garbage
+collector before any fork (:mod:`framepipe.core._gc_freeze`): a child's first collection would
+otherwise copy every page that holds one (~9.5 MB per process).
 
 A decode process is a child of the forkserver, which exits when its owner's process exits;
 ``PR_SET_PDEATHSIG`` then kills the decode process. The decode process also treats EOF on
@@ -20,8 +22,9 @@ import threading
 from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from typing import Any
 
-#: Modules the forkserver imports once, so forked decode processes start warm.
-PRELOAD = ["numpy", "cv2", "av", "framepipe.core.sources.decoder"]
+#: Modules the forkserver imports once, so forked decode processes start warm. The last
+#: freezes what they made out of the garbage collector (shared with every child, not copied).
+PRELOAD = ["numpy", "cv2", "av", "framepipe.core.sources.decoder", "framepipe.core._gc_freeze"]
 
 _lock = threading.Lock()
 _configured = False

@@ -1,0 +1,152 @@
+"""What a decode process holds, and what its decode threads cost: USS idle and running, CPU
+per frame, for each backend with the codec's own thread count and with one thread.
+
+Each configuration runs in a fresh child of framepipe's decode forkserver (the one decode
+processes come from, numpy, OpenCV and PyAV preloaded), which opens the same 720p H.264 file,
+reports its USS (``smaps_rollup``, as the RAM budget reads it) once opened ("idle"), decodes
+``--frames`` frames into one BGR buffer as a decode process does into its slot, and reports its
+USS again ("running") and its CPU (all threads) per frame. Configurations alternate, rounds
+repeat, the median is reported.
+
+    python perf/bench_process_memory.py [--video FILE] [--frames 300] [--rounds 3] [--json]
+                                        [--no-freeze]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MB = 1024 * 1024
+
+
+def _uss(pid: int | None = None) -> int:
+    from framepipe.core.budget import process_unique_bytes
+
+    return process_unique_bytes(os.getpid() if pid is None else pid)
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def decode_child(path: str, backend: str, threads: int, frames: int, conn: Any) -> None:
+    """In a forkserver child: open, measure, decode ``frames`` frames, measure again."""
+    import numpy as np
+
+    from framepipe.core.sources.backends import BackendOptions, make_backend
+    from framepipe.core.sources.entities import DecoderBackendName, SourceKind
+
+    source = make_backend(
+        DecoderBackendName(backend), path, SourceKind.FILE, BackendOptions(threads=threads)
+    )
+    info = source.open()
+    out = np.empty((info.height, info.width, 3), np.uint8)
+    idle = _uss()
+    cpu0 = time.process_time()
+    n = 0
+    peak_threads = _threads()
+    while n < frames and source.grab():
+        source.retrieve(out)
+        n += 1
+        if n == 10:
+            peak_threads = max(peak_threads, _threads())
+    cpu = time.process_time() - cpu0
+    running = _uss()
+    source.close()
+    conn.send({"idle": idle, "running": running, "cpu_ms": cpu / max(1, n) * 1e3, "frames": n,
+               "threads": peak_threads})
+    conn.close()
+
+
+def measure(path: Path, backend: str, threads: int, frames: int) -> dict[str, Any]:
+    from framepipe.core.sources.launcher import decode_context
+
+    context = decode_context()
+    parent, child = context.Pipe(duplex=False)
+    process = context.Process(
+        target=decode_child, args=(str(path), backend, threads, frames, child), daemon=True
+    )
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(120):
+            raise RuntimeError(f"{backend} threads={threads}: no answer in 120 s")
+        result: dict[str, Any] = parent.recv()
+    finally:
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        process.close()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--video", type=Path, help="a 720p H.264 file (default: generated)")
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backends", default="opencv,pyav")
+    parser.add_argument(
+        "--no-freeze",
+        action="store_true",
+        help="start the forkserver without gc.freeze() after its preload (the former template)",
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    from framepipe.core.sources import launcher, warm_forkserver
+
+    if args.no_freeze:
+        launcher.PRELOAD.remove("framepipe.core._gc_freeze")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.video
+        if path is None:
+            from framepipe.testing import make_test_video
+
+            path = Path(tmp) / "720p.mp4"
+            make_test_video(path, frames=args.frames, width=1280, height=720, gop=60)
+        warm_forkserver()
+        configs = [(b, t) for b in args.backends.split(",") for t in (0, 1)]
+        samples: dict[tuple[str, int], list[dict[str, Any]]] = {c: [] for c in configs}
+        for _ in range(args.rounds):
+            for backend, threads in configs:
+                samples[(backend, threads)].append(measure(path, backend, threads, args.frames))
+    rows = []
+    for (backend, threads), runs in samples.items():
+        rows.append(
+            {
+                "backend": backend,
+                "threads": threads or "codec default",
+                "os_threads": max(r["threads"] for r in runs),
+                "uss_idle_mb": round(statistics.median(r["idle"] for r in runs) / MB, 1),
+                "uss_running_mb": round(statistics.median(r["running"] for r in runs) / MB, 1),
+                "cpu_ms_per_frame": round(statistics.median(r["cpu_ms"] for r in runs), 3),
+                "frames": runs[0]["frames"],
+            }
+        )
+    if args.json:
+        print(json.dumps({"gc_freeze": not args.no_freeze, "decode_process": rows}))
+    else:
+        print(f"template with gc.freeze(): {not args.no_freeze}")
+        print("backend  threads         OS threads  USS idle MB  USS running MB  CPU ms/frame")
+        for r in rows:
+            print(
+                f"{r['backend']:<8} {r['threads']!s:<15} {r['os_threads']:>10}  "
+                f"{r['uss_idle_mb']:>11}  {r['uss_running_mb']:>14}  {r['cpu_ms_per_frame']:>12}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
