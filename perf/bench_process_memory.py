@@ -63,8 +63,15 @@ def decode_child(path: str, backend: str, threads: int, frames: int, conn: Any) 
     cpu = time.process_time() - cpu0
     running = _uss()
     source.close()
-    conn.send({"idle": idle, "running": running, "cpu_ms": cpu / max(1, n) * 1e3, "frames": n,
-               "threads": peak_threads})
+    conn.send(
+        {
+            "idle": idle,
+            "running": running,
+            "cpu_ms": cpu / max(1, n) * 1e3,
+            "frames": n,
+            "threads": peak_threads,
+        }
+    )
     conn.close()
 
 
