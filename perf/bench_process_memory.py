@@ -114,7 +114,7 @@ def main() -> int:
     from framepipe.core.sources import launcher, warm_forkserver
 
     if args.no_freeze:
-        launcher.PRELOAD.remove("framepipe.core._gc_freeze")
+        launcher.PRELOAD[-1] = "gc"  # a module that does nothing on import, in its place
 
     with tempfile.TemporaryDirectory() as tmp:
         path = args.video

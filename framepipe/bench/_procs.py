@@ -104,14 +104,17 @@ def _holds_socket(pid: int, inodes: set[str]) -> bool:
 
 def classify_framepipe(proc: ProcessInfo, parent: ProcessInfo | None, root: int) -> str:
     """The kinds of process in ``framepipe serve``'s tree, told apart from the outside:
-    decode processes are forked by a decode forkserver; the manager spawns pipeline workers
-    and inference services alike, and a service is the one that listens on a service address
-    (or names itself ``service``)."""
+    decode processes and pipeline workers are forked by the template (a forkserver), a
+    worker names itself ``fp-worker``; the manager spawns inference services (and, before
+    workers came from the template, workers), and a service is the one that listens on a
+    service address (or names itself ``service``)."""
     if proc.pid == root:
         return Kind.MANAGER
     cmd = proc.cmdline
     if "service" in proc.comm.lower():
         return Kind.SERVICE
+    if proc.comm == "fp-worker":
+        return Kind.WORKER
     if "resource_tracker" in cmd:
         return Kind.OTHER
     if parent is not None and "forkserver" in parent.cmdline:

@@ -735,14 +735,16 @@ def _ended_report(row: Row) -> dict[str, Any]:
 
 def _preload_admission_modules() -> None:
     """What the first `init` would otherwise wait for: PyAV (file probes), the pipeline code
-    (configs, ring sizing), and the decoders' forkserver with OpenCV and PyAV imported."""
+    (configs, ring sizing), and the process template (the forkserver decode processes and
+    workers are forked from) with OpenCV, PyAV and the worker's modules imported."""
     import av  # noqa: F401
 
     import framepipe.core.pipeline
     import framepipe.core.sources.hub  # noqa: F401
     from framepipe.core.sources.launcher import warm_forkserver
+    from framepipe.server.workers import WORKER_PRELOAD
 
-    warm_forkserver()
+    warm_forkserver(preload=WORKER_PRELOAD)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

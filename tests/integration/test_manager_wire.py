@@ -240,3 +240,22 @@ def test_golden_wire_bytes_through_the_real_manager() -> None:
             ours_id = body[len(b'{"request_id": "') :][:36]
             assert header.hex() == golden_header, (request, body)
             assert body.replace(ours_id, golden_id) == golden_body, request
+
+
+def test_workers_are_forked_from_a_template_without_a_model_runtime() -> None:
+    """An idle worker is a child of the process template (the forkserver decode processes come
+    from), shares the pages of what the template imported, and neither holds ONNX Runtime or
+    CUDA (neither survives a fork)."""
+    with running_manager({"STREAM_API_PRELOADED_PROCESSES": "1"}) as manager:
+        (worker,) = wait_for(
+            lambda: len(manager.workers()) == 1 and manager.workers(), 30, "an idle worker"
+        )
+        template = worker.parent()
+        assert template is not None and "forkserver" in " ".join(template.cmdline())
+        assert template.ppid() == manager.pid
+        for proc in (template, worker):
+            paths = {m.path for m in proc.memory_maps()}
+            assert not any("onnxruntime" in p or "libcuda" in p for p in paths), proc
+        # what the template imported (numpy, the ring, the pipeline) is shared, not copied
+        memory = worker.memory_full_info()
+        assert memory.uss < memory.rss / 2, memory
