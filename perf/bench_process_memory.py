@@ -10,6 +10,13 @@ repeat, the median is reported.
 
     python perf/bench_process_memory.py [--video FILE] [--frames 300] [--rounds 3] [--json]
                                         [--no-freeze]
+
+With ``--server``: the USS of each kind of process of a real ``framepipe serve`` (one idle
+worker in its pool, the CenterFace service preloaded), idle, then running one passthrough
+and one CenterFace pipeline (5 fps) on the 720p file, each drained by a client; processes
+told apart as ``framepipe bench`` does (framepipe/bench/_procs.py).
+
+    python perf/bench_process_memory.py --server --video FILE [--json]
 """
 
 from __future__ import annotations
@@ -98,6 +105,128 @@ def measure(path: Path, backend: str, threads: int, frames: int) -> dict[str, An
     return result
 
 
+def _uss_by_process(root: int) -> list[dict[str, Any]]:
+    from framepipe.bench._procs import TreeSampler, classify_framepipe
+    from framepipe.core.budget import process_unique_bytes
+
+    sampler = TreeSampler(root=root, classify=classify_framepipe)
+    infos = sampler.tree()
+    rows = []
+    for pid, kind in sorted(sampler._kinds(infos).items()):
+        rows.append(
+            {
+                "kind": kind,
+                "pid": pid,
+                "name": infos[pid].comm,
+                "uss_mb": process_unique_bytes(pid) / MB,
+            }
+        )
+    return rows
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, str]:
+    kinds: dict[str, list[float]] = {}
+    for row in rows:
+        kinds.setdefault(row["kind"], []).append(row["uss_mb"])
+    return {k: ", ".join(f"{v:.1f}" for v in sorted(vs)) for k, vs in sorted(kinds.items())}
+
+
+def _request(address: tuple[str, int], message: dict[str, Any]) -> dict[str, Any]:
+    import socket
+
+    from framepipe.protocol.framing import encode_message
+
+    with socket.create_connection(address, timeout=30) as sock:
+        sock.sendall(encode_message(message))
+        data = b""
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+    reply: dict[str, Any] = json.loads(data[4:])
+    return reply
+
+
+def server_main(video: Path, as_json: bool) -> int:
+    """USS by kind of process of a real server, idle and running."""
+    import threading
+
+    from framepipe.bench._framepipe_run import ServerProcess
+
+    env = dict(os.environ)
+    env.update({"STREAM_API_PRELOADED_PROCESSES": "1", "FRAMEPIPE_PRELOAD_MODELS": "centerface"})
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(Path(tmp) / "serve.log", env)
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                log = (Path(tmp) / "serve.log").read_text()
+                if "started ahead of time" in log or "could not start the inference" in log:
+                    break
+                time.sleep(0.5)
+            time.sleep(3)
+            idle = _uss_by_process(server.pid)
+            address = (server.host, server.port)
+            video_configuration = {
+                "type": "VideoConfiguration",
+                "video_reference": str(video),
+                "max_fps": None,
+                "realtime_replay": True,  # as the bench: a file played at its own pace
+                "source_buffer_filling_strategy": "DROP_OLDEST",
+                "source_buffer_consumption_strategy": "EAGER",
+            }
+            ids = []
+            for model in ("passthrough", "centerface"):
+                message: dict[str, Any] = {
+                    "type": "init",
+                    "video_configuration": dict(video_configuration),
+                    "sink_configuration": {
+                        "type": "MemorySinkConfiguration",
+                        "results_buffer_size": 64,
+                    },
+                    "processing_configuration": {"type": "ModelConfiguration", "model": model},
+                }
+                if model != "passthrough":
+                    message["video_configuration"]["max_fps"] = 5
+                reply = _request(address, message)
+                if reply["response"].get("status") != "success":
+                    raise RuntimeError(f"init failed: {reply}")
+                ids.append(reply["pipeline_id"])
+            stop = threading.Event()
+
+            def drain() -> None:
+                while not stop.is_set():
+                    for pipeline_id in ids:
+                        _request(
+                            address,
+                            {
+                                "type": "consume_result",
+                                "pipeline_id": pipeline_id,
+                                "max_entries": 64,
+                            },
+                        )
+                    time.sleep(0.2)
+
+            drainer = threading.Thread(target=drain, daemon=True)
+            drainer.start()
+            time.sleep(12)
+            running = _uss_by_process(server.pid)
+            stop.set()
+            drainer.join(5)
+        finally:
+            server.stop()
+    result = {"idle": idle, "running": running}
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for phase, rows in result.items():
+            print(f"{phase}: USS MB by kind (one figure per process)")
+            for kind, figures in _summary(rows).items():
+                print(f"  {kind:<20} {figures}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--video", type=Path, help="a 720p H.264 file (default: generated)")
@@ -109,8 +238,13 @@ def main() -> int:
         action="store_true",
         help="start the forkserver without gc.freeze() after its preload (the former template)",
     )
+    parser.add_argument("--server", action="store_true", help="USS by kind of a real server")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.server:
+        if args.video is None:
+            parser.error("--server needs --video (a 720p H.264 file)")
+        return server_main(args.video, args.json)
     from framepipe.core.sources import launcher, warm_forkserver
 
     if args.no_freeze:
