@@ -564,10 +564,10 @@ class FrameRing(OwnedResource):
         if growth is not None and not growth.take(nbytes):
             self._growth_refused += 1
             return False
+        added = 0
         try:
             added = self.segment.reserve(self._g.data_off + slot * nbytes, nbytes)
         except ShmExhaustedError:
-            added = 0
             self._growth_refused += 1
             return False
         finally:
