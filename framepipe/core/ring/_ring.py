@@ -42,6 +42,7 @@ Public API (stable; other modules code against it)::
     ring.resident_bytes() -> int              # the segment's pages now (all processes)
     ring.set_residency(idle_s=..., growth=...)  # producer side: punch-out delay, RAM budget
     ring.trim(now=None) -> int                # producer side: punch out idle slots now
+    ring.trim_if_due(now=None) -> int         # the same, at most about once a second
 
     # consumer table
     ring.register_consumer(pid: int | None = None) -> int      # index; OperationError when full
@@ -619,6 +620,12 @@ class FrameRing(OwnedResource):
             if growth is not None:
                 growth.give(punched * g.slot_stride)
         return punched
+
+    def trim_if_due(self, now: float | None = None) -> int:
+        """:meth:`trim` if its time has come (a producer that is not acquiring slots: paused,
+        or waiting for room, calls this so idle pages are still given back)."""
+        now = time.monotonic() if now is None else now
+        return self.trim(now) if now >= self._next_trim else 0
 
     def resident_slots(self) -> int:
         """Slots this process knows are backed (the producer's view)."""
