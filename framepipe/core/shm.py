@@ -24,7 +24,7 @@ Why this shape:
 * The backing is ``posix_fallocate``-d before it is used, so a full /dev/shm is a
   :class:`~framepipe.protocol.errors.ShmExhaustedError` and never a SIGBUS later. By default the
   whole segment is reserved at creation and pre-touched (a first-touch fault costs ~30x a warm
-  access), and attachers map it with ``MAP_POPULATE``; with ``reserve`` only that much is. A segment created with ``reserve=n`` is
+  access), and attachers map it with ``MAP_POPULATE``. A segment created with ``reserve=n`` is
   sparse beyond its first ``n`` bytes: its owner reserves more with :meth:`Segment.reserve` as
   its resident set grows and gives pages back with :meth:`Segment.punch` as it shrinks (a frame
   ring: resident memory follows the frames in flight, not the capacity). A sparse segment is
@@ -200,10 +200,11 @@ class Segment(OwnedResource):
             raise
         shm.close_fd()
         seg = cls(name, size, mapping, owner=True, fd=fd)
-        # Mapped here too, the reserved pages are shared between the creator and whoever
-        # writes them, so a process's unique memory (USS) never counts them: the RAM budget
-        # counts a segment once, by its blocks.
-        seg._pretouch(backed)
+        if not sparse:
+            seg._pretouch(backed)
+        # A sparse segment's pages are not touched here: mapped by the creator alone (a ring's
+        # floor slots that no frame used yet), they would count in its unique memory (USS)
+        # besides the segment's blocks. fallocate has allocated and zeroed them already.
         return seg
 
     @classmethod
