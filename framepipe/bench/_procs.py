@@ -20,7 +20,10 @@ from typing import Any
 
 import psutil
 
-from framepipe.core.budget import process_unique_bytes, shared_segments_bytes
+from framepipe.core.budget import (
+    process_unique_bytes_outside_segments,
+    shared_segments_bytes,
+)
 
 
 class Kind:
@@ -292,12 +295,14 @@ class TreeSampler:
         return CpuWindow(window_s, sum(by_kind.values()), by_kind, by_group, processes)
 
     def memory(self) -> MemorySample:
-        """USS of every process of the tree, by kind, and the tree's shared segments."""
+        """USS of every process of the tree, by kind, and the tree's shared segments (a
+        segment's page that one process alone maps counts in the segment, not also in that
+        process's USS)."""
         infos = self.tree()
         kinds = self._kinds(infos)
         uss: dict[str, int] = {}
         counts: dict[str, int] = {}
         for pid, kind in kinds.items():
-            uss[kind] = uss.get(kind, 0) + process_unique_bytes(pid)
+            uss[kind] = uss.get(kind, 0) + process_unique_bytes_outside_segments(pid)
             counts[kind] = counts.get(kind, 0) + 1
         return MemorySample(uss, counts, shared_segments_bytes(set(infos)))

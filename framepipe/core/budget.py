@@ -62,6 +62,35 @@ def process_unique_bytes(pid: int) -> int:
             return 0
 
 
+def process_unique_bytes_outside_segments(pid: int) -> int:
+    """A process's USS less the pages of the ``fp-*`` segments it alone maps.
+
+    A ring's segment is sparse (:mod:`framepipe.core.ring`): a page is mapped by the processes
+    that touched it, and one that only the decoder writes (a passthrough pipeline's worker never
+    reads the pixels) is private to the decoder, so :func:`process_unique_bytes` counts it
+    besides the segment's blocks. This counts every page once; it reads the whole
+    ``/proc/<pid>/smaps`` (several times the cost of the rollup), so it is for one-off
+    measurements (``framepipe bench``), not the budget's periodic sampling (which over-counts,
+    the safe side).
+    """
+    total = 0
+    in_segment = False
+    try:
+        with open(f"/proc/{pid}/smaps", "rb") as smaps:
+            for line in smaps:
+                if line[:1] in b"0123456789abcdef" and b"-" in line.split(b" ", 1)[0]:
+                    fields = line.split()
+                    path = fields[5] if len(fields) > 5 else b""
+                    in_segment = path.startswith(b"/dev/shm/" + _SEGMENT_PREFIXES[0].encode())
+                elif not in_segment and line.startswith((b"Private_Clean:", b"Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    except OSError:
+        return process_unique_bytes(pid)
+    return total
+
+
 def children_map() -> dict[int, list[int]]:
     """Parent pid -> child pids of every process, from one pass over /proc.
 

@@ -10,9 +10,17 @@ import os
 import numpy as np
 import pytest
 
-from framepipe.core.budget import MB, MemoryUsage, RamBudget, shared_segments_bytes
+from framepipe.core.budget import (
+    MB,
+    MemoryUsage,
+    RamBudget,
+    process_unique_bytes,
+    process_unique_bytes_outside_segments,
+    shared_segments_bytes,
+)
 from framepipe.core.growth import GrowthAccount
 from framepipe.core.ring import FrameRing
+from framepipe.core.shm import Segment
 from framepipe.core.sources.sizing import (
     resident_floor_slots,
     ring_bytes,
@@ -101,3 +109,18 @@ def test_a_stalled_wait_pipeline_grows_to_the_budget_then_admission_refuses() ->
         with pytest.raises(RamBudgetExceededError):
             budget.admit(usage=_usage(1), worker_samples_mb=samples, new_rings_bytes=floor_bytes)
         assert budget.growth_headroom_bytes(_usage(1)) == pytest.approx(account.headroom, abs=MB)
+
+
+def test_a_segment_page_one_process_maps_counts_once() -> None:
+    """Pages of a sparse segment that only this process touched are private to it: its USS
+    counts them, the measure beside the segment's blocks does not."""
+    size = 32 * MB
+    with Segment.create(size + MB, reserve=size) as seg:
+        before = process_unique_bytes(os.getpid())
+        outside_before = process_unique_bytes_outside_segments(os.getpid())
+        np.frombuffer(seg.buf, np.uint8, size)[::4096] = 1  # touch every reserved page
+        grown = process_unique_bytes(os.getpid()) - before
+        outside_grown = process_unique_bytes_outside_segments(os.getpid()) - outside_before
+        assert grown >= size
+        assert outside_grown < 4 * MB
+        assert seg.resident_bytes() == size  # counted there, once
