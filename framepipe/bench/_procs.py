@@ -20,7 +20,10 @@ from typing import Any
 
 import psutil
 
-from framepipe.core.budget import process_unique_bytes, shared_segments_bytes
+from framepipe.core.budget import (
+    process_unique_bytes_outside_segments,
+    shared_segments_bytes,
+)
 
 
 class Kind:
@@ -104,14 +107,17 @@ def _holds_socket(pid: int, inodes: set[str]) -> bool:
 
 def classify_framepipe(proc: ProcessInfo, parent: ProcessInfo | None, root: int) -> str:
     """The kinds of process in ``framepipe serve``'s tree, told apart from the outside:
-    decode processes are forked by a decode forkserver; the manager spawns pipeline workers
-    and inference services alike, and a service is the one that listens on a service address
-    (or names itself ``service``)."""
+    decode processes and pipeline workers are forked by the template (a forkserver), a
+    worker names itself ``fp-worker``; the manager spawns inference services (and, before
+    workers came from the template, workers), and a service is the one that listens on a
+    service address (or names itself ``service``)."""
     if proc.pid == root:
         return Kind.MANAGER
     cmd = proc.cmdline
     if "service" in proc.comm.lower():
         return Kind.SERVICE
+    if proc.comm == "fp-worker":
+        return Kind.WORKER
     if "resource_tracker" in cmd:
         return Kind.OTHER
     if parent is not None and "forkserver" in parent.cmdline:
@@ -289,12 +295,14 @@ class TreeSampler:
         return CpuWindow(window_s, sum(by_kind.values()), by_kind, by_group, processes)
 
     def memory(self) -> MemorySample:
-        """USS of every process of the tree, by kind, and the tree's shared segments."""
+        """USS of every process of the tree, by kind, and the tree's shared segments (a
+        segment's page that one process alone maps counts in the segment, not also in that
+        process's USS)."""
         infos = self.tree()
         kinds = self._kinds(infos)
         uss: dict[str, int] = {}
         counts: dict[str, int] = {}
         for pid, kind in kinds.items():
-            uss[kind] = uss.get(kind, 0) + process_unique_bytes(pid)
+            uss[kind] = uss.get(kind, 0) + process_unique_bytes_outside_segments(pid)
             counts[kind] = counts.get(kind, 0) + 1
         return MemorySample(uss, counts, shared_segments_bytes(set(infos)))

@@ -31,7 +31,8 @@ Definitions (the same for framepipe and for the classic baseline; shown in the o
   classic: measured by the collector on arrival, over the window. The run's p50 is the median
   of the streams' p50, its p99 the worst stream's p99.
 * **memory**: USS of every process of the tree by kind, plus the ``fp-*`` shared-memory
-  segments it owns (counted once), at the end of the window. Memory per additional stream:
+  segments it owns (counted once, by their resident blocks; a segment's page mapped by one
+  process alone is not counted again in its USS), at the end of the window. Memory per additional stream:
   the slope of a least-squares line through (N, USS + shared memory).
 * **sustainable stream count**: the largest N at which every stream delivers at least 95 % of
   its target rate and the worst stream's frame age p99 stays under 2 frame intervals

@@ -6,8 +6,13 @@ process that maps it, and ignored the frame rings altogether. Here:
 * a process is counted by its *unique* memory (USS: the pages only it maps);
 * each ``fp-*`` segment in /dev/shm owned by the manager's process tree is counted once, by the
   blocks it really occupies;
-* a new pipeline is predicted to need its rings (computed from its configuration) plus as much
-  private memory as the largest worker observed so far.
+* a new pipeline is predicted to need the resident floor of its rings (their metadata and
+  frames in flight, computed from its configuration: :func:`~framepipe.core.sources.sizing.
+  ring_floor_bytes`) plus as much private memory as the largest worker observed so far;
+* a ring grows beyond its floor at run time only by what the budget grants: after each
+  measurement the manager sets the shared growth account's headroom to
+  :meth:`RamBudget.growth_headroom_bytes` (:mod:`framepipe.core.growth`), so growth and
+  admissions draw on the same limit, and a ring refused growth waits (backpressure).
 
 :meth:`RamBudget.admit` raises :class:`RamBudgetExceededError` naming the numbers when the total
 would pass the limit, and :class:`ShmExhaustedError` when /dev/shm has no room for the new rings
@@ -55,6 +60,35 @@ def process_unique_bytes(pid: int) -> int:
             return int(psutil.Process(pid).memory_full_info().uss)
         except psutil.Error:
             return 0
+
+
+def process_unique_bytes_outside_segments(pid: int) -> int:
+    """A process's USS less the pages of the ``fp-*`` segments it alone maps.
+
+    A ring's segment is sparse (:mod:`framepipe.core.ring`): a page is mapped by the processes
+    that touched it, and one that only the decoder writes (a passthrough pipeline's worker never
+    reads the pixels) is private to the decoder, so :func:`process_unique_bytes` counts it
+    besides the segment's blocks. This counts every page once; it reads the whole
+    ``/proc/<pid>/smaps`` (several times the cost of the rollup), so it is for one-off
+    measurements (``framepipe bench``), not the budget's periodic sampling (which over-counts,
+    the safe side).
+    """
+    total = 0
+    in_segment = False
+    try:
+        with open(f"/proc/{pid}/smaps", "rb") as smaps:
+            for line in smaps:
+                if line[:1] in b"0123456789abcdef" and b"-" in line.split(b" ", 1)[0]:
+                    fields = line.split()
+                    path = fields[5] if len(fields) > 5 else b""
+                    in_segment = path.startswith(b"/dev/shm/" + _SEGMENT_PREFIXES[0].encode())
+                elif not in_segment and line.startswith((b"Private_Clean:", b"Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    except OSError:
+        return process_unique_bytes(pid)
+    return total
 
 
 def children_map() -> dict[int, list[int]]:
@@ -192,3 +226,14 @@ class RamBudget:
                 f"limit STREAM_MANAGER_MAX_RAM_MB={self.max_ram_mb:.1f} MB."
             )
         return Admission(usage=usage, predicted_mb=predicted, max_ram_mb=self.max_ram_mb)
+
+    def growth_headroom_bytes(self, usage: MemoryUsage, reserved_mb: float = 0.0) -> int | None:
+        """What rings may still grow by at run time: the limit less what is in use (resident
+        segments included) and less ``reserved_mb`` (admissions in progress), and no more than
+        /dev/shm has free. None without a limit (growth bounded by capacity and /dev/shm)."""
+        if self.max_ram_mb is None:
+            return None
+        headroom = int((self.max_ram_mb - usage.total_mb - reserved_mb) * MB)
+        if usage.shm_free_bytes is not None:
+            headroom = min(headroom, usage.shm_free_bytes)
+        return max(0, headroom)

@@ -5,6 +5,8 @@
 * :func:`die_with_parent` — called first thing in a child (pipeline worker, decode process,
   inference service): the kernel SIGKILLs it when its parent dies (``PR_SET_PDEATHSIG``), and
   it exits at once if the parent died before that took effect.
+* :func:`name_process` — the name ``ps`` and ``/proc/<pid>/comm`` show (processes forked from
+  one template share a command line; their names tell a worker from a decode process).
 * :func:`wait_for_exit` — a bounded wait until a set of pids are gone.
 * :func:`describe_exit` — how a child ended, in words (``was killed by SIGKILL``).
 """
@@ -19,9 +21,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["describe_exit", "die_with_parent", "pid_alive", "wait_for_exit"]
+__all__ = ["describe_exit", "die_with_parent", "name_process", "pid_alive", "wait_for_exit"]
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 
 def pid_alive(pid: int) -> bool:
@@ -60,6 +63,14 @@ def die_with_parent(parent_pid: int | None = None) -> None:
             return
     if os.getppid() != expected:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def name_process(name: str) -> None:
+    """Set this process's name (its main thread's, at most 15 bytes; Linux; else a no-op)."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is not None:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
 def wait_for_exit(pids: Iterable[int], timeout: float) -> set[int]:

@@ -88,9 +88,11 @@ class Decoders:
                 log.exception("releasing source %s failed", ticket.reference)
 
     def new_rings_bytes(self, requests: Sequence[SubscriptionRequest]) -> int:
-        """Shared memory the new rings of a pipeline with these sources would take (a source
-        joining a decoder that runs already adds none)."""
-        from framepipe.core.sources.sizing import ring_bytes
+        """Shared memory resident in the new rings of a pipeline with these sources when they
+        start: their metadata and frames in flight, not their capacity (a ring grows beyond
+        that only as the RAM budget's growth account grants; a source joining a decoder that
+        runs already adds none)."""
+        from framepipe.core.sources.sizing import ring_floor_bytes
 
         hub = self._hub
         total = 0
@@ -104,7 +106,7 @@ class Decoders:
             consumers = (
                 self.max_consumers if self.share and (reference.is_live or request.realtime) else 1
             )
-            total += ring_bytes(width, height, request.buffer_size, consumers)
+            total += ring_floor_bytes(width, height, request.buffer_size, consumers)
         return total
 
     def pids(self) -> set[int]:

@@ -93,6 +93,7 @@ from framepipe.server.table import (
 from framepipe.server.workers import WorkerGone, WorkerHandle, WorkerTimeout
 
 if TYPE_CHECKING:
+    from framepipe.core.growth import GrowthAccount
     from framepipe.server.inference_messages import ServiceAddress
     from framepipe.server.services import InferenceServices
 
@@ -139,6 +140,8 @@ class StreamManager:
         self._next_ram_sample = 0.0
         self._started_at = time.monotonic()
         self._last_usage: MemoryUsage | None = None  # the last health check's RAM figures
+        # The RAM budget's headroom for ring growth at run time (with a limit only).
+        self._growth: GrowthAccount | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -149,6 +152,11 @@ class StreamManager:
         swept = await loop.run_in_executor(None, sweep_orphan_segments)
         if swept:
             log.info("removed %d orphaned shared-memory entries: %s", len(swept), ", ".join(swept))
+        if self.settings.max_ram_mb is not None:
+            # Nothing grants growth before the first measurement (an `init` measures first).
+            from framepipe.core.growth import GrowthAccount
+
+            self._growth = await loop.run_in_executor(None, GrowthAccount.create)
         self._health_task = self._spawn_background(self._health_loop(), "health-loop")
         for model in self.settings.preload_models:
             self._spawn_background(self._preload_service(model), f"preload-{model}")
@@ -197,6 +205,9 @@ class StreamManager:
         await loop.run_in_executor(None, self.decoders.close)
         if self._services is not None:
             await self._services.close()
+        if self._growth is not None:
+            self._growth.close()
+            self._growth.unlink()
         await loop.run_in_executor(None, sweep_orphan_segments)
         remove_own_segments(os.getpid())
         if self._reaper is not None:
@@ -364,6 +375,7 @@ class StreamManager:
             if row is not None:
                 self.table.give_back(row)
             raise
+        self._grant_growth(usage)  # less what this admission reserved
         try:
             if row is None:
                 row = await self._spawn_worker(RowState.STARTING)
@@ -597,7 +609,14 @@ class StreamManager:
     async def _measure_usage(self) -> MemoryUsage:
         usage = await asyncio.get_running_loop().run_in_executor(None, self._measure_usage_sync)
         self._last_usage = usage
+        self._grant_growth(usage)
         return usage
+
+    def _grant_growth(self, usage: MemoryUsage) -> None:
+        """Rings may grow by what the budget has left after this measurement."""
+        if self._growth is not None and not self._growth.closed:
+            headroom = self.table.budget.growth_headroom_bytes(usage, self.table.reserved_mb)
+            self._growth.set_headroom(0 if headroom is None else headroom)
 
     def _measure_usage_sync(self) -> MemoryUsage:
         manager_pid = os.getpid()
@@ -720,14 +739,16 @@ def _ended_report(row: Row) -> dict[str, Any]:
 
 def _preload_admission_modules() -> None:
     """What the first `init` would otherwise wait for: PyAV (file probes), the pipeline code
-    (configs, ring sizing), and the decoders' forkserver with OpenCV and PyAV imported."""
+    (configs, ring sizing), and the process template (the forkserver decode processes and
+    workers are forked from) with OpenCV, PyAV and the worker's modules imported."""
     import av  # noqa: F401
 
     import framepipe.core.pipeline
     import framepipe.core.sources.hub  # noqa: F401
     from framepipe.core.sources.launcher import warm_forkserver
+    from framepipe.server.workers import WORKER_PRELOAD
 
-    warm_forkserver()
+    warm_forkserver(preload=WORKER_PRELOAD)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

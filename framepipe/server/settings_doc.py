@@ -26,8 +26,9 @@ SERVER_SETTINGS: dict[str, SettingDoc] = {
     "port": SettingDoc("STREAM_MANAGER_PORT", "TCP port of the control plane (0: any)", "7071"),
     "max_ram_mb": SettingDoc(
         "STREAM_MANAGER_MAX_RAM_MB",
-        "RAM budget in MB: workers and manager by unique memory, shared segments once, plus "
-        "the new pipeline's rings and the largest worker seen; unset: no limit",
+        "RAM budget in MB: workers and manager by unique memory, shared segments once (their "
+        "resident pages), plus the new pipeline's frames in flight and the largest worker "
+        "seen; rings grow beyond that only as the budget has room; unset: no limit",
         "4096",
     ),
     "ram_usage_queue_size": SettingDoc(

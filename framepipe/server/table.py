@@ -199,6 +199,11 @@ class PipelineTable:
         self._reserved_mb += admission.predicted_mb
         return admission
 
+    @property
+    def reserved_mb(self) -> float:
+        """The predictions of the pipelines being admitted and started right now."""
+        return self._reserved_mb
+
     def settle(self, admission: Admission) -> None:
         """The pipeline admitted with ``admission`` started (or failed): stop reserving."""
         self._reserved_mb = max(0.0, self._reserved_mb - admission.predicted_mb)

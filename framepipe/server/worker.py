@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
-from framepipe.core.processes import die_with_parent
+from framepipe.core.processes import die_with_parent, name_process, pid_alive
 from framepipe.errors import InvalidPayloadError, OperationError
 from framepipe.protocol.envelope import ResultEntry
 from framepipe.server.messages import (
@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("framepipe.worker")
 
+#: The worker's process name (``/proc/<pid>/comm``): workers and decode processes are forked
+#: from one template and share its command line.
+WORKER_PROCESS_NAME = "fp-worker"
 # How often the command loop wakes up when no command arrives (to notice SIGTERM).
 _POLL_INTERVAL_S = 0.1
 # Modules an idle worker imports up front, so that starting a pipeline pays none of it.
@@ -73,9 +76,9 @@ WARM_MODULES = (
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """What the manager tells a worker when it spawns it."""
+    """What the manager tells a worker when it starts it."""
 
-    parent_pid: int
+    parent_pid: int  # the manager
     terminate_timeout_s: float = 10.0
     log_level: int = logging.INFO
 
@@ -92,8 +95,12 @@ def warm_imports(modules: Sequence[str] = WARM_MODULES) -> list[str]:
 
 
 def worker_main(conn: Connection, options: WorkerOptions) -> None:
-    """Entry point of the worker process (a ``spawn`` context target)."""
-    die_with_parent(options.parent_pid)
+    """Entry point of the worker process (forked from the template, a forkserver: it dies with
+    the forkserver, which ends with the manager; and at once if the manager is gone)."""
+    die_with_parent()
+    if not pid_alive(options.parent_pid):
+        os._exit(1)
+    name_process(WORKER_PROCESS_NAME)
     logging.basicConfig(
         level=options.log_level,
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",

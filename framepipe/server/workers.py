@@ -1,4 +1,10 @@
-"""The manager's side of one worker process: spawn, request/reply by id, kill, reap.
+"""The manager's side of one worker process: start, request/reply by id, kill, reap.
+
+A worker is forked from the process template (:func:`framepipe.core.sources.launcher.
+template_context`, the forkserver decode processes come from) with the modules a pipeline
+needs preloaded there (:data:`WORKER_PRELOAD`), so it shares their pages instead of holding a
+copy of its own, and starts in milliseconds. The template never imports ONNX Runtime or
+initialises CUDA; a worker that runs a model itself imports it after the fork.
 
 Replies are read by a small thread per worker that blocks in ``Connection.recv()`` and hands
 each message to the event loop; the loop never blocks on a pipe. Every request waits with a
@@ -10,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 import time
 import uuid
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnProcess
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import psutil
@@ -32,7 +37,7 @@ from framepipe.server.messages import (
     WorkerReply,
     WorkerRequest,
 )
-from framepipe.server.worker import WorkerOptions, worker_main
+from framepipe.server.worker import WARM_MODULES, WorkerOptions, worker_main
 
 log = logging.getLogger("framepipe.manager")
 
@@ -45,15 +50,22 @@ class WorkerTimeout(OperationError):
     """The worker did not answer within the bound."""
 
 
-def start_worker_process(options: WorkerOptions) -> tuple[SpawnProcess, Connection]:
-    """Spawn a worker process; returns it and the manager's end of its command pipe."""
-    ctx = multiprocessing.get_context("spawn")
+#: What the template preloads for a worker (no ONNX Runtime: a service runs the model).
+WORKER_PRELOAD = (*WARM_MODULES, "framepipe.server.worker")
+
+
+def start_worker_process(options: WorkerOptions) -> tuple[BaseProcess, Connection]:
+    """Start a worker process from the template; returns it and the manager's end of its
+    command pipe."""
+    from framepipe.core.sources.launcher import TemplateProcess, template_context
+
+    ctx = template_context(WORKER_PRELOAD)
     parent_conn, child_conn = ctx.Pipe(duplex=True)
-    process = ctx.Process(
+    process = TemplateProcess(
         target=worker_main,
         args=(child_conn, options),
         name="framepipe-worker",
-        daemon=False,  # a worker has children of its own (decode processes)
+        daemon=False,  # a daemonic process may not start processes of its own
     )
     try:
         process.start()
@@ -69,7 +81,7 @@ def _is_resource_tracker(proc: psutil.Process) -> bool:
         return False
 
 
-def _end_orphan(started: asyncio.Future[tuple[SpawnProcess, Connection]]) -> None:
+def _end_orphan(started: asyncio.Future[tuple[BaseProcess, Connection]]) -> None:
     if started.cancelled() or started.exception() is not None:
         return
     process, conn = started.result()
@@ -82,7 +94,7 @@ class WorkerHandle:
     """One spawned worker process and its command pipe."""
 
     def __init__(
-        self, process: SpawnProcess, conn: Connection, loop: asyncio.AbstractEventLoop
+        self, process: BaseProcess, conn: Connection, loop: asyncio.AbstractEventLoop
     ) -> None:
         self.process = process
         self.conn = conn
@@ -101,9 +113,8 @@ class WorkerHandle:
 
     @classmethod
     async def spawn(cls, *, terminate_timeout_s: float) -> WorkerHandle:
-        """Start a worker (``spawn`` start method; safe with threads, CUDA and ONNX Runtime).
-
-        The fork-exec and the hand-over of the start-up data run in a thread, off the loop.
+        """Start a worker, forked from the template (which has no threads, CUDA or ONNX
+        Runtime of its own). The hand-over of the start-up data runs in a thread, off the loop.
         """
         loop = asyncio.get_running_loop()
         options = WorkerOptions(

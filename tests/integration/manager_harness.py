@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 
 from framepipe.protocol.framing import encode_message
+from framepipe.server.worker import WORKER_PROCESS_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
@@ -72,12 +73,13 @@ class ManagerProcess:
         return self.proc.pid
 
     def workers(self) -> list[psutil.Process]:
-        """Direct children that are pipeline workers (not the resource tracker)."""
+        """The pipeline workers (forked from the process template, named ``fp-worker``) and
+        any other process the manager spawned itself (not its helpers)."""
         try:
             children = psutil.Process(self.pid).children()
         except psutil.Error:
             return []
-        workers = []
+        workers = [proc for proc in self.tree() if _name(proc) == WORKER_PROCESS_NAME]
         for child in children:
             try:
                 cmdline = " ".join(child.cmdline())
@@ -89,12 +91,17 @@ class ManagerProcess:
         return workers
 
     def decoders(self) -> list[psutil.Process]:
-        """Decode processes anywhere in the manager's tree (children of a decode forkserver)."""
+        """Decode processes anywhere in the manager's tree (the template's children that are
+        not workers)."""
         found = []
         for proc in self.tree():
             try:
                 parent = proc.parent()
-                if parent is not None and "forkserver" in " ".join(parent.cmdline()):
+                if (
+                    parent is not None
+                    and "forkserver" in " ".join(parent.cmdline())
+                    and _name(proc) != WORKER_PROCESS_NAME
+                ):
                     found.append(proc)
             except psutil.Error:
                 continue
@@ -143,6 +150,13 @@ def running_manager(env: Mapping[str, str] | None = None) -> Iterator[ManagerPro
         if manager.proc.poll() is None:
             code = manager.stop()
             assert code == 0, f"manager exited with {code}:\n{manager.output()}"
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return str(proc.name())
+    except psutil.Error:
+        return ""
 
 
 def wire_request(

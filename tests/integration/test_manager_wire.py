@@ -5,6 +5,7 @@ These need no running pipeline; tests with pipelines are in test_manager_pipelin
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -240,3 +241,53 @@ def test_golden_wire_bytes_through_the_real_manager() -> None:
             ours_id = body[len(b'{"request_id": "') :][:36]
             assert header.hex() == golden_header, (request, body)
             assert body.replace(ours_id, golden_id) == golden_body, request
+
+
+def test_workers_are_forked_from_a_template_without_a_model_runtime() -> None:
+    """An idle worker is a child of the process template (the forkserver decode processes come
+    from), shares the pages of what the template imported, and neither holds ONNX Runtime or
+    CUDA (neither survives a fork)."""
+    with running_manager({"STREAM_API_PRELOADED_PROCESSES": "1"}) as manager:
+        (worker,) = wait_for(
+            lambda: len(manager.workers()) == 1 and manager.workers(), 30, "an idle worker"
+        )
+        template = worker.parent()
+        assert template is not None and "forkserver" in " ".join(template.cmdline())
+        assert template.ppid() == manager.pid
+        for proc in (template, worker):
+            paths = {m.path for m in proc.memory_maps()}
+            assert not any("onnxruntime" in p or "libcuda" in p for p in paths), proc
+        # what the template imported (numpy, the ring, the pipeline) is shared, not copied
+        memory = worker.memory_full_info()
+        assert memory.uss < memory.rss / 2, memory
+
+
+def test_ring_growth_is_granted_from_the_ram_budget() -> None:
+    """With a RAM limit the manager keeps a growth account in shared memory, whose headroom is
+    what the budget has left once a pipeline is admitted; without one, there is none."""
+    from framepipe.core.budget import MB, shm_free_bytes
+    from framepipe.core.growth import GrowthAccount, growth_account_name
+
+    limit_mb = 4_000
+    with running_manager({"STREAM_MANAGER_MAX_RAM_MB": str(limit_mb)}) as manager:
+        reply = manager.request(init_message(str(demo_video_path())))
+        assert reply["response"]["status"] == "success", reply
+        account = wait_for(
+            lambda: GrowthAccount.for_segment(growth_account_name(manager.pid)),
+            10,
+            "the manager's growth account",
+        )
+        try:
+            headroom = wait_for(lambda: account.headroom, 10, "a headroom")
+            # what is in use (manager, worker, rings) is taken off the limit, and no more;
+            # never more than /dev/shm has free
+            assert headroom <= min((limit_mb - 20) * MB, shm_free_bytes()), headroom / MB
+            assert headroom > min((limit_mb - 2_000) * MB, shm_free_bytes() - 256 * MB)
+        finally:
+            account.close()
+        path = f"/dev/shm{growth_account_name(manager.pid)}"
+        assert manager.stop() == 0
+        assert not os.path.exists(path)
+    with running_manager() as manager:
+        assert manager.request({"type": "list_pipelines"})["response"]["status"] == "success"
+        assert GrowthAccount.for_segment(growth_account_name(manager.pid)) is None

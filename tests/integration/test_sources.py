@@ -610,3 +610,15 @@ def test_nobody_reading_results_never_stalls_the_pipeline(video_120: SyntheticVi
     assert reader.numbers() == list(range(120))
     assert report.results_produced == 120 and report.results_dropped == 120 - 16
     assert kept == [{"number": n} for n in range(104, 120)]  # the newest 16
+
+
+@pytest.mark.parametrize("decoder", ["opencv", "pyav"])
+def test_a_decode_process_decodes_with_one_thread(video_120: SyntheticVideo, decoder: str) -> None:
+    """One stream per decode process: no FFmpeg frame threads (each would hold frames of its
+    own; the codec's default is one per core + 1)."""
+    with Pipeline(str(video_120.path), decoder=decoder, realtime_replay=True) as pipeline:
+        wait_for(lambda: source_state(pipeline) is StreamState.RUNNING, 20, "RUNNING")
+        wait_for(lambda: pipeline.status().sources[0].frames_decoded >= 5, 20, "5 frames")
+        process = psutil.Process(pipeline.status().sources[0].decoder_pid)
+        # the main thread, and PyAV's own helper where it has one
+        assert process.num_threads() <= 2, [t.id for t in process.threads()]

@@ -48,6 +48,8 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ).path,
         # Matroska can be read up to where it is cut
         "mkv": make_test_video(root / "cut.mkv", frames=300, width=320, height=240, fps=30.0).path,
+        # 0.9 MB frames: 64 of them in flight (a ring's capacity) are more than a 24 MB /dev/shm
+        "vga": make_test_video(root / "vga.mp4", frames=150, width=640, height=480, fps=30.0).path,
     }
 
 
@@ -83,6 +85,17 @@ def produced(client: SyncStreamManagerClient, pipeline_id: str) -> int:
     client.consume_pipeline_result(pipeline_id, max_entries=1000)
     extra = client.get_status(pipeline_id).report["framepipe"]
     return int(extra["results_produced"])
+
+
+def shm_used(pid: int) -> int:
+    """Bytes used in the /dev/shm of the mount namespace of process ``pid``."""
+    df = subprocess.run(
+        ["nsenter", "-t", str(pid), "-m", "df", "-B1", "--output=used", "/dev/shm"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return int(df.stdout.split()[-1])
 
 
 def keeps_producing(client: SyncStreamManagerClient, pipeline_id: str, more: int = 10) -> None:
@@ -444,8 +457,10 @@ def _unshare_works() -> bool:
 @pytest.mark.skipif(not _unshare_works(), reason="needs root and mount namespaces (unshare -m)")
 def test_a_full_dev_shm_is_refused_cleanly(videos: dict[str, Path]) -> None:
     """A 24 MB /dev/shm (a private tmpfs in a mount namespace of its own): a pipeline whose
-    rings do not fit is refused at admission with the sizes, one that fits runs, and the
-    manager leaves the filesystem empty when it stops."""
+    rings' resident floor (metadata + frames in flight: three 4K frames, 75 MB) does not fit is
+    refused at admission with the sizes, one that fits runs; a WAIT pipeline whose ring's
+    capacity does not fit grows its ring until /dev/shm is full and then waits (no SIGBUS, no
+    error), and loses no frame once drained; the manager leaves the filesystem empty."""
     script = (
         "mount -t tmpfs -o size=24m tmpfs /dev/shm && "
         f"exec {sys.executable} -m framepipe.cli serve --port 0"
@@ -473,7 +488,7 @@ def test_a_full_dev_shm_is_refused_cleanly(videos: dict[str, Path]) -> None:
                 InitialisePipelinePayload(
                     video_configuration=VideoConfiguration(
                         video_reference=str(videos["long"]),
-                        video_source_properties={"frame_width": 1920.0, "frame_height": 1080.0},
+                        video_source_properties={"frame_width": 3840.0, "frame_height": 2160.0},
                     ),
                     processing_configuration=ModelConfiguration(model="passthrough"),
                     decoding_buffer_size=64,
@@ -494,6 +509,28 @@ def test_a_full_dev_shm_is_refused_cleanly(videos: dict[str, Path]) -> None:
         assert small
         keeps_producing(client, small, 5)
         client.terminate_pipeline(small)
+        stalled = client.initialise_pipeline(
+            InitialisePipelinePayload(
+                video_configuration=VideoConfiguration(video_reference=str(videos["vga"])),
+                processing_configuration=ModelConfiguration(model="passthrough"),
+                sink_configuration=MemorySinkConfiguration(results_buffer_size=4),
+                decoding_buffer_size=64,
+            )
+        ).context.pipeline_id
+        assert stalled
+        # nobody consumes: the sink fills, the worker stops taking frames, the ring grows
+        wait_for(lambda: shm_used(proc.pid) > 20 * 2**20, 30, "/dev/shm to fill up")
+        time.sleep(1.0)
+        report = client.get_status(stalled).report
+        assert report["sources_metadata"][0]["state"] == "RUNNING", report
+        produced_so_far = 0
+        deadline = time.monotonic() + 60
+        while produced_so_far < 150 and time.monotonic() < deadline:
+            produced_so_far = produced(client, stalled)
+            time.sleep(0.05)
+        assert produced_so_far == 150  # WAIT: every frame, none lost to the full /dev/shm
+        assert state_of(client, stalled)["sources"][0]["state"] != "ERROR"
+        client.terminate_pipeline(stalled)
         leftover = subprocess.run(
             ["nsenter", "-t", str(proc.pid), "-m", "ls", "-A", "/dev/shm"],
             capture_output=True,

@@ -39,6 +39,7 @@ class RingMachine(RuleBasedStateMachine):
             assert slot is None
             return
         assert slot in free, f"acquired slot {slot} is leased"
+        assert slot == min(free), "the lowest free slot is reused first (a warm prefix)"
         assert self.ring.header(slot).seq % 2 == 1  # being written
         frame_id = self.next_id
         self.next_id += 1

@@ -9,10 +9,13 @@ Public API (stable; other modules code against it)::
 
     FrameRing.create(slots: int, shape: Sequence[int], dtype: DTypeLike = np.uint8,
                      max_consumers: int = 4, *, queue_depth: int = 2, tag: str = "ring",
-                     owner_pid: int | None = None) -> FrameRing
+                     owner_pid: int | None = None,
+                     resident_slots: int | None = None) -> FrameRing
     FrameRing.attach(name: str) -> FrameRing
     FrameRing.required_slots(queue_depth: int, consumers: int, leases_in_flight: int = 1) -> int
     FrameRing.segment_size(slots, shape, dtype=np.uint8, max_consumers=4, queue_depth=2) -> int
+    FrameRing.resident_size(slots, shape, dtype=np.uint8, max_consumers=4, queue_depth=2,
+                            resident_slots=1) -> int   # backed at creation (metadata + floor)
 
     ring.name, ring.slots, ring.shape, ring.dtype, ring.max_consumers, ring.queue_depth,
     ring.slot_nbytes, ring.nbytes, ring.owner, ring.segment
@@ -35,6 +38,11 @@ Public API (stable; other modules code against it)::
     ring.lease_count(slot) -> int             # the slot's refcount (sum of lease bytes)
     ring.leases_of(consumer) -> list[int]
     ring.free_slots() -> int
+    ring.resident_slots() -> int              # slots this process knows are backed by pages
+    ring.resident_bytes() -> int              # the segment's pages now (all processes)
+    ring.set_residency(idle_s=..., growth=...)  # producer side: punch-out delay, RAM budget
+    ring.trim(now=None) -> int                # producer side: punch out idle slots now
+    ring.trim_if_due(now=None) -> int         # the same, at most about once a second
 
     # consumer table
     ring.register_consumer(pid: int | None = None) -> int      # index; OperationError when full
@@ -59,6 +67,20 @@ any byte is set. Each consumer index also owns an SPSC descriptor queue and a on
 Size a ring with :meth:`FrameRing.required_slots`: queue depth x consumers + leases in flight
 + 1, so that under WAIT the writer always finds a free slot.
 
+Residency (DESIGN.md "Rules of the data plane"): the slot count is a bound, not a cost. The
+segment is sparse: at creation only the metadata and the first ``resident_slots`` slots are
+reserved (posix_fallocate), nothing else is touched. The producer takes the lowest-numbered
+free slot, so a slot just released is the next one written, the slots in use stay a warm
+prefix and the pages resident are the frames in flight at their peak (most-recently-freed
+first, as far as the producer can tell: it does not see releases, only free slots). When
+that prefix must grow, the producer reserves the new slot's pages first - taking the bytes
+from the RAM budget's :class:`~framepipe.core.growth.GrowthAccount` when its manager keeps
+one - so a full /dev/shm or a refused grant is "no free slot" (backpressure: WAIT waits, a
+DROP strategy drops and counts), never a SIGBUS. A free slot above the first
+``resident_slots`` that nobody acquired for ``idle_s`` is punched out (MADV_REMOVE) and its
+bytes go back to the budget. Only free slots are punched and only leased or being-written
+slots are read or written, so no process touches a hole.
+
 Segment layout: a 4 KiB header, the consumer table (64 B per consumer), the lease table
 (``slots x lease_stride`` bytes), slot headers (64 B each), the consumer queues, and the
 page-aligned slot data. Named semaphores ``<name>-p`` (producer wake-up) and ``<name>-c<i>``
@@ -70,6 +92,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -79,10 +102,11 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from framepipe.core._lifecycle import OwnedResource
+from framepipe.core.growth import GrowthAccount
 from framepipe.core.processes import pid_alive
 from framepipe.core.shm import Segment
 from framepipe.ext import _spsc
-from framepipe.protocol.errors import FramepipeError, OperationError
+from framepipe.protocol.errors import FramepipeError, OperationError, ShmExhaustedError
 
 __all__ = [
     "ConsumerInfo",
@@ -101,6 +125,8 @@ _MAX_SLOTS = 0xFFFF
 _MAX_CONSUMERS = 64
 _CACHE_LINE = 64
 _PAGE = 4096
+#: A free slot nobody acquired for this long is punched out (its pages given back).
+IDLE_PUNCH_S = 5.0
 
 # header offsets
 _H_VERSION = 8
@@ -274,8 +300,18 @@ class FrameRing(OwnedResource):
         self._g = geometry
         self._closed = False
         self._unlinked = False
-        self._cursor = 0
         self._sems: list[_spsc.NamedSemaphore] = []
+        # Residency, as this process (the producer) knows it: which slots are backed, when
+        # each was last acquired, how many low slots are never punched (the admitted floor).
+        self._resident = bytearray(geometry.slots)
+        self._last_used = array("d", bytes(8 * geometry.slots))
+        self._keep = 0
+        self._idle_s = IDLE_PUNCH_S
+        self._next_trim = 0.0
+        self._growth: GrowthAccount | None = None
+        self._growth_checked = False
+        self._growth_owned = False  # attached here (closed with the ring)
+        self._growth_refused = 0
         buf = segment.buf
         self._view = _spsc.SharedView(buf)
         try:
@@ -372,6 +408,20 @@ class FrameRing(OwnedResource):
         """Bytes of shared memory a ring of this geometry takes (for RAM budgets)."""
         return _Geometry.compute(slots, shape, dtype, max_consumers, queue_depth).total
 
+    @staticmethod
+    def resident_size(
+        slots: int,
+        shape: Sequence[int],
+        dtype: DTypeLike = np.uint8,
+        max_consumers: int = 4,
+        queue_depth: int = 2,
+        resident_slots: int = 1,
+    ) -> int:
+        """Bytes a new ring of this geometry has backed at creation: its metadata and its
+        first ``resident_slots`` slots (the floor of its resident set)."""
+        g = _Geometry.compute(slots, shape, dtype, max_consumers, queue_depth)
+        return g.data_off + min(max(0, resident_slots), g.slots) * g.slot_stride
+
     @classmethod
     def create(
         cls,
@@ -383,26 +433,46 @@ class FrameRing(OwnedResource):
         queue_depth: int = 2,
         tag: str = "ring",
         owner_pid: int | None = None,
+        resident_slots: int | None = None,
     ) -> FrameRing:
+        """A new ring; ``resident_slots``: slots backed from the start and never punched out
+        (the resident set the pipeline was admitted for; default 1), the rest reserved as
+        the producer needs them."""
         g = _Geometry.compute(slots, shape, dtype, max_consumers, queue_depth)
-        segment = Segment.create(g.total, tag, owner_pid=owner_pid)
+        keep = 1 if resident_slots is None else resident_slots
+        if not isinstance(keep, int) or keep < 0:
+            raise ValueError(f"resident_slots must be an int >= 0, got {resident_slots!r}")
+        keep = min(keep, g.slots)
+        segment = Segment.create(
+            g.total, tag, owner_pid=owner_pid, reserve=g.data_off + keep * g.slot_stride
+        )
         try:
             _write_header(segment.buf, g, segment_owner=os.getpid())
-            return cls(segment, g, initialise=True)
+            ring = cls(segment, g, initialise=True)
         except BaseException:
             segment.close()
             segment.unlink()
             raise
+        ring._resident[:keep] = b"\x01" * keep
+        ring._keep = keep
+        return ring
 
     @classmethod
     def attach(cls, name: str) -> FrameRing:
         segment = Segment.attach(name)
         try:
             g = _read_header(segment.buf, name, segment.size)
-            return cls(segment, g, initialise=False)
+            ring = cls(segment, g, initialise=False)
         except BaseException:
             segment.close()
             raise
+        # What is backed beyond the metadata is the floor the creator reserved (a prefix of
+        # the slots; or what a former producer grew it to): kept, never punched from here.
+        backed = segment.resident_bytes() - g.data_off
+        keep = max(0, min(g.slots, backed // g.slot_stride))
+        ring._resident[:keep] = b"\x01" * keep
+        ring._keep = keep
+        return ring
 
     # -- geometry -----------------------------------------------------------------------------
 
@@ -441,11 +511,20 @@ class FrameRing(OwnedResource):
     # -- producer side ------------------------------------------------------------------------
 
     def try_acquire(self) -> int | None:
-        """A free slot, marked as being written (odd seq); None if every slot is busy."""
-        slot = int(self._leases.find_free(self._cursor))
+        """The lowest-numbered free slot, backed by pages, marked as being written (odd seq);
+        None if every slot is busy, or a slot must be reserved and the RAM budget or
+        /dev/shm refuses it (backpressure, counted in ``growth_refused``)."""
+        slot = int(self._leases.find_free(0))
         if slot < 0:
             return None
-        self._cursor = (slot + 1) % self._g.slots
+        if not self._resident[slot]:
+            slot = self._resident_or_grow(slot)
+            if slot < 0:
+                return None
+        now = time.monotonic()
+        self._last_used[slot] = now
+        if now >= self._next_trim:
+            self.trim(now)
         off = self._g.headers_off + slot * _SLOT_HEADER_SIZE + _S_SEQ
         self._view.store_u64(off, self._view.load_u64(off) + 1)
         return slot
@@ -467,6 +546,99 @@ class FrameRing(OwnedResource):
                 self._producer_waker.cancel()
                 return None
             self._producer_waker.sleep(remaining)
+
+    # -- residency (producer side) ------------------------------------------------------------
+
+    def _resident_or_grow(self, lowest: int) -> int:
+        """``lowest`` is free but not backed: a free backed slot above it, else ``lowest``
+        once its pages are reserved, else -1."""
+        resident = self._resident
+        is_free = self._leases.is_free
+        for slot in range(lowest + 1, self._g.slots):
+            if resident[slot] and is_free(slot):
+                return slot
+        return lowest if self._grow(lowest) else -1
+
+    def _grow(self, slot: int) -> bool:
+        nbytes = self._g.slot_stride
+        growth = self._growth_account()
+        if growth is not None and not growth.take(nbytes):
+            self._growth_refused += 1
+            return False
+        added = 0
+        try:
+            added = self.segment.reserve(self._g.data_off + slot * nbytes, nbytes)
+        except ShmExhaustedError:
+            self._growth_refused += 1
+            return False
+        finally:
+            if growth is not None and added < nbytes:  # (partly) backed already, or refused
+                growth.give(nbytes - added)
+        self._resident[slot] = 1
+        return True
+
+    def _growth_account(self) -> GrowthAccount | None:
+        if not self._growth_checked:
+            self._growth_checked = True
+            self._growth = GrowthAccount.for_segment(self.name)
+            self._growth_owned = self._growth is not None
+        return self._growth
+
+    def set_residency(
+        self,
+        *,
+        idle_s: float | None = None,
+        growth: GrowthAccount | None = None,
+    ) -> None:
+        """Producer side: punch out a free slot after ``idle_s`` unused; take growth from
+        ``growth`` (default: the account of the ring's owner, if it keeps one)."""
+        if idle_s is not None:
+            if idle_s < 0:
+                raise ValueError(f"idle_s must be >= 0, got {idle_s!r}")
+            self._idle_s = idle_s
+            self._next_trim = 0.0
+        if growth is not None:
+            if self._growth_owned and self._growth is not None:
+                self._growth.close()
+            self._growth, self._growth_checked, self._growth_owned = growth, True, False
+
+    def trim(self, now: float | None = None) -> int:
+        """Punch out the free slots above the floor unused for ``idle_s``; how many.
+        Producer side only: nobody else may take a slot between the check and the punch."""
+        now = time.monotonic() if now is None else now
+        self._next_trim = now + min(1.0, max(0.05, self._idle_s / 2))
+        g = self._g
+        resident, last_used, is_free = self._resident, self._last_used, self._leases.is_free
+        punched = 0
+        for slot in range(self._keep, g.slots):
+            if resident[slot] and now - last_used[slot] >= self._idle_s and is_free(slot):
+                self.segment.punch(g.data_off + slot * g.slot_stride, g.slot_stride)
+                resident[slot] = 0
+                punched += 1
+        if punched:
+            growth = self._growth_account()
+            if growth is not None:
+                growth.give(punched * g.slot_stride)
+        return punched
+
+    def trim_if_due(self, now: float | None = None) -> int:
+        """:meth:`trim` if its time has come (a producer that is not acquiring slots: paused,
+        or waiting for room, calls this so idle pages are still given back)."""
+        now = time.monotonic() if now is None else now
+        return self.trim(now) if now >= self._next_trim else 0
+
+    def resident_slots(self) -> int:
+        """Slots this process knows are backed (the producer's view)."""
+        return sum(self._resident)
+
+    def resident_bytes(self) -> int:
+        """Bytes of the ring's segment backed by pages now, metadata included."""
+        return self.segment.resident_bytes()
+
+    @property
+    def growth_refused(self) -> int:
+        """Times this producer needed one more slot and the budget or /dev/shm refused it."""
+        return self._growth_refused
 
     def writable(self, slot: int) -> NDArray[Any]:
         """The slot's pixels, writable, in place (valid between acquire and publish)."""
@@ -658,6 +830,9 @@ class FrameRing(OwnedResource):
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _close_handles(self) -> None:
+        growth, self._growth = self._growth, None
+        if growth is not None and self._growth_owned:
+            growth.close()
         if hasattr(self, "_core"):
             self._core.close()
         for q in getattr(self, "_queues", []):

@@ -37,7 +37,10 @@ class BackendOptions:
     open_timeout_s: float = 5.0
     read_timeout_s: float = 3.0
     analyze_duration_us: int = 300_000
-    threads: int = 0  # decoder threads, 0 = let the codec choose
+    # Decoder threads, 0 = let the codec choose (one per core + 1, each holding frames of its
+    # own). One: a decode process decodes one stream, and one thread keeps up with 720p30 many
+    # times over at about the same CPU per frame, with ~4-7 MB less each (perf/RESULTS.md).
+    threads: int = 1
     properties: dict[str, Any] = field(default_factory=dict)
 
 

@@ -131,6 +131,8 @@ class _Decoder:
         self.poll_commands()
         self.refresh_consumers()
         self.send_stats()
+        if self.ring is not None:
+            self.ring.trim_if_due()  # slots released meanwhile may have gone idle
 
     # -- consumers ----------------------------------------------------------------------------
 
@@ -335,6 +337,8 @@ class _Decoder:
             self.status.heartbeat()
             if self.status.state is StreamState.PAUSED and reference.is_file:
                 self.poll_commands(0.1)
+                if self.ring is not None:
+                    self.ring.trim_if_due()  # a paused file gives its idle slots back
                 continue
             started = time.perf_counter_ns()
             if not backend.grab():

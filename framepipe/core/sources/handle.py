@@ -33,7 +33,11 @@ from framepipe.core.sources.entities import BufferFillingStrategy, DecoderBacken
 from framepipe.core.sources.launcher import DecodeProcess, decode_context
 from framepipe.core.sources.messages import AttachRing, Command, Opened, Terminate
 from framepipe.core.sources.reference import ParsedReference
-from framepipe.core.sources.sizing import DEFAULT_RING_BUDGET_BYTES, ring_geometry
+from framepipe.core.sources.sizing import (
+    DEFAULT_RING_BUDGET_BYTES,
+    resident_floor_slots,
+    ring_geometry,
+)
 from framepipe.core.sources.status import ConsumerMode, SourceStatus
 
 logger = logging.getLogger(__name__)
@@ -307,6 +311,7 @@ class DecoderHandle:
             depth, slots = ring_geometry(
                 info.width, info.height, self.buffer_size, consumers, self.ring_budget_bytes
             )
+            active_now = sum(1 for c in self.status.consumers() if c.active)
             try:
                 ring = FrameRing.create(
                     slots,
@@ -315,6 +320,8 @@ class DecoderHandle:
                     consumers,
                     queue_depth=depth,
                     tag="src",
+                    # the frames in flight of the consumers here now; the rest as granted
+                    resident_slots=resident_floor_slots(active_now),
                 )
             except Exception as exc:
                 self.send(Terminate())

@@ -1,9 +1,17 @@
-"""Starting decode processes cheaply and making sure they die with their owner.
+"""Starting decode processes (and pipeline workers) cheaply, and making sure they die with
+their owner.
 
 Decode processes come from a ``forkserver`` (never a plain fork of a process that may run
 threads or ONNX Runtime): the server process imports numpy, OpenCV and PyAV once, and every
 decode process is a fork of it, so starting one costs a few tens of milliseconds instead of
-the ~0.5 s of a spawn that re-imports them.
+the ~0.5 s of a spawn that re-imports them. The preloaded objects are frozen out of the garbage
+collector before any fork (:mod:`framepipe.core._gc_freeze`): a child's first collection would
+otherwise copy every page that holds one (~9.5 MB per process).
+
+The same forkserver is the template of every other per-stream process: pipeline workers
+(:mod:`framepipe.server.workers`) are forked from it too, with the modules they need added to
+its preload list (:func:`template_context`). The template never imports ONNX Runtime or
+initialises CUDA (neither survives a fork): a process that runs a model imports it after.
 
 A decode process is a child of the forkserver, which exits when its owner's process exits;
 ``PR_SET_PDEATHSIG`` then kills the decode process. The decode process also treats EOF on
@@ -17,36 +25,47 @@ import multiprocessing
 import multiprocessing.context
 import os
 import threading
+from collections.abc import Sequence
 from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from typing import Any
 
-#: Modules the forkserver imports once, so forked decode processes start warm.
-PRELOAD = ["numpy", "cv2", "av", "framepipe.core.sources.decoder"]
+#: Modules the forkserver imports once, so forked decode processes start warm. The last
+#: freezes what they made out of the garbage collector (shared with every child, not copied).
+PRELOAD = ["numpy", "cv2", "av", "framepipe.core.sources.decoder", "framepipe.core._gc_freeze"]
 
 _lock = threading.Lock()
-_configured = False
+_preload: list[str] = []  # what the forkserver will preload (set before it starts)
+
+
+def template_context(preload: Sequence[str] = ()) -> multiprocessing.context.ForkServerContext:
+    """The multiprocessing context per-stream processes are forked from: the forkserver, which
+    preloads :data:`PRELOAD` and ``preload`` (modules a kind of process needs; they are added
+    before the forkserver starts, after that a child imports them itself)."""
+    context = multiprocessing.get_context("forkserver")
+    assert isinstance(context, multiprocessing.context.ForkServerContext)
+    with _lock:
+        wanted = [m for m in (*PRELOAD[:-1], *preload) if m not in _preload]
+        if wanted or not _preload:
+            # the GC freeze stays last: it freezes what every other module made
+            _preload[:] = [m for m in _preload if m != PRELOAD[-1]] + wanted + [PRELOAD[-1]]
+            context.set_forkserver_preload(list(_preload))
+    return context
 
 
 def decode_context() -> multiprocessing.context.ForkServerContext:
     """The multiprocessing context decode processes are started from."""
-    global _configured
-    context = multiprocessing.get_context("forkserver")
-    assert isinstance(context, multiprocessing.context.ForkServerContext)
-    with _lock:
-        if not _configured:
-            context.set_forkserver_preload(PRELOAD)
-            _configured = True
-    return context
+    return template_context()
 
 
 def _noop() -> None:
     """Target of the warm-up process."""
 
 
-def warm_forkserver(timeout: float = 60.0) -> None:
-    """Start the forkserver now and wait until it has imported the decode stack (one no-op
-    child is forked and reaped), so the first decode process starts as fast as the rest."""
-    decode_context()
+def warm_forkserver(timeout: float = 60.0, preload: Sequence[str] = ()) -> None:
+    """Start the forkserver now and wait until it has imported the decode stack and
+    ``preload`` (one no-op child is forked and reaped), so the first process forked from it
+    starts as fast as the rest."""
+    template_context(preload)
     forkserver.ensure_running()
     process = DecodeProcess(target=_noop, name="framepipe-warmup", daemon=True)
     process.start()
@@ -90,5 +109,9 @@ class DecodeProcess(multiprocessing.context.ForkServerProcess):
 
     @staticmethod
     def _Popen(process_obj: Any) -> Any:
-        decode_context()
+        template_context()
         return _DecodePopen(process_obj)
+
+
+#: Any per-stream process forked from the template (a pipeline worker too).
+TemplateProcess = DecodeProcess

@@ -47,7 +47,11 @@ from framepipe.core.sources.entities import (
 )
 from framepipe.core.sources.gate import ConsumerGate, frame_targets
 from framepipe.core.sources.hub import SubscriptionRequest
-from framepipe.core.sources.sizing import DEFAULT_RING_BUDGET_BYTES, ring_geometry
+from framepipe.core.sources.sizing import (
+    DEFAULT_RING_BUDGET_BYTES,
+    resident_floor_slots,
+    ring_geometry,
+)
 from framepipe.core.sources.status import EventKind, SourceStatus
 from framepipe.core.sources.subscription import SourceTicket, Subscription
 from framepipe.protocol.errors import OperationError
@@ -305,8 +309,15 @@ class PushSource(Closing):
         depth, slots = ring_geometry(
             width, height, self.buffer_size, consumers, self.ring_budget_bytes
         )
+        active_now = sum(1 for c in self.status.consumers() if c.active)
         ring = FrameRing.create(
-            slots, (height, width, 3), np.uint8, consumers, queue_depth=depth, tag="src"
+            slots,
+            (height, width, 3),
+            np.uint8,
+            consumers,
+            queue_depth=depth,
+            tag="src",
+            resident_slots=resident_floor_slots(active_now),
         )
         try:
             for settings in self.status.consumers():

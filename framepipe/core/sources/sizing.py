@@ -6,6 +6,12 @@ A ring of ``width`` x ``height`` BGR frames has a queue ``depth`` per consumer (
 WAIT (DESIGN.md "Slot lifecycle"). A consumer may hold, besides its queue: the frames of the
 batches its pipeline has in flight, one in the multi-source collector's mailbox, and one in the
 DROP_OLDEST mailbox.
+
+That is the ring's *bound*. What it costs is its resident set (see :mod:`framepipe.core.ring`):
+a pipeline is admitted for :func:`ring_floor_bytes`, the metadata and the frames in flight of
+a consumer that keeps up (one being written, and per consumer one queued and one being
+processed); the ring grows beyond that at run time only as the RAM budget grants
+(:mod:`framepipe.core.growth`).
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ __all__ = [
     "DEFAULT_RING_BUDGET_BYTES",
     "LEASES_PER_CONSUMER",
     "MAX_IN_FLIGHT",
+    "resident_floor_slots",
     "ring_bytes",
+    "ring_floor_bytes",
     "ring_geometry",
     "rings_bytes",
+    "rings_floor_bytes",
 ]
 
 DEFAULT_RING_BUDGET_BYTES = 128 * 1024 * 1024
@@ -63,3 +72,38 @@ def rings_bytes(
 ) -> int:
     """The rings of several sources (``(width, height)`` each), e.g. a new pipeline's."""
     return sum(ring_bytes(w, h, buffer_size, consumers) for w, h in frame_sizes)
+
+
+def resident_floor_slots(consumers: int = 1) -> int:
+    """Slots a ring keeps resident from its creation on: one being written, and for each
+    consumer one queued and one being processed (the frames in flight of a pipeline that
+    keeps up with its source)."""
+    return 1 + 2 * max(1, consumers)
+
+
+def ring_floor_bytes(
+    width: int,
+    height: int,
+    buffer_size: int,
+    consumers: int = 1,
+    ring_budget_bytes: int = DEFAULT_RING_BUDGET_BYTES,
+    active_consumers: int = 1,
+) -> int:
+    """Shared-memory bytes resident in that ring when it starts (its metadata and
+    :func:`resident_floor_slots` for ``active_consumers``): what admission charges."""
+    depth, slots = ring_geometry(width, height, buffer_size, consumers, ring_budget_bytes)
+    return FrameRing.resident_size(
+        slots,
+        (height, width, 3),
+        np.uint8,
+        consumers,
+        depth,
+        resident_slots=resident_floor_slots(active_consumers),
+    )
+
+
+def rings_floor_bytes(
+    frame_sizes: Iterable[tuple[int, int]], buffer_size: int, consumers: int = 1
+) -> int:
+    """:func:`ring_floor_bytes` of several sources, one active consumer each."""
+    return sum(ring_floor_bytes(w, h, buffer_size, consumers) for w, h in frame_sizes)
