@@ -3,7 +3,8 @@
 
 One pass per destination row, without the GIL and without intermediate images: read a BGR
 uint8 frame in place (any strides; packed HxWx3 rows are read directly) or a YUV 4:2:0 frame
-(I420 or NV12, as PyAV and cv2 lay them out), resize it with bilinear interpolation (the
+(I420 or NV12, as PyAV and cv2 lay them out; any size; limited or full range, BT.601 or
+BT.709, converted as FFmpeg does), resize it with bilinear interpolation (the
 half-pixel-centre rule of ``cv2.resize(..., INTER_LINEAR)``), aspect-preserving with padding
 (letterbox) or stretched, reorder BGR -> RGB, normalise ``(x * scale - mean) / std`` and write
 planar CHW float32 or float16 into a caller-provided NCHW buffer at a batch index.
@@ -62,6 +63,11 @@ cdef struct Source:
     const uint8_t* u_plane       # I420: U plane; NV12: the interleaved UV plane
     const uint8_t* v_plane       # I420 only
     Py_ssize_t chroma_stride
+    # YUV -> RGB in 20-bit fixed point: y' = max(Y - y_offset, 0) * cy, then
+    # R = y' + cvr*V', G = y' + cug*U' + cvg*V', B = y' + cub*U' (U', V' = U - 128, V - 128)
+    int y_offset
+    int cy, cub, cug, cvg, cvr
+    int round_b, round_g, round_r
 
 
 cdef struct Output:
@@ -217,17 +223,53 @@ cdef inline uint8_t _clip_u8(int v) noexcept nogil:
     return <uint8_t>(0 if v < 0 else (255 if v > 255 else v))
 
 
-# BT.601 limited range, the integer constants of cv2's YUV420 -> BGR (bit-exact with it).
 cdef enum:
     PREFETCH_ROWS = 1  # destination rows ahead whose source rows are prefetched
 
 cdef enum:
     YUV_SHIFT = 20
-    YUV_CY = 1220542
-    YUV_CUB = 2116026
-    YUV_CUG = -409993
-    YUV_CVG = -852492
-    YUV_CVR = 1673527
+
+
+cdef inline int _fixed(double c) noexcept nogil:
+    return <int>rint(c * (1 << YUV_SHIFT))
+
+
+cdef void _set_coefficients(Source* s, bint full_range, bint bt709) noexcept nogil:
+    """The matrix (BT.601 / BT.709, from Kr, Kb) and range (limited: Y 16..235 and chroma
+    16..240 stretched to 0..255; full: as is) of a YUV source.
+
+    The results are floored after the per-channel offsets FFmpeg's swscale effectively
+    applies (fitted against PyAV ``to_ndarray("bgr24")``: limited range -0.5 on B and R,
+    -1 on G; full range -0.5 on G), so the colours agree with FFmpeg's within one level
+    at most (a third of a level on average), which is what a model trained on FFmpeg- or
+    cv2-decoded frames saw."""
+    cdef double kr, kb, kg, ys, cs
+    if bt709:
+        kr = 0.2126
+        kb = 0.0722
+    else:
+        kr = 0.299
+        kb = 0.114
+    kg = 1.0 - kr - kb
+    if full_range:
+        ys = 1.0
+        cs = 1.0
+        s.y_offset = 0
+        s.round_b = 0
+        s.round_g = _fixed(-0.5)
+        s.round_r = 0
+    else:
+        ys = 255.0 / 219.0
+        cs = 255.0 / 224.0
+        s.y_offset = 16
+        s.round_b = _fixed(-0.5)
+        s.round_g = _fixed(-1.0)
+        s.round_r = _fixed(-0.5)
+    s.cy = _fixed(ys)
+    s.cvr = _fixed(2.0 * (1.0 - kr) * cs)
+    s.cub = _fixed(2.0 * (1.0 - kb) * cs)
+    s.cug = _fixed(-2.0 * (1.0 - kb) * kb / kg * cs)
+    s.cvg = _fixed(-2.0 * (1.0 - kr) * kr / kg * cs)
 
 
 cdef void _yuv_row_to_bgr(const Source* src, int sy, const int32_t* columns, int n, uint8_t* out) noexcept nogil:
@@ -235,7 +277,6 @@ cdef void _yuv_row_to_bgr(const Source* src, int sy, const int32_t* columns, int
     cdef const uint8_t* urow
     cdef const uint8_t* vrow
     cdef int x, cx, y, u, v, ruv, guv, buv
-    cdef int half = 1 << (YUV_SHIFT - 1)
     cdef Py_ssize_t u_step, v_step
     if src.kind == SOURCE_I420:
         urow = src.u_plane + (sy >> 1) * src.chroma_stride
@@ -253,13 +294,13 @@ cdef void _yuv_row_to_bgr(const Source* src, int sy, const int32_t* columns, int
         cx = x >> 1
         u = <int>urow[cx * u_step] - 128
         v = <int>vrow[cx * v_step] - 128
-        ruv = half + YUV_CVR * v
-        guv = half + YUV_CVG * v + YUV_CUG * u
-        buv = half + YUV_CUB * u
-        y = (<int>yrow[x] - 16)
+        ruv = src.round_r + src.cvr * v
+        guv = src.round_g + src.cvg * v + src.cug * u
+        buv = src.round_b + src.cub * u
+        y = (<int>yrow[x] - src.y_offset)
         if y < 0:
             y = 0
-        y = y * YUV_CY
+        y = y * src.cy
         out[3 * x] = _clip_u8((y + buv) >> YUV_SHIFT)
         out[3 * x + 1] = _clip_u8((y + guv) >> YUV_SHIFT)
         out[3 * x + 2] = _clip_u8((y + ruv) >> YUV_SHIFT)
@@ -493,27 +534,28 @@ def preprocess_bgr(const uint8_t[:, :, :] frame, out, ResizePlan plan not None,
     return plan
 
 
-def preprocess_yuv420(const uint8_t[:, ::1] frame, out, ResizePlan plan not None,
-                      Normalisation norm not None, Py_ssize_t batch_index=0, bint nv12=False,
-                      bint fill_padding=True):
-    """Like :func:`preprocess_bgr` for a YUV 4:2:0 frame laid out as one (H*3/2, W) uint8
-    array: I420 (Y, then U, then V planes; PyAV ``yuv420p``) or NV12 (Y, then interleaved UV).
-    Colours are converted as ``cv2.COLOR_YUV2BGR_I420`` / ``_NV12`` do (BT.601, limited range)."""
-    cdef int h = plan.src_height
-    cdef int w = plan.src_width
-    if h % 2 or w % 2:
-        raise ValueError(f"YUV 4:2:0 needs an even width and height, got {w}x{h}")
-    if frame.shape[0] != h * 3 // 2 or frame.shape[1] != w:
+cdef object _yuv_source(object frame, int w, int h, bint nv12, bint full_range, bint bt709,
+                        Source* s):
+    """Describe a 4:2:0 frame: one C-contiguous uint8 array holding the Y plane then the
+    chroma (``ceil(h/2) x ceil(w/2)`` per chroma plane), flat or shaped (h*3/2, w)."""
+    arr = np.asarray(frame)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"a YUV 4:2:0 frame is uint8 bytes, got {arr.dtype}")
+    if not arr.flags.c_contiguous:
+        raise ValueError("a YUV 4:2:0 frame must be one C-contiguous array (its planes in a row)")
+    cdef Py_ssize_t cw = (w + 1) // 2
+    cdef Py_ssize_t ch = (h + 1) // 2
+    cdef Py_ssize_t need = <Py_ssize_t>w * h + 2 * cw * ch
+    if arr.size != need:
         raise ValueError(
-            f"frame has shape ({frame.shape[0]}, {frame.shape[1]}), a {w}x{h} YUV 4:2:0 frame is ({h * 3 // 2}, {w})"
+            f"frame has shape {arr.shape} ({arr.size} bytes), a {w}x{h} YUV 4:2:0 frame is {need} bytes"
+            + (f" or shape ({h * 3 // 2}, {w})" if h % 2 == 0 and w % 2 == 0 else "")
         )
-    cdef Output o
-    keep = _output(out, plan, batch_index, &o)
-    cdef Source s
+    cdef const uint8_t[::1] flat = arr.reshape(-1)
     s.kind = SOURCE_NV12 if nv12 else SOURCE_I420
     s.width = w
     s.height = h
-    s.base = &frame[0, 0]
+    s.base = &flat[0]
     s.row_stride = w
     s.pixel_stride = 1
     s.channel_stride = 1
@@ -521,13 +563,56 @@ def preprocess_yuv420(const uint8_t[:, ::1] frame, out, ResizePlan plan not None
     s.u_plane = s.base + <Py_ssize_t>h * w
     if nv12:
         s.v_plane = NULL
-        s.chroma_stride = w
+        s.chroma_stride = 2 * cw
     else:
-        s.v_plane = s.u_plane + <Py_ssize_t>(h // 2) * (w // 2)
-        s.chroma_stride = w // 2
+        s.v_plane = s.u_plane + ch * cw
+        s.chroma_stride = cw
+    _set_coefficients(s, full_range, bt709)
+    return flat  # the caller keeps it while the pointers are in use
+
+
+def preprocess_yuv420(frame, out, ResizePlan plan not None,
+                      Normalisation norm not None, Py_ssize_t batch_index=0, bint nv12=False,
+                      bint fill_padding=True, bint full_range=False, bint bt709=False):
+    """Like :func:`preprocess_bgr` for a YUV 4:2:0 frame held in one C-contiguous uint8 array:
+    I420 (Y, then U, then V planes; PyAV ``yuv420p``) or NV12 (Y, then interleaved UV), flat
+    or shaped (H*3/2, W). Any size: odd ones have ``ceil(h/2) x ceil(w/2)`` chroma samples.
+    Colours follow ``full_range`` (else limited: Y 16..235) and ``bt709`` (else BT.601), as
+    FFmpeg converts a yuv420p frame (within one level; see ``_set_coefficients``)."""
+    cdef Source s
+    keep_frame = _yuv_source(frame, plan.src_width, plan.src_height, nv12, full_range, bt709, &s)
+    cdef Output o
+    keep = _output(out, plan, batch_index, &o)
     cdef int rc
     with nogil:
         rc = _run(&s, plan, norm, &o, fill_padding)
     if rc != 0:
         raise MemoryError()
     return plan
+
+
+def yuv420_to_bgr(frame, int width, int height, uint8_t[:, :, ::1] out, bint nv12=False,
+                  bint full_range=False, bint bt709=False):
+    """Convert a whole YUV 4:2:0 frame (laid out as for :func:`preprocess_yuv420`) to packed
+    BGR in ``out`` (height x width x 3, C-contiguous): for image outputs and drawing, made
+    only where someone asks for BGR."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"frame size must be positive, got {width}x{height}")
+    if out.shape[0] != height or out.shape[1] != width or out.shape[2] != 3:
+        raise ValueError(
+            f"out has shape ({out.shape[0]}, {out.shape[1]}, {out.shape[2]}), a {width}x{height} BGR frame is ({height}, {width}, 3)"
+        )
+    cdef Source s
+    keep_frame = _yuv_source(frame, width, height, nv12, full_range, bt709, &s)
+    cdef int32_t* columns = <int32_t*>malloc(width * sizeof(int32_t))
+    if columns == NULL:
+        raise MemoryError()
+    cdef int x, y
+    cdef uint8_t* base = &out[0, 0, 0]
+    cdef Py_ssize_t row = 3 * <Py_ssize_t>width
+    with nogil:
+        for x in range(width):
+            columns[x] = x
+        for y in range(height):
+            _yuv_row_to_bgr(&s, y, columns, width, base + y * row)
+    free(columns)

@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from framepipe.core._lifecycle import Closing
+from framepipe.core.pixels import FrameLayout
 from framepipe.core.ring import FrameProducer, FrameRing
 from framepipe.core.sources.decoder import PTS_NONE
 from framepipe.core.sources.entities import (
@@ -305,8 +306,15 @@ class PushSource(Closing):
         depth, slots = ring_geometry(
             width, height, self.buffer_size, consumers, self.ring_budget_bytes
         )
+        layout = FrameLayout.bgr(width, height)
         ring = FrameRing.create(
-            slots, (height, width, 3), np.uint8, consumers, queue_depth=depth, tag="src"
+            slots,
+            layout.slot_shape,
+            np.uint8,
+            consumers,
+            queue_depth=depth,
+            tag="src",
+            layout=layout,
         )
         try:
             for settings in self.status.consumers():
@@ -326,6 +334,7 @@ class PushSource(Closing):
             fps=self.declared_fps,
             total_frames=None,
             codec=self.codec,
+            layout=layout,
         )
         self.status.set_info(info, self.backend, time.time_ns())
         self.status.set_ring_name(ring.name)
