@@ -63,7 +63,7 @@ cdef struct Source:
     const uint8_t* u_plane       # I420: U plane; NV12: the interleaved UV plane
     const uint8_t* v_plane       # I420 only
     Py_ssize_t chroma_stride
-    # YUV -> RGB in 20-bit fixed point: y' = max(Y - y_offset, 0) * cy, then
+    # YUV -> RGB in 20-bit fixed point: y' = (Y - y_offset) * cy, then
     # R = y' + cvr*V', G = y' + cug*U' + cvg*V', B = y' + cub*U' (U', V' = U - 128, V - 128)
     int y_offset
     int cy, cub, cug, cvg, cvr
@@ -297,10 +297,8 @@ cdef void _yuv_row_to_bgr(const Source* src, int sy, const int32_t* columns, int
         ruv = src.round_r + src.cvr * v
         guv = src.round_g + src.cvg * v + src.cug * u
         buv = src.round_b + src.cub * u
-        y = (<int>yrow[x] - src.y_offset)
-        if y < 0:
-            y = 0
-        y = y * src.cy
+        # Y below 16 (limited range) is not clamped first: FFmpeg lets it pull the colour down
+        y = (<int>yrow[x] - src.y_offset) * src.cy
         out[3 * x] = _clip_u8((y + buv) >> YUV_SHIFT)
         out[3 * x + 1] = _clip_u8((y + guv) >> YUV_SHIFT)
         out[3 * x + 2] = _clip_u8((y + ruv) >> YUV_SHIFT)
