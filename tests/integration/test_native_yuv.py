@@ -92,9 +92,7 @@ def test_odd_sizes_and_full_range_read_as_ffmpeg_does(
     )
     layout, frames = decode_slots(video.path)
     assert layout.pixel_format is stored and (layout.width, layout.height) == (width, height)
-    for number, (ours, reference) in enumerate(
-        zip(frames, ffmpeg_frames(video.path), strict=True)
-    ):
+    for number, (ours, reference) in enumerate(zip(frames, ffmpeg_frames(video.path), strict=True)):
         bgr = as_bgr(ours)
         assert bgr.shape == (height, width, 3)
         assert np.abs(bgr.astype(int) - reference).max() <= 3
