@@ -4,7 +4,7 @@
 One pass per destination row, without the GIL and without intermediate images: read a BGR
 uint8 frame in place (any strides; packed HxWx3 rows are read directly) or a YUV 4:2:0 frame
 (I420 or NV12, as PyAV and cv2 lay them out; any size; limited or full range, BT.601 or
-BT.709, converted as FFmpeg does), resize it with bilinear interpolation (the
+BT.709, converted exactly as FFmpeg does), resize it with bilinear interpolation (the
 half-pixel-centre rule of ``cv2.resize(..., INTER_LINEAR)``), aspect-preserving with padding
 (letterbox) or stretched, reorder BGR -> RGB, normalise ``(x * scale - mean) / std`` and write
 planar CHW float32 or float16 into a caller-provided NCHW buffer at a batch index.
@@ -63,11 +63,9 @@ cdef struct Source:
     const uint8_t* u_plane       # I420: U plane; NV12: the interleaved UV plane
     const uint8_t* v_plane       # I420 only
     Py_ssize_t chroma_stride
-    # YUV -> RGB in 20-bit fixed point: y' = (Y - y_offset) * cy, then
-    # R = y' + cvr*V', G = y' + cug*U' + cvg*V', B = y' + cub*U' (U', V' = U - 128, V - 128)
+    # YUV -> RGB as FFmpeg's swscale does it (see _set_coefficients)
     int y_offset
     int cy, cub, cug, cvg, cvr
-    int round_b, round_g, round_r
 
 
 cdef struct Output:
@@ -226,57 +224,60 @@ cdef inline uint8_t _clip_u8(int v) noexcept nogil:
 cdef enum:
     PREFETCH_ROWS = 1  # destination rows ahead whose source rows are prefetched
 
-cdef enum:
-    YUV_SHIFT = 20
+cdef inline int _round16(long long f) noexcept nogil:
+    """A 16.16 fixed-point value to the nearest integer, within int16."""
+    cdef long long r = (f + (1 << 15)) >> 16
+    return <int>(-0x7FFF if r < -0x7FFF else (0x7FFF if r > 0x7FFF else r))
 
 
-cdef inline int _fixed(double c) noexcept nogil:
-    return <int>rint(c * (1 << YUV_SHIFT))
+cdef inline long long _div_trunc(long long a, long long b) noexcept nogil:
+    return a // b if a >= 0 else -((-a) // b)
 
 
 cdef void _set_coefficients(Source* s, bint full_range, bint bt709) noexcept nogil:
-    """The matrix (BT.601 / BT.709, from Kr, Kb) and range (limited: Y 16..235 and chroma
-    16..240 stretched to 0..255; full: as is) of a YUV source.
+    """The integer YUV -> RGB of FFmpeg's swscale for a yuv420p frame (what PyAV
+    ``to_ndarray("bgr24")`` gives), so a model sees the pixels it would see after FFmpeg's
+    conversion, bit for bit (tests/unit/test_yuv_frames.py checks it against PyAV).
 
-    The results are floored after the per-channel offsets FFmpeg's swscale effectively
-    applies (fitted against PyAV ``to_ndarray("bgr24")``: limited range -0.5 on B and R,
-    -1 on G; full range -0.5 on G), so the colours agree with FFmpeg's within one level
-    at most (a third of a level on average), which is what a model trained on FFmpeg- or
-    cv2-decoded frames saw."""
-    cdef double kr, kb, kg, ys, cs
+    Per pixel, 16-bit lanes: Y, U and V are scaled by 8, offset, and each multiplied by its
+    coefficient keeping the high 16 bits (floored) — R = y + v*vr, G = y + u*ug + v*vg,
+    B = y + u*ub — then clamped to 0..255. The coefficients (16.16 values rounded to 13
+    fractional bits) are the limited-range-scaled BT.601 / BT.709 matrix, scaled back by
+    224/255 for full range; limited range also stretches Y by 255/219 from 16."""
+    cdef long long crv, cbu, cgu, cgv, cy, oy
     if bt709:
-        kr = 0.2126
-        kb = 0.0722
+        crv = 117489
+        cbu = 138438
+        cgu = -13975
+        cgv = -34925
     else:
-        kr = 0.299
-        kb = 0.114
-    kg = 1.0 - kr - kb
+        crv = 104597
+        cbu = 132201
+        cgu = -25675
+        cgv = -53279
+    cy = 1 << 16
+    oy = 0
     if full_range:
-        ys = 1.0
-        cs = 1.0
-        s.y_offset = 0
-        s.round_b = 0
-        s.round_g = _fixed(-0.5)
-        s.round_r = 0
+        crv = _div_trunc(crv * 224, 255)
+        cbu = _div_trunc(cbu * 224, 255)
+        cgu = _div_trunc(cgu * 224, 255)
+        cgv = _div_trunc(cgv * 224, 255)
     else:
-        ys = 255.0 / 219.0
-        cs = 255.0 / 224.0
-        s.y_offset = 16
-        s.round_b = _fixed(-0.5)
-        s.round_g = _fixed(-1.0)
-        s.round_r = _fixed(-0.5)
-    s.cy = _fixed(ys)
-    s.cvr = _fixed(2.0 * (1.0 - kr) * cs)
-    s.cub = _fixed(2.0 * (1.0 - kb) * cs)
-    s.cug = _fixed(-2.0 * (1.0 - kb) * kb / kg * cs)
-    s.cvg = _fixed(-2.0 * (1.0 - kr) * kr / kg * cs)
+        cy = cy * 255 // 219
+        oy = 16 << 16
+    s.cy = _round16(cy << 13)
+    s.cvr = _round16(crv << 13)
+    s.cub = _round16(cbu << 13)
+    s.cug = _round16(cgu << 13)
+    s.cvg = _round16(cgv << 13)
+    s.y_offset = _round16(oy << 3)
 
 
 cdef void _yuv_row_to_bgr(const Source* src, int sy, const int32_t* columns, int n, uint8_t* out) noexcept nogil:
     cdef const uint8_t* yrow = src.base + sy * src.row_stride
     cdef const uint8_t* urow
     cdef const uint8_t* vrow
-    cdef int x, cx, y, u, v, ruv, guv, buv
+    cdef int x, cx
     cdef Py_ssize_t u_step, v_step
     if src.kind == SOURCE_I420:
         urow = src.u_plane + (sy >> 1) * src.chroma_stride
@@ -288,20 +289,16 @@ cdef void _yuv_row_to_bgr(const Source* src, int sy, const int32_t* columns, int
         vrow = urow + 1
         u_step = 2
         v_step = 2
-    cdef int j
+    cdef int j, yv, u8, v8
     for j in range(n):
         x = columns[j]
         cx = x >> 1
-        u = <int>urow[cx * u_step] - 128
-        v = <int>vrow[cx * v_step] - 128
-        ruv = src.round_r + src.cvr * v
-        guv = src.round_g + src.cvg * v + src.cug * u
-        buv = src.round_b + src.cub * u
-        # Y below 16 (limited range) is not clamped first: FFmpeg lets it pull the colour down
-        y = (<int>yrow[x] - src.y_offset) * src.cy
-        out[3 * x] = _clip_u8((y + buv) >> YUV_SHIFT)
-        out[3 * x + 1] = _clip_u8((y + guv) >> YUV_SHIFT)
-        out[3 * x + 2] = _clip_u8((y + ruv) >> YUV_SHIFT)
+        u8 = (<int>urow[cx * u_step] << 3) - 1024
+        v8 = (<int>vrow[cx * v_step] << 3) - 1024
+        yv = (((<int>yrow[x] << 3) - src.y_offset) * src.cy) >> 16
+        out[3 * x] = _clip_u8(yv + ((u8 * src.cub) >> 16))
+        out[3 * x + 1] = _clip_u8(yv + ((u8 * src.cug) >> 16) + ((v8 * src.cvg) >> 16))
+        out[3 * x + 2] = _clip_u8(yv + ((v8 * src.cvr) >> 16))
 
 
 cdef void _strided_row_to_bgr(const Source* src, int sy, const int32_t* columns, int n, uint8_t* out) noexcept nogil:
@@ -575,8 +572,8 @@ def preprocess_yuv420(frame, out, ResizePlan plan not None,
     """Like :func:`preprocess_bgr` for a YUV 4:2:0 frame held in one C-contiguous uint8 array:
     I420 (Y, then U, then V planes; PyAV ``yuv420p``) or NV12 (Y, then interleaved UV), flat
     or shaped (H*3/2, W). Any size: odd ones have ``ceil(h/2) x ceil(w/2)`` chroma samples.
-    Colours follow ``full_range`` (else limited: Y 16..235) and ``bt709`` (else BT.601), as
-    FFmpeg converts a yuv420p frame (within one level; see ``_set_coefficients``)."""
+    Colours follow ``full_range`` (else limited: Y 16..235) and ``bt709`` (else BT.601),
+    exactly as FFmpeg converts a yuv420p frame (see ``_set_coefficients``)."""
     cdef Source s
     keep_frame = _yuv_source(frame, plan.src_width, plan.src_height, nv12, full_range, bt709, &s)
     cdef Output o
