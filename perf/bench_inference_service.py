@@ -168,7 +168,8 @@ def run_model_ceiling(runs: int, warmup: int = 4) -> dict[str, float]:
         "model_ceiling_fps": done / elapsed,
         "model_cpu_ms_per_run": 1000 * cpu / done,
         "model_concurrency": float(k),
-        "model_input": float(height * 10000 + width),
+        "model_input_height": float(height),
+        "model_input_width": float(width),
     }
 
 

@@ -290,15 +290,22 @@ cdef void _yuv_row_to_bgr(const Source* src, int sy, const int32_t* columns, int
         u_step = 2
         v_step = 2
     cdef int j, yv, u8, v8
+    cdef int last_cx = -1
+    cdef int bu = 0, guv = 0, rv = 0
     for j in range(n):
         x = columns[j]
         cx = x >> 1
-        u8 = (<int>urow[cx * u_step] << 3) - 1024
-        v8 = (<int>vrow[cx * v_step] << 3) - 1024
+        if cx != last_cx:  # two neighbouring columns share their chroma: its terms once
+            last_cx = cx
+            u8 = (<int>urow[cx * u_step] << 3) - 1024
+            v8 = (<int>vrow[cx * v_step] << 3) - 1024
+            bu = (u8 * src.cub) >> 16
+            guv = ((u8 * src.cug) >> 16) + ((v8 * src.cvg) >> 16)
+            rv = (v8 * src.cvr) >> 16
         yv = (((<int>yrow[x] << 3) - src.y_offset) * src.cy) >> 16
-        out[3 * x] = _clip_u8(yv + ((u8 * src.cub) >> 16))
-        out[3 * x + 1] = _clip_u8(yv + ((u8 * src.cug) >> 16) + ((v8 * src.cvg) >> 16))
-        out[3 * x + 2] = _clip_u8(yv + ((v8 * src.cvr) >> 16))
+        out[3 * x] = _clip_u8(yv + bu)
+        out[3 * x + 1] = _clip_u8(yv + guv)
+        out[3 * x + 2] = _clip_u8(yv + rv)
 
 
 cdef void _strided_row_to_bgr(const Source* src, int sy, const int32_t* columns, int n, uint8_t* out) noexcept nogil:
