@@ -240,3 +240,40 @@ def test_ring_header_records_the_layout() -> None:
         assert plain.layout is None
     with pytest.raises(ValueError, match="uint8 slots of shape"):
         FrameRing.create(2, (360, 640, 3), np.uint8, 1, layout=layout)
+
+
+def test_passthrough_never_converts_and_image_outputs_convert_once() -> None:
+    from types import SimpleNamespace
+
+    from framepipe.core.processing.processor import FrameTap, build_processor
+    from framepipe.core.processing.spec import processing_spec_from_wire
+
+    yuv = slot_of(ffmpeg_frame(smooth_image(16, 24, 4), "yuv420p", False, False))
+    meta = SimpleNamespace(frame_id=1, source_id=0)
+    passthrough = build_processor(None)
+    assert passthrough.reads_native_frames
+    assert passthrough.compose([yuv], [meta], None) == [
+        {"frame_id": 1, "source_id": 0, "image": {"width": 24, "height": 16}}
+    ]
+    assert yuv._bgr is None  # sizes come from the layout: no BGR was made
+
+    spec = processing_spec_from_wire(
+        {
+            "type": "WorkflowConfiguration",
+            "workflow_specification": {
+                "version": "1.0",
+                "inputs": [{"type": "WorkflowImage", "name": "image"}],
+                "steps": [],
+                "outputs": [
+                    {"type": "JsonField", "name": "a", "selector": "$inputs.image"},
+                    {"type": "JsonField", "name": "b", "selector": "$inputs.image"},
+                ],
+            },
+            "image_input_name": "image",
+        }
+    )
+    seen: list[object] = []
+    tap = FrameTap(build_processor(spec), lambda frame, output, m: seen.append(frame))
+    tap.compose([yuv], [meta], None)
+    made = yuv._bgr
+    assert made is not None and seen == [made]  # two image outputs and a tap: one BGR
