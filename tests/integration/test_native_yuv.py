@@ -198,3 +198,29 @@ def test_image_outputs_and_taps_convert_once_and_match_ffmpeg(video_120: Synthet
         expected = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
         # the same JPEG encoder on pixels within 3 levels: within a few levels after it
         assert np.abs(ours.astype(float) - expected).mean() <= 1.0
+
+
+def test_a_reopened_stream_is_written_in_the_rings_layout(
+    video_60: SyntheticVideo, video_120: SyntheticVideo
+) -> None:
+    """A reconnect or a replacement decoder may open a stream that now yields another size:
+    frames still fill the ring's slots (scaled by FFmpeg, counted as copies)."""
+    ring_layout = FrameLayout(PixelFormat.I420, video_120.width, video_120.height)
+    backend = PyAVBackend(str(video_60.path), SourceKind.FILE, BackendOptions())
+    try:
+        assert backend.open().layout != ring_layout
+        backend.use_layout(ring_layout)
+        slot = np.empty(ring_layout.slot_shape, np.uint8)
+        with av.open(str(video_60.path)) as container:
+            first = next(container.decode(video=0))
+            expected = first.reformat(
+                width=ring_layout.width, height=ring_layout.height, format="yuv420p"
+            ).to_ndarray(format="bgr24")
+        assert backend.grab()
+        backend.retrieve(slot)
+        frame = wrap_slot(slot, ring_layout)
+        assert np.abs(as_bgr(frame).astype(int) - expected).max() <= 3
+        assert read_frame_number(as_bgr(frame)) == 0
+        assert backend.copies == 1
+    finally:
+        backend.close()

@@ -66,6 +66,12 @@ class DecodeBackend(Protocol):
         """Presentation time (seconds) of the last grabbed frame."""
         ...
 
+    def use_layout(self, layout: FrameLayout) -> None:
+        """Write into slots of ``layout`` from now on: the ring was made for an earlier
+        opening of the stream (a reconnect, a replacement decoder) whose frames may have had
+        another size or format."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -177,6 +183,13 @@ class OpenCVBackend:
 
         msec = float(self._cap.get(cv2.CAP_PROP_POS_MSEC))
         return msec / 1000.0 if msec >= 0 else None
+
+    def use_layout(self, layout: FrameLayout) -> None:
+        if layout.is_yuv:
+            raise SourceOpenError(
+                f"the OpenCV decoder writes BGR frames; this ring holds {layout.pixel_format.name}"
+            )
+        # a BGR slot of another size: retrieve() scales into it
 
     def close(self) -> None:
         cap, self._cap = self._cap, None
@@ -385,6 +398,13 @@ class PyAVBackend:
             copy_planes(frame, layout, out)
         else:
             np.copyto(out, frame.to_ndarray(format="bgr24"))
+
+    def use_layout(self, layout: FrameLayout) -> None:
+        conversion = self._conversion
+        if conversion is None or conversion.layout == layout:
+            return
+        # Every frame is scaled / converted to the ring's layout (source_format matches none).
+        self._conversion = FrameConversion(layout, "", None)
 
     def pts_s(self) -> float | None:
         frame = self._frame
