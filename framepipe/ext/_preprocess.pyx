@@ -43,6 +43,8 @@ cdef extern from "_preprocess_kernels.h" nogil:
                             float wy, float* out4)
     void fp_vblend_store(const float* h0, const float* h1, float wy, int n, const int* channel,
                          const float* gain, const float* offset, float* d0, float* d1, float* d2)
+    void fp_yuv_row_to_bgr(const uint8_t* y, const uint8_t* u, const uint8_t* v, int uv_step,
+                           int width, const int* coef, uint8_t* out)
 
 
 cdef enum SourceKind:
@@ -273,39 +275,26 @@ cdef void _set_coefficients(Source* s, bint full_range, bint bt709) noexcept nog
     s.y_offset = _round16(oy << 3)
 
 
-cdef void _yuv_row_to_bgr(const Source* src, int sy, const int32_t* columns, int n, uint8_t* out) noexcept nogil:
-    cdef const uint8_t* yrow = src.base + sy * src.row_stride
-    cdef const uint8_t* urow
+cdef void _yuv_row_to_bgr(const Source* src, int sy, uint8_t* out) noexcept nogil:
+    """Source row ``sy`` of a 4:2:0 frame, every column, as packed BGR (SSE2: 16 pixels a
+    step; the whole row costs less than converting the columns a resize reads one by one)."""
+    cdef const uint8_t* urow = src.u_plane + (sy >> 1) * src.chroma_stride
     cdef const uint8_t* vrow
-    cdef int x, cx
-    cdef Py_ssize_t u_step, v_step
+    cdef int step
+    cdef int coef[6]
     if src.kind == SOURCE_I420:
-        urow = src.u_plane + (sy >> 1) * src.chroma_stride
         vrow = src.v_plane + (sy >> 1) * src.chroma_stride
-        u_step = 1
-        v_step = 1
+        step = 1
     else:
-        urow = src.u_plane + (sy >> 1) * src.chroma_stride
         vrow = urow + 1
-        u_step = 2
-        v_step = 2
-    cdef int j, yv, u8, v8
-    cdef int last_cx = -1
-    cdef int bu = 0, guv = 0, rv = 0
-    for j in range(n):
-        x = columns[j]
-        cx = x >> 1
-        if cx != last_cx:  # two neighbouring columns share their chroma: its terms once
-            last_cx = cx
-            u8 = (<int>urow[cx * u_step] << 3) - 1024
-            v8 = (<int>vrow[cx * v_step] << 3) - 1024
-            bu = (u8 * src.cub) >> 16
-            guv = ((u8 * src.cug) >> 16) + ((v8 * src.cvg) >> 16)
-            rv = (v8 * src.cvr) >> 16
-        yv = (((<int>yrow[x] << 3) - src.y_offset) * src.cy) >> 16
-        out[3 * x] = _clip_u8(yv + bu)
-        out[3 * x + 1] = _clip_u8(yv + guv)
-        out[3 * x + 2] = _clip_u8(yv + rv)
+        step = 2
+    coef[0] = src.y_offset
+    coef[1] = src.cy
+    coef[2] = src.cub
+    coef[3] = src.cug
+    coef[4] = src.cvg
+    coef[5] = src.cvr
+    fp_yuv_row_to_bgr(src.base + sy * src.row_stride, urow, vrow, step, src.width, coef, out)
 
 
 cdef void _strided_row_to_bgr(const Source* src, int sy, const int32_t* columns, int n, uint8_t* out) noexcept nogil:
@@ -327,7 +316,7 @@ cdef const uint8_t* _source_row(const Source* src, ResizePlan plan, int sy, uint
     if src.kind == SOURCE_BGR:
         _strided_row_to_bgr(src, sy, plan.src_columns, plan.n_src_columns, scratch)
     else:
-        _yuv_row_to_bgr(src, sy, plan.src_columns, plan.n_src_columns, scratch)
+        _yuv_row_to_bgr(src, sy, scratch)
     return scratch
 
 
@@ -606,15 +595,9 @@ def yuv420_to_bgr(frame, int width, int height, uint8_t[:, :, ::1] out, bint nv1
         )
     cdef Source s
     keep_frame = _yuv_source(frame, width, height, nv12, full_range, bt709, &s)
-    cdef int32_t* columns = <int32_t*>malloc(width * sizeof(int32_t))
-    if columns == NULL:
-        raise MemoryError()
-    cdef int x, y
+    cdef int y
     cdef uint8_t* base = &out[0, 0, 0]
     cdef Py_ssize_t row = 3 * <Py_ssize_t>width
     with nogil:
-        for x in range(width):
-            columns[x] = x
         for y in range(height):
-            _yuv_row_to_bgr(&s, y, columns, width, base + y * row)
-    free(columns)
+            _yuv_row_to_bgr(&s, y, base + y * row)
