@@ -166,8 +166,9 @@ static inline void fp_yuv_row_to_bgr(const uint8_t *y, const uint8_t *u, const u
     const __m128i cvr = _mm_set1_epi16((short)coef[5]);
     const __m128i c1024 = _mm_set1_epi16(1024);
     const __m128i lo_bytes = _mm_set1_epi16(0x00ff);
-    uint8_t b[16], g[16], r[16];
-    for (; x + 16 <= width; x += 16) {
+    /* x + 16 < width: the interleave below writes one byte past pixel x + 15, which the
+     * next pixel (still in the row) overwrites. */
+    for (; x + 16 < width; x += 16) {
         __m128i yy = _mm_loadu_si128((const __m128i *)(y + x));
         __m128i ylo = _mm_mulhi_epi16(
             _mm_sub_epi16(_mm_slli_epi16(_mm_unpacklo_epi8(yy, zero), 3), yoff), cy);
@@ -194,14 +195,21 @@ static inline void fp_yuv_row_to_bgr(const uint8_t *y, const uint8_t *u, const u
                                       _mm_adds_epi16(yhi, _mm_unpackhi_epi16(guv, guv)));
         __m128i rr = _mm_packus_epi16(_mm_adds_epi16(ylo, _mm_unpacklo_epi16(rv, rv)),
                                       _mm_adds_epi16(yhi, _mm_unpackhi_epi16(rv, rv)));
-        _mm_storeu_si128((__m128i *)b, bb);
-        _mm_storeu_si128((__m128i *)g, gg);
-        _mm_storeu_si128((__m128i *)r, rr);
+        /* B G R X words of 4 pixels each, stored 3 bytes apart (each X is overwritten) */
+        __m128i bg_lo = _mm_unpacklo_epi8(bb, gg), bg_hi = _mm_unpackhi_epi8(bb, gg);
+        __m128i rx_lo = _mm_unpacklo_epi8(rr, zero), rx_hi = _mm_unpackhi_epi8(rr, zero);
+        __m128i quads[4] = {
+            _mm_unpacklo_epi16(bg_lo, rx_lo), _mm_unpackhi_epi16(bg_lo, rx_lo),
+            _mm_unpacklo_epi16(bg_hi, rx_hi), _mm_unpackhi_epi16(bg_hi, rx_hi),
+        };
         uint8_t *o = out + 3 * (intptr_t)x;
-        for (int k = 0; k < 16; k++) {
-            o[3 * k] = b[k];
-            o[3 * k + 1] = g[k];
-            o[3 * k + 2] = r[k];
+        for (int q = 0; q < 4; q++) {
+            __m128i w = quads[q];
+            for (int k = 0; k < 4; k++) {
+                uint32_t word = (uint32_t)_mm_cvtsi128_si32(w);
+                memcpy(o + 12 * q + 3 * k, &word, 4);
+                w = _mm_srli_si128(w, 4);
+            }
         }
     }
 #endif
