@@ -9,6 +9,15 @@ In one run, on the same files:
   the model in one inference service shared by them all), results drained by a client.
   One pipeline; four pipelines on four files; four on one file.
 
+And the floor, in the same run: **the model's ceiling** (``model_ceiling_fps``,
+``model_cpu_ms_per_run``): a bare session with the service's own settings (threads, spinning,
+IOBinding: framepipe's ``OnnxRunner``), K concurrent runs (the service's default K: one per
+usable core) on a prepared input of the size a 720p frame gets, no decode, no pre- or
+post-processing; and **plain decode** (``plain_decode_ms``): a plain PyAV loop decoding the
+same 720p file to ``to_ndarray()``, CPU per frame. ``outside_model_ms_n1`` =
+``cpu_ms_per_frame_n1 - model_cpu_ms_per_run - plain_decode_ms``: what the server spends per
+frame besides decoding and the model (the preprocess, the hand-offs, the post-processing).
+
 fps and CPU per frame are measured over a steady window (every process of the server's tree,
 or the loop's own process), after the start and before the end; USS is summed over every
 process of the server (its rings and status blocks in /dev/shm reported apart, as ``shm_mb``).
@@ -112,6 +121,72 @@ def run_loop(video: Path, model_path: Path, skip: int) -> dict[str, float]:
         "loop_frames": float(frames),
         "loop_faces": float(faces),
     }
+
+
+# -- the floor: the model alone, decode alone ----------------------------------------------------
+
+
+def usable_cores() -> int:
+    """The inference service's default K on the CPU (concurrent runs): one per usable core,
+    as :class:`framepipe.core.inference.InferenceEngine` decides it."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def run_model_ceiling(runs: int, warmup: int = 4) -> dict[str, float]:
+    """K threads running the service's own session (framepipe's OnnxRunner, the settings the
+    service reads) on a prepared 720p-sized input: fps and CPU ms per run, nothing else."""
+    import threading
+
+    from framepipe.core.processing.model import LoadedModel
+    from framepipe.core.processing.registry import ModelRegistry, ProcessingSettings
+
+    settings = ProcessingSettings.from_env()
+    model = LoadedModel(ModelRegistry.from_settings(settings).get("centerface"), settings)
+    height, width = model.input_hw(720, 1280)
+    k = usable_cores()
+    rng = np.random.default_rng(0)
+    inputs = [
+        rng.random((1, 3, height, width), dtype=np.float32) * 255 for _ in range(k)
+    ]  # one per thread, as the service's threads each fill their own
+    for _ in range(warmup):
+        model.runner.run(inputs[0])
+    per_thread = max(1, runs // k)
+
+    def work(i: int) -> None:
+        for _ in range(per_thread):
+            model.runner.run(inputs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(k)]
+    started, cpu0 = time.perf_counter(), time.process_time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    done = per_thread * k
+    return {
+        "model_ceiling_fps": done / elapsed,
+        "model_cpu_ms_per_run": 1000 * cpu / done,
+        "model_concurrency": float(k),
+        "model_input_height": float(height),
+        "model_input_width": float(width),
+    }
+
+
+def run_plain_decode(video: Path) -> dict[str, float]:
+    """A plain PyAV loop over the file (threaded decode, as framepipe's backend): each frame
+    decoded and copied out with ``to_ndarray()``; CPU ms per frame of this process."""
+    import av
+
+    frames = 0
+    cpu0 = time.process_time()
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            frame.to_ndarray()
+            frames += 1
+    return {"plain_decode_ms": 1000 * (time.process_time() - cpu0) / frames}
 
 
 # -- framepipe ----------------------------------------------------------------------------------
@@ -317,6 +392,11 @@ def main() -> int:
             r["loop_cpu_ms_per_frame"] for r in loops
         )
         result["loop_faces"] = loops[0]["loop_faces"]
+        ceiling = run_model_ceiling(runs=40 if args.smoke else 200)
+        result.update(ceiling)
+        result["plain_decode_ms"] = statistics.median(
+            run_plain_decode(first)["plain_decode_ms"] for _ in range(1 if args.smoke else 3)
+        )
         with server() as srv:
             one = run_framepipe(srv, files[:1], frames, skip)
             result["fps_n1"] = one["fps"]
@@ -334,7 +414,15 @@ def main() -> int:
             if latency is not None:
                 result.update(latency)
     result["load_average"] = os.getloadavg()[0]
+    result["fps_n1_of_ceiling"] = result["fps_n1"] / result["model_ceiling_fps"]
+    result["fps_total_n4_of_ceiling"] = result["fps_total_n4"] / result["model_ceiling_fps"]
+    result["outside_model_ms_n1"] = (
+        result["cpu_ms_per_frame_n1"] - result["model_cpu_ms_per_run"] - result["plain_decode_ms"]
+    )
     targets = [
+        ("fps_n1 >= 0.85 x model_ceiling_fps", result["fps_n1_of_ceiling"] >= 0.85),
+        ("fps_total_n4 >= 0.85 x model_ceiling_fps", result["fps_total_n4_of_ceiling"] >= 0.85),
+        ("outside_model_ms_n1 <= 2.0", result["outside_model_ms_n1"] <= 2.0),
         ("ratio_n1 >= 1.25", result["ratio_n1"] >= 1.25),
         ("fps_total_n4 >= 1.3 x loop_fps", result["fps_total_n4"] >= 1.3 * result["loop_fps"]),
         (
@@ -350,6 +438,11 @@ def main() -> int:
         ]
     print("CenterFace on 1280x720, every frame, CPU provider")
     print(
+        f"  model ceiling (bare session, service settings, K={int(result['model_concurrency'])}): "
+        f"{result['model_ceiling_fps']:.1f} fps, {result['model_cpu_ms_per_run']:.1f} ms CPU/run; "
+        f"plain PyAV decode {result['plain_decode_ms']:.2f} ms CPU/frame"
+    )
+    print(
         f"  loop (cv2 + default ORT session): {result['loop_fps']:.1f} fps, {result['loop_cpu_ms_per_frame']:.1f} ms CPU/frame"
     )
     print(
@@ -359,6 +452,10 @@ def main() -> int:
         f"  framepipe, 4 pipelines: {result['fps_total_n4']:.1f} fps total ({result['ratio_n4']:.2f}x), {result['cpu_ms_per_frame_n4']:.1f} ms CPU/frame, USS {result['uss_total_mb_n4']:.0f} MB + shm {result['shm_mb_n4']:.0f} MB"
     )
     print(f"  framepipe, 4 on one file: {result['fps_total_n4_same_file']:.1f} fps total")
+    print(
+        f"  of the ceiling: n1 {result['fps_n1_of_ceiling']:.2f}, n4 {result['fps_total_n4_of_ceiling']:.2f}; "
+        f"CPU outside model and decode (n1): {result['outside_model_ms_n1']:.2f} ms/frame"
+    )
     if "latency_p50_ms" in result:
         print(
             f"  live 720p30 RTSP, capture -> result: p50 {result['latency_p50_ms']:.1f} ms, p99 {result['latency_p99_ms']:.1f} ms"

@@ -194,7 +194,12 @@ def case_i420(frame: npt.NDArray[np.uint8], iterations: int) -> dict[str, Any]:
     base = timed(lambda: baseline(cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420)), iterations)
     fp = timed(lambda: preprocess_yuv420(yuv, out, plan, norm), iterations)
     preprocess_yuv420(yuv, out, plan, norm)
-    diff = float(np.abs(out[0] - baseline(cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420))).max())
+    # framepipe converts as FFmpeg does (what PyAV's to_ndarray("bgr24") gives), so the
+    # difference is taken against FFmpeg's BGR through the same baseline
+    import av
+
+    ffmpeg_bgr = av.VideoFrame.from_ndarray(yuv, format="yuv420p").to_ndarray(format="bgr24")
+    diff = float(np.abs(out[0] - baseline(ffmpeg_bgr)).max())
     return {
         "case": "I420 1920x1080 (decoder output)",
         "baseline": base,

@@ -55,8 +55,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
-import numpy.typing as npt
 
+from framepipe.core.pixels import FrameImage, YuvFrame
 from framepipe.core.processing.registry import ModelRegistry, ProcessingSettings
 from framepipe.core.processing.spec import ModelSpec
 from framepipe.core.ring import FrameRef, StaleFrameError
@@ -92,7 +92,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Frame = npt.NDArray[np.uint8]
+Frame = FrameImage  # a BGR array, or a 4:2:0 frame in its slot
 #: One prediction dict per submitted frame, None where the frame was None.
 Outputs = list[dict[str, Any] | None]
 #: Called once per submit, with the outputs or the exception that stopped them.
@@ -259,6 +259,8 @@ def _usable_cores() -> int:
 
 
 def _check_image(image: object, index: int) -> Frame:
+    if isinstance(image, YuvFrame):
+        return image
     if (
         not isinstance(image, np.ndarray)
         or image.ndim != 3
@@ -266,7 +268,9 @@ def _check_image(image: object, index: int) -> Frame:
         or image.dtype != np.uint8
     ):
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image)
-        raise InvalidPayloadError(f"frame of source {index}: expected BGR uint8 HxWx3, got {got}")
+        raise InvalidPayloadError(
+            f"frame of source {index}: expected BGR uint8 HxWx3 or a YuvFrame, got {got}"
+        )
     return image
 
 

@@ -55,6 +55,7 @@ from framepipe.core.inference import (
     SubmittedFrame,
     local_engine,
 )
+from framepipe.core.pixels import FrameImage, as_bgr
 from framepipe.core.processing.processor import FrameCallback, FrameTap, Processor, build_processor
 from framepipe.core.processing.spec import ModelSpec, ProcessingSpec
 from framepipe.core.sinks import InMemoryBufferSink, SinkStatistics
@@ -898,7 +899,10 @@ class Pipeline:
         try:
             if isinstance(outcome, BaseException):
                 raise outcome
-            frames = [f.image if f is not None else None for f in batch]
+            frames: list[FrameImage | None] = [f.image if f is not None else None for f in batch]
+            if not self._processor.reads_native_frames:
+                # User code gets BGR arrays, whatever the ring holds.
+                frames = [None if f is None else as_bgr(f) for f in frames]
             outputs = self._processor.compose(frames, metadata, outcome)
             if len(outputs) != len(batch):
                 raise InternalProcessorError(

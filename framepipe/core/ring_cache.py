@@ -14,9 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
-
+from framepipe.core.pixels import FrameImage, wrap_slot
 from framepipe.core.ring import FrameRef, FrameRing
 from framepipe.core.shm import SHM_DIR
 from framepipe.protocol.errors import InvalidPayloadError
@@ -57,12 +55,13 @@ class RingCache:
             )
         return entry
 
-    def acquire(self, ref: FrameRef) -> npt.NDArray[np.uint8]:
-        """A read-only view of the frame in its slot; StaleFrameError if the slot was reused,
+    def acquire(self, ref: FrameRef) -> FrameImage:
+        """The frame read in place in its slot (a read-only BGR view, or a 4:2:0
+        :class:`~framepipe.core.pixels.YuvFrame`); StaleFrameError if the slot was reused,
         NotFoundError if the ring is gone. Pair with :meth:`release`."""
         with self._lock:
             entry = self._attached(ref)
-            view = entry.ring.view(ref)
+            view = wrap_slot(entry.ring.view(ref), entry.ring.layout)
             entry.users += 1
         return view
 

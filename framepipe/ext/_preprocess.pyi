@@ -61,4 +61,15 @@ def preprocess_yuv420(
     batch_index: int = 0,
     nv12: bool = False,
     fill_padding: bool = True,
+    full_range: bool = False,
+    bt709: bool = False,
 ) -> ResizePlan: ...
+def yuv420_to_bgr(
+    frame: npt.NDArray[np.uint8],
+    width: int,
+    height: int,
+    out: npt.NDArray[np.uint8],
+    nv12: bool = False,
+    full_range: bool = False,
+    bt709: bool = False,
+) -> None: ...

@@ -3,7 +3,8 @@
 
 One pass per destination row, without the GIL and without intermediate images: read a BGR
 uint8 frame in place (any strides; packed HxWx3 rows are read directly) or a YUV 4:2:0 frame
-(I420 or NV12, as PyAV and cv2 lay them out), resize it with bilinear interpolation (the
+(I420 or NV12, as PyAV and cv2 lay them out; any size; limited or full range, BT.601 or
+BT.709, converted exactly as FFmpeg does), resize it with bilinear interpolation (the
 half-pixel-centre rule of ``cv2.resize(..., INTER_LINEAR)``), aspect-preserving with padding
 (letterbox) or stretched, reorder BGR -> RGB, normalise ``(x * scale - mean) / std`` and write
 planar CHW float32 or float16 into a caller-provided NCHW buffer at a batch index.
@@ -42,6 +43,8 @@ cdef extern from "_preprocess_kernels.h" nogil:
                             float wy, float* out4)
     void fp_vblend_store(const float* h0, const float* h1, float wy, int n, const int* channel,
                          const float* gain, const float* offset, float* d0, float* d1, float* d2)
+    void fp_yuv_row_to_bgr(const uint8_t* y, const uint8_t* u, const uint8_t* v, int uv_step,
+                           int width, const int* coef, uint8_t* out)
 
 
 cdef enum SourceKind:
@@ -62,6 +65,9 @@ cdef struct Source:
     const uint8_t* u_plane       # I420: U plane; NV12: the interleaved UV plane
     const uint8_t* v_plane       # I420 only
     Py_ssize_t chroma_stride
+    # YUV -> RGB as FFmpeg's swscale does it (see _set_coefficients)
+    int y_offset
+    int cy, cub, cug, cvg, cvr
 
 
 cdef struct Output:
@@ -217,52 +223,78 @@ cdef inline uint8_t _clip_u8(int v) noexcept nogil:
     return <uint8_t>(0 if v < 0 else (255 if v > 255 else v))
 
 
-# BT.601 limited range, the integer constants of cv2's YUV420 -> BGR (bit-exact with it).
 cdef enum:
     PREFETCH_ROWS = 1  # destination rows ahead whose source rows are prefetched
 
-cdef enum:
-    YUV_SHIFT = 20
-    YUV_CY = 1220542
-    YUV_CUB = 2116026
-    YUV_CUG = -409993
-    YUV_CVG = -852492
-    YUV_CVR = 1673527
+cdef inline int _round16(long long f) noexcept nogil:
+    """A 16.16 fixed-point value to the nearest integer, within int16."""
+    cdef long long r = (f + (1 << 15)) >> 16
+    return <int>(-0x7FFF if r < -0x7FFF else (0x7FFF if r > 0x7FFF else r))
 
 
-cdef void _yuv_row_to_bgr(const Source* src, int sy, const int32_t* columns, int n, uint8_t* out) noexcept nogil:
-    cdef const uint8_t* yrow = src.base + sy * src.row_stride
-    cdef const uint8_t* urow
-    cdef const uint8_t* vrow
-    cdef int x, cx, y, u, v, ruv, guv, buv
-    cdef int half = 1 << (YUV_SHIFT - 1)
-    cdef Py_ssize_t u_step, v_step
-    if src.kind == SOURCE_I420:
-        urow = src.u_plane + (sy >> 1) * src.chroma_stride
-        vrow = src.v_plane + (sy >> 1) * src.chroma_stride
-        u_step = 1
-        v_step = 1
+cdef inline long long _div_trunc(long long a, long long b) noexcept nogil:
+    return a // b if a >= 0 else -((-a) // b)
+
+
+cdef void _set_coefficients(Source* s, bint full_range, bint bt709) noexcept nogil:
+    """The integer YUV -> RGB of FFmpeg's swscale for a yuv420p frame (what PyAV
+    ``to_ndarray("bgr24")`` gives), so a model sees the pixels it would see after FFmpeg's
+    conversion, bit for bit (tests/unit/test_yuv_frames.py checks it against PyAV).
+
+    Per pixel, 16-bit lanes: Y, U and V are scaled by 8, offset, and each multiplied by its
+    coefficient keeping the high 16 bits (floored) — R = y + v*vr, G = y + u*ug + v*vg,
+    B = y + u*ub — then clamped to 0..255. The coefficients (16.16 values rounded to 13
+    fractional bits) are the limited-range-scaled BT.601 / BT.709 matrix, scaled back by
+    224/255 for full range; limited range also stretches Y by 255/219 from 16."""
+    cdef long long crv, cbu, cgu, cgv, cy, oy
+    if bt709:
+        crv = 117489
+        cbu = 138438
+        cgu = -13975
+        cgv = -34925
     else:
-        urow = src.u_plane + (sy >> 1) * src.chroma_stride
+        crv = 104597
+        cbu = 132201
+        cgu = -25675
+        cgv = -53279
+    cy = 1 << 16
+    oy = 0
+    if full_range:
+        crv = _div_trunc(crv * 224, 255)
+        cbu = _div_trunc(cbu * 224, 255)
+        cgu = _div_trunc(cgu * 224, 255)
+        cgv = _div_trunc(cgv * 224, 255)
+    else:
+        cy = cy * 255 // 219
+        oy = 16 << 16
+    s.cy = _round16(cy << 13)
+    s.cvr = _round16(crv << 13)
+    s.cub = _round16(cbu << 13)
+    s.cug = _round16(cgu << 13)
+    s.cvg = _round16(cgv << 13)
+    s.y_offset = _round16(oy << 3)
+
+
+cdef void _yuv_row_to_bgr(const Source* src, int sy, uint8_t* out) noexcept nogil:
+    """Source row ``sy`` of a 4:2:0 frame, every column, as packed BGR (SSE2: 16 pixels a
+    step; the whole row costs less than converting the columns a resize reads one by one)."""
+    cdef const uint8_t* urow = src.u_plane + (sy >> 1) * src.chroma_stride
+    cdef const uint8_t* vrow
+    cdef int step
+    cdef int coef[6]
+    if src.kind == SOURCE_I420:
+        vrow = src.v_plane + (sy >> 1) * src.chroma_stride
+        step = 1
+    else:
         vrow = urow + 1
-        u_step = 2
-        v_step = 2
-    cdef int j
-    for j in range(n):
-        x = columns[j]
-        cx = x >> 1
-        u = <int>urow[cx * u_step] - 128
-        v = <int>vrow[cx * v_step] - 128
-        ruv = half + YUV_CVR * v
-        guv = half + YUV_CVG * v + YUV_CUG * u
-        buv = half + YUV_CUB * u
-        y = (<int>yrow[x] - 16)
-        if y < 0:
-            y = 0
-        y = y * YUV_CY
-        out[3 * x] = _clip_u8((y + buv) >> YUV_SHIFT)
-        out[3 * x + 1] = _clip_u8((y + guv) >> YUV_SHIFT)
-        out[3 * x + 2] = _clip_u8((y + ruv) >> YUV_SHIFT)
+        step = 2
+    coef[0] = src.y_offset
+    coef[1] = src.cy
+    coef[2] = src.cub
+    coef[3] = src.cug
+    coef[4] = src.cvg
+    coef[5] = src.cvr
+    fp_yuv_row_to_bgr(src.base + sy * src.row_stride, urow, vrow, step, src.width, coef, out)
 
 
 cdef void _strided_row_to_bgr(const Source* src, int sy, const int32_t* columns, int n, uint8_t* out) noexcept nogil:
@@ -284,7 +316,7 @@ cdef const uint8_t* _source_row(const Source* src, ResizePlan plan, int sy, uint
     if src.kind == SOURCE_BGR:
         _strided_row_to_bgr(src, sy, plan.src_columns, plan.n_src_columns, scratch)
     else:
-        _yuv_row_to_bgr(src, sy, plan.src_columns, plan.n_src_columns, scratch)
+        _yuv_row_to_bgr(src, sy, scratch)
     return scratch
 
 
@@ -493,27 +525,28 @@ def preprocess_bgr(const uint8_t[:, :, :] frame, out, ResizePlan plan not None,
     return plan
 
 
-def preprocess_yuv420(const uint8_t[:, ::1] frame, out, ResizePlan plan not None,
-                      Normalisation norm not None, Py_ssize_t batch_index=0, bint nv12=False,
-                      bint fill_padding=True):
-    """Like :func:`preprocess_bgr` for a YUV 4:2:0 frame laid out as one (H*3/2, W) uint8
-    array: I420 (Y, then U, then V planes; PyAV ``yuv420p``) or NV12 (Y, then interleaved UV).
-    Colours are converted as ``cv2.COLOR_YUV2BGR_I420`` / ``_NV12`` do (BT.601, limited range)."""
-    cdef int h = plan.src_height
-    cdef int w = plan.src_width
-    if h % 2 or w % 2:
-        raise ValueError(f"YUV 4:2:0 needs an even width and height, got {w}x{h}")
-    if frame.shape[0] != h * 3 // 2 or frame.shape[1] != w:
+cdef object _yuv_source(object frame, int w, int h, bint nv12, bint full_range, bint bt709,
+                        Source* s):
+    """Describe a 4:2:0 frame: one C-contiguous uint8 array holding the Y plane then the
+    chroma (``ceil(h/2) x ceil(w/2)`` per chroma plane), flat or shaped (h*3/2, w)."""
+    arr = np.asarray(frame)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"a YUV 4:2:0 frame is uint8 bytes, got {arr.dtype}")
+    if not arr.flags.c_contiguous:
+        raise ValueError("a YUV 4:2:0 frame must be one C-contiguous array (its planes in a row)")
+    cdef Py_ssize_t cw = (w + 1) // 2
+    cdef Py_ssize_t ch = (h + 1) // 2
+    cdef Py_ssize_t need = <Py_ssize_t>w * h + 2 * cw * ch
+    if arr.size != need:
         raise ValueError(
-            f"frame has shape ({frame.shape[0]}, {frame.shape[1]}), a {w}x{h} YUV 4:2:0 frame is ({h * 3 // 2}, {w})"
+            f"frame has shape {arr.shape} ({arr.size} bytes), a {w}x{h} YUV 4:2:0 frame is {need} bytes"
+            + (f" or shape ({h * 3 // 2}, {w})" if h % 2 == 0 and w % 2 == 0 else "")
         )
-    cdef Output o
-    keep = _output(out, plan, batch_index, &o)
-    cdef Source s
+    cdef const uint8_t[::1] flat = arr.reshape(-1)
     s.kind = SOURCE_NV12 if nv12 else SOURCE_I420
     s.width = w
     s.height = h
-    s.base = &frame[0, 0]
+    s.base = &flat[0]
     s.row_stride = w
     s.pixel_stride = 1
     s.channel_stride = 1
@@ -521,13 +554,50 @@ def preprocess_yuv420(const uint8_t[:, ::1] frame, out, ResizePlan plan not None
     s.u_plane = s.base + <Py_ssize_t>h * w
     if nv12:
         s.v_plane = NULL
-        s.chroma_stride = w
+        s.chroma_stride = 2 * cw
     else:
-        s.v_plane = s.u_plane + <Py_ssize_t>(h // 2) * (w // 2)
-        s.chroma_stride = w // 2
+        s.v_plane = s.u_plane + ch * cw
+        s.chroma_stride = cw
+    _set_coefficients(s, full_range, bt709)
+    return flat  # the caller keeps it while the pointers are in use
+
+
+def preprocess_yuv420(frame, out, ResizePlan plan not None,
+                      Normalisation norm not None, Py_ssize_t batch_index=0, bint nv12=False,
+                      bint fill_padding=True, bint full_range=False, bint bt709=False):
+    """Like :func:`preprocess_bgr` for a YUV 4:2:0 frame held in one C-contiguous uint8 array:
+    I420 (Y, then U, then V planes; PyAV ``yuv420p``) or NV12 (Y, then interleaved UV), flat
+    or shaped (H*3/2, W). Any size: odd ones have ``ceil(h/2) x ceil(w/2)`` chroma samples.
+    Colours follow ``full_range`` (else limited: Y 16..235) and ``bt709`` (else BT.601),
+    exactly as FFmpeg converts a yuv420p frame (see ``_set_coefficients``)."""
+    cdef Source s
+    keep_frame = _yuv_source(frame, plan.src_width, plan.src_height, nv12, full_range, bt709, &s)
+    cdef Output o
+    keep = _output(out, plan, batch_index, &o)
     cdef int rc
     with nogil:
         rc = _run(&s, plan, norm, &o, fill_padding)
     if rc != 0:
         raise MemoryError()
     return plan
+
+
+def yuv420_to_bgr(frame, int width, int height, uint8_t[:, :, ::1] out, bint nv12=False,
+                  bint full_range=False, bint bt709=False):
+    """Convert a whole YUV 4:2:0 frame (laid out as for :func:`preprocess_yuv420`) to packed
+    BGR in ``out`` (height x width x 3, C-contiguous): for image outputs and drawing, made
+    only where someone asks for BGR."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"frame size must be positive, got {width}x{height}")
+    if out.shape[0] != height or out.shape[1] != width or out.shape[2] != 3:
+        raise ValueError(
+            f"out has shape ({out.shape[0]}, {out.shape[1]}, {out.shape[2]}), a {width}x{height} BGR frame is ({height}, {width}, 3)"
+        )
+    cdef Source s
+    keep_frame = _yuv_source(frame, width, height, nv12, full_range, bt709, &s)
+    cdef int y
+    cdef uint8_t* base = &out[0, 0, 0]
+    cdef Py_ssize_t row = 3 * <Py_ssize_t>width
+    with nogil:
+        for y in range(height):
+            _yuv_row_to_bgr(&s, y, base + y * row)

@@ -142,4 +142,87 @@ static inline void fp_vblend_store(const float *h0, const float *h1, float wy, i
     }
 }
 
+
+/* One row of a YUV 4:2:0 frame to packed BGR, with FFmpeg's swscale integer arithmetic
+ * (16-bit lanes: samples scaled by 8 and offset, each term the floored high half of a
+ * product with a 13-bit coefficient), so the result is FFmpeg's bit for bit.
+ * coef: y_offset, cy, cub, cug, cvg, cvr. u and v point at the row's first chroma sample;
+ * uv_step is 1 (I420 planes) or 2 (NV12: u = the UV row, v = u + 1). */
+static inline int fp_yuv_mulhi(int a, int b) { return (a * b) >> 16; }
+
+static inline uint8_t fp_yuv_clip(int v) { return (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v)); }
+
+static inline void fp_yuv_row_to_bgr(const uint8_t *y, const uint8_t *u, const uint8_t *v,
+                                     int uv_step, int width, const int *coef, uint8_t *out)
+{
+    int x = 0;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    const __m128i yoff = _mm_set1_epi16((short)coef[0]);
+    const __m128i cy = _mm_set1_epi16((short)coef[1]);
+    const __m128i cub = _mm_set1_epi16((short)coef[2]);
+    const __m128i cug = _mm_set1_epi16((short)coef[3]);
+    const __m128i cvg = _mm_set1_epi16((short)coef[4]);
+    const __m128i cvr = _mm_set1_epi16((short)coef[5]);
+    const __m128i c1024 = _mm_set1_epi16(1024);
+    const __m128i lo_bytes = _mm_set1_epi16(0x00ff);
+    /* x + 16 < width: the interleave below writes one byte past pixel x + 15, which the
+     * next pixel (still in the row) overwrites. */
+    for (; x + 16 < width; x += 16) {
+        __m128i yy = _mm_loadu_si128((const __m128i *)(y + x));
+        __m128i ylo = _mm_mulhi_epi16(
+            _mm_sub_epi16(_mm_slli_epi16(_mm_unpacklo_epi8(yy, zero), 3), yoff), cy);
+        __m128i yhi = _mm_mulhi_epi16(
+            _mm_sub_epi16(_mm_slli_epi16(_mm_unpackhi_epi8(yy, zero), 3), yoff), cy);
+        __m128i uu, vv;
+        if (uv_step == 1) {
+            uu = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(u + x / 2)), zero);
+            vv = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(v + x / 2)), zero);
+        } else {
+            __m128i uv = _mm_loadu_si128((const __m128i *)(u + x));
+            uu = _mm_and_si128(uv, lo_bytes);
+            vv = _mm_srli_epi16(uv, 8);
+        }
+        uu = _mm_subs_epi16(_mm_slli_epi16(uu, 3), c1024);
+        vv = _mm_subs_epi16(_mm_slli_epi16(vv, 3), c1024);
+        __m128i bu = _mm_mulhi_epi16(uu, cub);
+        __m128i rv = _mm_mulhi_epi16(vv, cvr);
+        __m128i guv = _mm_adds_epi16(_mm_mulhi_epi16(uu, cug), _mm_mulhi_epi16(vv, cvg));
+        /* each chroma term serves two neighbouring pixels */
+        __m128i bb = _mm_packus_epi16(_mm_adds_epi16(ylo, _mm_unpacklo_epi16(bu, bu)),
+                                      _mm_adds_epi16(yhi, _mm_unpackhi_epi16(bu, bu)));
+        __m128i gg = _mm_packus_epi16(_mm_adds_epi16(ylo, _mm_unpacklo_epi16(guv, guv)),
+                                      _mm_adds_epi16(yhi, _mm_unpackhi_epi16(guv, guv)));
+        __m128i rr = _mm_packus_epi16(_mm_adds_epi16(ylo, _mm_unpacklo_epi16(rv, rv)),
+                                      _mm_adds_epi16(yhi, _mm_unpackhi_epi16(rv, rv)));
+        /* B G R X words of 4 pixels each, stored 3 bytes apart (each X is overwritten) */
+        __m128i bg_lo = _mm_unpacklo_epi8(bb, gg), bg_hi = _mm_unpackhi_epi8(bb, gg);
+        __m128i rx_lo = _mm_unpacklo_epi8(rr, zero), rx_hi = _mm_unpackhi_epi8(rr, zero);
+        __m128i quads[4] = {
+            _mm_unpacklo_epi16(bg_lo, rx_lo), _mm_unpackhi_epi16(bg_lo, rx_lo),
+            _mm_unpacklo_epi16(bg_hi, rx_hi), _mm_unpackhi_epi16(bg_hi, rx_hi),
+        };
+        uint8_t *o = out + 3 * (intptr_t)x;
+        for (int q = 0; q < 4; q++) {
+            __m128i w = quads[q];
+            for (int k = 0; k < 4; k++) {
+                uint32_t word = (uint32_t)_mm_cvtsi128_si32(w);
+                memcpy(o + 12 * q + 3 * k, &word, 4);
+                w = _mm_srli_si128(w, 4);
+            }
+        }
+    }
+#endif
+    for (; x < width; x++) {
+        int cx = x >> 1;
+        int u8 = ((int)u[cx * uv_step] << 3) - 1024;
+        int v8 = ((int)v[cx * uv_step] << 3) - 1024;
+        int yv = fp_yuv_mulhi(((int)y[x] << 3) - coef[0], coef[1]);
+        out[3 * x] = fp_yuv_clip(yv + fp_yuv_mulhi(u8, coef[2]));
+        out[3 * x + 1] =
+            fp_yuv_clip(yv + fp_yuv_mulhi(u8, coef[3]) + fp_yuv_mulhi(v8, coef[4]));
+        out[3 * x + 2] = fp_yuv_clip(yv + fp_yuv_mulhi(v8, coef[5]));
+    }
+}
+
 #endif

@@ -29,6 +29,7 @@ CODECS: dict[str, str] = {
     "libx264": ".mp4",
     "libx265": ".mp4",
     "mjpeg": ".avi",
+    "ffv1": ".mkv",
     "mpeg4": ".avi",
 }
 
@@ -125,11 +126,14 @@ def make_test_video(
     fps: float = 30.0,
     codec: str = "libx264",
     gop: int = 30,
+    pix_fmt: str | None = None,
 ) -> SyntheticVideo:
     """Encode ``frames`` numbered frames (0, 1, 2, ...) into ``path`` with PyAV.
 
     ``codec`` is one of :data:`CODECS`; the container follows the file's suffix (mp4, mkv,
-    avi). H.264/H.265 are written as yuv420p, MJPEG as yuvj420p.
+    avi). H.264/H.265 are written as yuv420p, MJPEG as yuvj420p, FFV1 (lossless, any size:
+    odd ones too) as yuv420p, unless ``pix_fmt`` names another format the encoder takes
+    (yuv422p, yuv444p, yuv420p10le, gray, ...).
     """
     import av  # heavy; imported where it is needed
 
@@ -137,8 +141,11 @@ def make_test_video(
         raise ValueError(f"unknown codec {codec!r}; known: {sorted(CODECS)}")
     if frames < 1 or frames > MAX_FRAME_NUMBER + 1:
         raise ValueError(f"frames must be in 1..{MAX_FRAME_NUMBER + 1}, got {frames}")
-    if width % 2 or height % 2:
-        raise ValueError(f"width and height must be even for 4:2:0 video, got {width}x{height}")
+    if (width % 2 or height % 2) and codec != "ffv1":
+        raise ValueError(
+            f"width and height must be even for {codec} video, got {width}x{height} "
+            "(ffv1 takes any size)"
+        )
     path = Path(path)
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w") as container:
@@ -146,10 +153,10 @@ def make_test_video(
         stream.width = width
         stream.height = height
         if codec == "mjpeg":
-            stream.pix_fmt = "yuvj420p"
+            stream.pix_fmt = pix_fmt or "yuvj420p"
             stream.options = {"q:v": "3"}
         else:
-            stream.pix_fmt = "yuv420p"
+            stream.pix_fmt = pix_fmt or "yuv420p"
             stream.gop_size = gop
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "crf": "23", "bf": "0"}

@@ -49,6 +49,11 @@ KEY_FIGURES: dict[str, tuple[str, ...]] = {
     "bench_decode.py": (
         "fps_plain",
         "fps_framepipe",
+        "fps_plain_pyav",
+        "cpu_per_frame_ms_plain_pyav",
+        "cpu_per_frame_ms_framepipe_pyav",
+        "cpu_ratio_vs_cv2",
+        "cpu_ratio_vs_pyav_planes",
         "fps_total_4x720p",
         "fps_total_4x720p_plain",
         "drop_oldest_age_p50_ms",
@@ -66,6 +71,9 @@ KEY_FIGURES: dict[str, tuple[str, ...]] = {
     "bench_inference_service.py": (
         "loop_fps",
         "loop_cpu_ms_per_frame",
+        "model_ceiling_fps",
+        "model_cpu_ms_per_run",
+        "plain_decode_ms",
         "fps_n1",
         "cpu_ms_per_frame_n1",
         "fps_total_n4",

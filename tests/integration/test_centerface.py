@@ -177,3 +177,41 @@ def test_converted_model_takes_any_size_and_batch(registry: ModelRegistry) -> No
     assert (
         "MIT License" in license_file.read_text() and "Martin Drawitsch" in license_file.read_text()
     )
+
+
+def test_native_yuv_frames_find_the_same_faces_as_bgr(faces: Faces) -> None:
+    """The demo video decoded into 4:2:0 slots (PyAV, as the decode process stores it) and
+    read by the fused pass finds, on every frame, the faces the BGR path finds (cv2 decode),
+    each matched at IoU >= 0.9."""
+    from framepipe.core.pixels import YuvFrame, wrap_slot
+    from framepipe.core.sources.backends import BackendOptions, PyAVBackend
+    from framepipe.core.sources.entities import SourceKind
+
+    capture = cv2.VideoCapture(str(demo_video_path()))
+    backend = PyAVBackend(str(demo_video_path()), SourceKind.FILE, BackendOptions())
+    layout = backend.open().layout
+    assert layout is not None and layout.is_yuv
+    frames = 0
+    unmatched: list[tuple[int, int, int, float]] = []
+    try:
+        while backend.grab():
+            ok, bgr = capture.read()
+            assert ok
+            slot = np.empty(layout.slot_shape, np.uint8)
+            backend.retrieve(slot)
+            yuv = wrap_slot(slot, layout)
+            assert isinstance(yuv, YuvFrame)
+            ours, today = faces([yuv, bgr])
+            assert ours is not None and today is not None
+            new = [corners(p) for p in ours["predictions"]]
+            old = [corners(p) for p in today["predictions"]]
+            worst = min((max((iou(b, a) for a in new), default=0.0) for b in old), default=1.0)
+            if len(new) != len(old) or worst < 0.9:
+                unmatched.append((frames, len(new), len(old), worst))
+            frames += 1
+        assert not capture.read()[0]
+    finally:
+        capture.release()
+        backend.close()
+    assert frames == 200
+    assert not unmatched, f"frames where the faces differ (frame, new, old, worst IoU): {unmatched}"

@@ -184,7 +184,9 @@ def test_yuv420_matches_cv2_conversion_then_reference(
     out = np.empty((1, 3, dst, dst), np.float32)
     preprocess_yuv420(yuv, out, plan, Normalisation(), nv12=nv12)
     ref = reference(decoded, dst, dst, letterbox=letterbox)
-    assert np.abs(out[0] - ref).max() <= 1 / 255 + 1e-5
+    # The kernel converts exactly as FFmpeg does (tests/unit/test_yuv_frames.py holds it to
+    # that); cv2's BT.601 constants and rounding differ from FFmpeg's by up to three levels.
+    assert np.abs(out[0] - ref).max() <= 4 / 255 + 1e-5
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from framepipe.core.pixels import (
+    ColourMatrix,
+    ColourRange,
+    FrameImage,
+    PixelFormat,
+    YuvFrame,
+)
 from framepipe.core.processing.detections import Detections
 from framepipe.core.processing.postprocess import (
     CENTERFACE_LANDMARKS,
@@ -39,7 +46,7 @@ from framepipe.core.processing.registry import (
     ProcessingSettings,
 )
 from framepipe.core.processing.runner import OnnxRunner
-from framepipe.ext._preprocess import Normalisation, ResizePlan, preprocess_bgr
+from framepipe.ext._preprocess import Normalisation, ResizePlan, preprocess_bgr, preprocess_yuv420
 from framepipe.protocol.errors import InvalidPayloadError
 
 CENTERFACE_OUTPUTS = ("heatmap", "scale", "offset", "landmarks")
@@ -77,12 +84,27 @@ class Preprocessor:
 
     def write(
         self,
-        frame: npt.NDArray[np.uint8],
+        frame: FrameImage,
         out: npt.NDArray[np.floating],
         index: int,
         plan: ResizePlan,
         fill_padding: bool = True,
     ) -> ResizePlan:
+        """One fused pass from the frame (BGR, or 4:2:0 in its slot with its range and
+        matrix) into ``out[index]``."""
+        if isinstance(frame, YuvFrame):
+            layout = frame.layout
+            return preprocess_yuv420(
+                frame.data,
+                out,
+                plan,
+                self.normalisation,
+                index,
+                nv12=layout.pixel_format is PixelFormat.NV12,
+                fill_padding=fill_padding,
+                full_range=layout.colour_range is ColourRange.FULL,
+                bt709=layout.matrix is ColourMatrix.BT709,
+            )
         return preprocess_bgr(frame, out, plan, self.normalisation, index, fill_padding)
 
 
@@ -265,7 +287,7 @@ class LoadedModel:
         return buf[:batch]  # the first images of a C-contiguous buffer: contiguous too
 
     def infer(
-        self, frames: Sequence[npt.NDArray[np.uint8] | None], thresholds: Thresholds, top_k: int = 5
+        self, frames: Sequence[FrameImage | None], thresholds: Thresholds, top_k: int = 5
     ) -> list[FrameResult | None]:
         """Results per frame (None where the frame is None). Frames that share a model input
         size are batched when the model takes a dynamic batch."""
@@ -274,7 +296,7 @@ class LoadedModel:
 
     def infer_frames(
         self,
-        frames: Sequence[npt.NDArray[np.uint8] | None],
+        frames: Sequence[FrameImage | None],
         options: Sequence[DecodeOptions | None],
     ) -> list[FrameResult | None]:
         """Like :meth:`infer`, with decode options per frame (frames of several pipelines in
@@ -286,7 +308,9 @@ class LoadedModel:
         for i, frame in enumerate(frames):
             if frame is None:
                 continue
-            if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            if not isinstance(frame, YuvFrame) and (
+                frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8
+            ):
                 raise InvalidPayloadError(
                     f"frame {i}: expected BGR uint8 HxWx3, got {frame.dtype} {frame.shape}"
                 )

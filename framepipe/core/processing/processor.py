@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from framepipe.core.pixels import FrameImage, as_bgr
 from framepipe.core.processing.registry import PASSTHROUGH, ModelRegistry
 from framepipe.core.processing.spec import (
     ImageProperty,
@@ -39,7 +40,7 @@ from framepipe.core.processing.spec import (
 )
 from framepipe.protocol.errors import InvalidPayloadError
 
-Frame = npt.NDArray[np.uint8]
+Frame = FrameImage  # a BGR array, or a 4:2:0 frame made BGR only where an output needs it
 Output = dict[str, Any] | None
 Predictions = dict[str, Any]
 
@@ -61,6 +62,10 @@ class Processor(ABC):
 
     #: The model this processor needs predictions from (None: it needs none).
     model: ModelSpec | None = None
+    #: Whether ``compose`` takes frames as they are in their ring (a 4:2:0
+    #: :class:`~framepipe.core.pixels.YuvFrame` is read with ``as_bgr`` only where pixels
+    #: are needed). A processor that leaves this False (user code) gets BGR arrays.
+    reads_native_frames: bool = False
 
     @abstractmethod
     def compose(
@@ -96,6 +101,8 @@ def _check_lengths(
 class PassthroughProcessor(Processor):
     """No model: frames flow and each output reports the frame's metadata."""
 
+    reads_native_frames = True
+
     def compose(
         self,
         frames: Sequence[Frame | None],
@@ -127,6 +134,8 @@ def _require_predictions(
 
 class ModelProcessor(Processor):
     """One registered model; outputs in the reference's prediction shape."""
+
+    reads_native_frames = True
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -174,7 +183,7 @@ def video_metadata(meta: Any) -> dict[str, Any]:
 def _jpeg_base64(frame: Frame, meta: Any) -> dict[str, Any]:
     import cv2  # only pipelines with an image output need it
 
-    ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    ok, encoded = cv2.imencode(".jpg", as_bgr(frame), [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise InvalidPayloadError("the frame could not be JPEG-encoded")
     image: dict[str, Any] = {
@@ -188,6 +197,8 @@ def _jpeg_base64(frame: Frame, meta: Any) -> dict[str, Any]:
 
 class WorkflowProcessor(Processor):
     """The workflow subset: optional model step, image-property steps, JsonField outputs."""
+
+    reads_native_frames = True
 
     def __init__(self, spec: WorkflowSpec) -> None:
         self.spec = spec
@@ -228,7 +239,7 @@ class WorkflowProcessor(Processor):
         return outputs
 
 
-FrameCallback = Callable[[Frame, Output, Any], None]
+FrameCallback = Callable[[npt.NDArray[np.uint8], Output, Any], None]
 
 
 class FrameTap(Processor):
@@ -236,13 +247,15 @@ class FrameTap(Processor):
     metadata)`` — in place, while it is still leased, right after its output was composed.
 
     For whoever needs the pixels of the frames as they pass (drawing the results on them for a
-    return video track or a recording): ``frame`` is valid only during the call, so a callee
-    that keeps it copies it (``annotate`` draws on a copy).
+    return video track or a recording): ``frame`` is BGR (a 4:2:0 frame is converted, once
+    for all of this frame's outputs) and valid only during the call, so a callee that keeps
+    it copies it (``annotate`` draws on a copy).
     """
 
     def __init__(self, inner: Processor, on_frame: FrameCallback) -> None:
         self.inner = inner
         self.model = inner.model
+        self.reads_native_frames = inner.reads_native_frames
         self._on_frame = on_frame
 
     def compose(
@@ -254,7 +267,7 @@ class FrameTap(Processor):
         outputs = self.inner.compose(frames, frames_metadata, predictions)
         for frame, output, meta in zip(frames, outputs, frames_metadata, strict=True):
             if frame is not None:
-                self._on_frame(frame, output, meta)
+                self._on_frame(as_bgr(frame), output, meta)
         return outputs
 
 

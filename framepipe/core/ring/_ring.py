@@ -10,7 +10,8 @@ Public API (stable; other modules code against it)::
     FrameRing.create(slots: int, shape: Sequence[int], dtype: DTypeLike = np.uint8,
                      max_consumers: int = 4, *, queue_depth: int = 2, tag: str = "ring",
                      owner_pid: int | None = None,
-                     resident_slots: int | None = None) -> FrameRing
+                     resident_slots: int | None = None,
+                     layout: FrameLayout | None = None) -> FrameRing
     FrameRing.attach(name: str) -> FrameRing
     FrameRing.required_slots(queue_depth: int, consumers: int, leases_in_flight: int = 1) -> int
     FrameRing.segment_size(slots, shape, dtype=np.uint8, max_consumers=4, queue_depth=2) -> int
@@ -19,6 +20,8 @@ Public API (stable; other modules code against it)::
 
     ring.name, ring.slots, ring.shape, ring.dtype, ring.max_consumers, ring.queue_depth,
     ring.slot_nbytes, ring.nbytes, ring.owner, ring.segment
+    ring.layout -> FrameLayout | None          # pixel format, size, colour range and matrix
+                                               # of a video frame ring (None: plain arrays)
 
     # producer side (ONE producer process per ring)
     ring.try_acquire() -> int | None          # a free slot, now marked "being written"
@@ -103,6 +106,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from framepipe.core._lifecycle import OwnedResource
 from framepipe.core.growth import GrowthAccount
+from framepipe.core.pixels import ColourMatrix, ColourRange, FrameLayout, PixelFormat
 from framepipe.core.processes import pid_alive
 from framepipe.core.shm import Segment
 from framepipe.ext import _spsc
@@ -147,6 +151,14 @@ _H_QUEUE_STRIDE = 160
 _H_DATA_OFF = 168
 _H_TOTAL = 176
 _H_OWNER_PID = 184
+# the frames' layout (framepipe.core.pixels.FrameLayout), all uint32; _H_LAYOUT is 0 when the
+# ring was created without one (plain arrays), else 1
+_H_LAYOUT = 192
+_H_PIXEL_FORMAT = 196
+_H_FRAME_WIDTH = 200
+_H_FRAME_HEIGHT = 204
+_H_COLOUR_RANGE = 208
+_H_MATRIX = 212
 _H_PRODUCER_PID = 256  # int64, own cache line
 _H_PRODUCER_DONE = 264  # uint32: the producer closed (end of stream)
 _H_PRODUCER_WAIT = 320  # uint32, producer "sleeping" flag, own cache line
@@ -298,6 +310,7 @@ class FrameRing(OwnedResource):
         self.name = segment.name
         self.owner = segment.owner
         self._g = geometry
+        self._layout = _read_layout(segment.buf)
         self._closed = False
         self._unlinked = False
         self._sems: list[_spsc.NamedSemaphore] = []
@@ -434,11 +447,19 @@ class FrameRing(OwnedResource):
         tag: str = "ring",
         owner_pid: int | None = None,
         resident_slots: int | None = None,
+        layout: FrameLayout | None = None,
     ) -> FrameRing:
         """A new ring; ``resident_slots``: slots backed from the start and never punched out
         (the resident set the pipeline was admitted for; default 1), the rest reserved as
-        the producer needs them."""
+        the producer needs them. ``layout``: what the slots hold, when they hold video frames
+        (recorded in the header for every reader); the slot's shape must be
+        ``layout.slot_shape``, uint8."""
         g = _Geometry.compute(slots, shape, dtype, max_consumers, queue_depth)
+        if layout is not None and (layout.slot_shape != g.shape or g.dtype != np.uint8):
+            raise ValueError(
+                f"a ring of {layout.width}x{layout.height} {layout.pixel_format.name} frames "
+                f"has uint8 slots of shape {layout.slot_shape}, got {g.dtype} {g.shape}"
+            )
         keep = 1 if resident_slots is None else resident_slots
         if not isinstance(keep, int) or keep < 0:
             raise ValueError(f"resident_slots must be an int >= 0, got {resident_slots!r}")
@@ -447,7 +468,7 @@ class FrameRing(OwnedResource):
             g.total, tag, owner_pid=owner_pid, reserve=g.data_off + keep * g.slot_stride
         )
         try:
-            _write_header(segment.buf, g, segment_owner=os.getpid())
+            _write_header(segment.buf, g, segment_owner=os.getpid(), layout=layout)
             ring = cls(segment, g, initialise=True)
         except BaseException:
             segment.close()
@@ -499,6 +520,11 @@ class FrameRing(OwnedResource):
     @property
     def slot_nbytes(self) -> int:
         return self._g.slot_nbytes
+
+    @property
+    def layout(self) -> FrameLayout | None:
+        """The frames' pixel format, size, colour range and matrix (None: plain arrays)."""
+        return self._layout
 
     @property
     def nbytes(self) -> int:
@@ -882,7 +908,9 @@ class FrameRing(OwnedResource):
         )
 
 
-def _write_header(buf: memoryview, g: _Geometry, *, segment_owner: int) -> None:
+def _write_header(
+    buf: memoryview, g: _Geometry, *, segment_owner: int, layout: FrameLayout | None = None
+) -> None:
     hdr = np.ndarray((_HEADER_SIZE,), np.uint8, buf, 0)
     hdr[:] = 0
     del hdr
@@ -911,6 +939,16 @@ def _write_header(buf: memoryview, g: _Geometry, *, segment_owner: int) -> None:
         (_H_OWNER_PID, segment_owner),
     ):
         i64[off // 8] = value
+    if layout is not None:
+        for off, field in (
+            (_H_LAYOUT, 1),
+            (_H_PIXEL_FORMAT, int(layout.pixel_format)),
+            (_H_FRAME_WIDTH, layout.width),
+            (_H_FRAME_HEIGHT, layout.height),
+            (_H_COLOUR_RANGE, int(layout.colour_range)),
+            (_H_MATRIX, int(layout.matrix)),
+        ):
+            u32[off // 4] = field
     del u32, i64
     # the rest of the metadata area starts zeroed (fallocate), the magic goes last
     buf[0:8] = _MAGIC
@@ -939,3 +977,19 @@ def _read_header(buf: memoryview, name: str, size: int) -> _Geometry:
         return g
     finally:
         del u32, i64
+
+
+def _read_layout(buf: memoryview) -> FrameLayout | None:
+    u32 = np.ndarray((_HEADER_SIZE // 4,), np.uint32, buf, 0)
+    try:
+        if not int(u32[_H_LAYOUT // 4]):
+            return None
+        return FrameLayout(
+            PixelFormat(int(u32[_H_PIXEL_FORMAT // 4])),
+            int(u32[_H_FRAME_WIDTH // 4]),
+            int(u32[_H_FRAME_HEIGHT // 4]),
+            ColourRange(int(u32[_H_COLOUR_RANGE // 4])),
+            ColourMatrix(int(u32[_H_MATRIX // 4])),
+        )
+    finally:
+        del u32

@@ -1,10 +1,15 @@
 """Decode backends behind one small interface: OpenCV (``cv2.VideoCapture``) and PyAV.
 
 A backend opens a source, ``grab()``s the next frame (this is where decoding happens) and
-``retrieve(out)``s it as BGR straight into ``out`` — a numpy view on a ring slot — so a
-frame is written once, by the decoder, where its consumers will read it. Frames that are
-never delivered (max_fps, muted) are grabbed but not retrieved, which skips the colour
-conversion.
+``retrieve(out)``s it straight into ``out`` — a numpy view on a ring slot — so a frame is
+written once, by the decoder, where its consumers will read it. Frames that are never
+delivered (max_fps, muted) are grabbed but not retrieved, which skips the copy.
+
+What a slot holds is the backend's :attr:`layout` (known once it is open): PyAV stores the
+decoder's native YUV 4:2:0 (I420 / NV12: the planes copied once into the slot, 1.5 bytes a
+pixel, no BGR made), with the stream's colour range and matrix; a stream decoded to another
+format (4:2:2, 4:4:4, 10-bit, grey) is converted to 4:2:0 once, here, and an RGB one is
+stored as BGR. OpenCV (webcams) stores BGR.
 
 Every open and every read has a timeout (a frozen RTSP server would otherwise block a
 reader forever); RTSP goes over TCP.
@@ -21,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from framepipe.core.pixels import ColourMatrix, ColourRange, FrameLayout, PixelFormat
 from framepipe.core.sources.entities import DecoderBackendName, SourceKind, StreamInfo
 
 Image = npt.NDArray[np.uint8]
@@ -47,18 +53,26 @@ class BackendOptions:
 class DecodeBackend(Protocol):
     name: DecoderBackendName
 
-    def open(self) -> StreamInfo: ...
+    def open(self) -> StreamInfo:
+        """Open the source; the returned info's ``layout`` says what ``retrieve`` writes."""
+        ...
 
     def grab(self) -> bool:
         """Decode the next frame; False at the end of the stream or on a read failure."""
         ...
 
     def retrieve(self, out: Image) -> None:
-        """Write the last grabbed frame into ``out`` (HxWx3 BGR uint8, the stream's size)."""
+        """Write the last grabbed frame into ``out``: a slot of the layout ``open`` gave."""
         ...
 
     def pts_s(self) -> float | None:
         """Presentation time (seconds) of the last grabbed frame."""
+        ...
+
+    def use_layout(self, layout: FrameLayout) -> None:
+        """Write into slots of ``layout`` from now on: the ring was made for an earlier
+        opening of the stream (a reconnect, a replacement decoder) whose frames may have had
+        another size or format."""
         ...
 
     def close(self) -> None: ...
@@ -147,6 +161,7 @@ class OpenCVBackend:
             fps=fps if fps and fps < 1000 else None,
             total_frames=total if total > 0 and self._kind is SourceKind.FILE else None,
             codec=fourcc,
+            layout=FrameLayout.bgr(width, height),
         )
 
     def grab(self) -> bool:
@@ -172,14 +187,92 @@ class OpenCVBackend:
         msec = float(self._cap.get(cv2.CAP_PROP_POS_MSEC))
         return msec / 1000.0 if msec >= 0 else None
 
+    def use_layout(self, layout: FrameLayout) -> None:
+        if layout.is_yuv:
+            raise SourceOpenError(
+                f"the OpenCV decoder writes BGR frames; this ring holds {layout.pixel_format.name}"
+            )
+        # a BGR slot of another size: retrieve() scales into it
+
     def close(self) -> None:
         cap, self._cap = self._cap, None
         if cap is not None:
             cap.release()
 
 
+#: Decoder pixel formats stored as they come (FFmpeg's name → the slot's format).
+_NATIVE_420 = {"yuv420p": PixelFormat.I420, "yuvj420p": PixelFormat.I420, "nv12": PixelFormat.NV12}
+#: AVColorSpace values of BT.709; everything else (BT.601 tags, unspecified) converts as
+#: BT.601, as FFmpeg's swscale does for an untagged frame.
+_AVCOL_SPC_BT709 = 1
+_AVCOL_RANGE_JPEG = 2
+
+
+@dataclass(frozen=True, slots=True)
+class FrameConversion:
+    """How a decoded frame of one pixel format becomes a slot: stored as it is
+    (``convert_to`` None) or converted once to ``convert_to`` (an FFmpeg format name)."""
+
+    layout: FrameLayout
+    source_format: str
+    convert_to: str | None
+
+
+def plan_conversion(frame: Any) -> FrameConversion:
+    """The slot layout of a decoded PyAV frame's stream, from its pixel format and colour
+    tags; SourceOpenError naming the format when it cannot be stored or converted."""
+    name = str(frame.format.name)
+    width, height = int(frame.width), int(frame.height)
+    full = name.startswith("yuvj") or int(frame.color_range) == _AVCOL_RANGE_JPEG
+    colour_range = ColourRange.FULL if full else ColourRange.LIMITED
+    matrix = ColourMatrix.BT709 if int(frame.colorspace) == _AVCOL_SPC_BT709 else ColourMatrix.BT601
+    if height % 2 or width % 2:
+        # FFmpeg interpolates the chroma of an odd-size 4:2:0 frame when it converts it
+        # (rare: H.264 and HEVC 4:2:0 are even-sized); BGR made once here keeps every
+        # reader's pixels equal to FFmpeg's.
+        return FrameConversion(FrameLayout.bgr(width, height), name, "bgr24")
+    native = _NATIVE_420.get(name)
+    if native is not None:
+        return FrameConversion(FrameLayout(native, width, height, colour_range, matrix), name, None)
+    fmt = frame.format
+    if getattr(fmt, "is_bit_stream", False) or getattr(fmt, "is_hwaccel", False):
+        raise SourceOpenError(
+            f"the decoder yields frames in pixel format {name!r}, which framepipe cannot "
+            "store or convert (a hardware or bitstream format)"
+        )
+    if getattr(fmt, "is_rgb", False):
+        # RGB-family sources (PNG, rawvideo rgb24, ...): BGR keeps every sample.
+        return FrameConversion(FrameLayout.bgr(width, height), name, "bgr24")
+    # 4:2:2, 4:4:4, 4:1:1, 10/12-bit, grey, ...: converted once to 4:2:0, range and matrix kept.
+    return FrameConversion(
+        FrameLayout(PixelFormat.I420, width, height, colour_range, matrix), name, "yuv420p"
+    )
+
+
+def copy_planes(frame: Any, layout: FrameLayout, out: Image) -> None:
+    """Copy a decoded 4:2:0 frame's planes into a slot of ``layout`` (one copy per plane,
+    each row without the decoder's line padding)."""
+    for plane, dst in zip(frame.planes, layout.planes(out), strict=True):
+        rows, cols = dst.shape
+        stride = int(plane.line_size)
+        src = np.frombuffer(plane, np.uint8, count=stride * (rows - 1) + cols)
+        np.copyto(dst, np.lib.stride_tricks.as_strided(src, (rows, cols), (stride, 1)))
+
+
+def _slot_format(layout: FrameLayout) -> str:
+    """The FFmpeg pixel format of a slot of ``layout``."""
+    if layout.pixel_format is PixelFormat.NV12:
+        return "nv12"
+    return "yuv420p" if layout.is_yuv else "bgr24"
+
+
 class PyAVBackend:
-    """PyAV (FFmpeg) with threaded decoding; YUV → BGR by ``cv2.cvtColor(dst=slot)``."""
+    """PyAV (FFmpeg) with threaded decoding; frames stored in their native 4:2:0.
+
+    ``open`` decodes the first frame to learn its pixel format, colour range and matrix
+    (the layout of the ring); ``grab`` then returns that frame first. A later frame whose
+    size or format differs from the layout (a stream that changed mid-way) is scaled or
+    converted to it, and counted in ``copies``."""
 
     name = DecoderBackendName.PYAV
 
@@ -190,8 +283,14 @@ class PyAVBackend:
         self._container: Any = None
         self._frames: Any = None
         self._frame: Any = None
+        self._first: Any = None
         self._time_base: float | None = None
+        self._conversion: FrameConversion | None = None
         self.copies = 0
+
+    @property
+    def layout(self) -> FrameLayout | None:
+        return None if self._conversion is None else self._conversion.layout
 
     def open(self) -> StreamInfo:
         import av
@@ -230,29 +329,49 @@ class PyAVBackend:
             raise SourceOpenError(
                 f"the decoder could not open it ({type(exc).__name__}: {exc})"
             ) from exc
-        if not container.streams.video:
+        try:
+            return self._start(container)
+        except BaseException:
+            self._container = self._frames = self._first = None
             container.close()
+            raise
+
+    def _start(self, container: Any) -> StreamInfo:
+        import av
+
+        if not container.streams.video:
             raise SourceOpenError("it has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        if opts.threads:
-            stream.codec_context.thread_count = opts.threads
+        if self._options.threads:
+            stream.codec_context.thread_count = self._options.threads
         self._container = container
         self._time_base = float(stream.time_base) if stream.time_base else None
         self._frames = container.decode(stream)
+        try:
+            self._first = next(self._frames)
+        except (StopIteration, av.error.FFmpegError, TimeoutError, OSError) as exc:
+            why = "it ended" if isinstance(exc, StopIteration) else f"{type(exc).__name__}: {exc}"
+            raise SourceOpenError(f"no frame could be decoded ({why})") from None
+        self._conversion = plan_conversion(self._first)
+        layout = self._conversion.layout
         rate = stream.average_rate or stream.guessed_rate
         total = int(stream.frames) if stream.frames else None
         return StreamInfo(
-            width=int(stream.codec_context.width),
-            height=int(stream.codec_context.height),
+            width=layout.width,
+            height=layout.height,
             fps=float(rate) if rate else None,
             total_frames=total if self._kind is SourceKind.FILE else None,
             codec=str(stream.codec_context.name),
+            layout=layout,
         )
 
     def grab(self) -> bool:
         import av
 
+        if self._first is not None:
+            self._frame, self._first = self._first, None
+            return True
         try:
             self._frame = next(self._frames)
         except (StopIteration, av.error.FFmpegError, TimeoutError, OSError):
@@ -261,24 +380,34 @@ class PyAVBackend:
         return True
 
     def retrieve(self, out: Image) -> None:
-        import cv2
-
         frame = self._frame
-        if frame is None:
+        conversion = self._conversion
+        if frame is None or conversion is None:
             raise SourceOpenError("no grabbed frame to retrieve")
-        if frame.width != out.shape[1] or frame.height != out.shape[0]:
+        layout = conversion.layout
+        if (
+            frame.width != layout.width
+            or frame.height != layout.height
+            or frame.format.name != conversion.source_format
+        ):
+            # The stream changed mid-way: to the ring's size and format, through a temporary.
             self.copies += 1
-            image = frame.to_ndarray(format="bgr24", width=out.shape[1], height=out.shape[0])
-            np.copyto(out, image)
-            return
-        if frame.format.name == "yuv420p":
-            # One small copy of the planes (1.5 bytes per pixel), then the conversion
-            # writes BGR straight into the slot.
-            yuv = frame.to_ndarray(format="yuv420p")
-            cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420, dst=out)
+            frame = frame.reformat(
+                width=layout.width, height=layout.height, format=_slot_format(layout)
+            )
+        elif conversion.convert_to is not None and layout.is_yuv:
+            frame = frame.reformat(format=conversion.convert_to)
+        if layout.is_yuv:
+            copy_planes(frame, layout, out)
         else:
-            self.copies += 1
             np.copyto(out, frame.to_ndarray(format="bgr24"))
+
+    def use_layout(self, layout: FrameLayout) -> None:
+        conversion = self._conversion
+        if conversion is None or conversion.layout == layout:
+            return
+        # Every frame is scaled / converted to the ring's layout (source_format matches none).
+        self._conversion = FrameConversion(layout, "", None)
 
     def pts_s(self) -> float | None:
         frame = self._frame
@@ -290,6 +419,7 @@ class PyAVBackend:
         container, self._container = self._container, None
         self._frames = None
         self._frame = None
+        self._first = None
         if container is not None:
             container.close()
 
@@ -302,5 +432,7 @@ def make_backend(
     return OpenCVBackend(target, kind, options)
 
 
-#: Chosen by perf/bench_decode.py on the development machine (see perf/RESULTS.md).
-DEFAULT_BACKEND = DecoderBackendName.OPENCV
+def default_backend(kind: SourceKind) -> DecoderBackendName:
+    """PyAV (frames stored in native 4:2:0, see perf/bench_decode.py) for files and streams;
+    OpenCV for webcams, which it opens on every platform."""
+    return DecoderBackendName.OPENCV if kind is SourceKind.WEBCAM else DecoderBackendName.PYAV

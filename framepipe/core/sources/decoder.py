@@ -4,7 +4,8 @@ Runs :func:`run_decoder` in a child process (started from the forkserver of
 :mod:`framepipe.core.sources.launcher`). It opens the source and tells its owner the stream's
 size (the owner creates the :class:`~framepipe.core.ring.FrameRing` and sends its name back),
 then loops: grab the next frame, decide which consumers get it (their mode, ``max_fps``,
-adaptive pace), acquire a free slot, retrieve the frame as BGR straight into the slot, publish
+adaptive pace), acquire a free slot, retrieve the frame straight into the slot (in the
+ring's pixel format: native 4:2:0 for PyAV, BGR for OpenCV), publish
 its descriptor to those consumers under each one's filling strategy.
 
 Everything about the source lives in its :class:`~framepipe.core.sources.status.SourceStatus`
@@ -186,6 +187,13 @@ class _Decoder:
         self.producer = FrameProducer(ring, BufferFillingStrategy.DROP_OLDEST)
         for consumer in self.consumers.values():
             self.producer.set_consumer_strategy(consumer.index, consumer.strategy)
+        self.match_ring()
+
+    def match_ring(self) -> None:
+        """Frames go into slots of the ring's layout, whatever this opening of the stream
+        yields (a replacement decoder, a reconnect to a stream that changed)."""
+        if self.ring is not None and self.ring.layout is not None and self.backend is not None:
+            self.backend.use_layout(self.ring.layout)
 
     # -- statistics ---------------------------------------------------------------------------
 
@@ -272,6 +280,7 @@ class _Decoder:
                 self.status.set_error(f"reconnect failed: {exc}")
                 backoff = min(backoff * 2, self.config.reconnect_max_backoff_s)
                 continue
+            self.match_ring()
             self.status.count_reconnect()
             self.status.set_state(StreamState.RUNNING)
             self.update_mode_state()

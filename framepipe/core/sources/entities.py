@@ -12,6 +12,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from framepipe.core.pixels import FrameLayout
+
 # The strategy types are the wire's (one type each), re-exported for the sources layer.
 from framepipe.protocol.payloads import BufferConsumptionStrategy as BufferConsumptionStrategy
 from framepipe.protocol.payloads import BufferFillingStrategy as BufferFillingStrategy
@@ -150,6 +152,8 @@ class StreamInfo:
     fps: float | None
     total_frames: int | None
     codec: str = ""
+    #: how the decoder stores frames in the ring (None: BGR, the stream's size)
+    layout: FrameLayout | None = None
 
 
 @dataclass(frozen=True)

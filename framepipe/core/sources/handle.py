@@ -25,6 +25,7 @@ from multiprocessing.process import BaseProcess
 
 import numpy as np
 
+from framepipe.core.pixels import FrameLayout
 from framepipe.core.processes import describe_exit
 from framepipe.core.ring import ConsumerState, FrameRing
 from framepipe.core.sources.backends import BackendOptions
@@ -312,16 +313,18 @@ class DecoderHandle:
                 info.width, info.height, self.buffer_size, consumers, self.ring_budget_bytes
             )
             active_now = sum(1 for c in self.status.consumers() if c.active)
+            layout = info.layout or FrameLayout.bgr(info.width, info.height)
             try:
                 ring = FrameRing.create(
                     slots,
-                    (info.height, info.width, 3),
+                    layout.slot_shape,
                     np.uint8,
                     consumers,
                     queue_depth=depth,
                     tag="src",
                     # the frames in flight of the consumers here now; the rest as granted
                     resident_slots=resident_floor_slots(active_now),
+                    layout=layout,
                 )
             except Exception as exc:
                 self.send(Terminate())

@@ -28,7 +28,7 @@ import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from framepipe.core.sources.backends import DEFAULT_BACKEND, BackendOptions
+from framepipe.core.sources.backends import BackendOptions, default_backend
 from framepipe.core.sources.entities import (
     BufferConsumptionStrategy,
     BufferFillingStrategy,
@@ -143,7 +143,8 @@ class SourceHub:
         joins the source's decode process)."""
         if os.getpid() != self._pid:
             raise OperationError("a SourceHub cannot be used from a forked child process")
-        backend = request.backend or DEFAULT_BACKEND
+        kind = request.reference.kind if request.reference is not None else SourceKind.FILE
+        backend = request.backend or default_backend(kind)
         filling, consumption = request.strategies
         key = self._key(request, backend)
         with self._lock:

@@ -16,9 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
-import numpy.typing as npt
-
+from framepipe.core.pixels import FrameImage
 from framepipe.core.ring import FrameRef
 from framepipe.core.sources.entities import BufferConsumptionStrategy, FrameMetadata
 
@@ -29,7 +27,7 @@ _POLL_S = 0.05
 class LeasedFrame:
     """A frame read in place from its ring slot; hand it back with ``release()`` after use."""
 
-    image: npt.NDArray[np.uint8]
+    image: FrameImage  # BGR array, or a 4:2:0 frame (as_bgr() makes BGR of it on demand)
     metadata: FrameMetadata
     slot: int
     seq: int

@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from framepipe.core._lifecycle import Closing
+from framepipe.core.pixels import FrameLayout
 from framepipe.core.ring import FrameProducer, FrameRing
 from framepipe.core.sources.decoder import PTS_NONE
 from framepipe.core.sources.entities import (
@@ -310,14 +311,16 @@ class PushSource(Closing):
             width, height, self.buffer_size, consumers, self.ring_budget_bytes
         )
         active_now = sum(1 for c in self.status.consumers() if c.active)
+        layout = FrameLayout.bgr(width, height)
         ring = FrameRing.create(
             slots,
-            (height, width, 3),
+            layout.slot_shape,
             np.uint8,
             consumers,
             queue_depth=depth,
             tag="src",
             resident_slots=resident_floor_slots(active_now),
+            layout=layout,
         )
         try:
             for settings in self.status.consumers():
@@ -337,6 +340,7 @@ class PushSource(Closing):
             fps=self.declared_fps,
             total_frames=None,
             codec=self.codec,
+            layout=layout,
         )
         self.status.set_info(info, self.backend, time.time_ns())
         self.status.set_ring_name(ring.name)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from framepipe.core.pixels import wrap_slot
 from framepipe.core.ring import FrameConsumer, FrameRef, FrameRing, Lease
 from framepipe.core.sources.decoder import PTS_NONE
 from framepipe.core.sources.entities import (
@@ -118,7 +119,7 @@ class Subscription:
         assert self._ring is not None
         d = lease.descriptor
         return LeasedFrame(
-            lease.array,
+            wrap_slot(lease.array, self._ring.layout),
             self._metadata(lease),
             d.slot,
             d.seq,
@@ -134,7 +135,11 @@ class Subscription:
             stamp_ns = self.status.decode_start_ns + int(pts * 1e9)
         else:
             stamp_ns = d.capture_ns
-        height, width = lease.array.shape[:2]
+        layout = self._ring.layout if self._ring is not None else None
+        if layout is not None:
+            height, width = layout.height, layout.width
+        else:
+            height, width = lease.array.shape[:2]
         info = self.status.info
         return FrameMetadata(
             frame_id=d.frame_id,
