@@ -47,6 +47,7 @@ from framepipe.core.sources.gate import ConsumerGate, frame_targets
 from framepipe.core.sources.messages import AttachRing, Command, Opened, Terminate
 from framepipe.core.sources.reference import ParsedReference
 from framepipe.core.sources.status import ConsumerMode, EventKind, SourceStatus
+from framepipe.protocol.errors import NotFoundError
 
 if TYPE_CHECKING:
     from framepipe.core.ring import FrameProducer, FrameRing
@@ -420,7 +421,10 @@ def run_decoder(config: DecoderConfig, control: Connection) -> None:
     """Entry point of a decode process."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's business
-    status = SourceStatus.attach(config.status_name)
+    try:
+        status = SourceStatus.attach(config.status_name)
+    except NotFoundError:
+        return  # the owner closed the source before this process ran: nothing to decode for
     status.set_decoder_pid(os.getpid())
     status.heartbeat()  # alive from here on: an open that hangs past every timeout is seen
     decoder = _Decoder(config, control, status)
