@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from framepipe._explain import CommandLineError
+from framepipe._interrupt import CtrlC
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -176,16 +177,55 @@ def run_local(
     output: str | None = None,
     as_json: bool = False,
 ) -> int:
-    from framepipe.core.pipeline import Pipeline, PipelineState
-    from framepipe.errors import FramepipeError
+    from framepipe.core.pipeline import PipelineState
 
     if frames is not None and frames < 1:
         raise CommandLineError(
             f"--frames must be at least 1, got {frames}", "drop it to run to the end"
         )
+    # From here until everything is torn down, Ctrl-C is a request _follow polls: raised as an
+    # exception it could land inside a lock the pipeline's threads need (framepipe._interrupt).
+    tally = _Tally(frames)
+    with CtrlC() as ctrl_c:
+        pipeline, stopped_by, state, recording, started = _start_and_follow(
+            video, model, max_fps, tally, output, as_json, ctrl_c
+        )
+    elapsed = time.monotonic() - started
+    report = pipeline.status()
+    if state is PipelineState.FAILED:
+        raise CommandLineError(
+            f"the video could not be processed: {report.failure or 'it failed'}",
+            "check that the file plays (e.g. with ffprobe) or that the stream is reachable "
+            "from here; -v shows the decoder's log",
+        )
+    summary = _summary(report, tally, model, state, stopped_by, elapsed, recording)
+    if as_json:
+        print(json.dumps(summary.to_json(), indent=2))
+    else:
+        Console().print(render_summary(summary))
+    if recording is not None and recording.error is not None:
+        raise CommandLineError(
+            f"the recording to {recording.path} failed: {recording.error}",
+            "check the --output path and the free disk space",
+        )
+    return 0
+
+
+def _start_and_follow(
+    video: str,
+    model: str,
+    max_fps: float | None,
+    tally: _Tally,
+    output: str | None,
+    as_json: bool,
+    ctrl_c: CtrlC,
+) -> tuple[Pipeline, str, PipelineState, RecordingStatistics | None, float]:
+    """Start the pipeline (and the recorder), follow it to its end, tear both down."""
+    from framepipe.core.pipeline import Pipeline
+    from framepipe.errors import FramepipeError
+
     _check_model(model)
     reference: str | int = int(video) if video.isdigit() else video
-    tally = _Tally(frames)
     recorder = _recorder(output) if output is not None else None
     try:
         try:
@@ -213,28 +253,12 @@ def run_local(
         started = time.monotonic()
         progress_console = Console(stderr=True)
         show_progress = not as_json or progress_console.is_terminal
-        stopped_by, state = _follow(pipeline, tally, progress_console if show_progress else None)
+        stopped_by, state = _follow(
+            pipeline, tally, progress_console if show_progress else None, ctrl_c
+        )
     finally:
         recording = recorder.close() if recorder is not None else None
-    elapsed = time.monotonic() - started
-    report = pipeline.status()
-    if state is PipelineState.FAILED:
-        raise CommandLineError(
-            f"the video could not be processed: {report.failure or 'it failed'}",
-            "check that the file plays (e.g. with ffprobe) or that the stream is reachable "
-            "from here; -v shows the decoder's log",
-        )
-    summary = _summary(report, tally, model, state, stopped_by, elapsed, recording)
-    if as_json:
-        print(json.dumps(summary.to_json(), indent=2))
-    else:
-        Console().print(render_summary(summary))
-    if recording is not None and recording.error is not None:
-        raise CommandLineError(
-            f"the recording to {recording.path} failed: {recording.error}",
-            "check the --output path and the free disk space",
-        )
-    return 0
+    return pipeline, stopped_by, state, recording, started
 
 
 def _recorder(output: str) -> AnnotatedRecorder:
@@ -254,7 +278,7 @@ def _recorder(output: str) -> AnnotatedRecorder:
 
 
 def _follow(
-    pipeline: Pipeline, tally: _Tally, console: Console | None
+    pipeline: Pipeline, tally: _Tally, console: Console | None, ctrl_c: CtrlC
 ) -> tuple[str, PipelineState]:
     """Wait for the end (the pipeline's, --frames', or Ctrl-C's), showing progress; then stop
     the pipeline. Returns what stopped it, and the pipeline's state then."""
@@ -297,6 +321,9 @@ def _follow(
             started = time.monotonic()
             next_status = 0.0
             while True:
+                if ctrl_c.requested:
+                    stopped_by = "interrupt"
+                    break
                 if tally.enough.wait(_POLL_S):
                     stopped_by = "frames"
                     break
@@ -309,8 +336,6 @@ def _follow(
                 if finished:
                     break
             _update(progress, task, tally, time.monotonic() - started, final=True)
-    except KeyboardInterrupt:
-        stopped_by = "interrupt"
     finally:
         state = pipeline.state
         pipeline.terminate()
