@@ -57,6 +57,7 @@ PTS_NONE = -1
 _ADAPTIVE_TOLERANCE = 0.1  # a consumer may be 10% slower than the stream before adaptive drops
 _ADAPTIVE_MIN_FPS = 0.5
 _ADAPTIVE = (BufferFillingStrategy.ADAPTIVE_DROP_OLDEST, BufferFillingStrategy.ADAPTIVE_DROP_LATEST)
+_CUT_SHORT_FRACTION = 0.9  # a file that ends before 90% of its announced frames is cut short
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class _Decoder:
         self.producer: FrameProducer | None = None  # once attached
         self.frame_id = status.frames_decoded  # a replacement decoder continues the count
         self.fps: float | None = None
+        self.total_frames: int | None = None  # a file's frame count, as its container gives it
         self._cpu_base = status.cpu_s
         self._next_stats = 0.0
         self._last_stats_decoded = self.frame_id
@@ -245,6 +247,7 @@ class _Decoder:
             raise
         self.backend = backend
         self.fps = info.fps
+        self.total_frames = info.total_frames
         self._replay_origin = None
         started_ns = time.time_ns()
         self.status.set_info(info, config.backend, started_ns)
@@ -306,6 +309,18 @@ class _Decoder:
             self.status.heartbeat()
             self.poll_commands(min(left, self.config.wait_slice_s))
 
+    def cut_short(self) -> str | None:
+        """Why a file that just ended is truncated or damaged: it ended well before the frame
+        count its container announced (below 90%: counts some containers only estimate from
+        the duration stay clear of it). None: it ended where it should."""
+        total = self.total_frames
+        if not total or self.frame_id >= _CUT_SHORT_FRACTION * total:
+            return None
+        return (
+            f"video_reference {self.config.reference.masked!r} ended at frame {self.frame_id} "
+            f"of the {total} its container announces: the file is truncated or damaged"
+        )
+
     def run(self) -> None:
         reference = self.config.reference
         try:
@@ -344,6 +359,10 @@ class _Decoder:
                     continue
                 self.send_stats(force=True)  # final figures arrive before ENDED does
                 self.producer.close()
+                cut_short = self.cut_short()
+                if cut_short is not None:  # a truncated file is a failure, not an end
+                    self.status.set_state(StreamState.ERROR, cut_short)
+                    return
                 self.status.set_state(StreamState.ENDED)
                 self.status.add_event(EventKind.VIDEO_CONSUMPTION_FINISHED)
                 return
