@@ -16,6 +16,7 @@ cause and a hint (:mod:`framepipe._explain`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -45,6 +46,10 @@ _POLL_S = 0.1
 _STATUS_EVERY_S = 0.5
 _SAMPLES_KEPT = 100_000  # latencies kept for the percentiles (a uniform sample beyond that)
 _VIDEO_HINT = "give a video file, a stream URL (rtsp://, http://) or a camera index"
+_PLAYS_HINT = (
+    "check that the file plays (e.g. with ffprobe) or that the stream is reachable from here; "
+    "-v shows the decoder's log"
+)
 
 
 @dataclass(frozen=True)
@@ -194,9 +199,7 @@ def run_local(
     report = pipeline.status()
     if state is PipelineState.FAILED:
         raise CommandLineError(
-            f"the video could not be processed: {report.failure or 'it failed'}",
-            "check that the file plays (e.g. with ffprobe) or that the stream is reachable "
-            "from here; -v shows the decoder's log",
+            f"the video could not be processed: {report.failure or 'it failed'}", _PLAYS_HINT
         )
     summary = _summary(report, tally, model, state, stopped_by, elapsed, recording)
     if as_json:
@@ -248,7 +251,9 @@ def _start_and_follow(
         except BaseException as exc:
             pipeline.terminate()
             if isinstance(exc, FramepipeError):
-                raise CommandLineError(exc.message, "-v shows the details") from exc
+                raise CommandLineError(
+                    f"the video could not be processed: {exc.message}", _PLAYS_HINT
+                ) from exc
             raise
         started = time.monotonic()
         progress_console = Console(stderr=True)
@@ -293,6 +298,8 @@ def _follow(
         TimeRemainingColumn,
     )
     from rich.text import Text
+
+    from framepipe.errors import FramepipeError
 
     class Eta(ProgressColumn):
         """The time left, for a video of known length (a stream has none)."""
@@ -339,7 +346,8 @@ def _follow(
     finally:
         state = pipeline.state
         pipeline.terminate()
-        pipeline.join(10.0)
+        with contextlib.suppress(FramepipeError):  # a failure is reported from the status
+            pipeline.join(10.0)
     return stopped_by, state
 
 
