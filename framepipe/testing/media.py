@@ -125,11 +125,13 @@ def make_test_video(
     fps: float = 30.0,
     codec: str = "libx264",
     gop: int = 30,
+    faststart: bool = False,
 ) -> SyntheticVideo:
     """Encode ``frames`` numbered frames (0, 1, 2, ...) into ``path`` with PyAV.
 
     ``codec`` is one of :data:`CODECS`; the container follows the file's suffix (mp4, mkv,
-    avi). H.264/H.265 are written as yuv420p, MJPEG as yuvj420p.
+    avi). H.264/H.265 are written as yuv420p, MJPEG as yuvj420p. ``faststart``: an mp4's index
+    goes before the frames, so a copy cut short still opens (and plays up to the cut).
     """
     import av  # heavy; imported where it is needed
 
@@ -141,7 +143,8 @@ def make_test_video(
         raise ValueError(f"width and height must be even for 4:2:0 video, got {width}x{height}")
     path = Path(path)
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w") as container:
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as container:
         stream: Any = container.add_stream(codec, rate=rate)
         stream.width = width
         stream.height = height
