@@ -94,6 +94,7 @@ class _Decoder:
         self.frame_id = status.frames_decoded  # a replacement decoder continues the count
         self.fps: float | None = None
         self.total_frames: int | None = None  # a file's frame count, as its container gives it
+        self.last_pts: float | None = None  # the last frame's presentation time (s)
         self._cpu_base = status.cpu_s
         self._next_stats = 0.0
         self._last_stats_decoded = self.frame_id
@@ -311,10 +312,14 @@ class _Decoder:
 
     def cut_short(self) -> str | None:
         """Why a file that just ended is truncated or damaged: it ended well before the frame
-        count its container announced (below 90%: counts some containers only estimate from
-        the duration stay clear of it). None: it ended where it should."""
+        count its container announced (below 90%), by its frames and by its timeline alike (a
+        count estimated from the duration and a nominal rate overshoots on variable-rate
+        video; the last frame's time does not). None: it ended where it should."""
         total = self.total_frames
-        if not total or self.frame_id >= _CUT_SHORT_FRACTION * total:
+        reached = float(self.frame_id)
+        if self.last_pts is not None and self.fps:
+            reached = max(reached, self.last_pts * self.fps + 1)
+        if not total or reached >= _CUT_SHORT_FRACTION * total:
             return None
         return (
             f"video_reference {self.config.reference.masked!r} ended at frame {self.frame_id} "
@@ -371,6 +376,7 @@ class _Decoder:
             self.frame_id += 1
             self.status.frame_decoded(time.monotonic_ns())
             pts = backend.pts_s()
+            self.last_pts = pts
             if reference.is_file and self.config.realtime:
                 self.replay_wait(pts)
                 capture_ns = time.time_ns()
