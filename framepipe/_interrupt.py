@@ -21,9 +21,15 @@ __all__ = ["CtrlC"]
 
 
 class CtrlC:
-    """While entered (in the main thread), SIGINT sets :attr:`requested` instead of raising."""
+    """While entered (in the main thread), SIGINT sets :attr:`requested` instead of raising.
 
-    def __init__(self) -> None:
+    ``final``: once a Ctrl-C was requested, the command is ending: leaving the block ignores
+    SIGINT for the rest of the process instead of restoring the previous handler, so that a
+    user still pressing Ctrl-C does not interrupt the summary or the interpreter's exit.
+    """
+
+    def __init__(self, *, final: bool = False) -> None:
+        self.final = final
         self.count = 0
         self._previous: Any = None
         self._installed = False
@@ -49,5 +55,6 @@ class CtrlC:
         traceback: TracebackType | None,
     ) -> None:
         if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
+            ending = self.final and self.requested
+            signal.signal(signal.SIGINT, signal.SIG_IGN if ending else self._previous)
             self._installed = False

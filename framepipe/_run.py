@@ -191,7 +191,7 @@ def run_local(
     # From here until everything is torn down, Ctrl-C is a request _follow polls: raised as an
     # exception it could land inside a lock the pipeline's threads need (framepipe._interrupt).
     tally = _Tally(frames)
-    with CtrlC() as ctrl_c:
+    with CtrlC(final=True) as ctrl_c:  # a CLI command: after a Ctrl-C, the process ends
         pipeline, stopped_by, state, recording, started = _start_and_follow(
             video, model, max_fps, tally, output, as_json, ctrl_c
         )
