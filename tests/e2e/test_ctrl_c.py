@@ -213,7 +213,14 @@ def test_ctrl_c_pressed_again_and_again_still_ends_framepipe_run_cleanly(
         server.kill()
 
 
-def test_ctrl_c_ends_framepipe_top_at_any_moment(tmp_path: Path, busy_cores: None) -> None:
+@pytest.mark.parametrize(
+    ("runs", "earliest", "burst"),
+    [(RUNS, 0.2, 1), (3, 2.5, 40)],
+    ids=["once-at-random-moments", "again-and-again"],
+)
+def test_ctrl_c_ends_framepipe_top_at_any_moment(
+    tmp_path: Path, busy_cores: None, runs: int, earliest: float, burst: int
+) -> None:
     video = make_test_video(tmp_path / "v.mp4", frames=3000, width=128, height=72, fps=30)
     rng = random.Random()
     with running_manager() as manager:
@@ -231,7 +238,7 @@ def test_ctrl_c_ends_framepipe_top_at_any_moment(tmp_path: Path, busy_cores: Non
         command = [sys.executable, "-m", "framepipe.cli", "top", "--interval", "0.2"]
         command += ["--port", str(manager.port)]
         codes = []
-        for _ in range(RUNS):
+        for _ in range(runs):
             primary, secondary = pty.openpty()  # a terminal: the live view redraws in place
             drained = threading.Event()
 
@@ -247,11 +254,18 @@ def test_ctrl_c_ends_framepipe_top_at_any_moment(tmp_path: Path, busy_cores: Non
             terminal.start()
             try:
                 code, _, _ = _interrupt_at_random(
-                    command, rng, 0.2, 4.0, cwd=tmp_path, stdin=secondary, stdout=secondary
+                    command,
+                    rng,
+                    earliest,
+                    4.0,
+                    burst=burst,
+                    cwd=tmp_path,
+                    stdin=secondary,
+                    stdout=secondary,
                 )
                 codes.append(code)
             finally:
                 os.close(secondary)
                 drained.wait(15)
                 os.close(primary)
-    assert codes.count(0) >= RUNS // 4, f"too few runs were interrupted in the live view: {codes}"
+    assert codes.count(0) >= runs // 4, f"too few runs were interrupted in the live view: {codes}"
