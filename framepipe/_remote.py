@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import ssl
 import sys
 import time
@@ -254,7 +255,9 @@ def run_top(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_top(args, connect(args)))
     except KeyboardInterrupt:
-        return 0  # Ctrl-C is how one leaves `top`
+        # Ctrl-C is how one leaves `top`; one still pressed must not interrupt the exit
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return 0
 
 
 async def _top(args: argparse.Namespace, client: StreamManagerClient) -> int:

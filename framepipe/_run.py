@@ -16,6 +16,7 @@ cause and a hint (:mod:`framepipe._explain`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from framepipe._explain import CommandLineError
+from framepipe._interrupt import CtrlC
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -44,6 +46,10 @@ _POLL_S = 0.1
 _STATUS_EVERY_S = 0.5
 _SAMPLES_KEPT = 100_000  # latencies kept for the percentiles (a uniform sample beyond that)
 _VIDEO_HINT = "give a video file, a stream URL (rtsp://, http://) or a camera index"
+_PLAYS_HINT = (
+    "check that the file plays (e.g. with ffprobe) or that the stream is reachable from here; "
+    "-v shows the decoder's log"
+)
 
 
 @dataclass(frozen=True)
@@ -176,16 +182,53 @@ def run_local(
     output: str | None = None,
     as_json: bool = False,
 ) -> int:
-    from framepipe.core.pipeline import Pipeline, PipelineState
-    from framepipe.errors import FramepipeError
+    from framepipe.core.pipeline import PipelineState
 
     if frames is not None and frames < 1:
         raise CommandLineError(
             f"--frames must be at least 1, got {frames}", "drop it to run to the end"
         )
+    # From here until everything is torn down, Ctrl-C is a request _follow polls: raised as an
+    # exception it could land inside a lock the pipeline's threads need (framepipe._interrupt).
+    tally = _Tally(frames)
+    with CtrlC(final=True) as ctrl_c:  # a CLI command: after a Ctrl-C, the process ends
+        pipeline, stopped_by, state, recording, started = _start_and_follow(
+            video, model, max_fps, tally, output, as_json, ctrl_c
+        )
+    elapsed = time.monotonic() - started
+    report = pipeline.status()
+    if state is PipelineState.FAILED:
+        raise CommandLineError(
+            f"the video could not be processed: {report.failure or 'it failed'}", _PLAYS_HINT
+        )
+    summary = _summary(report, tally, model, state, stopped_by, elapsed, recording)
+    if as_json:
+        print(json.dumps(summary.to_json(), indent=2))
+    else:
+        Console().print(render_summary(summary))
+    if recording is not None and recording.error is not None:
+        raise CommandLineError(
+            f"the recording to {recording.path} failed: {recording.error}",
+            "check the --output path and the free disk space",
+        )
+    return 0
+
+
+def _start_and_follow(
+    video: str,
+    model: str,
+    max_fps: float | None,
+    tally: _Tally,
+    output: str | None,
+    as_json: bool,
+    ctrl_c: CtrlC,
+) -> tuple[Pipeline, str, PipelineState, RecordingStatistics | None, float]:
+    """Start the pipeline (and the recorder), follow it to its end, tear both down."""
+    from framepipe.core.pipeline import Pipeline
+    from framepipe.errors import FramepipeError
+
     _check_model(model)
     reference: str | int = int(video) if video.isdigit() else video
-    tally = _Tally(frames)
     recorder = _recorder(output) if output is not None else None
     try:
         try:
@@ -208,33 +251,19 @@ def run_local(
         except BaseException as exc:
             pipeline.terminate()
             if isinstance(exc, FramepipeError):
-                raise CommandLineError(exc.message, "-v shows the details") from exc
+                raise CommandLineError(
+                    f"the video could not be processed: {exc.message}", _PLAYS_HINT
+                ) from exc
             raise
         started = time.monotonic()
         progress_console = Console(stderr=True)
         show_progress = not as_json or progress_console.is_terminal
-        stopped_by, state = _follow(pipeline, tally, progress_console if show_progress else None)
+        stopped_by, state = _follow(
+            pipeline, tally, progress_console if show_progress else None, ctrl_c
+        )
     finally:
         recording = recorder.close() if recorder is not None else None
-    elapsed = time.monotonic() - started
-    report = pipeline.status()
-    if state is PipelineState.FAILED:
-        raise CommandLineError(
-            f"the video could not be processed: {report.failure or 'it failed'}",
-            "check that the file plays (e.g. with ffprobe) or that the stream is reachable "
-            "from here; -v shows the decoder's log",
-        )
-    summary = _summary(report, tally, model, state, stopped_by, elapsed, recording)
-    if as_json:
-        print(json.dumps(summary.to_json(), indent=2))
-    else:
-        Console().print(render_summary(summary))
-    if recording is not None and recording.error is not None:
-        raise CommandLineError(
-            f"the recording to {recording.path} failed: {recording.error}",
-            "check the --output path and the free disk space",
-        )
-    return 0
+    return pipeline, stopped_by, state, recording, started
 
 
 def _recorder(output: str) -> AnnotatedRecorder:
@@ -254,7 +283,7 @@ def _recorder(output: str) -> AnnotatedRecorder:
 
 
 def _follow(
-    pipeline: Pipeline, tally: _Tally, console: Console | None
+    pipeline: Pipeline, tally: _Tally, console: Console | None, ctrl_c: CtrlC
 ) -> tuple[str, PipelineState]:
     """Wait for the end (the pipeline's, --frames', or Ctrl-C's), showing progress; then stop
     the pipeline. Returns what stopped it, and the pipeline's state then."""
@@ -269,6 +298,8 @@ def _follow(
         TimeRemainingColumn,
     )
     from rich.text import Text
+
+    from framepipe.errors import FramepipeError
 
     class Eta(ProgressColumn):
         """The time left, for a video of known length (a stream has none)."""
@@ -297,6 +328,9 @@ def _follow(
             started = time.monotonic()
             next_status = 0.0
             while True:
+                if ctrl_c.requested:
+                    stopped_by = "interrupt"
+                    break
                 if tally.enough.wait(_POLL_S):
                     stopped_by = "frames"
                     break
@@ -309,12 +343,11 @@ def _follow(
                 if finished:
                     break
             _update(progress, task, tally, time.monotonic() - started, final=True)
-    except KeyboardInterrupt:
-        stopped_by = "interrupt"
     finally:
         state = pipeline.state
         pipeline.terminate()
-        pipeline.join(10.0)
+        with contextlib.suppress(FramepipeError):  # a failure is reported from the status
+            pipeline.join(10.0)
     return stopped_by, state
 
 

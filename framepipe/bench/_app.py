@@ -54,7 +54,22 @@ def _footer(report: BenchReport, results_path: Path) -> list[str]:
     footer.append(f"results: {escape(str(results_path))}")
     if report.plots:
         footer.append(f"plots: {escape(', '.join(report.plots))}")
+    cached = cache_line(report.config.cache_dir)
+    if cached is not None:
+        footer.append(cached)
     return footer
+
+
+def cache_line(cache_dir: Path) -> str | None:
+    """Where the generated clips are kept, how much they take, how to remove them."""
+    clips = sorted(cache_dir.glob("*.mp4")) if cache_dir.is_dir() else []
+    if not clips:
+        return None
+    size_mb = sum(clip.stat().st_size for clip in clips) / 1e6
+    return (
+        f"cached clips: {cache_dir} ({len(clips)} files, {size_mb:.0f} MB, kept for the next "
+        f"run; `rm -r {cache_dir}` removes them, they are made again when needed)"
+    )
 
 
 def _print_json(report: BenchReport) -> None:

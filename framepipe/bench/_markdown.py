@@ -37,8 +37,9 @@ def summary_markdown(report: BenchReport, base: Path) -> str:
         f"{machine.get('python', '')}. Load average at the start "
         f"{machine.get('load_average')}, at the end {machine.get('load_average_end')}. "
         f"{'Quick run. ' if report.config.quick else ''}"
-        f"Window {report.config.duration_s:g} s per count after {report.config.warmup_s:g} s of "
-        f"warm-up; {report.elapsed_s:.0f} s in all.",
+        f"Window {report.config.duration_s:g} s per count (at least 40 frame intervals of the "
+        f"target rate, so that counting cannot fail a stream at its full rate) after "
+        f"{report.config.warmup_s:g} s of warm-up; {report.elapsed_s:.0f} s in all.",
         "",
         "## Sustainable streams, and the figures at the largest count both sustain",
         "",

@@ -36,7 +36,7 @@ def write_plots(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
     except ImportError as exc:
         raise PlotsUnavailable(missing_extra("bench") or str(exc)) from exc
 
@@ -46,13 +46,17 @@ def write_plots(
         if not any(r.runs for r in scenario.results.values()):
             continue
         fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
-        panels: list[tuple[Any, str, Callable[[RunResult], float | None]]] = [
-            (axes[0][0], "total delivered fps", lambda r: r.total_fps),
-            (axes[0][1], "CPU per stream (% of a core)", lambda r: r.cpu_per_stream_pct),
-            (axes[1][0], "frame age p99 (ms)", lambda r: r.age_p99_ms),
-            (axes[1][1], "memory: USS + shared memory (MB)", lambda r: r.memory_mb),
+        panels: list[tuple[Any, str, str, Callable[[RunResult], float | None]]] = [
+            (axes[0][0], "total delivered fps", "fps", lambda r: r.total_fps),
+            (axes[0][1], "CPU per stream", "% of one core", lambda r: r.cpu_per_stream_pct),
+            (axes[1][0], "frame age p99", "ms (log scale)", lambda r: r.age_p99_ms),
+            (axes[1][1], "memory: USS + shared memory", "MB", lambda r: r.memory_mb),
         ]
-        for axis, title, figure in panels:
+        # Every measured count is a tick, and the axes start at 0 streams: one point (a quick
+        # run) reads as well as a curve, and no panel zooms a small difference into a big one.
+        counts = sorted({r.count for res in scenario.results.values() for r in res.runs})
+        right = (counts[-1] if counts else 1) + 1
+        for axis, title, unit, figure in panels:
             for arch, result in scenario.results.items():
                 runs = sorted((r for r in result.runs if r.error is None), key=lambda r: r.count)
                 points = [(r.count, figure(r)) for r in runs]
@@ -85,8 +89,8 @@ def write_plots(
                 counts = sorted({r.count for res in scenario.results.values() for r in res.runs})
                 if counts:
                     axis.plot(
-                        counts,
-                        [n * scenario.target_fps for n in counts],
+                        [0, right],
+                        [0, right * scenario.target_fps],
                         "--",
                         color="grey",
                         alpha=0.5,
@@ -101,11 +105,16 @@ def write_plots(
                     label="limit: 2 frame intervals",
                 )
                 axis.set_yscale("log")
+                axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
                 axis.yaxis.set_major_formatter(ScalarFormatter())
                 axis.yaxis.set_minor_formatter(NullFormatter())
-            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            else:
+                axis.set_ylim(0, axis.get_ylim()[1] * 1.1)  # from 0, with room above the top point
+            axis.set_xlim(0, right)
+            axis.set_xticks(counts if len(counts) <= 12 else counts[:: len(counts) // 12 + 1])
             axis.set_title(title)
             axis.set_xlabel("streams (N pipelines)")
+            axis.set_ylabel(unit)
             axis.grid(True, alpha=0.3)
             axis.legend(fontsize=8)
         fig.suptitle(

@@ -419,7 +419,11 @@ class BenchRunner:
             pacing=scenario.pacing,
             target_fps=scenario.result.target_fps,
             warmup_s=config.warmup_s,
-            duration_s=config.duration_s,
+            # long enough to count the target rate fairly (5 fps in a 1.5 s window read as 4.7)
+            duration_s=max(
+                config.duration_s,
+                config.criteria.shortest_window_s(scenario.result.target_fps),
+            ),
             poll_interval_s=config.poll_interval_s,
             criteria=config.criteria,
             log_dir=self.log_dir,

@@ -731,7 +731,7 @@ class InferenceEngine:
 
 # ---- one engine per (model, providers) in this process ------------------------------------------
 
-_Key = tuple[str, tuple[str, ...]]
+_Key = tuple[str, tuple[str, ...] | None]  # (model, providers asked for; None: default)
 
 
 class LocalChannel:
@@ -827,6 +827,8 @@ class LocalInference:
         from framepipe.core.processing.runner import resolve_providers
 
         wanted = spec.providers if spec.providers is not None else registry.settings.providers
+        if wanted is None:  # the default, kept as such: a GPU that is absent is no surprise then
+            return spec.model, None
         return spec.model, tuple(resolve_providers(wanted, ort.get_available_providers()))
 
     def open_channel(self, spec: ModelSpec, name: str) -> LocalChannel:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 import orjson
@@ -75,7 +75,13 @@ from framepipe.core.sources.multiplexer import BatchCollector, LeasedFrame
 from framepipe.core.sources.reference import parse_reference
 from framepipe.core.sources.sizing import MAX_IN_FLIGHT
 from framepipe.core.sources.subscription import Subscription
-from framepipe.protocol.errors import InvalidPayloadError, NotFoundError, OperationError
+from framepipe.protocol.errors import (
+    FramepipeError,
+    InternalError,
+    InvalidPayloadError,
+    NotFoundError,
+    OperationError,
+)
 
 __all__ = [
     "DEFAULT_DECODING_BUFFER_SIZE",
@@ -99,8 +105,11 @@ DEFAULT_RESULTS_BUFFER_SIZE = 64
 _LATENCY_WINDOW = 256
 _EVENTS_KEPT = 512
 _DRAIN_ON_STOP_S = 5.0
+_OPEN_TIMEOUT_S = 30.0  # how long start() waits for a file's decode process to open it
+_OPEN_POLL_S = 0.01
 
 Output = dict[str, Any] | None
+VideoReference = str | int | os.PathLike[str]  # a path, a URL or a webcam index
 OnPrediction = Callable[[list[Output], list[FrameMetadata | None]], None]
 
 
@@ -423,7 +432,7 @@ def _processing_processor(
 
 
 def source_requests(
-    video_reference: str | int | Sequence[str | int],
+    video_reference: VideoReference | Sequence[VideoReference],
     *,
     max_fps: float | None = None,
     source_buffer_filling_strategy: BufferFillingStrategy | str | None = None,
@@ -437,9 +446,12 @@ def source_requests(
     """What a pipeline asks of each of its sources (one per video reference), validated:
     an InvalidPayloadError names a wrong setting; a missing file is a request whose source
     will be reported in ERROR (as the reference reports a dead camera)."""
-    references = (
-        list(video_reference) if isinstance(video_reference, list | tuple) else [video_reference]
-    )
+    references = [
+        os.fspath(r) if isinstance(r, os.PathLike) else r  # a pathlib.Path is a path too
+        for r in (
+            video_reference if isinstance(video_reference, list | tuple) else [video_reference]
+        )
+    ]
     if not references:
         raise InvalidPayloadError("video_reference list is empty")
     if max_fps is not None and (
@@ -519,11 +531,19 @@ class Pipeline:
     of this pipeline's own). ``hold_results``: whether a full result buffer holds processing back
     (True), drops its oldest entry (False), or holds only while a ``results()`` iterator is open
     (None, the default).
+
+    ``fail_loudly`` (default: when the pipeline owns its sources, i.e. no ``hub`` was given — the
+    Python API): ``start()`` raises a :class:`~framepipe.errors.NotFoundError` for a path that
+    does not exist and an :class:`~framepipe.errors.OperationError` for a file no decoder can
+    open, and a pipeline that fails later (every source failed, or processing broke) ends
+    ``results()`` with its exception after the results it produced; ``join()`` and leaving the
+    ``with`` block raise it too (once). A stream manager's worker passes its own ``hub`` and
+    reports failures in the status instead, as the reference does.
     """
 
     def __init__(
         self,
-        video_reference: str | int | Sequence[str | int],
+        video_reference: VideoReference | Sequence[VideoReference],
         *,
         model: str | ModelSpec | None = None,
         processing: ProcessingSpec | Processor | None = None,
@@ -543,6 +563,7 @@ class Pipeline:
         hold_results: bool | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
         name: str = "",
+        fail_loudly: bool | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise InvalidPayloadError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -575,6 +596,9 @@ class Pipeline:
         self._subscriptions: list[Subscription] = []
         self._sink: InMemoryBufferSink[PipelineResult] = InMemoryBufferSink(results_buffer_size)
         self._hold_results = hold_results
+        self._fail_loudly = hub is None if fail_loudly is None else fail_loudly
+        self._error: FramepipeError | None = None  # why it FAILED, once it has
+        self._error_raised = False
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._flight = threading.Condition()
@@ -621,6 +645,10 @@ class Pipeline:
         with self._lock:
             if self._state is not PipelineState.NOT_STARTED:
                 raise OperationError(f"pipeline already started (state {self._state.value})")
+            if self._fail_loudly:
+                missing = next((r.not_found for r in self._requests if r.not_found), None)
+                if missing is not None:
+                    self._refuse(NotFoundError(missing))
             self._started_at = time.monotonic()
             self._events.append(
                 StatusUpdate(
@@ -637,9 +665,13 @@ class Pipeline:
                     self._channel = inference.open_channel(self._processor.model, self._name)
                 for request in self._requests:
                     self._subscriptions.append(self._hub.subscribe(request))
-            except BaseException:
+                if self._fail_loudly:
+                    self._check_files_open()
+            except BaseException as exc:
                 self._close_sources()
                 self._close_channel()
+                if isinstance(exc, FramepipeError) and self._fail_loudly:
+                    self._refuse(exc)
                 raise
             self._state = PipelineState.RUNNING
             if self._channel is not None:
@@ -652,6 +684,33 @@ class Pipeline:
             )
             self._thread.start()
         return self
+
+    def _check_files_open(self, timeout: float = _OPEN_TIMEOUT_S) -> None:
+        """Wait until each file source has opened or failed to (its decode process tried);
+        an OperationError names the first that failed. Live sources are not waited for: they
+        retry until the stream comes."""
+        deadline = time.monotonic() + timeout
+        for request, subscription in zip(self._requests, self._subscriptions, strict=False):
+            if request.reference is None or not request.reference.is_file:
+                continue
+            while (
+                subscription.state in (StreamState.NOT_STARTED, StreamState.INITIALISING)
+                and time.monotonic() < deadline
+            ):
+                time.sleep(_OPEN_POLL_S)
+            if subscription.state is StreamState.ERROR:
+                cause = subscription.report().last_error
+                raise OperationError(
+                    cause or f"video_reference {request.reference.masked!r} could not be opened"
+                )
+
+    def _refuse(self, error: FramepipeError) -> NoReturn:
+        """start() failed loudly: the pipeline is FAILED with that cause, and owns nothing."""
+        self._state, self._failure = PipelineState.FAILED, error.message
+        self._error, self._error_raised = error, True
+        if self._own_hub:
+            self._hub.close()
+        raise error
 
     def mute(self) -> None:
         """Keep decoding but drop every frame (live sources stay connected and fresh)."""
@@ -701,12 +760,26 @@ class Pipeline:
         self._sink.wake()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until processing has stopped (finished or terminated); True if it has."""
+        """Wait until processing has stopped (finished or terminated); True if it has. A
+        pipeline that fails loudly raises its failure here once it has stopped FAILED."""
         thread = self._thread
         if thread is None:
             return self._state is not PipelineState.NOT_STARTED
         thread.join(timeout)
-        return not thread.is_alive()
+        if thread.is_alive():
+            return False
+        self._raise_failure()
+        return True
+
+    @property
+    def error(self) -> FramepipeError | None:
+        """Why the pipeline FAILED (None while it has not)."""
+        return self._error
+
+    def _raise_failure(self) -> None:
+        if self._fail_loudly and self._error is not None:
+            self._error_raised = True
+            raise self._error
 
     @property
     def finished(self) -> bool:
@@ -722,8 +795,10 @@ class Pipeline:
             self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         self.terminate()
+        if exc_type is None and not self._error_raised:
+            self._raise_failure()  # an on_prediction user learns of the failure here
 
     # -- results ----------------------------------------------------------------------------
 
@@ -834,6 +909,9 @@ class Pipeline:
             with self._lock:
                 if self._state is not PipelineState.TERMINATED and not self._stop.is_set():
                     self._state, self._failure = self._final_state(crashed)
+                    if self._state is PipelineState.FAILED:
+                        failure = self._failure or "failed"
+                        self._error = InternalError(failure) if crashed else OperationError(failure)
                     # Nothing more to read or run: give the sources and the model's channel
                     # back now; the results stay.
                     self._close_sources()
@@ -1079,6 +1157,8 @@ class _ResultReader(Iterator[PipelineResult]):
         result = pipeline._next_result(self._timeout)
         if result is None:
             self.close()
+            if pipeline._processing_done():
+                pipeline._raise_failure()  # after every result it produced
             raise StopIteration
         return result
 

@@ -249,9 +249,25 @@ def _json_response(failure: errors.HttpFailure) -> JSONResponse:
 def _describe_validation(error: RequestValidationError) -> str:
     problems = []
     for item in error.errors():
+        if item.get("type") == "json_invalid":  # loc is ("body", character offset)
+            problems.append(_where_json_broke(item, error.body))
+            continue
         location = ".".join(str(part) for part in item.get("loc", ()))
         problems.append(f"field '{location}': {item.get('msg', 'invalid')}")
     return "; ".join(problems) or "invalid request"
+
+
+def _where_json_broke(item: dict[str, Any], body: object) -> str:
+    """'the body is not valid JSON: <why> at line L, column C' (as json.loads counts them)."""
+    reason = str((item.get("ctx") or {}).get("error") or "JSON decode error")
+    location = item.get("loc", ())
+    offset = location[-1] if location and isinstance(location[-1], int) else None
+    text = body.decode(errors="replace") if isinstance(body, bytes) else body
+    if offset is None or not isinstance(text, str):
+        return f"the body is not valid JSON: {reason}"
+    line = text.count("\n", 0, offset) + 1
+    column = offset - text.rfind("\n", 0, offset)
+    return f"the body is not valid JSON: {reason} at line {line}, column {column}"
 
 
 def create_app(

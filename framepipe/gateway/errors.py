@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from framepipe.client.errors import ConnectivityError, ProtocolViolationError
 from framepipe.gateway.models import ErrorResponse, ErrorType
-from framepipe.protocol.errors import CapacityError, FramepipeError
+from framepipe.protocol.errors import CapacityError, FramepipeError, InvalidPayloadError
 from framepipe.protocol.errors import ErrorType as WireErrorType
 
 
@@ -121,7 +121,14 @@ def invalid_request(message: str) -> HttpFailure:
     """A request the gateway itself found invalid (it never reached the manager)."""
     status, error_type, hint = _BY_WIRE_TYPE[WireErrorType.INVALID_PAYLOAD]
     return HttpFailure(
-        status, ErrorResponse(error_type=error_type, message=one_line(message), hint=hint)
+        status,
+        ErrorResponse(
+            error_type=error_type,
+            # the class the manager gives the same failure: a client rebuilds it from this
+            error_class=InvalidPayloadError.__name__,
+            message=one_line(message),
+            hint=hint,
+        ),
     )
 
 

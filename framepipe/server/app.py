@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from typing import Protocol
 from framepipe.protocol.limits import JsonLimits
 from framepipe.server.manager import StreamManager
 from framepipe.server.policy import InputPolicy, PolicyHandler, reference_checks
-from framepipe.server.settings import ServerSettings
+from framepipe.server.settings import ServerSettings, SettingsError
 from framepipe.server.tcp import TcpFrontSettings, start_server
 
 log = logging.getLogger("framepipe.server")
@@ -53,10 +54,13 @@ async def serve(
     for warning in settings.security_warnings():
         log.warning("%s", warning)
     manager = StreamManager(settings)
-    front = await start_server(
-        PolicyHandler(manager, InputPolicy(settings.video_dirs)),
-        front_settings(settings),
-    )
+    try:
+        front = await start_server(
+            PolicyHandler(manager, InputPolicy(settings.video_dirs)),
+            front_settings(settings),
+        )
+    except OSError as error:
+        raise SettingsError(cannot_listen(settings, error)) from error
     host, port = settings.host, front.port
     log.info(
         "stream manager listening on %s:%d%s%s",
@@ -86,6 +90,17 @@ async def serve(
         for signo in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signo)
+
+
+def cannot_listen(settings: ServerSettings, error: OSError) -> str:
+    """Why the control plane cannot listen, naming the setting that changes it."""
+    where = f"{settings.host}:{settings.port}"
+    cause = (error.strerror or str(error)).split(" (while")[0]
+    if error.errno == errno.EADDRNOTAVAIL:
+        fix = "choose an address of this machine with --host or STREAM_MANAGER_HOST"
+    else:
+        fix = "choose another port with --port or STREAM_MANAGER_PORT (0: any free port)"
+    return f"cannot listen on {where}: {cause}; {fix}"
 
 
 def front_settings(settings: ServerSettings) -> TcpFrontSettings:

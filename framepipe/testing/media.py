@@ -127,13 +127,15 @@ def make_test_video(
     codec: str = "libx264",
     gop: int = 30,
     pix_fmt: str | None = None,
+    faststart: bool = False,
 ) -> SyntheticVideo:
     """Encode ``frames`` numbered frames (0, 1, 2, ...) into ``path`` with PyAV.
 
     ``codec`` is one of :data:`CODECS`; the container follows the file's suffix (mp4, mkv,
     avi). H.264/H.265 are written as yuv420p, MJPEG as yuvj420p, FFV1 (lossless, any size:
     odd ones too) as yuv420p, unless ``pix_fmt`` names another format the encoder takes
-    (yuv422p, yuv444p, yuv420p10le, gray, ...).
+    (yuv422p, yuv444p, yuv420p10le, gray, ...). ``faststart``: an mp4's index goes before the
+    frames, so a copy cut short still opens (and plays up to the cut).
     """
     import av  # heavy; imported where it is needed
 
@@ -148,7 +150,8 @@ def make_test_video(
         )
     path = Path(path)
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w") as container:
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as container:
         stream: Any = container.add_stream(codec, rate=rate)
         stream.width = width
         stream.height = height

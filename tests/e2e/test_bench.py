@@ -71,6 +71,8 @@ def test_quick_bench_measures_both_architectures_and_writes_plots(tmp_path: Path
                 assert run["cpu"]["total_s"] > 0 and run["cpu"]["window_s"] > 0
                 assert run["memory"]["uss_mb_by_kind"]
             assert isinstance(measured["sustainable"], int)
+            for run in measured["runs"]:  # long enough to count the target rate fairly
+                assert run["cpu"]["window_s"] >= 40 / scenario["target_fps"] - 0.05, run["cpu"]
         ratios = scenario["ratios_framepipe_over_classic"]
         assert ratios["at_reference"] is not None
         assert ratios["at_reference"]["total_fps"] is not None
@@ -86,6 +88,10 @@ def test_quick_bench_measures_both_architectures_and_writes_plots(tmp_path: Path
         "passthrough: CPU per frame outside decode (µs)",
         "passthrough: sustainable streams",
     }
+
+    cache = tmp_path / "cache"
+    assert f"cached clips: {cache} (" in " ".join(result.stdout.split()), result.stdout[-2000:]
+    assert f"`rm -r {cache}` removes them" in " ".join(result.stdout.split())
 
     assert len(report["plots"]) == len(scenarios)
     for plot in report["plots"]:

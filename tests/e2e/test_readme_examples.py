@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from tests.integration.gateway_harness import running_gateway
+from tests.integration.manager_harness import running_manager
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -119,12 +120,12 @@ def test_readme_run_examples_run(tmp_path: Path) -> None:
 
 
 def test_readme_python_pipeline_example_runs(tmp_path: Path) -> None:
-    """The first example of "Use it": a `Pipeline` with a model, run as written from the
-    repository's root (its path is relative to it)."""
+    """The first example of "Use it": a `Pipeline` with a model, run as written from a
+    directory of the user's own (the bundled video is found through framepipe.data)."""
     blocks = re.findall(r"```python\n(.*?)```", section(README.read_text(), "Use it"), re.DOTALL)
     result = subprocess.run(
         [sys.executable, "-c", blocks[0]],
-        cwd=ROOT,
+        cwd=tmp_path,
         env=session_env(tmp_path),
         capture_output=True,
         text=True,
@@ -139,3 +140,34 @@ def test_readme_python_pipeline_example_runs(tmp_path: Path) -> None:
     frame_ids = [int(line.split(" ", 1)[0]) for line in lines]
     assert frame_ids == sorted(frame_ids) and frame_ids[0] == 1, shown
     assert sum("'class': 'face'" in line for line in lines) > 40, shown
+
+
+def test_readme_tcp_client_example_shows_results(tmp_path: Path) -> None:
+    """The "Use it" example against a running manager (`framepipe serve`), run as written from
+    a directory of the user's own; only its port 7070 becomes the test manager's."""
+    blocks = re.findall(r"```python\n(.*?)```", section(README.read_text(), "Use it"), re.DOTALL)
+    example = next(b for b in blocks if "SyncStreamManagerClient.init" in b)
+    assert example.count('"127.0.0.1", 7070,') == 1
+    with running_manager() as manager:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                example.replace('"127.0.0.1", 7070,', f'"127.0.0.1", {manager.port},'),
+            ],
+            cwd=tmp_path,
+            env=session_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        pipelines = manager.request({"type": "list_pipelines"})["response"]["pipelines"]
+    shown = f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, shown
+    lines = result.stdout.splitlines()
+    assert len(lines) >= 10, shown  # it waited for results instead of printing empty lists
+    frame_ids = [int(line.split(" ", 1)[0]) for line in lines]
+    assert frame_ids == sorted(frame_ids), shown
+    assert sum("'class': 'face'" in line for line in lines) >= 5, shown
+    assert pipelines == [], "the example terminates its pipeline"

@@ -21,6 +21,7 @@ from framepipe.core.pipeline import Pipeline, PipelineState
 from framepipe.core.processing import Processor
 from framepipe.core.shm import sweep_orphans
 from framepipe.core.sources import BackendOptions, SourceHub, StreamState
+from framepipe.errors import NotFoundError, OperationError
 from framepipe.testing import SyntheticVideo, make_test_video, read_frame_number
 from tests.rtsp import RtspServer, free_port
 
@@ -180,7 +181,11 @@ def test_realtime_replay_plays_a_file_at_its_own_rate(video_60: SyntheticVideo) 
 
 
 def test_missing_file_is_error_with_clear_message() -> None:
-    pipeline = Pipeline("/nonexistent/video.mp4")
+    with pytest.raises(
+        NotFoundError, match=r"^video_reference '/nonexistent/video.mp4' not found$"
+    ):
+        Pipeline("/nonexistent/video.mp4").start()  # the Python API fails loudly
+    pipeline = Pipeline("/nonexistent/video.mp4", fail_loudly=False)  # a worker reports it
     with pipeline:
         assert pipeline.join(5)
         report = pipeline.status()
@@ -192,7 +197,10 @@ def test_missing_file_is_error_with_clear_message() -> None:
 
 def test_unreachable_url_is_error_with_clear_message() -> None:
     url = f"rtsp://user:pw@127.0.0.1:{free_port()}/nothing"
-    with Pipeline(url) as pipeline:
+    with (
+        pytest.raises(OperationError, match="could not open"),  # leaving the block raises it
+        Pipeline(url) as pipeline,
+    ):
         wait_for(lambda: pipeline.finished, 15, "the source to give up")
         source = pipeline.status().sources[0]
     assert source.state is StreamState.ERROR
@@ -583,7 +591,9 @@ def test_fan_out_of_a_camera_with_different_rates(rtsp_server: RtspServer) -> No
 def test_a_file_that_is_not_a_video_is_error(tmp_path: Path, decoder: str) -> None:
     bogus = tmp_path / "notes.mp4"
     bogus.write_bytes(b"this is not a video\n" * 100)
-    with Pipeline(str(bogus), decoder=decoder) as pipeline:
+    with pytest.raises(OperationError, match=f"^could not open video_reference '{bogus}'"):
+        Pipeline(str(bogus), decoder=decoder).start()  # the Python API fails loudly
+    with Pipeline(str(bogus), decoder=decoder, fail_loudly=False) as pipeline:
         wait_for(lambda: pipeline.finished, 15, "the source to give up")
         source = pipeline.status().sources[0]
     assert source.state is StreamState.ERROR

@@ -2,7 +2,10 @@
 
 Providers are tried in the order TensorRT -> CUDA -> CPU, keeping those that are requested
 and that this onnxruntime build offers. When a GPU provider cannot start (no driver, missing
-CUDA libraries, no device) the session falls back to the CPU provider and one warning says so.
+CUDA libraries, no device) the session falls back to the CPU provider. That is a warning only
+when it matters: a GPU provider was asked for (``providers``, FRAMEPIPE_PROVIDERS), or a GPU
+device is present (``/dev/nvidia*``) and its provider failed. Otherwise (onnxruntime-gpu, which
+is installed everywhere, on a machine without a GPU) one INFO line says which provider runs.
 
 Threads are sized for many pipelines per machine: each session gets ``intra_op_threads``
 (default 1) and its pool threads do not spin while idle, so N pipelines on N cores do not
@@ -20,6 +23,7 @@ buffers are per calling thread, so the arrays a run returns stay valid until the
 
 from __future__ import annotations
 
+import glob
 import logging
 import threading
 from collections import OrderedDict
@@ -47,6 +51,11 @@ _ONNX_DTYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
 }
+
+
+def gpu_device_present() -> bool:
+    """An NVIDIA device node exists (a driver is loaded): a GPU provider is expected to start."""
+    return bool(glob.glob("/dev/nvidia*"))
 
 
 def resolve_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
@@ -102,7 +111,10 @@ class OnnxRunner:
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.log_severity_level = 3
         chosen = resolve_providers(providers, ort.get_available_providers())
-        self.session = self._create(options, chosen)
+        asked_for_gpu = providers is not None and any(
+            PROVIDER_ALIASES.get(p.lower(), p) != CPU for p in providers
+        )
+        self.session = self._create(options, chosen, asked_for_gpu)
         self.providers: list[str] = list(self.session.get_providers())
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -120,9 +132,12 @@ class OnnxRunner:
         self._bind_outputs = self.providers[0] == CPU
         self._outputs = _ThreadOutputs()
 
-    def _create(self, options: ort.SessionOptions, chosen: list[str]) -> ort.InferenceSession:
+    def _create(
+        self, options: ort.SessionOptions, chosen: list[str], asked_for_gpu: bool
+    ) -> ort.InferenceSession:
         gpu = [p for p in chosen if p != CPU]
         if not gpu:
+            log.info("%s: running on %s", self.path.name, CPU)
             return ort.InferenceSession(str(self.path), options, providers=[CPU])
         # onnxruntime prints its own errors when a GPU library is missing: keep them quiet and
         # say it once, here, in one warning
@@ -135,16 +150,22 @@ class OnnxRunner:
         finally:
             ort.set_default_logger_severity(2)
         if failure is not None:
-            log.warning(
-                "%s: %s unavailable (%s); running on %s",
-                self.path.name,
-                "/".join(gpu),
-                failure,
-                CPU,
-            )
+            if asked_for_gpu or gpu_device_present():
+                log.warning(
+                    "%s: %s unavailable (%s); running on %s",
+                    self.path.name,
+                    "/".join(gpu),
+                    failure,
+                    CPU,
+                )
             if session is None or session.get_providers() != [CPU]:
                 session = ort.InferenceSession(str(self.path), options, providers=[CPU])
         assert session is not None
+        provider = session.get_providers()[0]
+        if failure is not None and not (asked_for_gpu or gpu_device_present()):
+            log.info("%s: running on %s (no GPU on this machine)", self.path.name, provider)
+        elif failure is None:
+            log.info("%s: running on %s", self.path.name, provider)
         return session
 
     @staticmethod

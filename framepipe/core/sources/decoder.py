@@ -48,6 +48,7 @@ from framepipe.core.sources.gate import ConsumerGate, frame_targets
 from framepipe.core.sources.messages import AttachRing, Command, Opened, Terminate
 from framepipe.core.sources.reference import ParsedReference
 from framepipe.core.sources.status import ConsumerMode, EventKind, SourceStatus
+from framepipe.protocol.errors import NotFoundError
 
 if TYPE_CHECKING:
     from framepipe.core.ring import FrameProducer, FrameRing
@@ -57,6 +58,7 @@ PTS_NONE = -1
 _ADAPTIVE_TOLERANCE = 0.1  # a consumer may be 10% slower than the stream before adaptive drops
 _ADAPTIVE_MIN_FPS = 0.5
 _ADAPTIVE = (BufferFillingStrategy.ADAPTIVE_DROP_OLDEST, BufferFillingStrategy.ADAPTIVE_DROP_LATEST)
+_CUT_SHORT_FRACTION = 0.9  # a file that ends before 90% of its announced frames is cut short
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class _Decoder:
         self.producer: FrameProducer | None = None  # once attached
         self.frame_id = status.frames_decoded  # a replacement decoder continues the count
         self.fps: float | None = None
+        self.total_frames: int | None = None  # a file's frame count, as its container gives it
+        self.last_pts: float | None = None  # the last frame's presentation time (s)
         self._cpu_base = status.cpu_s
         self._next_stats = 0.0
         self._last_stats_decoded = self.frame_id
@@ -254,6 +258,7 @@ class _Decoder:
             raise
         self.backend = backend
         self.fps = info.fps
+        self.total_frames = info.total_frames
         self._replay_origin = None
         started_ns = time.time_ns()
         self.status.set_info(info, config.backend, started_ns)
@@ -316,6 +321,22 @@ class _Decoder:
             self.status.heartbeat()
             self.poll_commands(min(left, self.config.wait_slice_s))
 
+    def cut_short(self) -> str | None:
+        """Why a file that just ended is truncated or damaged: it ended well before the frame
+        count its container announced (below 90%), by its frames and by its timeline alike (a
+        count estimated from the duration and a nominal rate overshoots on variable-rate
+        video; the last frame's time does not). None: it ended where it should."""
+        total = self.total_frames
+        reached = float(self.frame_id)
+        if self.last_pts is not None and self.fps:
+            reached = max(reached, self.last_pts * self.fps + 1)
+        if not total or reached >= _CUT_SHORT_FRACTION * total:
+            return None
+        return (
+            f"video_reference {self.config.reference.masked!r} ended at frame {self.frame_id} "
+            f"of the {total} its container announces: the file is truncated or damaged"
+        )
+
     def run(self) -> None:
         reference = self.config.reference
         try:
@@ -356,6 +377,10 @@ class _Decoder:
                     continue
                 self.send_stats(force=True)  # final figures arrive before ENDED does
                 self.producer.close()
+                cut_short = self.cut_short()
+                if cut_short is not None:  # a truncated file is a failure, not an end
+                    self.status.set_state(StreamState.ERROR, cut_short)
+                    return
                 self.status.set_state(StreamState.ENDED)
                 self.status.add_event(EventKind.VIDEO_CONSUMPTION_FINISHED)
                 return
@@ -364,6 +389,7 @@ class _Decoder:
             self.frame_id += 1
             self.status.frame_decoded(time.monotonic_ns())
             pts = backend.pts_s()
+            self.last_pts = pts
             if reference.is_file and self.config.realtime:
                 self.replay_wait(pts)
                 capture_ns = time.time_ns()
@@ -433,7 +459,10 @@ def run_decoder(config: DecoderConfig, control: Connection) -> None:
     """Entry point of a decode process."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's business
-    status = SourceStatus.attach(config.status_name)
+    try:
+        status = SourceStatus.attach(config.status_name)
+    except NotFoundError:
+        return  # the owner closed the source before this process ran: nothing to decode for
     status.set_decoder_pid(os.getpid())
     status.heartbeat()  # alive from here on: an open that hangs past every timeout is seen
     decoder = _Decoder(config, control, status)

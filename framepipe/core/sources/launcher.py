@@ -24,9 +24,17 @@ import io
 import multiprocessing
 import multiprocessing.context
 import os
+import signal
 import threading
 from collections.abc import Sequence
-from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
+from multiprocessing import (
+    forkserver,
+    popen_forkserver,
+    reduction,
+    resource_tracker,
+    spawn,
+    util,
+)
 from typing import Any
 
 #: Modules the forkserver imports once, so forked decode processes start warm. The last
@@ -57,6 +65,21 @@ def decode_context() -> multiprocessing.context.ForkServerContext:
     return template_context()
 
 
+def _ensure_forkserver() -> None:
+    """Start the forkserver (if it does not run yet) with SIGINT blocked, as CPython starts its
+    resource tracker: the forkserver ignores SIGINT only once it has imported ``PRELOAD`` (a
+    second or more), and a terminal's Ctrl-C in that time reaches it too (the whole process
+    group) and kills it. The mask is inherited by the forkserver and the processes it forks;
+    in the caller a Ctrl-C of that moment is only delayed. The resource tracker is started
+    first: starting it unblocks SIGINT again (it blocks and unblocks around its own spawn)."""
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _noop() -> None:
     """Target of the warm-up process."""
 
@@ -66,7 +89,7 @@ def warm_forkserver(timeout: float = 60.0, preload: Sequence[str] = ()) -> None:
     ``preload`` (one no-op child is forked and reaped), so the first process forked from it
     starts as fast as the rest."""
     template_context(preload)
-    forkserver.ensure_running()
+    _ensure_forkserver()
     process = DecodeProcess(target=_noop, name="framepipe-warmup", daemon=True)
     process.start()
     process.join(timeout)
@@ -90,6 +113,7 @@ class _DecodePopen(popen_forkserver.Popen):
         prep_data.pop("init_main_from_path", None)
         prep_data.pop("init_main_from_name", None)
         buf = io.BytesIO()
+        _ensure_forkserver()
         popen_forkserver.set_spawning_popen(self)  # type: ignore[attr-defined]
         try:
             reduction.dump(prep_data, buf)
@@ -105,12 +129,18 @@ class _DecodePopen(popen_forkserver.Popen):
 
 
 class DecodeProcess(multiprocessing.context.ForkServerProcess):
-    """A forkserver child that does not re-run the owner's ``__main__``."""
+    """A forkserver child that does not re-run the owner's ``__main__``, and ignores Ctrl-C
+    from its first Python step on (the forkserver restores the default handler in the child; a
+    terminal's Ctrl-C reaches the whole process group, and the owner decides what it means)."""
 
     @staticmethod
     def _Popen(process_obj: Any) -> Any:
         template_context()
         return _DecodePopen(process_obj)
+
+    def _bootstrap(self, parent_sentinel: Any = None) -> int:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return int(super()._bootstrap(parent_sentinel))  # type: ignore[misc]
 
 
 #: Any per-stream process forked from the template (a pipeline worker too).
