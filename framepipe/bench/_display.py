@@ -4,7 +4,6 @@ progress bar over the whole run, then summary tables (rich)."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from rich.console import Console, Group
@@ -262,7 +261,3 @@ class Display:
             console.print(t)
         for line in footer:
             console.print(line)
-
-
-def elapsed_since(started: float) -> float:
-    return time.monotonic() - started

@@ -125,11 +125,6 @@ def tree_pids(pid: int, children: dict[int, list[int]] | None = None) -> set[int
     return found
 
 
-def tree_unique_bytes(pid: int, children: dict[int, list[int]] | None = None) -> int:
-    """Unique memory of a process and all its descendants (a worker and its decode processes)."""
-    return sum(process_unique_bytes(member) for member in tree_pids(pid, children))
-
-
 def segment_owner_pid(name: str) -> int | None:
     """The owner pid in ``fp-<pid>-<id>`` / ``sem.fp-<pid>-<id>`` (None for other names)."""
     stem = name.removeprefix("sem.")

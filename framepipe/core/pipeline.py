@@ -283,10 +283,6 @@ class PipelineReport:
         """Results the buffer discarded to make room (the sink's own count)."""
         return self.results.dropped
 
-    @property
-    def sources_finished(self) -> bool:
-        return all(s.state.is_final for s in self.sources)
-
     def to_wire(self) -> dict[str, Any]:
         results = self.results
         return {

@@ -14,20 +14,14 @@ as well run beside a manager elsewhere.
 - :mod:`~framepipe.gateway.demo`: the WebRTC demo page (``/webrtc``).
 """
 
+from framepipe._lazy import lazy_getattr
 from framepipe.gateway.settings import GatewaySettings, GatewaySettingsError
 
 __all__ = ["Gateway", "GatewaySettings", "GatewaySettingsError", "create_app"]
 
 
-def __getattr__(name: str) -> object:
-    # FastAPI and uvicorn load only when the gateway is used (``framepipe serve`` without
-    # --http-port, and installs without the ``http`` extra, never import them).
-    if name == "Gateway":
-        from framepipe.gateway.runner import Gateway
-
-        return Gateway
-    if name == "create_app":
-        from framepipe.gateway.app import create_app
-
-        return create_app
-    raise AttributeError(f"module 'framepipe.gateway' has no attribute {name!r}")
+# FastAPI and uvicorn load only when the gateway is used (``framepipe serve`` without
+# --http-port, and installs without the ``http`` extra, never import them).
+__getattr__ = lazy_getattr(
+    __name__, {"Gateway": "framepipe.gateway.runner", "create_app": "framepipe.gateway.app"}
+)

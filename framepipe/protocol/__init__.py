@@ -9,68 +9,135 @@
 - :mod:`~framepipe.protocol.metrics`: the ``metrics`` extension's typed snapshot.
 """
 
-from framepipe.protocol.commands import (
-    AnyCommand,
-    Command,
-    CommandType,
-    ConsumeResultCommand,
-    InitCommand,
-    ListPipelinesCommand,
-    MetricsCommand,
-    MuteCommand,
-    PipelineCommand,
-    ResumeCommand,
-    StatusCommand,
-    TerminateCommand,
-    WebRTCCommand,
-    parse_command,
-)
-from framepipe.protocol.envelope import (
-    ConsumeResultBody,
-    Envelope,
-    FailureBody,
-    ListPipelinesBody,
-    ResponseBody,
-    ResultEntry,
-    StatusBody,
-    SuccessBody,
-    WebRTCAnswerBody,
-    WireFrameMetadata,
-    encode_response,
-    parse_response,
-)
-from framepipe.protocol.errors import (
-    AuthorisationError,
-    CapacityError,
-    ErrorType,
-    FramepipeError,
-    InternalError,
-    InvalidPayloadError,
-    NotFoundError,
-    OperationError,
-    RamBudgetExceededError,
-    ShmExhaustedError,
-)
-from framepipe.protocol.framing import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    FrameDecoder,
-    FramingError,
-    decode_object,
-    encode_message,
-)
-from framepipe.protocol.limits import JsonLimitError, JsonLimits, check_json_limits
-from framepipe.protocol.payloads import (
-    BufferConsumptionStrategy,
-    BufferFillingStrategy,
-    InitialisePipelinePayload,
-    InitialiseWebRTCPipelinePayload,
-    MemorySinkConfiguration,
-    ModelConfiguration,
-    VideoConfiguration,
-    WebRTCOffer,
-    WebRTCTURNConfig,
-    WorkflowConfiguration,
-)
+# Names load on first use: the data plane imports ``protocol.errors`` and
+# ``protocol.strategies`` without loading pydantic, which the commands and payloads need.
+
+from typing import TYPE_CHECKING
+
+from framepipe._lazy import lazy_getattr
+
+if TYPE_CHECKING:
+    from framepipe.protocol.commands import (
+        AnyCommand,
+        Command,
+        CommandType,
+        ConsumeResultCommand,
+        InitCommand,
+        ListPipelinesCommand,
+        MetricsCommand,
+        MuteCommand,
+        PipelineCommand,
+        ResumeCommand,
+        StatusCommand,
+        TerminateCommand,
+        WebRTCCommand,
+        parse_command,
+    )
+    from framepipe.protocol.envelope import (
+        ConsumeResultBody,
+        Envelope,
+        FailureBody,
+        ListPipelinesBody,
+        ResponseBody,
+        ResultEntry,
+        StatusBody,
+        SuccessBody,
+        WebRTCAnswerBody,
+        WireFrameMetadata,
+        encode_response,
+        parse_response,
+    )
+    from framepipe.protocol.errors import (
+        AuthorisationError,
+        CapacityError,
+        ErrorType,
+        FramepipeError,
+        InternalError,
+        InvalidPayloadError,
+        NotFoundError,
+        OperationError,
+        RamBudgetExceededError,
+        ShmExhaustedError,
+    )
+    from framepipe.protocol.framing import (
+        DEFAULT_MAX_MESSAGE_SIZE,
+        FrameDecoder,
+        FramingError,
+        decode_object,
+        encode_message,
+    )
+    from framepipe.protocol.limits import JsonLimitError, JsonLimits, check_json_limits
+    from framepipe.protocol.payloads import (
+        BufferConsumptionStrategy,
+        BufferFillingStrategy,
+        InitialisePipelinePayload,
+        InitialiseWebRTCPipelinePayload,
+        MemorySinkConfiguration,
+        ModelConfiguration,
+        VideoConfiguration,
+        WebRTCOffer,
+        WebRTCTURNConfig,
+        WorkflowConfiguration,
+    )
+
+_EXPORTS = {
+    "AnyCommand": "framepipe.protocol.commands",
+    "AuthorisationError": "framepipe.protocol.errors",
+    "BufferConsumptionStrategy": "framepipe.protocol.strategies",
+    "BufferFillingStrategy": "framepipe.protocol.strategies",
+    "CapacityError": "framepipe.protocol.errors",
+    "Command": "framepipe.protocol.commands",
+    "CommandType": "framepipe.protocol.commands",
+    "ConsumeResultBody": "framepipe.protocol.envelope",
+    "ConsumeResultCommand": "framepipe.protocol.commands",
+    "DEFAULT_MAX_MESSAGE_SIZE": "framepipe.protocol.framing",
+    "Envelope": "framepipe.protocol.envelope",
+    "ErrorType": "framepipe.protocol.errors",
+    "FailureBody": "framepipe.protocol.envelope",
+    "FrameDecoder": "framepipe.protocol.framing",
+    "FramepipeError": "framepipe.protocol.errors",
+    "FramingError": "framepipe.protocol.framing",
+    "InitCommand": "framepipe.protocol.commands",
+    "InitialisePipelinePayload": "framepipe.protocol.payloads",
+    "InitialiseWebRTCPipelinePayload": "framepipe.protocol.payloads",
+    "InternalError": "framepipe.protocol.errors",
+    "InvalidPayloadError": "framepipe.protocol.errors",
+    "JsonLimitError": "framepipe.protocol.limits",
+    "JsonLimits": "framepipe.protocol.limits",
+    "ListPipelinesBody": "framepipe.protocol.envelope",
+    "ListPipelinesCommand": "framepipe.protocol.commands",
+    "MemorySinkConfiguration": "framepipe.protocol.payloads",
+    "MetricsCommand": "framepipe.protocol.commands",
+    "ModelConfiguration": "framepipe.protocol.payloads",
+    "MuteCommand": "framepipe.protocol.commands",
+    "NotFoundError": "framepipe.protocol.errors",
+    "OperationError": "framepipe.protocol.errors",
+    "PipelineCommand": "framepipe.protocol.commands",
+    "RamBudgetExceededError": "framepipe.protocol.errors",
+    "ResponseBody": "framepipe.protocol.envelope",
+    "ResultEntry": "framepipe.protocol.envelope",
+    "ResumeCommand": "framepipe.protocol.commands",
+    "ShmExhaustedError": "framepipe.protocol.errors",
+    "StatusBody": "framepipe.protocol.envelope",
+    "StatusCommand": "framepipe.protocol.commands",
+    "SuccessBody": "framepipe.protocol.envelope",
+    "TerminateCommand": "framepipe.protocol.commands",
+    "VideoConfiguration": "framepipe.protocol.payloads",
+    "WebRTCAnswerBody": "framepipe.protocol.envelope",
+    "WebRTCCommand": "framepipe.protocol.commands",
+    "WebRTCOffer": "framepipe.protocol.payloads",
+    "WebRTCTURNConfig": "framepipe.protocol.payloads",
+    "WireFrameMetadata": "framepipe.protocol.envelope",
+    "WorkflowConfiguration": "framepipe.protocol.payloads",
+    "check_json_limits": "framepipe.protocol.limits",
+    "decode_object": "framepipe.protocol.framing",
+    "encode_message": "framepipe.protocol.framing",
+    "encode_response": "framepipe.protocol.envelope",
+    "parse_command": "framepipe.protocol.commands",
+    "parse_response": "framepipe.protocol.envelope",
+}
+
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",

@@ -12,7 +12,6 @@ is, and a value outside it is an ``invalid_payload`` error naming the field and 
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -26,7 +25,9 @@ from pydantic import (
 )
 from pydantic.functional_validators import ModelWrapValidatorHandler
 
-from framepipe.protocol.errors import InvalidPayloadError, preview
+from framepipe.protocol.errors import preview
+from framepipe.protocol.strategies import BufferConsumptionStrategy as BufferConsumptionStrategy
+from framepipe.protocol.strategies import BufferFillingStrategy as BufferFillingStrategy
 
 DEFAULT_RESULTS_BUFFER_SIZE = 64
 DEFAULT_PREDICTIONS_QUEUE_SIZE = 512
@@ -68,52 +69,6 @@ MAX_OUTPUT_NAMES = 64
 
 Name = Annotated[str, StringConstraints(max_length=MAX_NAME_LENGTH)]
 Secret = Annotated[str, StringConstraints(max_length=MAX_SECRET_LENGTH)]
-
-
-class BufferFillingStrategy(StrEnum):
-    """What a source does when a consumer's buffer is full (the reference's names).
-
-    The one strategy type of framepipe: the wire, the sources and the frame ring's producer
-    all use it. ``base`` is what the data plane applies (``ADAPTIVE_*`` act as their base
-    strategy there; the sources layer decides when an adaptive consumer starts dropping).
-    """
-
-    WAIT = "WAIT"
-    DROP_OLDEST = "DROP_OLDEST"
-    ADAPTIVE_DROP_OLDEST = "ADAPTIVE_DROP_OLDEST"
-    DROP_LATEST = "DROP_LATEST"
-    ADAPTIVE_DROP_LATEST = "ADAPTIVE_DROP_LATEST"
-
-    @classmethod
-    def parse(cls, value: str | BufferFillingStrategy) -> BufferFillingStrategy:
-        """A strategy from its name (any case); InvalidPayloadError naming the choices."""
-        try:
-            return cls(value.upper() if isinstance(value, str) else value)
-        except ValueError:
-            raise InvalidPayloadError(
-                f"unknown buffer filling strategy {value!r}; "
-                f"expected one of {', '.join(m.value for m in cls)}"
-            ) from None
-
-    @property
-    def base(self) -> BufferFillingStrategy:
-        if self is BufferFillingStrategy.ADAPTIVE_DROP_OLDEST:
-            return BufferFillingStrategy.DROP_OLDEST
-        if self is BufferFillingStrategy.ADAPTIVE_DROP_LATEST:
-            return BufferFillingStrategy.DROP_LATEST
-        return self
-
-    @property
-    def waits(self) -> bool:
-        """Every frame reaches the consumer (the producer waits for room)."""
-        return self is BufferFillingStrategy.WAIT
-
-
-class BufferConsumptionStrategy(StrEnum):
-    """How the pipeline takes frames from a source buffer (the reference's names)."""
-
-    LAZY = "LAZY"
-    EAGER = "EAGER"
 
 
 class _WireModel(BaseModel):

@@ -216,16 +216,6 @@ class RemoteInference:
                 gaps=tuple(self._gaps),
             )
 
-    def wait_connected(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while self._conn is None and not self._stop.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-            return self._conn is not None
-
     def open_channel(self, spec: ModelSpec, name: str) -> RemoteChannel:
         """Register a channel; waits up to ``open_timeout_s`` for the service (then
         InferenceUnavailableError) and raises what the service said if it refused the spec."""

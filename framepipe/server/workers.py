@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from framepipe.core.processes import describe_exit
-from framepipe.errors import FramepipeError, OperationError
+from framepipe.errors import OperationError
 from framepipe.protocol.errors import ERROR_CLASSES
 from framepipe.server.messages import (
     ReplyBody,
@@ -222,9 +222,7 @@ class WorkerHandle:
             raise WorkerTimeout(
                 f"the pipeline worker (pid {self.pid}) did not answer '{name}' within {timeout:g} s"
             ) from None
-        except (BrokenPipeError, ConnectionResetError, OSError) as exc:
-            if isinstance(exc, FramepipeError):
-                raise
+        except OSError:  # BrokenPipeError, ConnectionResetError, ...
             raise WorkerGone(self._gone_message()) from None
         finally:
             self._pending.pop(request_id, None)

@@ -92,3 +92,19 @@ def test_the_manager_listens_before_it_imports_the_data_plane() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "", result.stdout
+
+
+def test_the_data_plane_does_not_load_pydantic() -> None:
+    """A decode process or a worker reading frames imports the ring, the sources' entities and
+    the error tree; none of them needs pydantic (the wire's schemas), so none loads it."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, framepipe, framepipe.core.ring, framepipe.core.sources.entities, "
+        "framepipe.errors; print('pydantic' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,17 +43,6 @@ from framepipe.protocol.errors import InvalidPayloadError
 Frame = FrameImage  # a BGR array, or a 4:2:0 frame made BGR only where an output needs it
 Output = dict[str, Any] | None
 Predictions = dict[str, Any]
-
-
-class FrameMetadataLike(Protocol):
-    """What a processor reads of a frame's metadata
-    (:class:`~framepipe.core.sources.entities.FrameMetadata`)."""
-
-    @property
-    def frame_id(self) -> int: ...
-
-    @property
-    def source_id(self) -> int: ...
 
 
 class Processor(ABC):

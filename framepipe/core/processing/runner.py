@@ -182,10 +182,6 @@ class OnnxRunner:
         return TensorInfo(arg.name, shape, dtype)
 
     @property
-    def dynamic_batch(self) -> bool:
-        return not isinstance(self.input.shape[0], int)
-
-    @property
     def fixed_batch(self) -> int | None:
         dim = self.input.shape[0]
         return dim if isinstance(dim, int) else None

@@ -92,7 +92,7 @@ from framepipe.core.ring._ring import (
 from framepipe.core.shm import Segment
 from framepipe.ext import _spsc
 from framepipe.protocol.errors import InvalidPayloadError, OperationError
-from framepipe.protocol.payloads import BufferFillingStrategy
+from framepipe.protocol.strategies import BufferFillingStrategy
 
 __all__ = [
     "ConsumerDeliveryStatistics",

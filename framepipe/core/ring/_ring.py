@@ -107,7 +107,6 @@ from numpy.typing import DTypeLike, NDArray
 from framepipe.core._lifecycle import OwnedResource
 from framepipe.core.growth import GrowthAccount
 from framepipe.core.pixels import ColourMatrix, ColourRange, FrameLayout, PixelFormat
-from framepipe.core.processes import pid_alive
 from framepipe.core.shm import Segment
 from framepipe.ext import _spsc
 from framepipe.protocol.errors import FramepipeError, OperationError, ShmExhaustedError
@@ -809,9 +808,6 @@ class FrameRing(OwnedResource):
 
     def consumers(self) -> list[ConsumerInfo]:
         return [self.consumer_info(i) for i in range(self._g.max_consumers)]
-
-    def consumer_alive(self, index: int) -> bool:
-        return pid_alive(self.consumer_pid(index))
 
     def reclaim_consumer(self, index: int) -> int:
         """Producer side (or anyone once the producer is gone): empty consumer ``index``'s

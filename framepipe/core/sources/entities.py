@@ -15,8 +15,8 @@ from typing import Any
 from framepipe.core.pixels import FrameLayout
 
 # The strategy types are the wire's (one type each), re-exported for the sources layer.
-from framepipe.protocol.payloads import BufferConsumptionStrategy as BufferConsumptionStrategy
-from framepipe.protocol.payloads import BufferFillingStrategy as BufferFillingStrategy
+from framepipe.protocol.strategies import BufferConsumptionStrategy as BufferConsumptionStrategy
+from framepipe.protocol.strategies import BufferFillingStrategy as BufferFillingStrategy
 
 
 class StreamState(StrEnum):

@@ -65,10 +65,6 @@ class ParsedReference:
     def is_reconnectable(self) -> bool:
         return self.kind is SourceKind.STREAM
 
-    @property
-    def is_url(self) -> bool:
-        return isinstance(self.target, str) and "://" in self.target
-
 
 def mask_credentials(reference: str) -> str:
     """``rtsp://user:pass@host/x?token=t`` → ``rtsp://***:***@host/x?token=***``."""
