@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from framepipe.core.budget import (
     MB,
+    SHM_DIR,
     MemoryUsage,
     RamBudget,
     children_map,
@@ -37,7 +38,13 @@ from framepipe.core.budget import (
     tree_pids,
 )
 from framepipe.core.processes import describe_exit, wait_for_exit
-from framepipe.errors import FramepipeError, InvalidPayloadError, OperationError
+from framepipe.errors import (
+    FramepipeError,
+    InvalidPayloadError,
+    OperationError,
+    RamBudgetExceededError,
+    ShmExhaustedError,
+)
 from framepipe.protocol.commands import (
     Command,
     ConsumeResultCommand,
@@ -92,6 +99,7 @@ from framepipe.server.table import (
 from framepipe.server.workers import WorkerGone, WorkerHandle, WorkerTimeout
 
 if TYPE_CHECKING:
+    from framepipe.core.sources.handle import RingCharge
     from framepipe.server.inference_messages import ServiceAddress
     from framepipe.server.services import InferenceServices
 
@@ -125,6 +133,8 @@ class StreamManager:
             share=settings.share_decoders,
             open_timeout_s=settings.source_open_timeout_s,
             read_timeout_s=settings.source_read_timeout_s,
+            max_ring_bytes=settings.max_ring_bytes,
+            charge=self._charge_ring,
         )
         self._services: InferenceServices | None = None
         self._workers: dict[str, WorkerHandle] = {}
@@ -269,8 +279,8 @@ class StreamManager:
         begun_at = datetime.now()
         config = PipelineConfig.from_payload(payload)
         self._check_models(config)
-        requests = config.source_requests()
-        rings = await loop.run_in_executor(None, self.decoders.new_rings_bytes, requests)
+        requested = config.source_requests()
+        requests, rings = await loop.run_in_executor(None, self.decoders.admit_requests, requested)
         async with self._admitted_worker(rings) as row:
             pipeline_id = row.pipeline_id
             worker = self._workers[pipeline_id]
@@ -595,16 +605,32 @@ class StreamManager:
         self._last_usage = usage
         return usage
 
-    def _measure_usage_sync(self) -> MemoryUsage:
+    def _charge_ring(self, charge: RingCharge) -> None:
+        """A source's ring is about to be made bigger than its pipeline was admitted for (its
+        stream's real size is known now): charge it to the RAM budget, or raise. Called from a
+        decoder's listener thread; measures without sampling (the table is the loop's)."""
+        limit = self.settings.max_ram_mb
+        usage = self._measure_usage_sync(sample=False)
+        free = usage.shm_free_bytes
+        if free is not None and charge.ring_bytes > free:
+            raise ShmExhaustedError(f"{charge.describe()}; {SHM_DIR} has {free / MB:,.1f} MB free")
+        if limit is not None and usage.total_mb + charge.ring_bytes / MB > limit:
+            raise RamBudgetExceededError(
+                f"{charge.describe()}; in use {usage.total_mb:,.1f} MB, so it would pass the "
+                f"limit STREAM_MANAGER_MAX_RAM_MB={limit:.1f} MB"
+            )
+
+    def _measure_usage_sync(self, sample: bool = True) -> MemoryUsage:
         manager_pid = os.getpid()
         workers_total = 0.0
         owners = {manager_pid}
         children = children_map()
         for pipeline_id, worker in list(self._workers.items()):
             pids = tree_pids(worker.pid, children)
-            sample = sum(process_unique_bytes(pid) for pid in pids) / MB
-            self.table.sampled(pipeline_id, sample, pids)
-            workers_total += sample
+            used = sum(process_unique_bytes(pid) for pid in pids) / MB
+            if sample:
+                self.table.sampled(pipeline_id, used, pids)
+            workers_total += used
             owners |= pids
         # The manager and what it runs itself: the decode processes, their forkserver.
         own = (tree_pids(manager_pid, children) - owners) | {manager_pid}

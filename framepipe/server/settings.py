@@ -92,6 +92,10 @@ class ServerSettings:
     source_open_timeout_s: float = 5.0
     # A live source that delivers no frame for this many seconds is RESTARTING and reconnected.
     source_read_timeout_s: float = 3.0
+    # The largest frame ring one source may have (FRAMEPIPE_MAX_RING_MB; 0: no cap). The default
+    # is framepipe.core.sources.sizing.DEFAULT_MAX_RING_BYTES (32 4K frames), not imported here
+    # to keep the manager's start light; a unit test holds the two equal.
+    max_ring_mb: float = 759.375
     # ---- the front end's limits and security (see docs/RELIABILITY.md) -----------------------
     # Connections open at once; at the limit the oldest one still sending its request is dropped.
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -106,6 +110,10 @@ class ServerSettings:
     # TLS on the TCP port: a PEM certificate (chain) and its private key.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+
+    @property
+    def max_ring_bytes(self) -> int | None:
+        return int(self.max_ring_mb * 1024 * 1024) if self.max_ring_mb > 0 else None
 
     @property
     def is_loopback(self) -> bool:
@@ -194,6 +202,7 @@ class ServerSettings:
             source_read_timeout_s=_float(
                 env, "FRAMEPIPE_SOURCE_READ_TIMEOUT", defaults.source_read_timeout_s
             ),
+            max_ring_mb=_cap_mb(env, "FRAMEPIPE_MAX_RING_MB", defaults.max_ring_mb),
             **_front_from_env(env, defaults),
         )
 
@@ -282,6 +291,10 @@ def validated(settings: ServerSettings) -> ServerSettings:
         raise SettingsError(f"preloaded processes must be >= 0, got {settings.preloaded_processes}")
     if settings.max_ram_mb is not None and settings.max_ram_mb <= 0:
         raise SettingsError(f"max RAM must be > 0 MB, got {settings.max_ram_mb}")
+    if settings.max_ring_mb < 0:
+        raise SettingsError(
+            f"FRAMEPIPE_MAX_RING_MB must be >= 0 (0: no cap), got {settings.max_ring_mb}"
+        )
     return _validated_front(settings)
 
 
@@ -460,6 +473,20 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     value = _optional_float(env, name)
     return default if value is None else value
+
+
+def _cap_mb(env: Mapping[str, str], name: str, default: float) -> float:
+    """A cap in MB: a number >= 0, where 0 means no cap."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of MB (0: no cap), got {raw!r}") from None
+    if value < 0:
+        raise SettingsError(f"{name} must be >= 0 (0: no cap), got {value}")
+    return value
 
 
 def _optional_float(env: Mapping[str, str], name: str) -> float | None:

@@ -112,6 +112,14 @@ SERVER_SETTINGS: dict[str, SettingDoc] = {
         "is logged then)",
         "1",
     ),
+    "max_ring_mb": SettingDoc(
+        "FRAMEPIPE_MAX_RING_MB",
+        "the largest frame ring one source may have, in MB: a video whose frames need more is "
+        "refused (at admission from its declared or probed size, at the ring's creation from "
+        "its real size, and when it changes size mid-stream); 0: no cap",
+        "2048",
+        shown_default="759.375 (32 4K frames)",
+    ),
     "video_dirs": SettingDoc(
         "FRAMEPIPE_VIDEO_DIRS",
         "colon-separated directories a file video_reference must lie in (after resolving "

@@ -15,6 +15,7 @@ Runs inside a decode process; heavy modules (cv2, av) are imported when a backen
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +31,11 @@ class SourceOpenError(Exception):
     """The source could not be opened (message says why, credentials masked)."""
 
 
+#: Called with (width, height) when a grabbed frame is not the size of the ring's slots (the
+#: stream changed size mid-stream), before it is converted; raises to refuse that size.
+SizeCheck = Callable[[int, int], None]
+
+
 @dataclass(frozen=True)
 class BackendOptions:
     """How to open a source: timeouts and the user's ``video_source_properties``."""
@@ -43,6 +49,7 @@ class BackendOptions:
 
 class DecodeBackend(Protocol):
     name: DecoderBackendName
+    size_check: SizeCheck | None
 
     def open(self) -> StreamInfo: ...
 
@@ -91,6 +98,7 @@ class OpenCVBackend:
         self._cap: Any = None
         self._shape: tuple[int, int, int] = (0, 0, 3)
         self.copies = 0
+        self.size_check: SizeCheck | None = None
 
     def open(self) -> StreamInfo:
         import cv2
@@ -159,6 +167,9 @@ class OpenCVBackend:
             if image.shape != out.shape:
                 import cv2
 
+                if self.size_check is not None:
+                    self.size_check(image.shape[1], image.shape[0])
+
                 cv2.resize(image, (out.shape[1], out.shape[0]), dst=out)
             else:
                 np.copyto(out, image)
@@ -189,6 +200,7 @@ class PyAVBackend:
         self._frame: Any = None
         self._time_base: float | None = None
         self.copies = 0
+        self.size_check: SizeCheck | None = None
 
     def open(self) -> StreamInfo:
         import av
@@ -264,6 +276,8 @@ class PyAVBackend:
         if frame is None:
             raise SourceOpenError("no grabbed frame to retrieve")
         if frame.width != out.shape[1] or frame.height != out.shape[0]:
+            if self.size_check is not None:
+                self.size_check(frame.width, frame.height)
             self.copies += 1
             image = frame.to_ndarray(format="bgr24", width=out.shape[1], height=out.shape[0])
             np.copyto(out, image)

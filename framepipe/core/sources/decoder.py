@@ -71,6 +71,11 @@ class DecoderConfig:
     stats_interval_s: float = 0.25
     retry_open: bool = False  # a replacement decoder: keep retrying the stream, never ERROR
     wait_slice_s: float = 0.05  # longest a wait blocks before commands are looked at again
+    max_ring_bytes: int | None = None  # a frame size whose ring would be bigger is refused
+
+
+class FrameSizeRefused(Exception):
+    """The stream changed size mid-stream to a size its owner would not admit."""
 
 
 class _Stop(Exception):
@@ -242,12 +247,36 @@ class _Decoder:
         except BaseException:
             backend.close()
             raise
+        backend.size_check = self.check_new_size
         self.backend = backend
         self.fps = info.fps
         self._replay_origin = None
         started_ns = time.time_ns()
         self.status.set_info(info, config.backend, started_ns)
         self.send(Opened(info, config.backend, started_ns, reconnect))
+
+    def check_new_size(self, width: int, height: int) -> None:
+        """A frame of another size than the ring's (the stream changed size mid-stream): the
+        same per-ring cap as when the ring was made, for a ring of that size. A size within it
+        is scaled to the ring's slots (the ring, and what the budget charged, stay the same)."""
+        from framepipe.core.ring import FrameRing
+        from framepipe.core.sources.sizing import check_ring_cap
+        from framepipe.protocol.errors import CapacityError
+
+        ring = self.ring
+        if ring is None:
+            return
+        size = FrameRing.segment_size(
+            ring.slots, (height, width, 3), ring.dtype, ring.max_consumers, ring.queue_depth
+        )
+        try:
+            check_ring_cap(width, height, size, self.config.max_ring_bytes)
+        except CapacityError as exc:
+            old_h, old_w = ring.shape[0], ring.shape[1]
+            raise FrameSizeRefused(
+                f"CapacityError: the stream changed size mid-stream from {old_w}x{old_h} to "
+                f"{width}x{height}; {exc}"
+            ) from None
 
     def close_backend(self) -> None:
         backend, self.backend = self.backend, None
@@ -429,6 +458,10 @@ def run_decoder(config: DecoderConfig, control: Connection) -> None:
         decoder.run()
     except _Stop:
         terminated = True
+    except FrameSizeRefused as exc:
+        with contextlib.suppress(Exception):
+            decoder.send_stats(force=True)
+        status.set_state(StreamState.ERROR, str(exc))
     except Exception as exc:  # report, never die silently
         with contextlib.suppress(Exception):
             decoder.send_stats(force=True)
