@@ -54,7 +54,7 @@ async def serve(
         log.warning("%s", warning)
     manager = StreamManager(settings)
     front = await start_server(
-        PolicyHandler(manager, InputPolicy(settings.video_dirs)),
+        PolicyHandler(manager, InputPolicy(settings.video_dirs, settings.stream_policy())),
         front_settings(settings),
     )
     host, port = settings.host, front.port

@@ -170,7 +170,11 @@ def _probe_file(target: object) -> tuple[int, int] | None:
         try:
             import av  # only admission of a file source needs it
 
-            with av.open(str(target), timeout=2.0) as container:
+            from framepipe.core.sources.reference import FILE_DEMUXERS
+
+            # Only the file itself: a playlist would open what it names.
+            options = {"protocol_whitelist": "file", "format_whitelist": FILE_DEMUXERS}
+            with av.open(str(target), options=options, timeout=2.0) as container:
                 stream = container.streams.video[0]
                 if stream.width and stream.height:
                     return int(stream.width), int(stream.height)

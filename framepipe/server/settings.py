@@ -24,9 +24,12 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from framepipe.protocol.framing import DEFAULT_MAX_MESSAGE_SIZE
+
+if TYPE_CHECKING:
+    from framepipe.core.sources.reference import StreamPolicy
 from framepipe.protocol.limits import DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_JSON_ITEMS
 
 DEFAULT_MAX_CONNECTIONS = 512
@@ -107,6 +110,11 @@ class ServerSettings:
     allow_unauthenticated: bool = False
     # File video references must lie in one of these (resolved); required beyond loopback.
     video_dirs: tuple[Path, ...] | None = None
+    # Stream URLs may use udp:// and rtp:// (they bind local ports): FRAMEPIPE_ALLOW_UDP_STREAMS.
+    allow_udp_streams: bool = False
+    # Stream URLs and TURN servers may be on private, loopback and link-local addresses
+    # (cameras live on private networks): FRAMEPIPE_ALLOW_PRIVATE_STREAMS=0 forbids them.
+    allow_private_streams: bool = True
     # TLS on the TCP port: a PEM certificate (chain) and its private key.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -114,6 +122,14 @@ class ServerSettings:
     @property
     def max_ring_bytes(self) -> int | None:
         return int(self.max_ring_mb * 1024 * 1024) if self.max_ring_mb > 0 else None
+
+    def stream_policy(self) -> StreamPolicy:
+        """What a stream URL (or a TURN server) of a request may reach."""
+        from framepipe.core.sources.reference import StreamPolicy
+
+        return StreamPolicy(
+            allow_udp=self.allow_udp_streams, allow_private=self.allow_private_streams
+        )
 
     @property
     def is_loopback(self) -> bool:
@@ -203,6 +219,10 @@ class ServerSettings:
                 env, "FRAMEPIPE_SOURCE_READ_TIMEOUT", defaults.source_read_timeout_s
             ),
             max_ring_mb=_cap_mb(env, "FRAMEPIPE_MAX_RING_MB", defaults.max_ring_mb),
+            allow_udp_streams=_bool(env, "FRAMEPIPE_ALLOW_UDP_STREAMS", defaults.allow_udp_streams),
+            allow_private_streams=_bool(
+                env, "FRAMEPIPE_ALLOW_PRIVATE_STREAMS", defaults.allow_private_streams
+            ),
             **_front_from_env(env, defaults),
         )
 

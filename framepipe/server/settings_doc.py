@@ -120,6 +120,17 @@ SERVER_SETTINGS: dict[str, SettingDoc] = {
         "2048",
         shown_default="759.375 (32 4K frames)",
     ),
+    "allow_udp_streams": SettingDoc(
+        "FRAMEPIPE_ALLOW_UDP_STREAMS",
+        "stream URLs may be udp:// or rtp:// (FFmpeg binds local ports for them)",
+        "1",
+    ),
+    "allow_private_streams": SettingDoc(
+        "FRAMEPIPE_ALLOW_PRIVATE_STREAMS",
+        "stream URLs and TURN servers may be on private, loopback and link-local addresses "
+        "(cameras live on private networks); 0 keeps clients from making the server reach them",
+        "0",
+    ),
     "video_dirs": SettingDoc(
         "FRAMEPIPE_VIDEO_DIRS",
         "colon-separated directories a file video_reference must lie in (after resolving "

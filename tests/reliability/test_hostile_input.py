@@ -194,3 +194,140 @@ def test_the_default_cap_refuses_the_issues_frame_sizes() -> None:
     assert ring_bytes(16000, 16000, 64) > DEFAULT_MAX_RING_BYTES
     assert ring_bytes(8192, 8192, 64) > DEFAULT_MAX_RING_BYTES
     assert ring_bytes(3840, 2160, 64, consumers=4) <= DEFAULT_MAX_RING_BYTES
+
+
+# ---- 3. FFmpeg confined -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def playlist_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An allowed directory holding an HLS playlist that lists a video outside it, by absolute
+    and by relative path (the issue's fourth attack)."""
+    root = tmp_path_factory.mktemp("playlists")
+    allowed, outside = root / "allowed", root / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    make_test_video(outside / "secret.ts", frames=10, width=160, height=120, fps=10)
+    make_test_video(allowed / "ok.mp4", frames=10, width=160, height=120, fps=10)
+    (allowed / "list.m3u8").write_text(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
+        f"#EXTINF:1.0,\n{outside / 'secret.ts'}\n#EXTINF:1.0,\n../outside/secret.ts\n"
+        "#EXT-X-ENDLIST\n"
+    )
+    # what the HLS demuxer still takes, though it does not start like a playlist: FFmpeg's
+    # format whitelist refuses it when the file is opened
+    (allowed / "concat.txt").write_text(f"ffconcat version 1.0\nfile {outside / 'secret.ts'}\n")
+    return allowed, outside
+
+
+def test_a_playlist_inside_the_video_dirs_cannot_reach_outside(
+    playlist_dirs: tuple[Path, Path],
+) -> None:
+    allowed, _ = playlist_dirs
+    with running_manager({"FRAMEPIPE_VIDEO_DIRS": str(allowed)}) as manager:
+        for name, what in (("list.m3u8", "HLS playlist"), ("concat.txt", "concat script")):
+            response = manager.request(init(str(allowed / name)))["response"]
+            assert response.get("error_type") == "invalid_payload", response
+            assert what in response["error_message"], response
+            assert "give the video file itself" in response["error_message"]
+        ok = manager.request(init(str(allowed / "ok.mp4")))
+        assert ok["response"]["status"] == "success", ok
+        assert manager.workers() != []
+
+
+@pytest.mark.parametrize("decoder", ["opencv", "pyav"])
+def test_ffmpeg_opens_a_file_with_its_own_demuxer_only(
+    playlist_dirs: tuple[Path, Path], decoder: str
+) -> None:
+    """Past the check of what a file starts with, FFmpeg itself is confined: a file is opened
+    with ``protocol_whitelist=file`` and a whitelist of demuxers that read one file, so a
+    playlist that reached the decoder would not open (and without those options it would)."""
+    from framepipe.core.sources.backends import BackendOptions, SourceOpenError, make_backend
+    from framepipe.core.sources.entities import DecoderBackendName, SourceKind
+    from framepipe.core.sources.reference import ParsedReference
+
+    allowed, _ = playlist_dirs
+    playlist = str(allowed / "list.m3u8")
+    reference = ParsedReference(playlist, SourceKind.FILE, playlist, playlist)
+    name = DecoderBackendName(decoder)
+    confined = make_backend(
+        name, playlist, SourceKind.FILE, BackendOptions(input_options=reference.ffmpeg_options())
+    )
+    with pytest.raises(SourceOpenError):
+        confined.open()
+    confined.close()
+    unconfined = make_backend(name, playlist, SourceKind.FILE, BackendOptions())
+    try:
+        info = unconfined.open()  # the attack, had the options not been given
+        assert (info.width, info.height) == (160, 120)
+    finally:
+        unconfined.close()
+    video = str(allowed / "ok.mp4")
+    honest = ParsedReference(video, SourceKind.FILE, video, video)
+    backend = make_backend(
+        name, video, SourceKind.FILE, BackendOptions(input_options=honest.ffmpeg_options())
+    )
+    try:
+        assert backend.open().width == 160 and backend.grab()
+    finally:
+        backend.close()
+
+
+def _listening(port: int) -> bool:
+    import psutil
+
+    return any(c.laddr and c.laddr.port == port for c in psutil.net_connections("inet") if c.laddr)
+
+
+def test_stream_urls_never_listen_nor_bind_udp_unless_allowed() -> None:
+    """The issue's fifth attack: ``tcp://...?listen=1`` made the server listen; ``udp://`` and
+    ``rtp://`` bound local ports. Each is refused, naming what was wrong, and nothing listens."""
+    port = free_port()
+    hostile = [
+        (f"tcp://127.0.0.1:{port}?listen=1&listen_timeout=60000", "unsupported scheme 'tcp'"),
+        (f"rtsp://127.0.0.1:{port}/x?listen=1", "listen or bind"),
+        (f"srt://127.0.0.1:{port}?mode=listener", "listen or bind"),
+        (f"rtmp://127.0.0.1:{port}/live?rtmp_listen=1", "listen or bind"),
+        (f"udp://127.0.0.1:{port}", "FRAMEPIPE_ALLOW_UDP_STREAMS"),
+        (f"rtp://0.0.0.0:{port}", "FRAMEPIPE_ALLOW_UDP_STREAMS"),
+        (f"gopher://127.0.0.1:{port}/x", "unsupported scheme"),
+    ]
+    with running_manager() as manager:
+        for url, fragment in hostile:
+            response = manager.request(init(url))["response"]
+            assert response.get("error_type") == "invalid_payload", (url, response)
+            assert fragment in response["error_message"], (url, response)
+        assert not _listening(port)
+        assert manager.workers() == []
+    with running_manager({"FRAMEPIPE_ALLOW_UDP_STREAMS": "1"}) as manager:
+        reply = manager.request(init(f"udp://127.0.0.1:{port}"))
+        assert reply["response"]["status"] == "success", reply
+        manager.request({"type": "terminate", "pipeline_id": reply["pipeline_id"]})
+
+
+def test_private_and_loopback_stream_hosts_are_a_setting(http_base: str) -> None:
+    """FRAMEPIPE_ALLOW_PRIVATE_STREAMS=0: a stream URL or a TURN server on a private, loopback
+    or link-local address is refused (the default allows them: cameras live on private
+    networks)."""
+    from tests.realistic_requests import sdp_offer, webrtc_request
+
+    turn = webrtc_request(sdp_offer())
+    turn["webrtc_turn_config"]["urls"] = "turn:127.0.0.1:3478?transport=udp"
+    with running_manager({"FRAMEPIPE_ALLOW_PRIVATE_STREAMS": "0"}) as manager:
+        for url in (
+            f"{http_base}/small.mkv",
+            "rtsp://10.1.2.3/stream",
+            "rtsp://localhost:8554/x",
+            "rtsp://[::1]:8554/x",
+            "http://169.254.169.254/latest/x.mp4",
+        ):
+            response = manager.request(init(url))["response"]
+            assert response.get("error_type") == "invalid_payload", (url, response)
+            assert "FRAMEPIPE_ALLOW_PRIVATE_STREAMS" in response["error_message"], response
+        response = manager.request(turn)["response"]
+        assert response.get("error_type") == "invalid_payload", response
+        assert "webrtc_turn_config" in response["error_message"], response
+        assert manager.workers() == []
+    with running_manager() as manager:  # the default
+        reply = manager.request(init(f"{http_base}/small.mkv"))
+        assert reply["response"]["status"] == "success", reply

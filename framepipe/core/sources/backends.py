@@ -45,6 +45,9 @@ class BackendOptions:
     analyze_duration_us: int = 300_000
     threads: int = 0  # decoder threads, 0 = let the codec choose
     properties: dict[str, Any] = field(default_factory=dict)
+    # FFmpeg input options that confine what opening the source may touch (its protocols and,
+    # for a file, its demuxers): ParsedReference.ffmpeg_options().
+    input_options: dict[str, str] = field(default_factory=dict)
 
 
 class DecodeBackend(Protocol):
@@ -109,12 +112,20 @@ class OpenCVBackend:
         # failure is reported in the source's state instead.
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        # Read by FFmpeg when the capture opens; this process is the decode process alone.
+        capture_options = dict(opts.input_options)
         if isinstance(self._target, str) and self._target.lower().startswith("rtsp"):
-            # Read by FFmpeg when the capture opens; this process is the decode process alone.
-            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = (
-                f"rtsp_transport;tcp|timeout;{int(opts.read_timeout_s * 1e6)}"
-                f"|analyzeduration;{opts.analyze_duration_us}"
+            capture_options.update(
+                rtsp_transport="tcp",
+                timeout=str(int(opts.read_timeout_s * 1e6)),
+                analyzeduration=str(opts.analyze_duration_us),
             )
+        if capture_options:
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "|".join(
+                f"{key};{value}" for key, value in capture_options.items()
+            )
+        else:
+            os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
             int(opts.open_timeout_s * 1000),
@@ -225,6 +236,7 @@ class PyAVBackend:
                 av_options["input_format"] = str(props["fourcc"]).lower()
         else:
             target = str(self._target)
+            av_options.update(opts.input_options)
             if target.lower().startswith("rtsp"):
                 av_options["rtsp_transport"] = "tcp"
                 av_options["timeout"] = str(int(opts.read_timeout_s * 1e6))

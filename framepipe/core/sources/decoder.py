@@ -27,7 +27,7 @@ import os
 import select
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -239,8 +239,9 @@ class _Decoder:
 
     def open(self, reconnect: bool) -> None:
         config = self.config
+        options = replace(config.options, input_options=config.reference.ffmpeg_options())
         backend = make_backend(
-            config.backend, config.reference.target, config.reference.kind, config.options
+            config.backend, config.reference.target, config.reference.kind, options
         )
         try:
             info = backend.open()
