@@ -331,3 +331,31 @@ def test_private_and_loopback_stream_hosts_are_a_setting(http_base: str) -> None
     with running_manager() as manager:  # the default
         reply = manager.request(init(f"{http_base}/small.mkv"))
         assert reply["response"]["status"] == "success", reply
+
+
+# ---- 4. the gateway without a token -------------------------------------------------------------
+
+
+def test_a_gateway_without_a_token_answers_its_own_names_only() -> None:
+    """DNS rebinding: a page on ``evil.example`` resolved to 127.0.0.1 sends ``Host:
+    evil.example``; a cross-site page sends a POST without a body (no CORS preflight). Without
+    a token, both are refused; the gateway's own names, and the names configured, are served."""
+    from tests.integration.gateway_harness import running_gateway
+
+    with running_gateway({"FRAMEPIPE_HTTP_ALLOWED_HOSTS": "cams.example.lan"}) as gateway:
+        port = gateway.url.rsplit(":", 1)[1]
+        http = gateway.http
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "cams.example.lan"):
+            response = http.get("/inference_pipelines/list", headers={"Host": host})
+            assert response.status_code == 200, (host, response.text)
+        for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
+            response = http.get("/inference_pipelines/list", headers={"Host": host})
+            assert response.status_code == 401, (host, response.text)
+            assert "is not a name of this gateway" in response.text
+        terminate = "/inference_pipelines/nonexistent/terminate"
+        cross = http.post(terminate, headers={"Origin": "http://evil.example"})
+        assert cross.status_code == 401, cross.text
+        assert "web origin 'http://evil.example'" in cross.text
+        same = http.post(terminate, headers={"Origin": f"http://127.0.0.1:{port}"})
+        assert same.status_code == 404, same.text  # reached the manager: no such pipeline
+        assert http.post(terminate).status_code == 404  # no Origin: not a browser's request
