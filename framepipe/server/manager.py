@@ -238,11 +238,14 @@ class StreamManager:
             await self._command(command.pipeline_id, Resume(), request_id)
             return SuccessBody(pipeline_id=command.pipeline_id)
         if isinstance(command, ConsumeResultCommand):
-            entries = await self.consume_result(
+            entries, waiting = await self._consume_result(
                 command.pipeline_id, command.excluded_fields, command.max_entries, request_id
             )
             return ConsumeResultBody.from_entries(
-                entries, multi=command.max_entries is not None, pipeline_id=command.pipeline_id
+                entries,
+                multi=command.max_entries is not None,
+                pipeline_id=command.pipeline_id,
+                waiting=waiting,
             )
         if isinstance(command, TerminateCommand):
             await self.terminate(command.pipeline_id)
@@ -277,11 +280,13 @@ class StreamManager:
             raise OperationError("The stream manager is shutting down.")
         loop = asyncio.get_running_loop()
         begun_at = datetime.now()
-        config = PipelineConfig.from_payload(payload)
+        config = replace(
+            PipelineConfig.from_payload(payload), results_max_bytes=self.settings.max_results_bytes
+        )
         self._check_models(config)
         requested = config.source_requests()
         requests, rings = await loop.run_in_executor(None, self.decoders.admit_requests, requested)
-        async with self._admitted_worker(rings) as row:
+        async with self._admitted_worker(rings, config.results_max_bytes or 0) as row:
             pipeline_id = row.pipeline_id
             worker = self._workers[pipeline_id]
             try:
@@ -358,14 +363,14 @@ class StreamManager:
             return WebRTCAnswerBody(pipeline_id=pipeline_id, sdp=answer.sdp, type=answer.type)
 
     @contextlib.asynccontextmanager
-    async def _admitted_worker(self, rings: int) -> AsyncIterator[Row]:
+    async def _admitted_worker(self, rings: int, results: int = 0) -> AsyncIterator[Row]:
         """The worker of a new pipeline, admitted against the RAM budget with ``rings`` bytes
         of new shared memory: an idle one, or one spawned now. The admission is settled when
         the start is over, whichever way it went."""
         row = self.table.take_idle(time.monotonic())
         usage = await self._measure_usage()
         try:
-            admission = self.table.admit(usage, rings, reused=row)
+            admission = self.table.admit(usage, rings, reused=row, results_bytes=results)
         except FramepipeError:
             if row is not None:
                 self.table.give_back(row)
@@ -443,16 +448,34 @@ class StreamManager:
         max_entries: int | None = None,
         request_id: str | None = None,
     ) -> list[ResultEntry]:
+        entries, _ = await self._consume_result(
+            pipeline_id, excluded_fields, max_entries, request_id
+        )
+        return entries
+
+    async def _consume_result(
+        self,
+        pipeline_id: str,
+        excluded_fields: Iterable[str] = (),
+        max_entries: int | None = None,
+        request_id: str | None = None,
+    ) -> tuple[list[ResultEntry], int]:
+        """The entries taken (at most ``max_entries``, and what fits in the reply's byte cap,
+        at least one) and how many are left."""
         row = self.table.get(pipeline_id)
         if not row.worker_alive:
             self.table.consumed(pipeline_id, 0, time.monotonic())
-            return []  # it failed; nothing is buffered any more
-        command = Consume(excluded_fields=tuple(excluded_fields), max_entries=max_entries or 1)
+            return [], 0  # it failed; nothing is buffered any more
+        command = Consume(
+            excluded_fields=tuple(excluded_fields),
+            max_entries=max_entries or 1,
+            max_bytes=self.settings.max_reply_bytes,
+        )
         reply: ConsumeReply = expect(
             await self._command(pipeline_id, command, request_id), ConsumeReply
         )
         self.table.consumed(pipeline_id, reply.buffered, time.monotonic())
-        return list(reply.entries)
+        return list(reply.entries), reply.buffered
 
     async def terminate(self, pipeline_id: str) -> None:
         self.table.get(pipeline_id)  # not_found for an unknown or ended one

@@ -99,6 +99,12 @@ class ServerSettings:
     # is framepipe.core.sources.sizing.DEFAULT_MAX_RING_BYTES (32 4K frames), not imported here
     # to keep the manager's start light; a unit test holds the two equal.
     max_ring_mb: float = 759.375
+    # A pipeline's result buffer holds at most this many MB of results besides its entry count
+    # (FRAMEPIPE_MAX_RESULTS_MB; 0: no cap); it counts in the RAM budget.
+    max_results_mb: float = 64.0
+    # A consume_result reply carries at most this many MB of results (at least one entry;
+    # it says how many are left): FRAMEPIPE_MAX_REPLY_MB, 0: no cap.
+    max_reply_mb: float = 4.0
     # ---- the front end's limits and security (see docs/RELIABILITY.md) -----------------------
     # Connections open at once; at the limit the oldest one still sending its request is dropped.
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -122,6 +128,14 @@ class ServerSettings:
     @property
     def max_ring_bytes(self) -> int | None:
         return int(self.max_ring_mb * 1024 * 1024) if self.max_ring_mb > 0 else None
+
+    @property
+    def max_results_bytes(self) -> int | None:
+        return int(self.max_results_mb * 1024 * 1024) if self.max_results_mb > 0 else None
+
+    @property
+    def max_reply_bytes(self) -> int | None:
+        return int(self.max_reply_mb * 1024 * 1024) if self.max_reply_mb > 0 else None
 
     def stream_policy(self) -> StreamPolicy:
         """What a stream URL (or a TURN server) of a request may reach."""
@@ -219,6 +233,8 @@ class ServerSettings:
                 env, "FRAMEPIPE_SOURCE_READ_TIMEOUT", defaults.source_read_timeout_s
             ),
             max_ring_mb=_cap_mb(env, "FRAMEPIPE_MAX_RING_MB", defaults.max_ring_mb),
+            max_results_mb=_cap_mb(env, "FRAMEPIPE_MAX_RESULTS_MB", defaults.max_results_mb),
+            max_reply_mb=_cap_mb(env, "FRAMEPIPE_MAX_REPLY_MB", defaults.max_reply_mb),
             allow_udp_streams=_bool(env, "FRAMEPIPE_ALLOW_UDP_STREAMS", defaults.allow_udp_streams),
             allow_private_streams=_bool(
                 env, "FRAMEPIPE_ALLOW_PRIVATE_STREAMS", defaults.allow_private_streams

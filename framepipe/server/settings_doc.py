@@ -120,6 +120,19 @@ SERVER_SETTINGS: dict[str, SettingDoc] = {
         "2048",
         shown_default="759.375 (32 4K frames)",
     ),
+    "max_results_mb": SettingDoc(
+        "FRAMEPIPE_MAX_RESULTS_MB",
+        "MB of results one pipeline's result buffer holds at most, besides results_buffer_size "
+        "(big image outputs: fewer of them; the oldest are dropped, or processing waits under "
+        "WAIT); counted in the RAM budget; 0: no cap",
+        "256",
+    ),
+    "max_reply_mb": SettingDoc(
+        "FRAMEPIPE_MAX_REPLY_MB",
+        "MB of results one consume_result reply carries at most: max_entries returns what "
+        "fits (at least one entry) and says in entries_waiting how many are left; 0: no cap",
+        "32",
+    ),
     "allow_udp_streams": SettingDoc(
         "FRAMEPIPE_ALLOW_UDP_STREAMS",
         "stream URLs may be udp:// or rtp:// (FFmpeg binds local ports for them)",

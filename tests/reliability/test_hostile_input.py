@@ -12,6 +12,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ def source_error(manager: ManagerProcess, pipeline_id: str, timeout: float = 30.
 def test_a_local_file_that_claims_one_pixel_is_admitted_at_its_real_size(media: Path) -> None:
     """The issue's first attack: a huge file with ``frame_width``/``frame_height`` 1 was
     admitted as a 1x1 stream. Admission probes the file: the budget sees the real ring."""
-    with running_manager({"STREAM_MANAGER_MAX_RAM_MB": "350"}) as manager:
+    with running_manager({"STREAM_MANAGER_MAX_RAM_MB": "400"}) as manager:
         reply = manager.request(init(str(media / "big.avi"), **ONE_PIXEL))
         response = reply["response"]
         assert response.get("error_class") == "RamBudgetExceededError", response
@@ -132,14 +133,14 @@ def test_a_stream_bigger_than_its_admission_is_charged_again_before_its_ring(
     charged again at its real size once the decoder knows it, before the ring is made: over
     the budget, its source is refused with RamBudgetExceededError naming both sizes, and no
     ring was made (the manager's /dev/shm use stays small)."""
-    with running_manager({"STREAM_MANAGER_MAX_RAM_MB": "350"}) as manager:
+    with running_manager({"STREAM_MANAGER_MAX_RAM_MB": "400"}) as manager:
         reply = manager.request(init(f"{http_base}/big.avi", **ONE_PIXEL))
         pipeline_id = reply.get("pipeline_id")
         assert pipeline_id, reply
         report = source_error(manager, pipeline_id)
         assert "RamBudgetExceededError" in report, report
         assert f"{BIG}x{BIG}" in report and "admitted as 1x1" in report, report
-        assert "STREAM_MANAGER_MAX_RAM_MB=350.0" in report, report
+        assert "STREAM_MANAGER_MAX_RAM_MB=400.0" in report, report
 
 
 def test_a_ring_above_the_cap_is_refused_outright(http_base: str, media: Path) -> None:
@@ -194,6 +195,173 @@ def test_the_default_cap_refuses_the_issues_frame_sizes() -> None:
     assert ring_bytes(16000, 16000, 64) > DEFAULT_MAX_RING_BYTES
     assert ring_bytes(8192, 8192, 64) > DEFAULT_MAX_RING_BYTES
     assert ring_bytes(3840, 2160, 64, consumers=4) <= DEFAULT_MAX_RING_BYTES
+
+
+# ---- 2. every buffer bounded in bytes ---------------------------------------------------------
+
+NOISE_FRAMES = 150
+IMAGE_WORKFLOW = {
+    "type": "WorkflowConfiguration",
+    "workflow_specification": {
+        "version": "1.0",
+        "inputs": [{"type": "WorkflowImage", "name": "image"}],
+        "steps": [],
+        "outputs": [{"type": "JsonField", "name": "image", "selector": "$inputs.image"}],
+    },
+    "image_input_name": "image",
+}
+
+
+@pytest.fixture(scope="module")
+def noise_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """640x360 frames of noise: each image output is a ~170 kB base64 JPEG (25 MB in all)."""
+    path = tmp_path_factory.mktemp("noise") / "noise.avi"
+    rng = np.random.default_rng(22)
+    with av.open(str(path), "w") as container:
+        stream: Any = container.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuvj420p"
+        for _ in range(NOISE_FRAMES):
+            image = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def image_init(video: Path, buffer: int = 10_000) -> dict[str, Any]:
+    return {
+        **init(str(video)),
+        "processing_configuration": IMAGE_WORKFLOW,
+        "sink_configuration": {"type": "MemorySinkConfiguration", "results_buffer_size": buffer},
+    }
+
+
+class StatusProbe:
+    """Another client: ``status`` of a pipeline every 20 ms in a thread, each timed."""
+
+    def __init__(self, manager: ManagerProcess, pipeline_id: str) -> None:
+        import threading
+
+        self.manager, self.pipeline_id = manager, pipeline_id
+        self.latencies_ms: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            began = time.perf_counter()
+            try:
+                reply = self.manager.request(
+                    {"type": "status", "pipeline_id": self.pipeline_id}, timeout=2
+                )
+                if reply["response"]["status"] != "success":
+                    self.failures.append(str(reply["response"]))
+            except Exception as exc:  # a probe that times out is a failure, not a crash
+                self.failures.append(repr(exc))
+            self.latencies_ms.append((time.perf_counter() - began) * 1000)
+
+    def __enter__(self) -> StatusProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def p99(self) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def _manager_rss_mb(manager: ManagerProcess) -> float:
+    import psutil
+
+    return float(psutil.Process(manager.pid).memory_info().rss) / 2**20
+
+
+def test_the_result_buffer_is_bounded_in_bytes(noise_video: Path, long_video: Path) -> None:
+    """The issue's second attack: ``results_buffer_size`` 10,000 and an image output held
+    gigabytes in the worker. The buffer holds at most FRAMEPIPE_MAX_RESULTS_MB of results
+    (here 8 MB: about 49 of these images), whatever its entry count; under WAIT processing then
+    waits for a reader, and nothing is lost."""
+    env = {"FRAMEPIPE_MAX_RESULTS_MB": "8", "FRAMEPIPE_MAX_REPLY_MB": "0"}
+    with running_manager(env) as manager:
+        other = manager.request(init(str(long_video)))["pipeline_id"]
+        pipeline_id = manager.request(image_init(noise_video))["pipeline_id"]
+        assert pipeline_id, "init failed"
+        with StatusProbe(manager, other) as probe:
+            time.sleep(6)  # long enough to process every frame, had there been room
+            reply = manager.request(
+                {"type": "consume_result", "pipeline_id": pipeline_id, "max_entries": 10_000}
+            )
+        body = reply["response"]
+        entries = 1 + len(body["extra_entries"])
+        held = len(json.dumps(body))
+        # each result is ~170 kB: 8 MB holds ~49 of the 150
+        assert entries < NOISE_FRAMES // 2, f"{entries} results ({held / 2**20:.0f} MB) held"
+        assert held < 8.5 * 2**20, f"{entries} results ({held / 2**20:.1f} MB) held"
+        assert not probe.failures, probe.failures[:3]
+        assert probe.p99() < 100, f"status p99 {probe.p99():.1f} ms"
+        # nothing was lost: the rest come once there is room again
+        seen = entries
+        deadline = time.monotonic() + 60
+        while seen < NOISE_FRAMES and time.monotonic() < deadline:
+            body = manager.request(
+                {"type": "consume_result", "pipeline_id": pipeline_id, "max_entries": 10_000}
+            )["response"]
+            seen += len(body["extra_entries"]) + (1 if body["outputs"] else 0)
+        assert seen == NOISE_FRAMES
+
+
+def test_a_consume_result_reply_is_bounded_in_bytes(noise_video: Path, long_video: Path) -> None:
+    """The issue's third attack: one ``consume_result`` with ``max_entries`` 400 built a
+    991 MB reply and stalled every other client. A reply carries at most FRAMEPIPE_MAX_REPLY_MB
+    (4 MB by default) of results — at least one entry — says how many are still waiting, and is
+    encoded off the event loop: ``status`` of other clients stays fast and the manager's RSS
+    bounded throughout."""
+    with running_manager() as manager:
+        other = manager.request(init(str(long_video)))["pipeline_id"]
+        pipeline_id = manager.request(image_init(noise_video))["pipeline_id"]
+        assert pipeline_id
+        wait_for(
+            lambda: (
+                manager.request({"type": "status", "pipeline_id": pipeline_id})["response"][
+                    "report"
+                ]["framepipe"]["state"]
+                == "FINISHED"
+            ),
+            60,
+            "every frame to be processed into the buffer",
+        )
+        rss_before = _manager_rss_mb(manager)
+        rss_peak = rss_before
+        sizes: list[int] = []
+        waiting: list[int] = []
+        taken = 0
+        with StatusProbe(manager, other) as probe:
+            while taken < NOISE_FRAMES:
+                body = manager.request(
+                    {"type": "consume_result", "pipeline_id": pipeline_id, "max_entries": 400}
+                )["response"]
+                count = len(body["extra_entries"]) + (1 if body["outputs"] else 0)
+                assert count >= 1, body
+                taken += count
+                sizes.append(len(json.dumps(body)))
+                waiting.append(body["entries_waiting"])
+                rss_peak = max(rss_peak, _manager_rss_mb(manager))
+        assert max(sizes) <= 4 * 2**20 + 2**20, [s // 2**20 for s in sizes]
+        assert waiting[0] > 0 and waiting[-1] == 0, waiting
+        assert taken == NOISE_FRAMES
+        assert not probe.failures, probe.failures[:3]
+        assert probe.p99() < 100, f"status p99 {probe.p99():.1f} ms"
+        assert rss_peak - rss_before < 100, f"manager RSS {rss_before:.0f} -> {rss_peak:.0f} MB"
+        print(
+            f"consume_result max_entries=400: {len(sizes)} replies of at most "
+            f"{max(sizes) / 2**20:.1f} MB; status p99 {probe.p99():.1f} ms; manager RSS "
+            f"{rss_before:.0f} -> {rss_peak:.0f} MB"
+        )
 
 
 # ---- 3. FFmpeg confined -------------------------------------------------------------------------
