@@ -166,6 +166,7 @@ def consume_response(envelope: Envelope) -> ConsumePipelineResponse:
         outputs=outputs,
         frames_metadata=frames_metadata,
         entries=[_entry(entry) for entry in raw_entries],
+        entries_waiting=envelope.response.get("entries_waiting"),
     )
     return result
 

@@ -46,6 +46,9 @@ class ConsumePipelineResponse(CommandResponse):
     outputs: list[dict[str, Any] | None]
     frames_metadata: list[FrameMetadata | None]
     entries: list[ConsumedEntry] = Field(default_factory=list)
+    #: With ``max_entries``: entries still waiting in the sink (a reply is cut short at the
+    #: server's byte cap, always after at least one entry); None from a server that does not say.
+    entries_waiting: int | None = None
 
 
 class InitializeWebRTCPipelineResponse(CommandResponse):

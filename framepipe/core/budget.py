@@ -192,13 +192,15 @@ class RamBudget:
         worker_samples_mb: Iterable[Sequence[float]],
         new_rings_bytes: int,
         reused_worker_mb: float | None = None,
+        results_bytes: int = 0,
     ) -> Admission:
         """Admit a pipeline whose rings take ``new_rings_bytes``, or raise.
 
         ``worker_samples_mb`` are the recent unique-memory samples of every worker (the RAM
         windows); the largest sample is the prediction for the new worker. When the new pipeline
         reuses an idle worker already counted in ``usage`` (``reused_worker_mb``), only the growth
-        up to that largest size is predicted.
+        up to that largest size is predicted. ``results_bytes``: what the new pipeline's result
+        buffer may hold (its byte cap), charged on top of the worker.
         """
         free = usage.shm_free_bytes
         if free is not None and new_rings_bytes > free:
@@ -210,14 +212,16 @@ class RamBudget:
             (max(window) for window in worker_samples_mb if window), default=DEFAULT_WORKER_MB
         )
         worker_mb = largest if reused_worker_mb is None else max(0.0, largest - reused_worker_mb)
-        predicted = new_rings_bytes / MB + worker_mb
+        predicted = new_rings_bytes / MB + results_bytes / MB + worker_mb
         if self.max_ram_mb is not None and usage.total_mb + predicted > self.max_ram_mb:
             raise RamBudgetExceededError(
                 "Cannot start a new pipeline: not enough RAM in the budget. "
                 f"In use: {usage.total_mb:.1f} MB (manager {usage.manager_mb:.1f} MB, "
                 f"workers {usage.workers_mb:.1f} MB, shared segments {usage.shared_segments_mb:.1f} MB); "
                 f"predicted for the new pipeline: {predicted:.1f} MB "
-                f"(rings {new_rings_bytes / MB:.1f} MB + worker {worker_mb:.1f} MB); "
+                f"(rings {new_rings_bytes / MB:.1f} MB + "
+                + (f"result buffer {results_bytes / MB:.1f} MB + " if results_bytes else "")
+                + f"worker {worker_mb:.1f} MB); "
                 f"limit STREAM_MANAGER_MAX_RAM_MB={self.max_ram_mb:.1f} MB."
             )
         return Admission(usage=usage, predicted_mb=predicted, max_ram_mb=self.max_ram_mb)

@@ -102,6 +102,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DECODING_BUFFER_SIZE = 64
 DEFAULT_RESULTS_BUFFER_SIZE = 64
+#: The result buffer's byte cap (FRAMEPIPE_MAX_RESULTS_MB in the server): 64 results of a 1080p
+#: image output fit; bigger ones are fewer.
+DEFAULT_RESULTS_MAX_BYTES = 64 * 1024 * 1024
 _LATENCY_WINDOW = 256
 _EVENTS_KEPT = 512
 _DRAIN_ON_STOP_S = 5.0
@@ -165,12 +168,50 @@ def _jsonable(output: dict[str, Any], excluded: set[str]) -> dict[str, Any]:
         return orjson.loads(orjson.dumps(output, default=_fallback, option=options))  # type: ignore[no-any-return]
 
 
+_SIZE_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def approx_wire_bytes(value: object) -> int:
+    """About how many bytes ``value`` takes as JSON, without encoding it: strings by their
+    length (a base64 image is nearly all of a big result), containers by their items, an
+    array as numbers; what the result buffer and a ``consume_result`` reply are bounded by."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) + 2
+        elif isinstance(item, dict):
+            total += 2 + 2 * len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            total += 2 + len(item)
+            stack.extend(item)
+        elif isinstance(item, bytes | bytearray | memoryview):
+            total += 2 + 4 * len(item)
+        elif (nbytes := getattr(item, "nbytes", None)) is not None:
+            total += 4 * int(nbytes)  # an array written as numbers
+        else:
+            total += 8
+    return total
+
+
 @dataclass(frozen=True)
 class PipelineResult:
     """One processing step: one output and one metadata entry per source (None: no frame)."""
 
     outputs: list[Output]
     frames_metadata: list[FrameMetadata | None]
+
+    def wire_bytes(self) -> int:
+        """About the size of :meth:`to_wire`'s JSON: the outputs encoded once by orjson (a few
+        µs), or weighed by :func:`approx_wire_bytes` when they hold what orjson cannot encode."""
+        try:
+            size = len(orjson.dumps(self.outputs, option=_SIZE_OPTIONS))
+        except TypeError:
+            size = approx_wire_bytes(self.outputs)
+        return size + 100 * len(self.frames_metadata)
 
     def to_wire(self, excluded_fields: Iterable[str] = ()) -> dict[str, Any]:
         """``{"outputs", "frames_metadata"}`` as ``consume_result`` returns them (JSON values;
@@ -552,6 +593,7 @@ class Pipeline:
         batch_collection_timeout: float | None = None,
         decoding_buffer_size: int | None = DEFAULT_DECODING_BUFFER_SIZE,
         results_buffer_size: int = DEFAULT_RESULTS_BUFFER_SIZE,
+        results_max_bytes: int | None = DEFAULT_RESULTS_MAX_BYTES,
         realtime_replay: bool = False,
         decoder: DecoderBackendName | str | None = None,
         hub: Sources | None = None,
@@ -590,7 +632,9 @@ class Pipeline:
         self._channel: InferenceChannel | None = None
         self._final_inference: ChannelState | None = None  # the channel's, once it closed
         self._subscriptions: list[Subscription] = []
-        self._sink: InMemoryBufferSink[PipelineResult] = InMemoryBufferSink(results_buffer_size)
+        self._sink: InMemoryBufferSink[PipelineResult] = InMemoryBufferSink(
+            results_buffer_size, max_bytes=results_max_bytes, size_of=PipelineResult.wire_bytes
+        )
         self._hold_results = hold_results
         self._fail_loudly = hub is None if fail_loudly is None else fail_loudly
         self._error: FramepipeError | None = None  # why it FAILED, once it has

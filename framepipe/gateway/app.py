@@ -231,6 +231,63 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
+class _HostCheck:
+    """Without a token, anyone who can make a browser send a request can drive the manager:
+    a web page whose name resolves to 127.0.0.1 (DNS rebinding) sends its own ``Host``, and a
+    page on any site may send a cross-origin POST without a body (no CORS preflight for it).
+    So a token-less gateway answers only requests whose ``Host`` is one of its names, and
+    refuses a POST whose ``Origin`` is another site than the one it names (a CORS origin the
+    operator configured excepted)."""
+
+    def __init__(
+        self, app: ASGIApp, allowed_hosts: frozenset[str], cors_origins: frozenset[str]
+    ) -> None:
+        self.app = app
+        self.any_host = "*" in allowed_hosts
+        self.allowed_hosts = allowed_hosts
+        self.cors_origins = cors_origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        host_header = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        host = _host_name(host_header)
+        problem = None
+        if not self.any_host and host not in self.allowed_hosts:
+            problem = (
+                f"Host {host_header[:100]!r} is not a name of this gateway; it answers "
+                "127.0.0.1, localhost and the names in FRAMEPIPE_HTTP_ALLOWED_HOSTS"
+            )
+        elif scope.get("method") == "POST" and b"origin" in headers:
+            origin = headers[b"origin"].decode("latin-1").strip().lower()
+            origin_host = _host_name(origin.partition("://")[2]) if "://" in origin else ""
+            if origin not in self.cors_origins and origin_host != host:
+                problem = (
+                    f"a POST from the web origin {origin[:100]!r} is refused (cross-site "
+                    "request to a gateway without a token; FRAMEPIPE_HTTP_CORS_ORIGINS "
+                    "allows an origin)"
+                )
+        if problem is not None:
+            failure = errors.failure_for(AuthorisationError(problem))
+            await _json_response(failure)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _host_name(authority: str) -> str:
+    """``host:port`` / ``[v6]:port`` → the host alone."""
+    authority = authority.rstrip("/").split("/", 1)[0]
+    if authority.startswith("["):
+        return authority[1:].split("]", 1)[0]
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+#: Names a token-less gateway always answers to.
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def _untrusted_body() -> AuthorisationError:
     return AuthorisationError(
         f"A request body over {SMALL_BODY_BYTES} bytes needs the manager's token "
@@ -291,6 +348,15 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes, token=context.probe_token)
+    if context.probe_token is None:
+        names = LOCAL_HOSTS | set(settings.allowed_hosts)
+        if settings.http_host:
+            names |= {settings.http_host.lower().strip("[]")}
+        app.add_middleware(
+            _HostCheck,
+            allowed_hosts=frozenset(names),
+            cors_origins=frozenset(o.lower() for o in settings.cors_origins),
+        )
     _install_error_handlers(app, settings.max_body_bytes)
     if control_plane:
         app.include_router(_pipeline_routes(context))

@@ -88,6 +88,15 @@ class GatewaySettings:
         "comma-separated origins a browser dashboard may call the gateway from",
         "https://dash.example",
     )
+    allowed_hosts: tuple[str, ...] = _setting(
+        (),
+        "FRAMEPIPE_HTTP_ALLOWED_HOSTS",
+        "without a token, the gateway answers only requests whose `Host` is 127.0.0.1, "
+        "localhost, [::1], its FRAMEPIPE_HTTP_HOST or one of these comma-separated names "
+        "(`*`: any), and refuses a POST from another web origin (DNS rebinding, cross-site "
+        "forms)",
+        "cams.example.lan",
+    )
     metrics_port: int | None = _setting(
         None,
         "FRAMEPIPE_METRICS_PORT",
@@ -109,6 +118,7 @@ class GatewaySettings:
         port = environ.get("FRAMEPIPE_HTTP_PORT", "").strip()
         metrics_port = environ.get("FRAMEPIPE_METRICS_PORT", "").strip()
         origins = environ.get("FRAMEPIPE_HTTP_CORS_ORIGINS", "")
+        hosts = environ.get("FRAMEPIPE_HTTP_ALLOWED_HOSTS", "")
         settings = cls(
             http_port=_int("FRAMEPIPE_HTTP_PORT", port) if port else None,
             http_host=environ.get("FRAMEPIPE_HTTP_HOST", "").strip() or None,
@@ -125,6 +135,7 @@ class GatewaySettings:
                 environ, "FRAMEPIPE_HTTP_STREAM_KEEPALIVE", defaults.stream_keepalive_s
             ),
             cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
+            allowed_hosts=tuple(h.strip().lower() for h in hosts.split(",") if h.strip()),
             metrics_port=_int("FRAMEPIPE_METRICS_PORT", metrics_port) if metrics_port else None,
         )
         settings.validate()

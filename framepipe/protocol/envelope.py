@@ -96,18 +96,26 @@ class ConsumeResultBody(SuccessBody):
     outputs: list[dict[str, Any] | None] = field(default_factory=list)
     frames_metadata: list[WireFrameMetadata | None] = field(default_factory=list)
     extra_entries: list[ResultEntry] | None = None
+    entries_waiting: int | None = None  # with max_entries: entries left in the sink
 
     @classmethod
     def from_entries(
-        cls, entries: list[ResultEntry], *, multi: bool, pipeline_id: str | None = None
+        cls,
+        entries: list[ResultEntry],
+        *,
+        multi: bool,
+        pipeline_id: str | None = None,
+        waiting: int | None = None,
     ) -> ConsumeResultBody:
-        """The body for ``entries`` popped from a sink (``multi``: max_entries was given)."""
+        """The body for ``entries`` popped from a sink (``multi``: max_entries was given;
+        ``waiting``: how many are left, which a reply cut short by its byte cap says)."""
         first = entries[0] if entries else ResultEntry(outputs=[], frames_metadata=[])
         return cls(
             pipeline_id=pipeline_id,
             outputs=first.outputs,
             frames_metadata=first.frames_metadata,
             extra_entries=list(entries[1:]) if multi else None,
+            entries_waiting=waiting if multi else None,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -118,6 +126,8 @@ class ConsumeResultBody(SuccessBody):
         }
         if self.extra_entries is not None:
             wire["extra_entries"] = [entry.to_wire() for entry in self.extra_entries]
+        if self.entries_waiting is not None:
+            wire["entries_waiting"] = self.entries_waiting
         return wire
 
 

@@ -56,7 +56,7 @@ async def serve(
     manager = StreamManager(settings)
     try:
         front = await start_server(
-            PolicyHandler(manager, InputPolicy(settings.video_dirs)),
+            PolicyHandler(manager, InputPolicy(settings.video_dirs, settings.stream_policy())),
             front_settings(settings),
         )
     except OSError as error:

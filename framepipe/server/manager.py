@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from framepipe._installation import missing_extra
 from framepipe.core.budget import (
     MB,
+    SHM_DIR,
     MemoryUsage,
     RamBudget,
     children_map,
@@ -38,7 +39,13 @@ from framepipe.core.budget import (
     tree_pids,
 )
 from framepipe.core.processes import describe_exit, wait_for_exit
-from framepipe.errors import FramepipeError, InvalidPayloadError, OperationError
+from framepipe.errors import (
+    FramepipeError,
+    InvalidPayloadError,
+    OperationError,
+    RamBudgetExceededError,
+    ShmExhaustedError,
+)
 from framepipe.protocol.commands import (
     Command,
     ConsumeResultCommand,
@@ -94,6 +101,7 @@ from framepipe.server.workers import WorkerGone, WorkerHandle, WorkerTimeout
 
 if TYPE_CHECKING:
     from framepipe.core.growth import GrowthAccount
+    from framepipe.core.sources.handle import RingCharge
     from framepipe.server.inference_messages import ServiceAddress
     from framepipe.server.services import InferenceServices
 
@@ -127,6 +135,8 @@ class StreamManager:
             share=settings.share_decoders,
             open_timeout_s=settings.source_open_timeout_s,
             read_timeout_s=settings.source_read_timeout_s,
+            max_ring_bytes=settings.max_ring_bytes,
+            charge=self._charge_ring,
         )
         self._services: InferenceServices | None = None
         self._workers: dict[str, WorkerHandle] = {}
@@ -240,11 +250,14 @@ class StreamManager:
             await self._command(command.pipeline_id, Resume(), request_id)
             return SuccessBody(pipeline_id=command.pipeline_id)
         if isinstance(command, ConsumeResultCommand):
-            entries = await self.consume_result(
+            entries, waiting = await self._consume_result(
                 command.pipeline_id, command.excluded_fields, command.max_entries, request_id
             )
             return ConsumeResultBody.from_entries(
-                entries, multi=command.max_entries is not None, pipeline_id=command.pipeline_id
+                entries,
+                multi=command.max_entries is not None,
+                pipeline_id=command.pipeline_id,
+                waiting=waiting,
             )
         if isinstance(command, TerminateCommand):
             await self.terminate(command.pipeline_id)
@@ -279,11 +292,13 @@ class StreamManager:
             raise OperationError("The stream manager is shutting down.")
         loop = asyncio.get_running_loop()
         begun_at = datetime.now()
-        config = PipelineConfig.from_payload(payload)
+        config = replace(
+            PipelineConfig.from_payload(payload), results_max_bytes=self.settings.max_results_bytes
+        )
         self._check_models(config)
-        requests = config.source_requests()
-        rings = await loop.run_in_executor(None, self.decoders.new_rings_bytes, requests)
-        async with self._admitted_worker(rings) as row:
+        requested = config.source_requests()
+        requests, rings = await loop.run_in_executor(None, self.decoders.admit_requests, requested)
+        async with self._admitted_worker(rings, config.results_max_bytes or 0) as row:
             pipeline_id = row.pipeline_id
             worker = self._workers[pipeline_id]
             try:
@@ -363,14 +378,14 @@ class StreamManager:
             return WebRTCAnswerBody(pipeline_id=pipeline_id, sdp=answer.sdp, type=answer.type)
 
     @contextlib.asynccontextmanager
-    async def _admitted_worker(self, rings: int) -> AsyncIterator[Row]:
+    async def _admitted_worker(self, rings: int, results: int = 0) -> AsyncIterator[Row]:
         """The worker of a new pipeline, admitted against the RAM budget with ``rings`` bytes
         of new shared memory: an idle one, or one spawned now. The admission is settled when
         the start is over, whichever way it went."""
         row = self.table.take_idle(time.monotonic())
         usage = await self._measure_usage()
         try:
-            admission = self.table.admit(usage, rings, reused=row)
+            admission = self.table.admit(usage, rings, reused=row, results_bytes=results)
         except FramepipeError:
             if row is not None:
                 self.table.give_back(row)
@@ -449,16 +464,34 @@ class StreamManager:
         max_entries: int | None = None,
         request_id: str | None = None,
     ) -> list[ResultEntry]:
+        entries, _ = await self._consume_result(
+            pipeline_id, excluded_fields, max_entries, request_id
+        )
+        return entries
+
+    async def _consume_result(
+        self,
+        pipeline_id: str,
+        excluded_fields: Iterable[str] = (),
+        max_entries: int | None = None,
+        request_id: str | None = None,
+    ) -> tuple[list[ResultEntry], int]:
+        """The entries taken (at most ``max_entries``, and what fits in the reply's byte cap,
+        at least one) and how many are left."""
         row = self.table.get(pipeline_id)
         if not row.worker_alive:
             self.table.consumed(pipeline_id, 0, time.monotonic())
-            return []  # it failed; nothing is buffered any more
-        command = Consume(excluded_fields=tuple(excluded_fields), max_entries=max_entries or 1)
+            return [], 0  # it failed; nothing is buffered any more
+        command = Consume(
+            excluded_fields=tuple(excluded_fields),
+            max_entries=max_entries or 1,
+            max_bytes=self.settings.max_reply_bytes,
+        )
         reply: ConsumeReply = expect(
             await self._command(pipeline_id, command, request_id), ConsumeReply
         )
         self.table.consumed(pipeline_id, reply.buffered, time.monotonic())
-        return list(reply.entries)
+        return list(reply.entries), reply.buffered
 
     async def terminate(self, pipeline_id: str) -> None:
         self.table.get(pipeline_id)  # not_found for an unknown or ended one
@@ -618,16 +651,32 @@ class StreamManager:
             headroom = self.table.budget.growth_headroom_bytes(usage, self.table.reserved_mb)
             self._growth.set_headroom(0 if headroom is None else headroom)
 
-    def _measure_usage_sync(self) -> MemoryUsage:
+    def _charge_ring(self, charge: RingCharge) -> None:
+        """A source's ring is about to be made bigger than its pipeline was admitted for (its
+        stream's real size is known now): charge it to the RAM budget, or raise. Called from a
+        decoder's listener thread; measures without sampling (the table is the loop's)."""
+        limit = self.settings.max_ram_mb
+        usage = self._measure_usage_sync(sample=False)
+        free = usage.shm_free_bytes
+        if free is not None and charge.ring_bytes > free:
+            raise ShmExhaustedError(f"{charge.describe()}; {SHM_DIR} has {free / MB:,.1f} MB free")
+        if limit is not None and usage.total_mb + charge.ring_bytes / MB > limit:
+            raise RamBudgetExceededError(
+                f"{charge.describe()}; in use {usage.total_mb:,.1f} MB, so it would pass the "
+                f"limit STREAM_MANAGER_MAX_RAM_MB={limit:.1f} MB"
+            )
+
+    def _measure_usage_sync(self, sample: bool = True) -> MemoryUsage:
         manager_pid = os.getpid()
         workers_total = 0.0
         owners = {manager_pid}
         children = children_map()
         for pipeline_id, worker in list(self._workers.items()):
             pids = tree_pids(worker.pid, children)
-            sample = sum(process_unique_bytes(pid) for pid in pids) / MB
-            self.table.sampled(pipeline_id, sample, pids)
-            workers_total += sample
+            used = sum(process_unique_bytes(pid) for pid in pids) / MB
+            if sample:
+                self.table.sampled(pipeline_id, used, pids)
+            workers_total += used
             owners |= pids
         # The manager and what it runs itself: the decode processes, their forkserver.
         own = (tree_pids(manager_pid, children) - owners) | {manager_pid}

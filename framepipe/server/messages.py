@@ -46,6 +46,8 @@ class PipelineConfig:
     results_buffer_size: int = 64
     realtime_replay: bool = False
     consumption_timeout: float | None = None
+    # The result buffer's byte cap (the server's FRAMEPIPE_MAX_RESULTS_MB; None: none).
+    results_max_bytes: int | None = None
 
     @classmethod
     def from_payload(cls, payload: InitialisePipelinePayload) -> PipelineConfig:
@@ -139,6 +141,7 @@ class Resume:
 class Consume:
     excluded_fields: tuple[str, ...] = ()
     max_entries: int = 1
+    max_bytes: int | None = None  # the reply's entries, at least one (FRAMEPIPE_MAX_REPLY_MB)
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from framepipe.protocol.commands import Command, InitCommand
+from framepipe.protocol.commands import Command, InitCommand, WebRTCCommand
 from framepipe.protocol.envelope import SuccessBody
 from framepipe.protocol.errors import NotFoundError
 from framepipe.server.tcp import CommandHandler
 
 if TYPE_CHECKING:
-    from framepipe.core.sources.reference import ParsedReference
+    from framepipe.core.sources.reference import ParsedReference, StreamPolicy
 
 
 _IMPORT_LOCK = threading.Lock()
@@ -50,21 +50,35 @@ def reference_checks() -> Callable[..., ParsedReference]:
 
 class InputPolicy:
     """The checks of a command's video references (``video_dirs``: the only directories a
-    file may lie in, resolved; None: anywhere)."""
+    file may lie in, resolved; None: anywhere; ``streams``: what a stream URL, or a TURN
+    server, may reach; None: the default :class:`StreamPolicy`)."""
 
-    def __init__(self, video_dirs: Sequence[Path] | None = None) -> None:
+    def __init__(
+        self, video_dirs: Sequence[Path] | None = None, streams: StreamPolicy | None = None
+    ) -> None:
         self.video_dirs = tuple(video_dirs) if video_dirs is not None else None
+        self.streams = streams
 
     def check(self, command: Command) -> None:
         """Raise InvalidPayloadError naming the first unacceptable reference (blocking: it
-        looks at the file system)."""
-        if not isinstance(command, InitCommand):
-            return  # a webrtc request's source is the peer's track: its video_reference is unread
+        looks at the file system, and may resolve a stream's host name)."""
         parse_reference = reference_checks()
+        from framepipe.core.sources.reference import StreamPolicy, check_turn_urls
+
+        streams = self.streams or StreamPolicy()
+        if isinstance(command, WebRTCCommand):
+            # the source is the peer's track (its video_reference is unread); a TURN server
+            # the client names is reached by the server, as a stream would be
+            turn = command.payload.webrtc_turn_config
+            if turn is not None:
+                check_turn_urls([u for u in turn.urls.split(",") if u.strip()], streams)
+            return
+        if not isinstance(command, InitCommand):
+            return
         references = command.payload.video_configuration.video_reference
         for reference in references if isinstance(references, list) else [references]:
             try:
-                parse_reference(reference, video_dirs=self.video_dirs)
+                parse_reference(reference, video_dirs=self.video_dirs, streams=streams)
             except NotFoundError:
                 continue  # reported by the pipeline as a source in ERROR
 
@@ -77,7 +91,8 @@ class PolicyHandler:
         self.policy = policy
 
     async def handle(self, request_id: str, command: Command) -> SuccessBody:
-        if isinstance(command, InitCommand):
-            # A stat() may wait on a slow or remote disk: never on the event loop.
+        if isinstance(command, InitCommand | WebRTCCommand):
+            # A stat() may wait on a slow or remote disk, a name on its resolver: never on
+            # the event loop.
             await asyncio.to_thread(self.policy.check, command)
         return await self.handler.handle(request_id, command)

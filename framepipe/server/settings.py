@@ -24,9 +24,12 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from framepipe.protocol.framing import DEFAULT_MAX_MESSAGE_SIZE
+
+if TYPE_CHECKING:
+    from framepipe.core.sources.reference import StreamPolicy
 from framepipe.protocol.limits import DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_JSON_ITEMS
 
 DEFAULT_MAX_CONNECTIONS = 512
@@ -92,6 +95,16 @@ class ServerSettings:
     source_open_timeout_s: float = 5.0
     # A live source that delivers no frame for this many seconds is RESTARTING and reconnected.
     source_read_timeout_s: float = 3.0
+    # The largest frame ring one source may have (FRAMEPIPE_MAX_RING_MB; 0: no cap). The default
+    # is framepipe.core.sources.sizing.DEFAULT_MAX_RING_BYTES (32 4K frames), not imported here
+    # to keep the manager's start light; a unit test holds the two equal.
+    max_ring_mb: float = 759.375
+    # A pipeline's result buffer holds at most this many MB of results besides its entry count
+    # (FRAMEPIPE_MAX_RESULTS_MB; 0: no cap); it counts in the RAM budget.
+    max_results_mb: float = 64.0
+    # A consume_result reply carries at most this many MB of results (at least one entry;
+    # it says how many are left): FRAMEPIPE_MAX_REPLY_MB, 0: no cap.
+    max_reply_mb: float = 4.0
     # ---- the front end's limits and security (see docs/RELIABILITY.md) -----------------------
     # Connections open at once; at the limit the oldest one still sending its request is dropped.
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -103,9 +116,34 @@ class ServerSettings:
     allow_unauthenticated: bool = False
     # File video references must lie in one of these (resolved); required beyond loopback.
     video_dirs: tuple[Path, ...] | None = None
+    # Stream URLs may use udp:// and rtp:// (they bind local ports): FRAMEPIPE_ALLOW_UDP_STREAMS.
+    allow_udp_streams: bool = False
+    # Stream URLs and TURN servers may be on private, loopback and link-local addresses
+    # (cameras live on private networks): FRAMEPIPE_ALLOW_PRIVATE_STREAMS=0 forbids them.
+    allow_private_streams: bool = True
     # TLS on the TCP port: a PEM certificate (chain) and its private key.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+
+    @property
+    def max_ring_bytes(self) -> int | None:
+        return int(self.max_ring_mb * 1024 * 1024) if self.max_ring_mb > 0 else None
+
+    @property
+    def max_results_bytes(self) -> int | None:
+        return int(self.max_results_mb * 1024 * 1024) if self.max_results_mb > 0 else None
+
+    @property
+    def max_reply_bytes(self) -> int | None:
+        return int(self.max_reply_mb * 1024 * 1024) if self.max_reply_mb > 0 else None
+
+    def stream_policy(self) -> StreamPolicy:
+        """What a stream URL (or a TURN server) of a request may reach."""
+        from framepipe.core.sources.reference import StreamPolicy
+
+        return StreamPolicy(
+            allow_udp=self.allow_udp_streams, allow_private=self.allow_private_streams
+        )
 
     @property
     def is_loopback(self) -> bool:
@@ -193,6 +231,13 @@ class ServerSettings:
             ),
             source_read_timeout_s=_float(
                 env, "FRAMEPIPE_SOURCE_READ_TIMEOUT", defaults.source_read_timeout_s
+            ),
+            max_ring_mb=_cap_mb(env, "FRAMEPIPE_MAX_RING_MB", defaults.max_ring_mb),
+            max_results_mb=_cap_mb(env, "FRAMEPIPE_MAX_RESULTS_MB", defaults.max_results_mb),
+            max_reply_mb=_cap_mb(env, "FRAMEPIPE_MAX_REPLY_MB", defaults.max_reply_mb),
+            allow_udp_streams=_bool(env, "FRAMEPIPE_ALLOW_UDP_STREAMS", defaults.allow_udp_streams),
+            allow_private_streams=_bool(
+                env, "FRAMEPIPE_ALLOW_PRIVATE_STREAMS", defaults.allow_private_streams
             ),
             **_front_from_env(env, defaults),
         )
@@ -282,6 +327,10 @@ def validated(settings: ServerSettings) -> ServerSettings:
         raise SettingsError(f"preloaded processes must be >= 0, got {settings.preloaded_processes}")
     if settings.max_ram_mb is not None and settings.max_ram_mb <= 0:
         raise SettingsError(f"max RAM must be > 0 MB, got {settings.max_ram_mb}")
+    if settings.max_ring_mb < 0:
+        raise SettingsError(
+            f"FRAMEPIPE_MAX_RING_MB must be >= 0 (0: no cap), got {settings.max_ring_mb}"
+        )
     return _validated_front(settings)
 
 
@@ -460,6 +509,20 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     value = _optional_float(env, name)
     return default if value is None else value
+
+
+def _cap_mb(env: Mapping[str, str], name: str, default: float) -> float:
+    """A cap in MB: a number >= 0, where 0 means no cap."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of MB (0: no cap), got {raw!r}") from None
+    if value < 0:
+        raise SettingsError(f"{name} must be >= 0 (0: no cap), got {value}")
+    return value
 
 
 def _optional_float(env: Mapping[str, str], name: str) -> float | None:

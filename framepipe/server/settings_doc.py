@@ -113,6 +113,38 @@ SERVER_SETTINGS: dict[str, SettingDoc] = {
         "is logged then)",
         "1",
     ),
+    "max_ring_mb": SettingDoc(
+        "FRAMEPIPE_MAX_RING_MB",
+        "the largest frame ring one source may have, in MB: a video whose frames need more is "
+        "refused (at admission from its declared or probed size, at the ring's creation from "
+        "its real size, and when it changes size mid-stream); 0: no cap",
+        "2048",
+        shown_default="759.375 (32 4K frames)",
+    ),
+    "max_results_mb": SettingDoc(
+        "FRAMEPIPE_MAX_RESULTS_MB",
+        "MB of results one pipeline's result buffer holds at most, besides results_buffer_size "
+        "(big image outputs: fewer of them; the oldest are dropped, or processing waits under "
+        "WAIT); counted in the RAM budget; 0: no cap",
+        "256",
+    ),
+    "max_reply_mb": SettingDoc(
+        "FRAMEPIPE_MAX_REPLY_MB",
+        "MB of results one consume_result reply carries at most: max_entries returns what "
+        "fits (at least one entry) and says in entries_waiting how many are left; 0: no cap",
+        "32",
+    ),
+    "allow_udp_streams": SettingDoc(
+        "FRAMEPIPE_ALLOW_UDP_STREAMS",
+        "stream URLs may be udp:// or rtp:// (FFmpeg binds local ports for them)",
+        "1",
+    ),
+    "allow_private_streams": SettingDoc(
+        "FRAMEPIPE_ALLOW_PRIVATE_STREAMS",
+        "stream URLs and TURN servers may be on private, loopback and link-local addresses "
+        "(cameras live on private networks); 0 keeps clients from making the server reach them",
+        "0",
+    ),
     "video_dirs": SettingDoc(
         "FRAMEPIPE_VIDEO_DIRS",
         "colon-separated directories a file video_reference must lie in (after resolving "

@@ -178,6 +178,7 @@ class PipelineTable:
         usage: MemoryUsage,
         new_rings_bytes: int,
         reused: Row | None = None,
+        results_bytes: int = 0,
     ) -> Admission:
         """Admit a new pipeline whose rings take ``new_rings_bytes``, or raise (OperationError
         with the numbers; ShmExhaustedError when /dev/shm has no room). Pipelines being started
@@ -192,6 +193,7 @@ class PipelineTable:
             usage=reserved,
             worker_samples_mb=[row.ram_samples_mb for row in self._rows.values()],
             new_rings_bytes=new_rings_bytes,
+            results_bytes=results_bytes,
             reused_worker_mb=(
                 reused.ram_samples_mb[-1] if reused is not None and reused.ram_samples_mb else None
             ),

@@ -61,7 +61,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from framepipe.protocol.commands import AUTH_TOKEN_KEY, Command, parse_command
-from framepipe.protocol.envelope import FailureBody, ResponseBody, SuccessBody, encode_response
+from framepipe.protocol.envelope import (
+    ConsumeResultBody,
+    FailureBody,
+    ResponseBody,
+    SuccessBody,
+    encode_response,
+)
 from framepipe.protocol.errors import AuthorisationError, FramepipeError, OperationError
 from framepipe.protocol.framing import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -832,6 +838,10 @@ class TcpFront:
             logger.exception("request %s failed with an unexpected error", request_id)
             body = FailureBody.internal(error, request_id)
         try:
+            if isinstance(body, ConsumeResultBody) and body.extra_entries:
+                # Up to the reply's byte cap of results (megabytes of base64 images): encoded
+                # in a thread, so that other clients' requests go on meanwhile.
+                return await asyncio.to_thread(encode_response, request_id, pipeline_id, body)
             return encode_response(request_id, pipeline_id, body)
         except Exception as error:  # e.g. a report holding a value JSON cannot carry
             logger.exception("request %s: response could not be serialised", request_id)

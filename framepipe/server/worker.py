@@ -231,6 +231,7 @@ class PipelineRunner:
                 batch_collection_timeout=config.batch_collection_timeout,
                 decoding_buffer_size=config.decoding_buffer_size,
                 results_buffer_size=config.results_buffer_size,
+                results_max_bytes=config.results_max_bytes,
                 realtime_replay=config.realtime_replay,
                 hub=TicketSources(command.sources),
                 inference=inference,
@@ -279,7 +280,7 @@ class PipelineRunner:
 
     @staticmethod
     def _consume(pipeline: Pipeline, command: Consume) -> ConsumeReply:
-        results = pipeline.sink.consume(command.max_entries)
+        results = pipeline.sink.consume(command.max_entries, command.max_bytes)
         entries = []
         for result in results:
             wire = result.to_wire(command.excluded_fields)

@@ -198,7 +198,9 @@ def test_webrtc_route_maps_the_managers_refusal_of_an_offer_to_400(gateway: Gate
 
 
 def test_capacity_refusals_are_503_told_apart_by_class() -> None:
-    with running_gateway({"STREAM_MANAGER_MAX_RAM_MB": "40"}) as gateway:
+    with running_gateway(
+        {"STREAM_MANAGER_MAX_RAM_MB": "40", "FRAMEPIPE_MAX_RING_MB": "0"}
+    ) as gateway:
         response = gateway.http.post(
             "/inference_pipelines/initialise", json=init_body("/nonexistent.mp4")
         )

@@ -106,7 +106,8 @@ def test_ram_budget_refusal_is_operation_error_with_the_numbers() -> None:
 
 
 def test_shm_space_is_checked_before_admission() -> None:
-    with running_manager() as manager:
+    # No per-ring cap (it would refuse these frame sizes first): the /dev/shm check itself.
+    with running_manager({"FRAMEPIPE_MAX_RING_MB": "0"}) as manager:
         # The largest frames (16384 x 16384, 805 MB) and sources (32) the protocol accepts:
         # 32 rings of ~5.6 GB.
         huge = {"frame_width": 16_384.0, "frame_height": 16_384.0}

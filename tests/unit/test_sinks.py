@@ -137,3 +137,34 @@ def test_result_wire_shape_excluded_fields_and_numpy() -> None:
         "frame_id": 7,
         "source_id": 2,
     }
+
+
+def test_the_buffer_is_bounded_in_bytes_too() -> None:
+    """Each entry weighed once when put: past ``max_bytes`` the oldest go (counted), and an
+    entry bigger than the whole cap is kept alone."""
+    sink: InMemoryBufferSink[bytes] = InMemoryBufferSink(1000, max_bytes=100, size_of=len)
+    for i in range(10):
+        assert sink.put(bytes([i]) * 30)
+    stats = sink.statistics()
+    assert (stats.buffered, stats.bytes, stats.dropped) == (3, 90, 7)
+    sink.put(b"x" * 500)
+    assert (len(sink), sink.statistics().bytes) == (1, 500)
+
+
+def test_consume_takes_what_fits_in_a_byte_budget_and_at_least_one() -> None:
+    sink: InMemoryBufferSink[bytes] = InMemoryBufferSink(1000, size_of=len)
+    for size in (60, 30, 30, 10):
+        sink.put(b"x" * size)
+    assert [len(e) for e in sink.consume(10, max_bytes=50)] == [60]  # over, but the first
+    assert [len(e) for e in sink.consume(10, max_bytes=50)] == [30]
+    assert [len(e) for e in sink.consume(10, max_bytes=50)] == [30, 10]
+    assert sink.consume(10, max_bytes=50) == []
+
+
+def test_hold_waits_for_room_in_bytes() -> None:
+    sink: InMemoryBufferSink[bytes] = InMemoryBufferSink(1000, max_bytes=100, size_of=len)
+    sink.put(b"x" * 80)
+    stop = threading.Event()
+    stop.set()
+    assert not sink.put(b"y" * 30, hold=True, stop=stop)  # no room in bytes: not added
+    assert sink.statistics().dropped == 0

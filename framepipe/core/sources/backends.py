@@ -20,6 +20,7 @@ Runs inside a decode process; heavy modules (cv2, av) are imported when a backen
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,6 +37,11 @@ class SourceOpenError(Exception):
     """The source could not be opened (message says why, credentials masked)."""
 
 
+#: Called with (width, height) when a grabbed frame is not the size of the ring's slots (the
+#: stream changed size mid-stream), before it is converted; raises to refuse that size.
+SizeCheck = Callable[[int, int], None]
+
+
 @dataclass(frozen=True)
 class BackendOptions:
     """How to open a source: timeouts and the user's ``video_source_properties``."""
@@ -48,10 +54,14 @@ class BackendOptions:
     # times over at about the same CPU per frame, with ~4-7 MB less each (perf/RESULTS.md).
     threads: int = 1
     properties: dict[str, Any] = field(default_factory=dict)
+    # FFmpeg input options that confine what opening the source may touch (its protocols and,
+    # for a file, its demuxers): ParsedReference.ffmpeg_options().
+    input_options: dict[str, str] = field(default_factory=dict)
 
 
 class DecodeBackend(Protocol):
     name: DecoderBackendName
+    size_check: SizeCheck | None
 
     def open(self) -> StreamInfo:
         """Open the source; the returned info's ``layout`` says what ``retrieve`` writes."""
@@ -108,6 +118,7 @@ class OpenCVBackend:
         self._cap: Any = None
         self._shape: tuple[int, int, int] = (0, 0, 3)
         self.copies = 0
+        self.size_check: SizeCheck | None = None
 
     def open(self) -> StreamInfo:
         import cv2
@@ -118,12 +129,20 @@ class OpenCVBackend:
         # failure is reported in the source's state instead.
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        # Read by FFmpeg when the capture opens; this process is the decode process alone.
+        capture_options = dict(opts.input_options)
         if isinstance(self._target, str) and self._target.lower().startswith("rtsp"):
-            # Read by FFmpeg when the capture opens; this process is the decode process alone.
-            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = (
-                f"rtsp_transport;tcp|timeout;{int(opts.read_timeout_s * 1e6)}"
-                f"|analyzeduration;{opts.analyze_duration_us}"
+            capture_options.update(
+                rtsp_transport="tcp",
+                timeout=str(int(opts.read_timeout_s * 1e6)),
+                analyzeduration=str(opts.analyze_duration_us),
             )
+        if capture_options:
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "|".join(
+                f"{key};{value}" for key, value in capture_options.items()
+            )
+        else:
+            os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
             int(opts.open_timeout_s * 1000),
@@ -176,6 +195,9 @@ class OpenCVBackend:
             self.copies += 1
             if image.shape != out.shape:
                 import cv2
+
+                if self.size_check is not None:
+                    self.size_check(image.shape[1], image.shape[0])
 
                 cv2.resize(image, (out.shape[1], out.shape[0]), dst=out)
             else:
@@ -287,6 +309,7 @@ class PyAVBackend:
         self._time_base: float | None = None
         self._conversion: FrameConversion | None = None
         self.copies = 0
+        self.size_check: SizeCheck | None = None
 
     @property
     def layout(self) -> FrameLayout | None:
@@ -315,6 +338,7 @@ class PyAVBackend:
                 av_options["input_format"] = str(props["fourcc"]).lower()
         else:
             target = str(self._target)
+            av_options.update(opts.input_options)
             if target.lower().startswith("rtsp"):
                 av_options["rtsp_transport"] = "tcp"
                 av_options["timeout"] = str(int(opts.read_timeout_s * 1e6))
@@ -391,6 +415,10 @@ class PyAVBackend:
             or frame.format.name != conversion.source_format
         ):
             # The stream changed mid-way: to the ring's size and format, through a temporary.
+            if self.size_check is not None and (
+                frame.width != layout.width or frame.height != layout.height
+            ):
+                self.size_check(frame.width, frame.height)
             self.copies += 1
             frame = frame.reformat(
                 width=layout.width, height=layout.height, format=_slot_format(layout)

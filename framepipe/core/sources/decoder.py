@@ -28,7 +28,7 @@ import os
 import select
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,11 @@ class DecoderConfig:
     stats_interval_s: float = 0.25
     retry_open: bool = False  # a replacement decoder: keep retrying the stream, never ERROR
     wait_slice_s: float = 0.05  # longest a wait blocks before commands are looked at again
+    max_ring_bytes: int | None = None  # a frame size whose ring would be bigger is refused
+
+
+class FrameSizeRefused(Exception):
+    """The stream changed size mid-stream to a size its owner would not admit."""
 
 
 class _Stop(Exception):
@@ -248,14 +253,16 @@ class _Decoder:
 
     def open(self, reconnect: bool) -> None:
         config = self.config
+        options = replace(config.options, input_options=config.reference.ffmpeg_options())
         backend = make_backend(
-            config.backend, config.reference.target, config.reference.kind, config.options
+            config.backend, config.reference.target, config.reference.kind, options
         )
         try:
             info = backend.open()
         except BaseException:
             backend.close()
             raise
+        backend.size_check = self.check_new_size
         self.backend = backend
         self.fps = info.fps
         self.total_frames = info.total_frames
@@ -263,6 +270,34 @@ class _Decoder:
         started_ns = time.time_ns()
         self.status.set_info(info, config.backend, started_ns)
         self.send(Opened(info, config.backend, started_ns, reconnect))
+
+    def check_new_size(self, width: int, height: int) -> None:
+        """A frame of another size than the ring's (the stream changed size mid-stream): the
+        same per-ring cap as when the ring was made, for a ring of that size. A size within it
+        is scaled to the ring's slots (the ring, and what the budget charged, stay the same)."""
+        from framepipe.core.ring import FrameRing
+        from framepipe.core.sources.sizing import check_ring_cap
+        from framepipe.protocol.errors import CapacityError
+
+        ring = self.ring
+        if ring is None:
+            return
+        size = FrameRing.segment_size(
+            ring.slots, (height, width, 3), ring.dtype, ring.max_consumers, ring.queue_depth
+        )
+        try:
+            check_ring_cap(width, height, size, self.config.max_ring_bytes)
+        except CapacityError as exc:
+            layout = ring.layout  # a 4:2:0 slot is flat: its frame size is in the layout
+            old_w, old_h = (
+                (layout.width, layout.height)
+                if layout is not None
+                else (ring.shape[1], ring.shape[0])
+            )
+            raise FrameSizeRefused(
+                f"CapacityError: the stream changed size mid-stream from {old_w}x{old_h} to "
+                f"{width}x{height}; {exc}"
+            ) from None
 
     def close_backend(self) -> None:
         backend, self.backend = self.backend, None
@@ -471,6 +506,10 @@ def run_decoder(config: DecoderConfig, control: Connection) -> None:
         decoder.run()
     except _Stop:
         terminated = True
+    except FrameSizeRefused as exc:
+        with contextlib.suppress(Exception):
+            decoder.send_stats(force=True)
+        status.set_state(StreamState.ERROR, str(exc))
     except Exception as exc:  # report, never die silently
         with contextlib.suppress(Exception):
             decoder.send_stats(force=True)

@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
@@ -35,17 +36,47 @@ from framepipe.core.sources.launcher import DecodeProcess, decode_context
 from framepipe.core.sources.messages import AttachRing, Command, Opened, Terminate
 from framepipe.core.sources.reference import ParsedReference
 from framepipe.core.sources.sizing import (
+    DEFAULT_MAX_RING_BYTES,
     DEFAULT_RING_BUDGET_BYTES,
+    MB,
+    check_ring_cap,
     resident_floor_slots,
+    ring_floor_bytes,
     ring_geometry,
 )
 from framepipe.core.sources.status import ConsumerMode, SourceStatus
+from framepipe.protocol.errors import FramepipeError
 
 logger = logging.getLogger(__name__)
 
 _STOP_TIMEOUT_S = 3.0
 _RESTART_BACKOFF_S = 0.1
 _RESTART_BACKOFF_MAX_S = 5.0
+
+
+@dataclass(frozen=True)
+class RingCharge:
+    """A ring about to be created bigger than its source was admitted for: what the owner's
+    RAM budget is asked to charge (it raises RamBudgetExceededError to refuse)."""
+
+    reference: str  # masked
+    width: int
+    height: int
+    ring_bytes: int
+    admitted_width: int
+    admitted_height: int
+    admitted_ring_bytes: int
+
+    def describe(self) -> str:
+        return (
+            f"video_reference {self.reference!r} is {self.width}x{self.height}: its frame ring "
+            f"needs {self.ring_bytes / MB:,.1f} MB, but it was admitted as "
+            f"{self.admitted_width}x{self.admitted_height} ({self.admitted_ring_bytes / MB:,.1f} MB)"
+        )
+
+
+#: Charges a ring bigger than its admission against the owner's RAM budget, or raises.
+RingCharger = Callable[[RingCharge], None]
 
 
 class DecoderHandle:
@@ -65,6 +96,9 @@ class DecoderHandle:
         realtime: bool = False,
         raw_reference: str = "",
         error: str | None = None,
+        max_ring_bytes: int | None = DEFAULT_MAX_RING_BYTES,
+        admitted_size: tuple[int, int] | None = None,
+        charge: RingCharger | None = None,
     ) -> None:
         self.decoder_id = next(self._ids)
         self.reference = reference
@@ -75,6 +109,11 @@ class DecoderHandle:
         self.buffer_size = buffer_size
         self.ring_budget_bytes = ring_budget_bytes
         self.realtime = realtime
+        # Rings above this are refused outright; one bigger than ``admitted_size`` (the frame
+        # size the owner's RAM admission assumed) is charged again through ``charge`` first.
+        self.max_ring_bytes = max_ring_bytes
+        self.admitted_size = admitted_size
+        self.charge = charge
         self.status = SourceStatus.create(max_consumers)
         self.ring: FrameRing | None = None
         self._lock = threading.RLock()
@@ -204,6 +243,7 @@ class DecoderHandle:
             options=self.options,
             realtime=self.realtime,
             retry_open=restart,
+            max_ring_bytes=self.max_ring_bytes,
         )
         process = DecodeProcess(
             target=run_decoder,
@@ -315,6 +355,12 @@ class DecoderHandle:
             active_now = sum(1 for c in self.status.consumers() if c.active)
             layout = info.layout or FrameLayout.bgr(info.width, info.height)
             try:
+                self._charge_ring(info.width, info.height, consumers, active_now)
+            except FramepipeError as exc:
+                self.send(Terminate())
+                self.status.set_state(StreamState.ERROR, f"{type(exc).__name__}: {exc}")
+                return
+            try:
                 ring = FrameRing.create(
                     slots,
                     layout.slot_shape,
@@ -338,6 +384,38 @@ class DecoderHandle:
             self.ring = ring
             self.status.set_ring_name(ring.name)
             self.send(AttachRing(ring.name))
+
+    def _ring_size(self, width: int, height: int, consumers: int) -> int:
+        depth, slots = ring_geometry(
+            width, height, self.buffer_size, consumers, self.ring_budget_bytes
+        )
+        return FrameRing.segment_size(slots, (height, width, 3), np.uint8, consumers, depth)
+
+    def _resident_size(self, width: int, height: int, consumers: int, active: int) -> int:
+        return ring_floor_bytes(
+            width, height, self.buffer_size, consumers, self.ring_budget_bytes, active
+        )
+
+    def _charge_ring(self, width: int, height: int, consumers: int, active: int) -> None:
+        """Before the ring exists, at the stream's real size: refuse one whose capacity is above
+        the per-ring cap (CapacityError), and charge again one whose resident start (what
+        admission charged: its metadata and frames in flight) is bigger than its admission's
+        (the owner raises RamBudgetExceededError when its budget has no room for it). Growth
+        beyond that start is granted by the budget at run time, as for every ring."""
+        check_ring_cap(
+            width, height, self._ring_size(width, height, consumers), self.max_ring_bytes
+        )
+        if self.admitted_size is None or self.charge is None:
+            return
+        size = self._resident_size(width, height, consumers, active)
+        admitted_w, admitted_h = self.admitted_size
+        admitted = self._resident_size(admitted_w, admitted_h, consumers, active)
+        if size > admitted:
+            self.charge(
+                RingCharge(
+                    self.masked_reference, width, height, size, admitted_w, admitted_h, admitted
+                )
+            )
 
     def stop(self) -> None:
         """Stop the decode process and unlink the ring and the status block (idempotent)."""

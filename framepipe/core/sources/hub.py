@@ -35,9 +35,9 @@ from framepipe.core.sources.entities import (
     DecoderBackendName,
     SourceKind,
 )
-from framepipe.core.sources.handle import DecoderHandle
+from framepipe.core.sources.handle import DecoderHandle, RingCharger
 from framepipe.core.sources.reference import ParsedReference
-from framepipe.core.sources.sizing import DEFAULT_RING_BUDGET_BYTES
+from framepipe.core.sources.sizing import DEFAULT_MAX_RING_BYTES, DEFAULT_RING_BUDGET_BYTES
 from framepipe.core.sources.status import ConsumerMode
 from framepipe.core.sources.subscription import SourceTicket, Subscription
 from framepipe.protocol.errors import OperationError
@@ -62,6 +62,8 @@ class SubscriptionRequest:
     video_source_properties: dict[str, Any] = field(default_factory=dict)
     backend: DecoderBackendName | None = None
     realtime: bool = False  # a file decoded at its own frame rate, like a camera
+    # The frame size the owner's RAM admission assumed; a bigger real size is charged again.
+    admitted_size: tuple[int, int] | None = None
 
     @property
     def strategies(self) -> tuple[BufferFillingStrategy, BufferConsumptionStrategy]:
@@ -87,7 +89,9 @@ class SourceHub:
 
     ``share``: consumers of the same reference (same decoder and properties) share a decode
     process and ring, up to ``max_consumers`` each (see the module docstring for when).
-    ``ring_budget_bytes`` bounds each ring (the queue depth shrinks for big frames).
+    ``ring_budget_bytes`` bounds each ring (the queue depth shrinks for big frames);
+    ``max_ring_bytes`` refuses a source whose ring would be bigger all the same (huge frames);
+    ``charge`` is asked to charge a ring bigger than its request's ``admitted_size``.
     """
 
     def __init__(
@@ -98,12 +102,16 @@ class SourceHub:
         ring_budget_bytes: int = DEFAULT_RING_BUDGET_BYTES,
         backend_options: BackendOptions | None = None,
         stall_timeout_s: float | None = None,
+        max_ring_bytes: int | None = DEFAULT_MAX_RING_BYTES,
+        charge: RingCharger | None = None,
     ) -> None:
         if max_consumers < 1:
             raise ValueError(f"max_consumers must be >= 1, got {max_consumers}")
         self.share = share
         self.max_consumers = max_consumers
         self.ring_budget_bytes = ring_budget_bytes
+        self.max_ring_bytes = max_ring_bytes
+        self.charge = charge
         self.backend_options = backend_options or BackendOptions()
         # A decode process silent for longer than any open or read may take is stuck (its loop
         # shows a sign of life between every blocking call, each bounded by these timeouts).
@@ -168,6 +176,9 @@ class SourceHub:
                     realtime=request.realtime,
                     raw_reference=request.raw_reference,
                     error=request.not_found,
+                    max_ring_bytes=self.max_ring_bytes,
+                    admitted_size=request.admitted_size,
+                    charge=self.charge,
                 )
                 self._decoders.append((key, handle))
             index = handle.add_consumer(

@@ -21,23 +21,40 @@ from collections.abc import Iterable
 import numpy as np
 
 from framepipe.core.ring import FrameRing
+from framepipe.protocol.errors import CapacityError
 
 __all__ = [
+    "DEFAULT_MAX_RING_BYTES",
     "DEFAULT_RING_BUDGET_BYTES",
     "LEASES_PER_CONSUMER",
     "MAX_IN_FLIGHT",
+    "check_ring_cap",
     "resident_floor_slots",
     "ring_bytes",
     "ring_floor_bytes",
     "ring_geometry",
     "rings_bytes",
     "rings_floor_bytes",
+    "slot_bytes",
 ]
 
 DEFAULT_RING_BUDGET_BYTES = 128 * 1024 * 1024
 #: Batches one pipeline may have in processing at once (inference runs overlap).
 MAX_IN_FLIGHT = 3
 LEASES_PER_CONSUMER = MAX_IN_FLIGHT + 2  # + collector mailbox + DROP_OLDEST mailbox
+MB = 1024 * 1024
+
+
+def slot_bytes(width: int, height: int) -> int:
+    """Bytes of one frame of this size in a ring slot (the one place that knows the slots'
+    pixel format)."""
+    return width * height * 3
+
+
+#: The largest ring one source may have, whatever its frames (FRAMEPIPE_MAX_RING_MB): 32 4K
+#: frames, room for a 4K camera shared by 4 pipelines (25 slots), and far below the 5 GB ring
+#: a 16000x16000 video would take. A frame size needing more is refused outright.
+DEFAULT_MAX_RING_BYTES = 32 * slot_bytes(3840, 2160)
 
 
 def ring_geometry(
@@ -48,7 +65,7 @@ def ring_geometry(
     ring_budget_bytes: int = DEFAULT_RING_BUDGET_BYTES,
 ) -> tuple[int, int]:
     """(queue depth, slots) of the ring for ``consumers`` consumers of this frame size."""
-    frame_bytes = max(1, width * height * 3)
+    frame_bytes = max(1, slot_bytes(width, height))
     fit = ring_budget_bytes // frame_bytes
     leases = consumers * LEASES_PER_CONSUMER
     depth = max(1, min(buffer_size, (fit - leases - 1) // consumers))
@@ -107,3 +124,13 @@ def rings_floor_bytes(
 ) -> int:
     """:func:`ring_floor_bytes` of several sources, one active consumer each."""
     return sum(ring_floor_bytes(w, h, buffer_size, consumers) for w, h in frame_sizes)
+
+
+def check_ring_cap(width: int, height: int, size: int, max_ring_bytes: int | None) -> None:
+    """Raise CapacityError when a ring of ``size`` bytes for ``width`` x ``height`` frames is
+    above the per-ring cap (None: no cap)."""
+    if max_ring_bytes is not None and size > max_ring_bytes:
+        raise CapacityError(
+            f"a {width}x{height} video needs a {size / MB:,.0f} MB frame ring, above the "
+            f"per-ring cap of {max_ring_bytes / MB:,.0f} MB (FRAMEPIPE_MAX_RING_MB)"
+        )
