@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from framepipe.protocol.framing import encode_message  # noqa: E402
+from framepipe.server.worker import WORKER_PROCESS_NAME  # noqa: E402
 
 _LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
 
@@ -71,14 +72,13 @@ class Manager:
         raise RuntimeError("manager did not accept connections")
 
     def workers(self) -> list[psutil.Process]:
-        """The pipeline workers: the manager's children but its helpers (the resource tracker,
-        the decoders' forkserver, the reaper)."""
+        """The pipeline workers: forked from the manager's process template (its forkserver),
+        each named ``fp-worker``."""
         try:
-            children = psutil.Process(self.proc.pid).children()
+            tree = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.Error:
             return []
-        helpers = ("resource_tracker", "forkserver", "framepipe.server.reaper")
-        return [c for c in children if not any(h in " ".join(_cmdline(c)) for h in helpers)]
+        return [p for p in tree if _name(p) == WORKER_PROCESS_NAME]
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -169,6 +169,13 @@ def wait_idle_ready(manager: Manager, count: int, timeout: float = 60.0) -> None
             last = used
         time.sleep(0.25)
     raise RuntimeError(f"{count} idle workers not ready within {timeout} s")
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return str(proc.name())
+    except psutil.Error:
+        return ""
 
 
 def _tree_cpu(proc: psutil.Process) -> float:

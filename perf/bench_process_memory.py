@@ -4,12 +4,12 @@ per frame, for each backend with the codec's own thread count and with one threa
 Each configuration runs in a fresh child of framepipe's decode forkserver (the one decode
 processes come from, numpy, OpenCV and PyAV preloaded), which opens the same 720p H.264 file,
 reports its USS (``smaps_rollup``, as the RAM budget reads it) once opened ("idle"), decodes
-``--frames`` frames into one BGR buffer as a decode process does into its slot, and reports its
-USS again ("running") and its CPU (all threads) per frame. Configurations alternate, rounds
-repeat, the median is reported.
+``--frames`` frames into one buffer shaped as its ring slot (native 4:2:0 for PyAV, BGR for
+OpenCV), as a decode process does, and reports its USS again ("running") and its CPU (all
+threads) per frame. Configurations alternate, rounds repeat, the median is reported.
 
     python perf/bench_process_memory.py [--video FILE] [--frames 300] [--rounds 3] [--json]
-                                        [--no-freeze]
+                                        [--no-freeze] [--smoke]
 
 With ``--server``: the USS of each kind of process of a real ``framepipe serve`` (one idle
 worker in its pool, the CenterFace service preloaded), idle, then running one passthrough
@@ -57,7 +57,10 @@ def decode_child(path: str, backend: str, threads: int, frames: int, conn: Any) 
         DecoderBackendName(backend), path, SourceKind.FILE, BackendOptions(threads=threads)
     )
     info = source.open()
-    out = np.empty((info.height, info.width, 3), np.uint8)
+    from framepipe.core.pixels import FrameLayout
+
+    layout = info.layout or FrameLayout.bgr(info.width, info.height)
+    out = np.empty(layout.slot_shape, np.uint8)  # a ring slot: native 4:2:0 (PyAV) or BGR
     idle = _uss()
     cpu0 = time.process_time()
     n = 0
@@ -240,7 +243,12 @@ def main() -> int:
     )
     parser.add_argument("--server", action="store_true", help="USS by kind of a real server")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a short run that checks the benchmark still works"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.frames, args.rounds = min(args.frames, 30), 1
     if args.server:
         if args.video is None:
             parser.error("--server needs --video (a 720p H.264 file)")
@@ -277,7 +285,15 @@ def main() -> int:
             }
         )
     if args.json:
-        print(json.dumps({"gc_freeze": not args.no_freeze, "decode_process": rows}))
+        by_config = {
+            f"{r['backend']}_threads_{'default' if r['threads'] == 'codec default' else r['threads']}": r
+            for r in rows
+        }
+        print(
+            json.dumps(
+                {"gc_freeze": not args.no_freeze, "decode_process": rows, "by_config": by_config}
+            )
+        )
     else:
         print(f"template with gc.freeze(): {not args.no_freeze}")
         print("backend  threads         OS threads  USS idle MB  USS running MB  CPU ms/frame")

@@ -85,6 +85,12 @@ KEY_FIGURES: dict[str, tuple[str, ...]] = {
         "latency_p99_ms",
         "latency_samples",
     ),
+    "bench_process_memory.py": (
+        "by_config.pyav_threads_1.uss_running_mb",
+        "by_config.pyav_threads_default.uss_running_mb",
+        "by_config.pyav_threads_1.cpu_ms_per_frame",
+        "by_config.opencv_threads_1.uss_running_mb",
+    ),
     "bench_preprocess.py": ("baseline_ms", "framepipe_ms", "speedup", "baseline_720p_ms"),
     "bench_tcp_front.py": (
         "baseline_requests_per_s",

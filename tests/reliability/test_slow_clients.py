@@ -26,6 +26,17 @@ def manager_env(**extra: str) -> dict[str, str]:
     return {"FRAMEPIPE_TOKEN": TOKEN, "FRAMEPIPE_READ_TIMEOUT": str(READ_TIMEOUT_S), **extra}
 
 
+def running_fds(manager: ManagerProcess, client: SyncStreamManagerClient, pipeline_id: str) -> int:
+    """The manager's descriptors once the pipeline runs: after its first result, when its
+    source's frame ring (whose segment the manager holds open) exists."""
+    wait_for(
+        lambda: client.consume_pipeline_result(pipeline_id).outputs,
+        30,
+        "the pipeline's first result",
+    )
+    return fd_count(manager.pid)
+
+
 def settle_fds(manager: ManagerProcess, target: int, timeout: float = 15.0) -> int:
     """Wait until the manager holds at most ``target`` descriptors; the count then."""
     wait_for(lambda: fd_count(manager.pid) <= target, timeout, f"at most {target} descriptors")
@@ -107,7 +118,7 @@ def test_slow_loris_clients_are_dropped_and_others_are_served(
             host=HOST, port=manager.port, operations_timeout=30, auth_token=TOKEN
         )
         pipeline_id = start_passthrough(client, long_video)
-        baseline_fds = fd_count(manager.pid)
+        baseline_fds = running_fds(manager, client, pipeline_id)
         with Prober(manager.port, pipeline_id, token=TOKEN, timeout_s=2.0) as prober:
             trickler = Trickler(manager.port, slow)
             try:
@@ -149,7 +160,7 @@ def test_a_thousand_abandoned_connections_leave_no_descriptor_behind(
             host=HOST, port=manager.port, operations_timeout=30, auth_token=TOKEN
         )
         pipeline_id = start_passthrough(client, long_video)
-        baseline_fds = fd_count(manager.pid)
+        baseline_fds = running_fds(manager, client, pipeline_id)
         abandoned: list[socket.socket] = []
         try:
             with (
