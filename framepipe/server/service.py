@@ -13,9 +13,12 @@ Per connection, two threads:
   by name, through a :class:`RingCache`), ``UnregisterChannel`` closes the channel. It stops
   reading while the connection has ``max_unanswered`` Infer messages without a reply, so a
   peer that stopped reading its replies pushes back on its own socket only;
-* a sender: the engine's ``on_done`` only appends the ``Inferred`` reply to the
-  connection's queue; this thread writes it. A peer that stopped reading (a SIGSTOPped
-  worker) blocks its own sender and nothing else: the runners never wait on a socket.
+* a sender: the engine's ``on_done`` (on the channel's own delivery thread) writes the
+  ``Inferred`` reply itself when nothing else is being written on the connection, which
+  saves a thread hand-off per frame; otherwise it appends the reply to the connection's
+  queue and this thread writes it. A peer that stopped reading (a SIGSTOPped worker) blocks
+  its own sender and its own channels' deliveries, nothing else: the runners never wait on a
+  socket.
 
 The manager's control pipe gets ``ServiceReady`` (or ``ServiceFailed``) once, then answers
 each ``ServicePing`` with a ``ServicePong`` carrying the engine's statistics; a service that
@@ -95,6 +98,7 @@ class _Peer:
         self._changed = threading.Condition(self._lock)
         self._outbox: deque[Inferred | ChannelRegistered] = deque()
         self._unanswered = 0
+        self._sending = False  # a thread is writing on the connection (lock held to change)
         self._closed = False
         self.reader = threading.Thread(target=self._read, name=f"svc-read-{number}", daemon=True)
         self.sender = threading.Thread(target=self._send, name=f"svc-send-{number}", daemon=True)
@@ -176,7 +180,7 @@ class _Peer:
             )
         else:
             reply = Inferred(message.channel, message.seq, outputs=outcome)
-        self._post(reply)
+        self._reply(reply)
 
     # ---- sending ------------------------------------------------------------------------------
 
@@ -188,23 +192,51 @@ class _Peer:
             self._outbox.append(reply)
             self._changed.notify_all()
 
+    def _reply(self, reply: Inferred) -> None:
+        """Write ``reply`` on this thread (a channel's delivery thread) when the connection is
+        free and nothing is queued before it; else queue it for the sender."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._sending or self._outbox:
+                self._outbox.append(reply)
+                self._changed.notify_all()
+                return
+            self._sending = True
+        self._write(reply)
+
     def _send(self) -> None:
         while True:
             with self._lock:
-                while not self._outbox and not self._closed:
+                while (not self._outbox or self._sending) and not self._closed:
                     self._changed.wait()
                 if self._closed:
                     return
                 reply = self._outbox.popleft()
-            try:
-                self.conn.send(reply)
-            except (OSError, ValueError):
-                self.close()
+                self._sending = True
+            if not self._write(reply):
                 return
+
+    def _write(self, reply: Inferred | ChannelRegistered) -> bool:
+        """Write one reply (``_sending`` set by the caller); False if the connection broke."""
+        try:
+            self.conn.send(reply)
+        except (OSError, ValueError):
+            with self._lock:
+                self._sending = False
+            self.close()
+            return False
+        with self._lock:
+            self._sending = False
+            # wake only who waits for this: the sender when replies queued meanwhile, the
+            # reader when it stopped at max_unanswered (a wake-up per frame costs CPU)
+            room = False
             if isinstance(reply, Inferred):
-                with self._lock:
-                    self._unanswered -= 1
-                    self._changed.notify_all()
+                self._unanswered -= 1
+                room = self._unanswered + 1 >= self.server.options.max_unanswered
+            if self._outbox or room:
+                self._changed.notify_all()
+        return True
 
     # ---- ending -------------------------------------------------------------------------------
 
