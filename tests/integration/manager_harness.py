@@ -76,7 +76,9 @@ class ManagerProcess:
         """The pipeline workers (forked from the process template, named ``fp-worker``) and
         any other process the manager spawned itself (not its helpers)."""
         try:
-            children = psutil.Process(self.pid).children()
+            manager = psutil.Process(self.pid)
+            children = manager.children()
+            own = " ".join(manager.cmdline())
         except psutil.Error:
             return []
         workers = [proc for proc in self.tree() if _name(proc) == WORKER_PROCESS_NAME]
@@ -84,7 +86,9 @@ class ManagerProcess:
             try:
                 cmdline = " ".join(child.cmdline())
                 helpers = ("resource_tracker", "forkserver", "framepipe.server.reaper")
-                if not any(helper in cmdline for helper in helpers):
+                # (a child with the manager's own command line is a fork not yet exec'd: the
+                # forkserver or the resource tracker being started)
+                if cmdline != own and not any(helper in cmdline for helper in helpers):
                     workers.append(child)
             except psutil.Error:
                 continue
