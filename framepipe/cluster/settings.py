@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from framepipe.server.settings import SettingsError
+from framepipe.server.settings import _optional_float
 
 __all__ = [
     "HEALTH_CHECK_SYSTEM_CONFIG",
@@ -118,13 +118,6 @@ def from_arguments(
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be > 0, got {value}")
-    return value
+    """A positive number from ``env`` (the server's own parsing), ``default`` when unset."""
+    value = _optional_float(env, name)
+    return default if value is None else value
