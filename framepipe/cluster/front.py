@@ -44,6 +44,7 @@ from framepipe.cluster.placement import (
     PipelineNeed,
     capacity_message,
     rank_nodes,
+    refusal,
 )
 from framepipe.cluster.reservations import Reservations
 from framepipe.cluster.settings import NAMESPACE, ClusterSettings
@@ -280,6 +281,7 @@ class ClusterFront:
                 for node_id in alive - set(self._agents) - set(self._starting):
                     failed_at = self._agent_failed_at.get(node_id)
                     if failed_at is None or time.monotonic() - failed_at >= AGENT_RETRY_S:
+                        log.info("node %s: starting its framepipe agent", node_id[:12])
                         self._start_agent_task(node_id)
                 if time.monotonic() - last_metrics >= self.cluster.metrics_interval_s:
                     last_metrics = time.monotonic()
@@ -506,11 +508,19 @@ class ClusterFront:
         reasons: list[str] = []
         tried: set[str] = set()
         while True:
-            candidates = [
-                v
-                for v in rank_nodes(self._views_or_refuse(reasons), need)
-                if v.node_id not in tried
-            ]
+            views = self._views_or_refuse(reasons)
+            ranked = rank_nodes(views, need)
+            if not tried:  # a node with a free slot that cannot take it (memory, GPU) is news
+                for view in views:
+                    reason = refusal(view, need)
+                    if reason is not None and view.free_slots > 0:
+                        log.info(
+                            "pipeline %s: node %s left out: %s",
+                            pipeline_id,
+                            view.node_id[:12],
+                            reason,
+                        )
+            candidates = [v for v in ranked if v.node_id not in tried]
             if not candidates:
                 raise InsufficientCapacityError(capacity_message(reasons, len(self._agents)))
             node_id = candidates[0].node_id
@@ -524,6 +534,7 @@ class ClusterFront:
                     )
                 ):
                     reasons.append(f"node {node_id[:12]}: no camera slot free in Ray")
+                    log.info("pipeline %s: %s; trying the next node", pipeline_id, reasons[-1])
                     continue
                 try:
                     envelope = await agent.init_client.send(InitCommand(payload=payload))
@@ -532,9 +543,11 @@ class ClusterFront:
                     raise
             except CapacityError as exc:
                 reasons.append(f"node {node_id[:12]}: {exc.message}")
+                log.info("pipeline %s: %s; trying the next node", pipeline_id, reasons[-1])
                 continue
             except ConnectivityError as exc:
                 reasons.append(f"node {node_id[:12]}: its manager does not answer ({exc})")
+                log.info("pipeline %s: %s; trying the next node", pipeline_id, reasons[-1])
                 continue
             finally:
                 self._placing.per_node[node_id] -= 1
