@@ -381,11 +381,16 @@ class ClusterFront:
             await self._ray(lambda: self._store.put(record))
 
     async def _rebuild(self, records: list[PipelineRecord], alive: set[str]) -> None:
+        """The table from the store and the agents. Every record is sorted first (adopted,
+        dropped, or to place again); then the reservations no record names are released and
+        the pipelines no record names are terminated; only then are the others placed again,
+        so that placement sees every node's adopted pipelines and Ray's slots as they are."""
         listed: dict[str, set[str]] = {}
         for node_id, agent in self._agents.items():
             with contextlib.suppress(FramepipeError):
                 listed[node_id] = set((await agent.client.list_pipelines()).pipelines)
         kept: dict[str, set[str]] = {}
+        to_move: list[tuple[PipelineRecord, str, str]] = []
         for record in records:
             owner = self._agents.get(record.node_id or "")
             if record.failure is not None:
@@ -410,7 +415,9 @@ class ClusterFront:
                 why = "node died" if record.node_id not in alive else "node's manager restarted"
                 if record.node_id is None:
                     why = "front end restarted during a move"
-                await self._move(record, gone, time.time(), why, 0)
+                # not counted on the node it left while the others are placed
+                record.node_id = record.local_id = record.manager_pid = None
+                to_move.append((record, gone, why))
         for stale in await self._ray(self._reservations.held) - set(self._records):
             await self._ray(lambda p=stale: self._reservations.release(p))  # type: ignore[misc]
         for node_id, ids in listed.items():
@@ -420,6 +427,8 @@ class ClusterFront:
                 )
                 with contextlib.suppress(FramepipeError):
                     await self._agents[node_id].client.terminate_pipeline(orphan)
+        for record, gone, why in to_move:
+            await self._move(record, gone, time.time(), why, 0)
         log.info("cluster front end: %d pipelines in the table", len(self._records))
 
     # -- placement --------------------------------------------------------------------------
