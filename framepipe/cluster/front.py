@@ -44,6 +44,7 @@ from framepipe.cluster.placement import (
     PipelineNeed,
     capacity_message,
     rank_nodes,
+    refusal,
 )
 from framepipe.cluster.reservations import Reservations
 from framepipe.cluster.settings import NAMESPACE, ClusterSettings
@@ -280,6 +281,7 @@ class ClusterFront:
                 for node_id in alive - set(self._agents) - set(self._starting):
                     failed_at = self._agent_failed_at.get(node_id)
                     if failed_at is None or time.monotonic() - failed_at >= AGENT_RETRY_S:
+                        log.info("node %s: starting its framepipe agent", node_id[:12])
                         self._start_agent_task(node_id)
                 if time.monotonic() - last_metrics >= self.cluster.metrics_interval_s:
                     last_metrics = time.monotonic()
@@ -379,11 +381,16 @@ class ClusterFront:
             await self._ray(lambda: self._store.put(record))
 
     async def _rebuild(self, records: list[PipelineRecord], alive: set[str]) -> None:
+        """The table from the store and the agents. Every record is sorted first (adopted,
+        dropped, or to place again); then the reservations no record names are released and
+        the pipelines no record names are terminated; only then are the others placed again,
+        so that placement sees every node's adopted pipelines and Ray's slots as they are."""
         listed: dict[str, set[str]] = {}
         for node_id, agent in self._agents.items():
             with contextlib.suppress(FramepipeError):
                 listed[node_id] = set((await agent.client.list_pipelines()).pipelines)
         kept: dict[str, set[str]] = {}
+        to_move: list[tuple[PipelineRecord, str, str]] = []
         for record in records:
             owner = self._agents.get(record.node_id or "")
             if record.failure is not None:
@@ -408,7 +415,9 @@ class ClusterFront:
                 why = "node died" if record.node_id not in alive else "node's manager restarted"
                 if record.node_id is None:
                     why = "front end restarted during a move"
-                await self._move(record, gone, time.time(), why, 0)
+                # not counted on the node it left while the others are placed
+                record.node_id = record.local_id = record.manager_pid = None
+                to_move.append((record, gone, why))
         for stale in await self._ray(self._reservations.held) - set(self._records):
             await self._ray(lambda p=stale: self._reservations.release(p))  # type: ignore[misc]
         for node_id, ids in listed.items():
@@ -418,6 +427,8 @@ class ClusterFront:
                 )
                 with contextlib.suppress(FramepipeError):
                     await self._agents[node_id].client.terminate_pipeline(orphan)
+        for record, gone, why in to_move:
+            await self._move(record, gone, time.time(), why, 0)
         log.info("cluster front end: %d pipelines in the table", len(self._records))
 
     # -- placement --------------------------------------------------------------------------
@@ -506,11 +517,19 @@ class ClusterFront:
         reasons: list[str] = []
         tried: set[str] = set()
         while True:
-            candidates = [
-                v
-                for v in rank_nodes(self._views_or_refuse(reasons), need)
-                if v.node_id not in tried
-            ]
+            views = self._views_or_refuse(reasons)
+            ranked = rank_nodes(views, need)
+            if not tried:  # a node with a free slot that cannot take it (memory, GPU) is news
+                for view in views:
+                    reason = refusal(view, need)
+                    if reason is not None and view.free_slots > 0:
+                        log.info(
+                            "pipeline %s: node %s left out: %s",
+                            pipeline_id,
+                            view.node_id[:12],
+                            reason,
+                        )
+            candidates = [v for v in ranked if v.node_id not in tried]
             if not candidates:
                 raise InsufficientCapacityError(capacity_message(reasons, len(self._agents)))
             node_id = candidates[0].node_id
@@ -524,6 +543,7 @@ class ClusterFront:
                     )
                 ):
                     reasons.append(f"node {node_id[:12]}: no camera slot free in Ray")
+                    log.info("pipeline %s: %s; trying the next node", pipeline_id, reasons[-1])
                     continue
                 try:
                     envelope = await agent.init_client.send(InitCommand(payload=payload))
@@ -532,9 +552,11 @@ class ClusterFront:
                     raise
             except CapacityError as exc:
                 reasons.append(f"node {node_id[:12]}: {exc.message}")
+                log.info("pipeline %s: %s; trying the next node", pipeline_id, reasons[-1])
                 continue
             except ConnectivityError as exc:
                 reasons.append(f"node {node_id[:12]}: its manager does not answer ({exc})")
+                log.info("pipeline %s: %s; trying the next node", pipeline_id, reasons[-1])
                 continue
             finally:
                 self._placing.per_node[node_id] -= 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from framepipe.protocol.errors import CapacityError
 
-__all__ = ["InsufficientCapacityError", "NodeView", "PipelineNeed", "rank_nodes"]
+__all__ = ["InsufficientCapacityError", "NodeView", "PipelineNeed", "rank_nodes", "refusal"]
 
 
 class InsufficientCapacityError(CapacityError):
@@ -51,7 +51,8 @@ class PipelineNeed:
     gpu: bool = False
 
 
-def _refusal(node: NodeView, need: PipelineNeed) -> str | None:
+def refusal(node: NodeView, need: PipelineNeed) -> str | None:
+    """Why ``node`` cannot take the pipeline; None when it can."""
     if node.free_slots <= 0:
         return f"{node.pipelines}/{node.camera_slots} camera slots used"
     if node.memory_free_bytes is not None and node.memory_free_bytes < need.memory_bytes:
@@ -71,7 +72,7 @@ def rank_nodes(nodes: Iterable[NodeView], need: PipelineNeed) -> list[NodeView]:
     able: list[NodeView] = []
     reasons: list[str] = []
     for node in nodes:
-        reason = _refusal(node, need)
+        reason = refusal(node, need)
         if reason is None:
             able.append(node)
         else:

@@ -167,7 +167,7 @@ def test_pipelines_spread_over_three_nodes_one_model_service_each(world: World) 
     def services() -> list[Any]:
         return [s for s in world.metrics().services if s.model == "centerface"]
 
-    wait_until(lambda: len(services()) == NODES, 10.0)
+    assert wait_until(lambda: len(services()) == NODES, 10.0), services()
     assert sorted(str(s.node) for s in services()) == sorted(str(n) for n in per_node)
     figures = world.metrics().pipelines
     assert {p.pipeline_id: p.node for p in figures} == nodes, figures
@@ -299,8 +299,7 @@ def test_a_file_missing_on_the_new_node_fails_with_that_reason(world: World) -> 
     shutil.copyfile(demo_video_path(), video)
     added = world.cluster.add()
     # passthrough: no node runs "its model", so the new, empty node takes it
-    wait_until(lambda: _init_on(world, video, added.node_id), 30.0)
-    (pipeline_id,) = [p for p, n in world.nodes().items() if n == added.node_id]
+    pipeline_id = _placed_on_new_node(world, video, added.node_id)
     world.pipelines[pipeline_id] = "file"
     assert world.first_result(pipeline_id, 30.0) is not None  # its node has the file open
     video.unlink()  # the other nodes do not have it
@@ -323,8 +322,7 @@ def test_a_front_end_restarting_while_a_node_dies_places_its_pipelines_again(
     video = world.tmp / "everywhere.mp4"
     shutil.copyfile(demo_video_path(), video)
     added = world.cluster.add()
-    wait_until(lambda: _init_on(world, video, added.node_id), 30.0)
-    (pipeline_id,) = [p for p, n in world.nodes().items() if n == added.node_id]
+    pipeline_id = _placed_on_new_node(world, video, added.node_id)
     world.pipelines[pipeline_id] = "file"
     assert world.first_result(pipeline_id, 30.0) is not None
     world.front.stop(signal.SIGKILL)
@@ -348,18 +346,41 @@ def _failed_report(world: World, pipeline_id: str) -> dict[str, Any] | None:
     return report if report["framepipe"]["state"] == "FAILED" else None
 
 
-def _init_on(world: World, video: Path, node_id: str) -> bool:
-    """Init a passthrough pipeline on ``video`` once ``node_id`` has its agent (it is placed
-    on the emptiest node, the new one); False (and nothing left) while it lands elsewhere."""
-    payload = file_payload()
-    payload["video_configuration"]["video_reference"] = str(video)
-    payload["processing_configuration"]["model"] = "passthrough"
-    pipeline_id = world.init(payload)
-    if world.nodes()[pipeline_id] == node_id:
-        return True
-    world.client.terminate_pipeline(pipeline_id)
-    time.sleep(0.5)
-    return False
+def _placed_on_new_node(world: World, video: Path, node_id: str, timeout: float = 30.0) -> str:
+    """The id of a passthrough pipeline on ``video`` that the front end placed on the node
+    just added, ``node_id``: inits (terminating those that land elsewhere) until its agent is
+    up and it takes one (it is the emptiest node). Fails saying where the inits went, and what
+    the front end logged about the node, when none lands there within ``timeout``."""
+    landed: list[str | None] = []
+
+    def init_on_new_node() -> str | None:
+        payload = file_payload()
+        payload["video_configuration"]["video_reference"] = str(video)
+        payload["processing_configuration"]["model"] = "passthrough"
+        pipeline_id = world.init(payload)
+        node = world.nodes()[pipeline_id]
+        landed.append(node)
+        if node == node_id:
+            return pipeline_id
+        world.client.terminate_pipeline(pipeline_id)
+        time.sleep(0.5)
+        return None
+
+    pipeline_id: str | None = wait_until(init_on_new_node, timeout)
+    nodes = world.nodes()
+    assert pipeline_id is not None, (
+        f"no init landed on the new node {node_id[:12]} within {timeout:.0f} s; "
+        f"they landed on {[n and n[:12] for n in landed]}; nodes now: {nodes}; "
+        f"the front end logged: {_front_log(world)}"
+    )
+    assert [p for p, n in nodes.items() if n == node_id] == [pipeline_id], nodes
+    return pipeline_id
+
+
+def _front_log(world: World, lines: int = 40) -> list[str]:
+    """The front end's own log lines (framepipe.cluster), the last ``lines`` of them."""
+    text = world.front.log_path.read_text(errors="replace")
+    return [line for line in text.splitlines() if "framepipe.cluster" in line][-lines:]
 
 
 def test_nothing_is_left_on_any_node(world: World) -> None:

@@ -10,6 +10,7 @@ from framepipe.cluster.placement import (
     NodeView,
     PipelineNeed,
     rank_nodes,
+    refusal,
 )
 from framepipe.protocol.errors import CapacityError, ErrorType
 
@@ -53,6 +54,15 @@ def test_full_short_of_memory_or_without_gpu_nodes_are_left_out() -> None:
         node("gpu", gpus=1),
     ]
     assert [n.node_id for n in rank_nodes(nodes, gpu_need)] == ["gpu"]
+
+
+def test_refusal_says_why_one_node_cannot_take_the_pipeline() -> None:
+    # the front end logs it for a node with a free slot that is left out
+    assert refusal(node("empty"), NEED) is None
+    assert refusal(node("full", slots=1, pipelines=1), NEED) == "1/1 camera slots used"
+    assert refusal(node("small", memory_free_bytes=50 * MB), NEED) == (
+        "50 MB free, the pipeline needs 200 MB"
+    )
 
 
 def test_nothing_fits_is_an_operation_error_naming_every_node_s_reason() -> None:
