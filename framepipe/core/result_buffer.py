@@ -91,7 +91,7 @@ REPORT_BYTES = 1 << 20
 UNCAPPED_DATA_BYTES = 256 << 20
 # The data area pages reserved at a time, and how long an empty buffer keeps pages beyond
 # this floor before they are given back.
-_RESERVE_STEP = 256 << 10
+_RESERVE_STEP = 64 << 10
 _KEEP_BYTES = 1 << 20
 _PUNCH_AFTER_S = 5.0
 # How often a producer waiting for room (and a local reader waiting for a result) looks again.
