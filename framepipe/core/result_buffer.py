@@ -413,9 +413,12 @@ class SharedResultBuffer:
         buf = self.segment.buf
         taken: list[bytes] = []
         weight = 0
+        # What was buffered when the consume began, no more: a producer refilling the room this
+        # frees must not stretch one reply beyond the buffer's bounds.
+        end = v.load_u64(_HEAD)
         while len(taken) < max_entries:
             tail = v.load_u64(_TAIL)
-            if tail >= v.load_u64(_HEAD):
+            if tail >= end:
                 break
             at, length = self._slot(tail)
             if taken and max_bytes is not None and weight + length > max_bytes:

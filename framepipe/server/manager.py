@@ -559,17 +559,17 @@ class StreamManager:
             return [], 0  # it failed; nothing is buffered any more
         results = self._results.get(pipeline_id)
         if results is not None:
-            taken = results.consume(max_entries or 1, self.settings.max_reply_bytes)
             excluded = excluded_prefixes(excluded_fields)
-            entries = []
-            for raw in taken:  # the stored JSON, spliced into the reply as it is
-                outputs, metadata = decode_entry(raw, excluded)
-                entries.append(
-                    ResultEntry(
-                        outputs=[None if o is None else RawJson(o) for o in outputs],
-                        frames_metadata=RawJson(metadata),
+            if (max_entries or 1) == 1:
+                entries = self._take(results, 1, excluded)
+            else:  # up to the reply's byte cap (megabytes): copied off the event loop
+                try:
+                    entries = await asyncio.to_thread(
+                        self._take, results, max_entries or 1, excluded
                     )
-                )
+                except ValueError:  # its buffer was unmapped meanwhile: the pipeline ended
+                    self.table.get(pipeline_id)
+                    raise
             buffered = len(results)
             self.table.consumed(pipeline_id, buffered, time.monotonic())
             return entries, buffered
@@ -583,6 +583,22 @@ class StreamManager:
         )
         self.table.consumed(pipeline_id, reply.buffered, time.monotonic())
         return list(reply.entries), reply.buffered
+
+    def _take(
+        self, results: SharedResultBuffer, max_entries: int, excluded: tuple[bytes, ...]
+    ) -> list[ResultEntry]:
+        """Entries taken from a shared result buffer, their stored JSON spliced into the reply
+        as it is (less the excluded fields)."""
+        entries = []
+        for raw in results.consume(max_entries, self.settings.max_reply_bytes):
+            outputs, metadata = decode_entry(raw, excluded)
+            entries.append(
+                ResultEntry(
+                    outputs=[None if o is None else RawJson(o) for o in outputs],
+                    frames_metadata=RawJson(metadata),
+                )
+            )
+        return entries
 
     async def terminate(self, pipeline_id: str) -> None:
         self.table.get(pipeline_id)  # not_found for an unknown or ended one
@@ -668,12 +684,12 @@ class StreamManager:
         else:
             row.state = RowState.ENDING
         await self._stop_worker(pipeline_id)
+        self.table.remove(pipeline_id)
         results = self._results.pop(pipeline_id, None)
         self._reports.pop(pipeline_id, None)
         if results is not None:
             results.release()
             results.unlink()
-        self.table.remove(pipeline_id)
         self._locks.pop(pipeline_id, None)
         self._status_in_flight.pop(pipeline_id, None)
         log.info("pipeline %s ended (%s)", pipeline_id, reason)

@@ -108,6 +108,19 @@ def test_a_held_producer_waits_for_room_and_loses_nothing(buffer) -> None:
     assert got == list(range(50))
     stats = b.statistics()
     assert stats.dropped == 0 and stats.held_s > 0
+    # one consume takes what was buffered when it began, however fast the producer refills
+    for n in range(3):
+        b.put(entry(n))
+    halt = threading.Event()
+    refill = threading.Thread(
+        target=lambda: [b.put(entry(n), hold=True, stop=halt) for n in range(3, 40)]
+    )
+    refill.start()
+    time.sleep(0.05)
+    assert len(b.consume(1000)) <= 3
+    halt.set()
+    refill.join(10)
+    b.discard()
     stop = threading.Event()
     for n in range(3):
         b.put(entry(n))
