@@ -344,6 +344,7 @@ def bench_status(video: Path, clients: int, per_client: int, rounds: int = 8) ->
         (hung,) = [w for w in manager.workers() if w.pid not in known]
         asyncio.run(_load(manager.port, status, clients, 5))  # warm-up, not counted
         chunk = max(1, per_client // rounds)
+        server = server_cpu_per_request(manager, healthy, clients, chunk * rounds)
         for _ in range(rounds):
             os.kill(hung.pid, signal.SIGSTOP)
             # A request to the hung pipeline stays in flight while the load runs.
@@ -376,7 +377,45 @@ def bench_status(video: Path, clients: int, per_client: int, rounds: int = 8) ->
         "status_requests": float(len(loaded)),
         "manager_cpu_us_per_status": 1e6 * cpu["status"] / len(loaded),
         "manager_cpu_us_per_list": 1e6 * cpu["list"] / len(floor),
+        **server,
     }
+
+
+def server_cpu_per_request(
+    manager: Manager, pipeline_id: str, clients: int, per_client: int
+) -> dict[str, float]:
+    """The server's CPU (the manager and every process under it) per ``status`` and per empty
+    ``consume_result`` of a running pipeline, less what the server spends running its
+    pipelines meanwhile: the same process tree's CPU over a quiet window of the same length,
+    measured just before each load. The consumed pipeline is muted and drained first, so every
+    consume finds its buffer empty."""
+    tree = psutil.Process(manager.proc.pid)
+    figures: dict[str, float] = {}
+    mute = request(manager.port, {"type": "mute", "pipeline_id": pipeline_id})
+    if mute["response"]["status"] != "success":
+        raise RuntimeError(f"mute failed: {mute['response']}")
+    time.sleep(0.5)  # frames in flight land
+    consume = {"type": "consume_result", "pipeline_id": pipeline_id, "max_entries": 1000}
+    while request(manager.port, consume)["response"].get("outputs"):
+        pass
+    consume = {"type": "consume_result", "pipeline_id": pipeline_id}
+    for name, message in (
+        ("status", {"type": "status", "pipeline_id": pipeline_id}),
+        ("empty_consume", consume),
+    ):
+        started, before = time.perf_counter(), _tree_cpu(tree)
+        latencies = asyncio.run(_load(manager.port, message, clients, per_client))
+        spent, elapsed = _tree_cpu(tree) - before, time.perf_counter() - started
+        if name == "empty_consume":
+            body = request(manager.port, message)["response"]
+            if body.get("outputs"):
+                raise RuntimeError("the muted pipeline's buffer was not empty")
+        quiet_before = _tree_cpu(tree)
+        time.sleep(elapsed)
+        quiet = _tree_cpu(tree) - quiet_before
+        figures[f"server_cpu_us_per_{name}"] = 1e6 * max(0.0, spent - quiet) / len(latencies)
+    request(manager.port, {"type": "resume", "pipeline_id": pipeline_id})
+    return figures
 
 
 def _cpu(pid: int) -> float:
@@ -467,6 +506,13 @@ def main() -> int:
             "idle_worker_uss_mb_model_preloaded",
             "idle_worker_uss_mb",
             "< 150",
+        ),
+        ("server CPU per status (us)", "server_cpu_us_per_status", None, "<= 200"),
+        (
+            "server CPU per empty consume_result (us)",
+            "server_cpu_us_per_empty_consume",
+            None,
+            "<= 150",
         ),
         (
             "manager CPU per status request (us)",

@@ -58,7 +58,8 @@ from framepipe.core.inference import (
 from framepipe.core.pixels import FrameImage, as_bgr
 from framepipe.core.processing.processor import FrameCallback, FrameTap, Processor, build_processor
 from framepipe.core.processing.spec import ModelSpec, ProcessingSpec
-from framepipe.core.sinks import InMemoryBufferSink, SinkStatistics
+from framepipe.core.result_buffer import encode_entry
+from framepipe.core.sinks import InMemoryBufferSink, ResultSink, SinkStatistics
 from framepipe.core.sources.entities import (
     SEVERITY_ERROR,
     SEVERITY_INFO,
@@ -158,6 +159,13 @@ def _fallback(value: object) -> object:
     raise TypeError(f"cannot serialise a {type(value).__name__} in a prediction output")
 
 
+def _encode_json(value: object) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return orjson.dumps(value, default=_fallback, option=_SIZE_OPTIONS)
+
+
 def _jsonable(output: dict[str, Any], excluded: set[str]) -> dict[str, Any]:
     if excluded:
         output = {k: v for k, v in output.items() if k not in excluded}
@@ -212,6 +220,18 @@ class PipelineResult:
         except TypeError:
             size = approx_wire_bytes(self.outputs)
         return size + 100 * len(self.frames_metadata)
+
+    def encode(self) -> bytes:
+        """The entry as a shared result buffer stores it (each output field encoded once, as
+        the wire's JSON; see :func:`framepipe.core.result_buffer.encode_entry`)."""
+        outputs = [
+            None if o is None else {str(k): _encode_json(v) for k, v in o.items()}
+            for o in self.outputs
+        ]
+        metadata = orjson.dumps(
+            [None if m is None else frame_metadata_to_wire(m) for m in self.frames_metadata]
+        )
+        return encode_entry(outputs, metadata)
 
     def to_wire(self, excluded_fields: Iterable[str] = ()) -> dict[str, Any]:
         """``{"outputs", "frames_metadata"}`` as ``consume_result`` returns them (JSON values;
@@ -567,7 +587,9 @@ class Pipeline:
     this process's shared engines). ``hub``: where sources come from (default: decode processes
     of this pipeline's own). ``hold_results``: whether a full result buffer holds processing back
     (True), drops its oldest entry (False), or holds only while a ``results()`` iterator is open
-    (None, the default).
+    (None, the default). ``results_sink``: where results go instead of this process's memory
+    (a stream manager's shared result buffer, which the manager drains; ``results()`` is then
+    not available).
 
     ``fail_loudly`` (default: when the pipeline owns its sources, i.e. no ``hub`` was given — the
     Python API): ``start()`` raises a :class:`~framepipe.errors.NotFoundError` for a path that
@@ -599,6 +621,7 @@ class Pipeline:
         hub: Sources | None = None,
         inference: Inference | None = None,
         hold_results: bool | None = None,
+        results_sink: ResultSink | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
         name: str = "",
         fail_loudly: bool | None = None,
@@ -632,8 +655,13 @@ class Pipeline:
         self._channel: InferenceChannel | None = None
         self._final_inference: ChannelState | None = None  # the channel's, once it closed
         self._subscriptions: list[Subscription] = []
-        self._sink: InMemoryBufferSink[PipelineResult] = InMemoryBufferSink(
-            results_buffer_size, max_bytes=results_max_bytes, size_of=PipelineResult.wire_bytes
+        self._shared_sink = results_sink is not None
+        self._sink: ResultSink = (
+            results_sink
+            if results_sink is not None
+            else InMemoryBufferSink(
+                results_buffer_size, max_bytes=results_max_bytes, size_of=PipelineResult.wire_bytes
+            )
         )
         self._hold_results = hold_results
         self._fail_loudly = hub is None if fail_loudly is None else fail_loudly
@@ -675,7 +703,7 @@ class Pipeline:
         return self._processor
 
     @property
-    def sink(self) -> InMemoryBufferSink[PipelineResult]:
+    def sink(self) -> ResultSink:
         """The pipeline's result buffer (what ``consume_result`` and ``results()`` drain)."""
         return self._sink
 
@@ -851,6 +879,10 @@ class Pipeline:
         """
         if self._state is PipelineState.NOT_STARTED:
             raise OperationError("pipeline not started: call start() before results()")
+        if self._shared_sink:
+            raise OperationError(
+                "this pipeline's results go to a shared result buffer: read them from there"
+            )
         return _ResultReader(self, timeout)
 
     def _add_reader(self, n: int) -> None:
@@ -861,7 +893,7 @@ class Pipeline:
     def _next_result(self, timeout: float | None) -> PipelineResult | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            taken = self._sink.consume(1)
+            taken: list[PipelineResult] = self._sink.consume(1)  # in memory: see results()
             if taken:
                 return taken[0]
             if self._processing_done():

@@ -19,9 +19,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["InMemoryBufferSink", "SinkStatistics"]
+__all__ = ["InMemoryBufferSink", "ResultSink", "SinkStatistics"]
 
 T = TypeVar("T")
 
@@ -36,6 +36,32 @@ class SinkStatistics:
     held_s: float  # time producers waited for room (backpressure)
     bytes: int = 0  # weight of the entries waiting now
     max_bytes: int | None = None
+
+
+class ResultSink(Protocol):
+    """What a pipeline puts its results into: this module's in-memory buffer, or a shared one
+    (:class:`~framepipe.core.result_buffer.SharedResultBuffer`, drained by the manager)."""
+
+    @property
+    def capacity(self) -> int: ...
+
+    def put(
+        self, entry: Any, *, hold: bool = False, stop: threading.Event | None = None
+    ) -> bool: ...
+
+    def consume(self, max_entries: int = 1, max_bytes: int | None = None) -> list[Any]: ...
+
+    def discard(self) -> int: ...
+
+    def wait(self, timeout: float | None) -> bool: ...
+
+    def wake(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def statistics(self) -> SinkStatistics: ...
 
 
 class InMemoryBufferSink(Generic[T]):

@@ -63,6 +63,7 @@ cdef extern from "fp_spsc.h" nogil:
     void fp_store_u64(unsigned char *base, size_t off, uint64_t v)
     uint64_t fp_exchange_u64(unsigned char *base, size_t off, uint64_t v)
     uint64_t fp_fetch_add_u64(unsigned char *base, size_t off, uint64_t v)
+    int fp_cas_u64(unsigned char *base, size_t off, uint64_t expected, uint64_t desired)
     uint32_t fp_load_u32(unsigned char *base, size_t off)
     void fp_store_u32(unsigned char *base, size_t off, uint32_t v)
     int fp_cas_u32(unsigned char *base, size_t off, uint32_t expected, uint32_t desired)
@@ -253,6 +254,9 @@ cdef class SharedView:
 
     def fetch_add_u64(self, Py_ssize_t offset, uint64_t value):
         return fp_fetch_add_u64(self.ptr(offset, 8), 0, value)
+
+    def cas_u64(self, Py_ssize_t offset, uint64_t expected, uint64_t desired):
+        return bool(fp_cas_u64(self.ptr(offset, 8), 0, expected, desired))
 
     def load_i64(self, Py_ssize_t offset):
         return <int64_t>fp_load_u64(self.ptr(offset, 8), 0)

@@ -70,6 +70,10 @@ static inline uint64_t fp_exchange_u64(unsigned char *base, size_t off, uint64_t
 static inline uint64_t fp_fetch_add_u64(unsigned char *base, size_t off, uint64_t v) {
     return __atomic_fetch_add(fp_u64(base, off), v, __ATOMIC_ACQ_REL);
 }
+static inline int fp_cas_u64(unsigned char *base, size_t off, uint64_t expected, uint64_t desired) {
+    return __atomic_compare_exchange_n(fp_u64(base, off), &expected, desired, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
+}
 static inline uint32_t fp_load_u32(unsigned char *base, size_t off) {
     return __atomic_load_n(fp_u32(base, off), __ATOMIC_ACQUIRE);
 }

@@ -35,13 +35,38 @@ _LONG_DIGIT_RUN = re.compile(rb"\d{20}")
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
+class RawJson:
+    """A value that is JSON already (compact, as orjson writes it): written into a message as
+    it is where the fast path runs, parsed and written again where ``json.dumps`` does (a
+    message under ``FAST_PATH_MIN_BYTES``, or one the fast path cannot write exactly). A
+    result stored encoded in a shared result buffer travels this way."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"RawJson({self.data[:60]!r}{'...' if len(self.data) > 60 else ''})"
+
+
 def _reference_default(obj: Any) -> Any:
-    """What the reference's ``default=`` hook does: dates in ISO-8601, enums by value."""
+    """What the reference's ``default=`` hook does: dates in ISO-8601, enums by value (and
+    a :class:`RawJson` as the value it holds)."""
     if isinstance(obj, datetime | date):
         return obj.isoformat()
     if isinstance(obj, Enum):
         return obj.value
+    if isinstance(obj, RawJson):
+        return orjson.loads(obj.data)
     raise TypeError(f"Type {type(obj)} not serializable")
+
+
+def _orjson_hook(hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def default(obj: Any) -> Any:
+        return orjson.Fragment(obj.data) if isinstance(obj, RawJson) else hook(obj)
+
+    return default
 
 
 def _float_repr(match: re.Match[bytes]) -> bytes:
@@ -106,7 +131,7 @@ def dumps(obj: Any, default: Callable[[Any], Any] | None = None) -> bytes:
     try:
         # Dates and dataclasses go to the same hook json.dumps would call; NaN becomes null in
         # both paths.
-        compact = orjson.dumps(obj, default=hook, option=_ORJSON_OPTIONS)
+        compact = orjson.dumps(obj, default=_orjson_hook(hook), option=_ORJSON_OPTIONS)
     except (TypeError, orjson.JSONEncodeError):
         compact = None  # e.g. a non-string key or an integer beyond 64 bits
     if compact is not None and len(compact) >= FAST_PATH_MIN_BYTES:

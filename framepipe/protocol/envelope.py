@@ -48,10 +48,14 @@ class WireFrameMetadata(TypedDict):
 @dataclass(frozen=True, slots=True)
 class ResultEntry:
     """One entry of a result sink: one element per video source of a processing step
-    (``None`` for a source without a frame in that batch), aligned with ``frames_metadata``."""
+    (``None`` for a source without a frame in that batch), aligned with ``frames_metadata``.
 
-    outputs: list[dict[str, Any] | None]
-    frames_metadata: list[WireFrameMetadata | None]
+    On the server's side, each output and the ``frames_metadata`` list may be their JSON as
+    stored in a shared result buffer (:class:`~framepipe.protocol._json.RawJson`), spliced into
+    the reply as it is."""
+
+    outputs: list[dict[str, Any] | None] | list[Any]
+    frames_metadata: list[WireFrameMetadata | None] | Any
 
     def to_wire(self) -> dict[str, Any]:
         return {"outputs": self.outputs, "frames_metadata": self.frames_metadata}
@@ -93,8 +97,8 @@ class ConsumeResultBody(SuccessBody):
     so a reference client sees exactly the reference's body.
     """
 
-    outputs: list[dict[str, Any] | None] = field(default_factory=list)
-    frames_metadata: list[WireFrameMetadata | None] = field(default_factory=list)
+    outputs: list[dict[str, Any] | None] | list[Any] = field(default_factory=list)
+    frames_metadata: list[WireFrameMetadata | None] | Any = field(default_factory=list)
     extra_entries: list[ResultEntry] | None = None
     entries_waiting: int | None = None  # with max_entries: entries left in the sink
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pickle
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -39,6 +40,7 @@ from framepipe.core.budget import (
     tree_pids,
 )
 from framepipe.core.processes import describe_exit, wait_for_exit
+from framepipe.core.result_buffer import SharedResultBuffer, decode_entry, excluded_prefixes
 from framepipe.errors import (
     FramepipeError,
     InvalidPayloadError,
@@ -46,6 +48,7 @@ from framepipe.errors import (
     RamBudgetExceededError,
     ShmExhaustedError,
 )
+from framepipe.protocol._json import RawJson
 from framepipe.protocol.commands import (
     Command,
     ConsumeResultCommand,
@@ -97,16 +100,22 @@ from framepipe.server.table import (
     RowState,
     SpawnIdleWorker,
 )
+from framepipe.server.worker import REPORT_INTERVAL_S, REPORT_WANTED_INTERVAL_S
 from framepipe.server.workers import WorkerGone, WorkerHandle, WorkerTimeout
 
 if TYPE_CHECKING:
     from framepipe.core.growth import GrowthAccount
+    from framepipe.core.pipeline import PipelineReport
     from framepipe.core.sources.handle import RingCharge
     from framepipe.server.inference_messages import ServiceAddress
     from framepipe.server.services import InferenceServices
 
 log = logging.getLogger("framepipe.manager")
 
+
+#: How long a status read waits for a worker to publish a fresh report (its reporter looks
+#: every REPORT_LOOK_S) before it answers from the last one.
+FRESH_REPORT_WAIT_S = 0.25
 
 #: Seconds between two RAM samples of every worker by the health loop.
 RAM_SAMPLE_INTERVAL_S = 5.0
@@ -141,6 +150,10 @@ class StreamManager:
         self._services: InferenceServices | None = None
         self._workers: dict[str, WorkerHandle] = {}
         self._tickets: dict[str, tuple[Any, ...]] = {}
+        # Each pipeline's result buffer in shared memory: consume and status are read there
+        # (the last report read, by when it was published: it is decoded once).
+        self._results: dict[str, SharedResultBuffer] = {}
+        self._reports: dict[str, tuple[int, PipelineReport]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._status_in_flight: dict[str, asyncio.Future[StatusReply]] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -308,11 +321,18 @@ class StreamManager:
                     None, self.decoders.serve, requests, worker.pid
                 )
                 self._tickets[pipeline_id] = tickets
+                results = self._results[pipeline_id] = SharedResultBuffer.create(
+                    config.results_buffer_size, config.results_max_bytes
+                )
                 address = await self._service_address(config)
                 await worker.wait_ready(self.settings.spawn_timeout_s)
                 await worker.request(
                     StartPipeline(
-                        config=config, sources=tickets, inference=address, begun_at=begun_at
+                        config=config,
+                        sources=tickets,
+                        inference=address,
+                        begun_at=begun_at,
+                        results_segment=results.name,
                     ),
                     timeout=self.settings.init_timeout_s,
                     request_id=request_id,
@@ -432,6 +452,11 @@ class StreamManager:
         """
         row = self.table.get(pipeline_id)
         if row.worker_alive:
+            await self._fresh_report(pipeline_id)
+            shared = self._shared_report(pipeline_id)
+            if shared is not None:
+                self.table.status_read(pipeline_id, time.monotonic())
+                return dict(shared.to_wire())
             pending = self._status_in_flight.get(pipeline_id)
             if pending is None or pending.done():
                 pending = asyncio.ensure_future(self._fetch_status(pipeline_id, request_id))
@@ -446,6 +471,56 @@ class StreamManager:
                 return dict(reply.report.to_wire())
         self.table.status_read(pipeline_id, time.monotonic())
         return _ended_report(self.table.get(pipeline_id))
+
+    async def _fresh_report(self, pipeline_id: str) -> None:
+        """Where the worker's last report is older than a status reader should see, ask for a
+        fresh one and give it a moment (FRESH_REPORT_WAIT_S) to come: the worker publishes at
+        its next look. A worker that does not (it hangs) is answered from its last report."""
+        results = self._results.get(pipeline_id)
+        if results is None:
+            return
+        age = results.report_age_s()
+        if age is None or age <= REPORT_WANTED_INTERVAL_S:
+            return
+        results.want_report()
+        deadline = time.monotonic() + FRESH_REPORT_WAIT_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+            age = results.report_age_s()
+            if age is not None and age <= REPORT_WANTED_INTERVAL_S:
+                return
+
+    def _shared_report(self, pipeline_id: str) -> PipelineReport | None:
+        """The pipeline's report as its worker last published it in shared memory, with the
+        result buffer's counters as they are now; None without one (a WebRTC pipeline, or its
+        writer died mid-write). A report older than a worker's longest silence is still
+        answered, but it does not count as a sign of life: the health check then asks the
+        worker itself (and so finds one that hangs)."""
+        results = self._results.get(pipeline_id)
+        if results is None:
+            return None
+        cached = self._reports.get(pipeline_id)
+        published_ns = results.report_published_ns()
+        if cached is not None and cached[0] == published_ns:
+            report = cached[1]
+        else:
+            published = results.read_report()
+            if published is None:
+                return None
+            data, published_ns = published
+            report = pickle.loads(data)
+            self._reports[pipeline_id] = (published_ns, report)
+        age = max(0.0, (time.monotonic_ns() - published_ns) / 1e9)
+        report = replace(
+            report,
+            results=results.statistics(),
+            extensions={**report.extensions, "report_age_s": round(age, 3)},
+        )
+        if age <= REPORT_INTERVAL_S + self.settings.health_interval_s:
+            self.table.reported(
+                pipeline_id, report.state.value, report.results.buffered, report, time.monotonic()
+            )
+        return report
 
     async def _fetch_status(self, pipeline_id: str, request_id: str | None) -> StatusReply:
         reply: StatusReply = expect(
@@ -482,6 +557,22 @@ class StreamManager:
         if not row.worker_alive:
             self.table.consumed(pipeline_id, 0, time.monotonic())
             return [], 0  # it failed; nothing is buffered any more
+        results = self._results.get(pipeline_id)
+        if results is not None:
+            excluded = excluded_prefixes(excluded_fields)
+            if (max_entries or 1) == 1:
+                entries = self._take(results, 1, excluded)
+            else:  # up to the reply's byte cap (megabytes): copied off the event loop
+                try:
+                    entries = await asyncio.to_thread(
+                        self._take, results, max_entries or 1, excluded
+                    )
+                except ValueError:  # its buffer was unmapped meanwhile: the pipeline ended
+                    self.table.get(pipeline_id)
+                    raise
+            buffered = len(results)
+            self.table.consumed(pipeline_id, buffered, time.monotonic())
+            return entries, buffered
         command = Consume(
             excluded_fields=tuple(excluded_fields),
             max_entries=max_entries or 1,
@@ -492,6 +583,22 @@ class StreamManager:
         )
         self.table.consumed(pipeline_id, reply.buffered, time.monotonic())
         return list(reply.entries), reply.buffered
+
+    def _take(
+        self, results: SharedResultBuffer, max_entries: int, excluded: tuple[bytes, ...]
+    ) -> list[ResultEntry]:
+        """Entries taken from a shared result buffer, their stored JSON spliced into the reply
+        as it is (less the excluded fields)."""
+        entries = []
+        for raw in results.consume(max_entries, self.settings.max_reply_bytes):
+            outputs, metadata = decode_entry(raw, excluded)
+            entries.append(
+                ResultEntry(
+                    outputs=[None if o is None else RawJson(o) for o in outputs],
+                    frames_metadata=RawJson(metadata),
+                )
+            )
+        return entries
 
     async def terminate(self, pipeline_id: str) -> None:
         self.table.get(pipeline_id)  # not_found for an unknown or ended one
@@ -578,6 +685,11 @@ class StreamManager:
             row.state = RowState.ENDING
         await self._stop_worker(pipeline_id)
         self.table.remove(pipeline_id)
+        results = self._results.pop(pipeline_id, None)
+        self._reports.pop(pipeline_id, None)
+        if results is not None:
+            results.release()
+            results.unlink()
         self._locks.pop(pipeline_id, None)
         self._status_in_flight.pop(pipeline_id, None)
         log.info("pipeline %s ended (%s)", pipeline_id, reason)
@@ -733,6 +845,12 @@ class StreamManager:
     def _check_health(self, pipeline_id: str) -> None:
         if self._lock(pipeline_id).locked():
             return  # a command is in progress: it will tell us as much
+        before = self.table.find(pipeline_id)
+        health_due = before.health_due_at if before is not None else None
+        self._shared_report(pipeline_id)
+        row = self.table.find(pipeline_id)
+        if row is not None and row.health_due_at != health_due:
+            return  # a recent report in shared memory: the worker lives
         pending = self._status_in_flight.get(pipeline_id)
         if pending is not None and not pending.done():
             return

@@ -108,6 +108,9 @@ class StartPipeline:
     # the worker itself.
     inference: Any = None
     begun_at: datetime | None = None  # when the manager began creating the pipeline
+    # The pipeline's result buffer in shared memory (the manager's; None: in the worker's
+    # memory, read with Consume). The worker publishes its status report there too.
+    results_segment: str | None = None
 
 
 @dataclass(frozen=True)

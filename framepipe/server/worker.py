@@ -20,6 +20,7 @@ import contextlib
 import importlib
 import logging
 import os
+import pickle
 import select
 import signal
 import threading
@@ -52,7 +53,8 @@ from framepipe.server.messages import (
 
 if TYPE_CHECKING:
     from framepipe.core.inference import Inference
-    from framepipe.core.pipeline import Pipeline
+    from framepipe.core.pipeline import Pipeline, PipelineReport
+    from framepipe.core.result_buffer import SharedResultBuffer
     from framepipe.core.sources import SourceTicket, Subscription, SubscriptionRequest
     from framepipe.server.inference_client import RemoteInference
     from framepipe.server.webrtc.session import WebRTCSession
@@ -64,6 +66,11 @@ log = logging.getLogger("framepipe.worker")
 WORKER_PROCESS_NAME = "fp-worker"
 # How often the command loop wakes up when no command arrives (to notice SIGTERM).
 _POLL_INTERVAL_S = 0.1
+#: A worker with a shared result buffer publishes its report there at least this often, and
+#: at most this often while the manager asks for fresher ones (status being read).
+REPORT_INTERVAL_S = 2.0
+REPORT_WANTED_INTERVAL_S = 0.25
+REPORT_LOOK_S = 0.05
 # Modules an idle worker imports up front, so that starting a pipeline pays none of it.
 WARM_MODULES = (
     "numpy",
@@ -165,6 +172,10 @@ class PipelineRunner:
         self._pipeline: Pipeline | None = None
         self._webrtc: WebRTCSession | None = None  # the peer of a WebRTC pipeline
         self._remote: RemoteInference | None = None  # the model's inference service, if any
+        self._results: SharedResultBuffer | None = None  # the manager's, for this pipeline
+        self._reporter: threading.Thread | None = None
+        self._reporting = threading.Event()  # set: the reporter stops
+        self._publish_lock = threading.Lock()
         self.done = False
 
     def handle(self, message: object) -> WorkerReply:
@@ -198,12 +209,15 @@ class PipelineRunner:
             report = pipeline.status()
             if self._webrtc is not None:
                 report.extensions["webrtc"] = self._webrtc.statistics()
+            self._publish(report)
             return StatusReply(report)
         if isinstance(command, Mute):
             pipeline.mute()
+            self._publish()
             return Done()
         if isinstance(command, Resume):
             pipeline.resume()
+            self._publish()
             return Done()
         if isinstance(command, Consume):
             return self._consume(pipeline, command)
@@ -220,7 +234,12 @@ class PipelineRunner:
         hold = any(request.strategies[0].waits for request in requests)
         reference = config.video_reference
         inference = self._inference(command.inference)
+        results = None
         try:
+            if command.results_segment is not None:
+                from framepipe.core.result_buffer import SharedResultBuffer
+
+                results = SharedResultBuffer.attach(command.results_segment)
             pipeline = Pipeline(
                 list(reference) if isinstance(reference, tuple) else reference,
                 processing=config.processing,
@@ -236,12 +255,56 @@ class PipelineRunner:
                 hub=TicketSources(command.sources),
                 inference=inference,
                 hold_results=hold,
+                results_sink=results,
             )
             pipeline.start(begun_at=command.begun_at)
         except BaseException:
             self._close_remote()
+            if results is not None:
+                results.release()
             raise
-        self._pipeline = pipeline
+        self._pipeline, self._results = pipeline, results
+        if results is not None:
+            self._publish()
+            self._reporter = threading.Thread(
+                target=self._report_loop, name="framepipe-reporter", daemon=True
+            )
+            self._reporter.start()
+
+    # -- the status report in shared memory ---------------------------------------------------
+
+    def _publish(self, report: PipelineReport | None = None) -> None:
+        """Publish the pipeline's report where the manager reads it (with a shared buffer)."""
+        results, pipeline = self._results, self._pipeline
+        if results is None or pipeline is None:
+            return
+        with self._publish_lock:
+            if report is None:
+                report = pipeline.status()
+            results.publish_report(pickle.dumps(report, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _report_loop(self) -> None:
+        """Publish a fresh report when the pipeline's state changes, when a reader asked for
+        one (at most every REPORT_WANTED_INTERVAL_S), and at least every REPORT_INTERVAL_S: the
+        manager tells a worker that publishes no more from a live one by the report's age."""
+        results, pipeline = self._results, self._pipeline
+        assert results is not None and pipeline is not None
+        state = pipeline.state
+        published = time.monotonic()
+        while not self._reporting.wait(REPORT_LOOK_S):
+            now = time.monotonic()
+            since = now - published
+            if (
+                pipeline.state is not state
+                or since >= REPORT_INTERVAL_S
+                or (since >= REPORT_WANTED_INTERVAL_S and results.report_wanted())
+            ):
+                state = pipeline.state
+                try:
+                    self._publish()
+                except Exception:
+                    log.exception("publishing the pipeline's report failed")
+                published = now
 
     def _start_webrtc(self, command: StartWebRTCPipeline) -> ReplyBody:
         """A pipeline whose source is a WebRTC peer (the session holds the connection)."""
@@ -291,7 +354,10 @@ class PipelineRunner:
 
     def close(self) -> None:
         """Terminate and join the pipeline (idempotent); the worker then exits."""
-        pipeline, self._pipeline = self._pipeline, None
+        self._reporting.set()
+        if self._reporter is not None:
+            self._reporter.join(1.0)
+        pipeline = self._pipeline
         self.done = True
         session, self._webrtc = self._webrtc, None
         if pipeline is not None:
@@ -299,6 +365,9 @@ class PipelineRunner:
                 pipeline.terminate(self._options.terminate_timeout_s)
             except Exception:
                 log.exception("terminating the pipeline failed")
+            with contextlib.suppress(Exception):
+                self._publish()  # its last state, for a status read while the worker exits
+        self._pipeline = None
         # After the pipeline closed its channel; the peer after the pipeline stopped reading.
         self._close_remote()
         if session is not None:
@@ -306,3 +375,6 @@ class PipelineRunner:
                 session.close()
             except Exception:
                 log.exception("closing the WebRTC peer failed")
+        results, self._results = self._results, None
+        if results is not None:
+            results.release()

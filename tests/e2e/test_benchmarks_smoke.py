@@ -45,6 +45,8 @@ KEY_FIGURES: dict[str, tuple[str, ...]] = {
         "init_to_first_result_ms_warm",
         "status_rtt_p50_ms",
         "status_requests",
+        "server_cpu_us_per_status",
+        "server_cpu_us_per_empty_consume",
     ),
     "bench_decode.py": (
         "fps_plain",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -157,33 +156,27 @@ def test_hung_worker_does_not_block_other_pipelines(
     first_result(client, healthy_id)
     hung_tree = tree_of(hung)
     os.kill(hung.pid, signal.SIGSTOP)
-
-    outcome: dict[str, Any] = {}
-
-    def status_of_hung() -> None:
-        started = time.monotonic()
-        outcome["reply"] = manager.request({"type": "status", "pipeline_id": hung_id})
-        outcome["seconds"] = time.monotonic() - started
-
-    waiter = threading.Thread(target=status_of_hung)
-    waiter.start()
-    time.sleep(0.2)
+    stopped_at = time.monotonic()
+    # Status is read from shared memory: the hung pipeline's own status answers at once (its
+    # last report, whose age grows), and nobody waits behind it. Its reports stop coming, so
+    # the health check asks the worker itself, which does not answer, and is killed.
     latencies = []
-    while waiter.is_alive():
+    hung_report: dict[str, Any] = {}
+    while time.monotonic() - stopped_at < 20:
         began = time.monotonic()
+        hung_report = framepipe_report(client, hung_id)["framepipe"]
         assert client.get_status(healthy_id).status == "success"
         assert client.list_pipelines().pipelines
         latencies.append(time.monotonic() - began)
-    waiter.join()
+        if hung_report["state"] == "FAILED":
+            break
+        time.sleep(0.05)
+    detected_after = time.monotonic() - stopped_at
+    assert hung_report["state"] == "FAILED", hung_report
+    assert "killed" in hung_report["failure"]
+    assert detected_after < 12.0
     assert len(latencies) >= 5
-    assert max(latencies) < 1.0, (
-        f"a healthy pipeline waited {max(latencies):.2f} s behind a hung one"
-    )
-
-    response = outcome["reply"]["response"]
-    assert response["error_type"] == "operation_error", response
-    assert "killed" in response["error_message"]
-    assert 2.5 < outcome["seconds"] < 8.0
+    assert max(latencies) < 1.0, f"status waited {max(latencies):.2f} s while a worker hung"
     wait_for(
         lambda: not psutil.pid_exists(hung.pid) or hung.status() == psutil.STATUS_ZOMBIE,
         5,
@@ -191,8 +184,6 @@ def test_hung_worker_does_not_block_other_pipelines(
     )
     # The hung pipeline failed, and says so (it is not silently gone).
     assert sorted(client.list_pipelines().pipelines) == sorted([hung_id, healthy_id])
-    hung_report = framepipe_report(client, hung_id)["framepipe"]
-    assert hung_report["state"] == "FAILED" and "killed" in hung_report["failure"]
     wait_for(lambda: not segments_of(hung_tree), 5, "the hung worker's segments to be freed")
     client.terminate_pipeline(healthy_id)
     client.terminate_pipeline(hung_id)
@@ -397,7 +388,7 @@ def test_operation_error_for_a_worker_that_died_during_a_command(
     worker = worker_of(manager)
     os.kill(worker.pid, signal.SIGSTOP)
     with pytest.raises(OperationError, match="killed"):
-        client.get_status(pipeline_id)
+        client.pause_pipeline(pipeline_id)  # a command the worker itself must answer
     extra = framepipe_report(client, pipeline_id)["framepipe"]
     assert extra["state"] == "FAILED" and "did not answer" in extra["failure"]
     client.terminate_pipeline(pipeline_id)

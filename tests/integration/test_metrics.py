@@ -145,8 +145,18 @@ def test_scrapes_move_agree_with_the_status_and_forget_terminated_pipelines(
             assert get(samples, f"{name}_bucket", le="+Inf", **src) == processed
             assert (get(samples, f"{name}_sum", **src) or 0) > 0
 
-        # the model's inference service ran every processed frame (only this pipeline uses it)
+        # the model's inference service ran every processed frame (only this pipeline uses it);
+        # its figures come with its own periodic statistics, which may trail the pipeline's
         service = {"model": "centerface", "provider": "cpu"}
+        samples = wait_for(
+            lambda: (
+                (s := scrape(gateway.url))
+                and get(s, "framepipe_service_frames_total", **service) == processed
+                and s
+            ),
+            10,
+            "the service's statistics to count every processed frame",
+        )
         assert get(samples, "framepipe_service_state", state="running", **service) == 1
         assert get(samples, "framepipe_service_frames_total", **service) == processed
         runs = get(samples, "framepipe_service_runs_total", **service) or 0
