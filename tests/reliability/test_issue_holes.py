@@ -200,7 +200,7 @@ def test_tls_end_to_end_through_the_command_line(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     env = {"FRAMEPIPE_TOKEN": TOKEN, "FRAMEPIPE_TLS_CERT": str(cert), "FRAMEPIPE_TLS_KEY": str(key)}
     with running_manager(env) as manager:
-        assert any("(TLS)" in line for line in manager.log)
+        assert any("(TLS)" in line for line in manager.lines)
         port = str(manager.port)
         ok = pipelines(
             "--port", port, "--tls-ca", str(cert), "list", "--json", env={"FRAMEPIPE_TOKEN": TOKEN}
