@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from framepipe._serve_process import ServeProcess  # noqa: E402
 from framepipe.protocol.framing import encode_message  # noqa: E402
-from framepipe.server.worker import WORKER_PROCESS_NAME  # noqa: E402
+from framepipe.server.worker.process import WORKER_PROCESS_NAME  # noqa: E402
 
 
 def free_port() -> int:

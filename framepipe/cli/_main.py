@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from framepipe.server.app import Companion, serve
+    from framepipe.server.manager.app import Companion, serve
 
     if args.help_settings:
         from framepipe.cli._settings_reference import render_markdown

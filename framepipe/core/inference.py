@@ -39,7 +39,7 @@ valid until ``on_done`` is called (the caller holds its ring leases until then).
 :func:`local_engine` shares one engine per (model, providers) between the pipelines of one
 Python process, counted by open channel. :class:`Inference` / :class:`InferenceChannel` are
 what a pipeline codes against; the inference service's client
-(:class:`~framepipe.server.inference_client.RemoteInference`) implements them too.
+(:class:`~framepipe.server.inference.client.RemoteInference`) implements them too.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The manager's side of one child process with a control pipe: start, read, kill, reap.
 
 One supervisor for the manager's children that talk over a ``multiprocessing`` pipe (the
-pipeline workers, :mod:`framepipe.server.workers`, and the inference services,
-:mod:`framepipe.server.services`)::
+pipeline workers, :mod:`framepipe.server.worker.handle`, and the inference services,
+:mod:`framepipe.server.inference.supervisor`)::
 
     process, conn = await start_child(start_fn, options)   # off the loop; cancel-safe
     child = ChildProcess(process, conn, loop)              # subclass: _deliver, _on_closed

@@ -14,7 +14,7 @@ import psutil
 
 from framepipe._serve_process import ServeProcess
 from framepipe.protocol.framing import encode_message
-from framepipe.server.worker import WORKER_PROCESS_NAME
+from framepipe.server.worker.process import WORKER_PROCESS_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ class ManagerProcess(ServeProcess):
         for child in children:
             try:
                 cmdline = " ".join(child.cmdline())
-                helpers = ("resource_tracker", "forkserver", "framepipe.server.reaper")
+                helpers = ("resource_tracker", "forkserver", "framepipe.server.manager.reaper")
                 # (a child with the manager's own command line is a fork not yet exec'd: the
                 # forkserver or the resource tracker being started)
                 if cmdline != own and not any(helper in cmdline for helper in helpers):

@@ -148,7 +148,9 @@ def test_a_killed_manager_leaves_no_process_and_no_segment(videos: dict[str, Pat
         for pipeline_id in ids[:2]:
             keeps_producing(client, pipeline_id, 3)
         tree = {p.pid for p in manager.tree()} | {manager.pid}
-        reapers = [p for p in manager.tree() if "framepipe.server.reaper" in " ".join(p.cmdline())]
+        reapers = [
+            p for p in manager.tree() if "framepipe.server.manager.reaper" in " ".join(p.cmdline())
+        ]
         assert len(reapers) == 1, "the manager runs a reaper"
         assert segments_of(tree), "running pipelines hold shared memory"
         os.kill(manager.pid, signal.SIGKILL)

@@ -84,7 +84,7 @@ def test_the_manager_listens_before_it_imports_the_data_plane() -> None:
     import sys
 
     probe = (
-        "import sys, framepipe.server.app, framepipe.server.metrics; "
+        "import sys, framepipe.server.manager.app, framepipe.server.manager.metrics; "
         "heavy = sorted(m for m in ('numpy', 'cv2', 'av', 'framepipe.core.sources') "
         "if m in sys.modules); print(','.join(heavy))"
     )

@@ -29,14 +29,14 @@ from framepipe.core.processes import describe_exit
 from framepipe.errors import OperationError
 from framepipe.protocol.errors import ERROR_CLASSES
 from framepipe.server.child_process import ChildProcess, start_child
-from framepipe.server.messages import (
+from framepipe.server.worker.messages import (
     ReplyBody,
     WorkerCommand,
     WorkerReady,
     WorkerReply,
     WorkerRequest,
 )
-from framepipe.server.worker import WARM_MODULES, WorkerOptions, worker_main
+from framepipe.server.worker.process import WARM_MODULES, WorkerOptions, worker_main
 
 log = logging.getLogger("framepipe.manager")
 
@@ -50,7 +50,7 @@ class WorkerTimeout(OperationError):
 
 
 #: What the template preloads for a worker (no ONNX Runtime: a service runs the model).
-WORKER_PRELOAD = (*WARM_MODULES, "framepipe.server.worker")
+WORKER_PRELOAD = (*WARM_MODULES, "framepipe.server.worker.process")
 
 
 def start_worker_process(options: WorkerOptions) -> tuple[BaseProcess, Connection]:

@@ -45,7 +45,7 @@ from framepipe.core.inference import EngineOptions, EngineStatistics
 from framepipe.core.processing.registry import ModelRegistry, ProcessingSettings
 from framepipe.protocol.errors import OperationError
 from framepipe.server.child_process import ChildProcess, start_child
-from framepipe.server.inference_messages import (
+from framepipe.server.inference.messages import (
     ServiceAddress,
     ServiceFailed,
     ServicePing,
@@ -53,7 +53,7 @@ from framepipe.server.inference_messages import (
     ServiceReady,
     ServiceShutdown,
 )
-from framepipe.server.service import ServiceOptions, service_main
+from framepipe.server.inference.process import ServiceOptions, service_main
 
 __all__ = [
     "InferenceServices",
