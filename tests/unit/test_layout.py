@@ -1,4 +1,4 @@
-"""The package's module boundaries (DESIGN.md): dependencies point one way."""
+"""The package's module boundaries (docs/ARCHITECTURE.md, "Folders"): dependencies point one way."""
 
 from __future__ import annotations
 
@@ -108,3 +108,21 @@ def test_the_data_plane_does_not_load_pydantic() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_the_server_is_laid_out_by_process() -> None:
+    """A path says which process runs a file: the manager, a pipeline worker, an inference
+    service (and a WebRTC pipeline's peer, in its worker); only what they share sits beside."""
+    server = PACKAGE / "server"
+    folders = {p.name for p in server.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    modules = {p.stem for p in server.glob("*.py")}
+    assert folders == {"manager", "worker", "inference", "webrtc"}
+    assert modules == {"__init__", "child_process", "settings", "settings_doc"}
+
+
+def test_the_command_line_is_one_package() -> None:
+    """The CLI's modules live in ``framepipe/cli/``; the package root keeps what the library
+    and the server use too."""
+    root = {p.stem for p in PACKAGE.glob("*.py")}
+    assert root == {"__init__", "__main__", "_installation", "_lazy", "_serve_process", "errors"}
+    assert (PACKAGE / "cli" / "__main__.py").is_file()
