@@ -12,7 +12,7 @@ source — with a callback::
 
     channel = local_engine().open_channel(spec, "pipeline-2")  # the process's shared engines
 
-How the work is done (DESIGN.md, "The inference service"):
+How the work is done (docs/ARCHITECTURE.md, "The inference service"):
 
 * CPU provider: K runner threads, each taking one frame at a time and running it on the
   shared session with 1 intra-op thread (ONNX Runtime releases the GIL, so K runs go in

@@ -3,7 +3,7 @@
 A ring of ``width`` x ``height`` BGR frames has a queue ``depth`` per consumer (the reference's
 ``decoding_buffer_size``, shrunk so the ring stays near a byte budget) and
 ``depth x consumers + leases in flight + 1`` slots, so the writer never waits for a slot under
-WAIT (DESIGN.md "Slot lifecycle"). A consumer may hold, besides its queue: the frames of the
+WAIT (docs/ARCHITECTURE.md, "Slot lifecycle"). A consumer may hold, besides its queue: the frames of the
 batches its pipeline has in flight, one in the multi-source collector's mailbox, and one in the
 DROP_OLDEST mailbox.
 
