@@ -126,3 +126,20 @@ def test_the_command_line_is_one_package() -> None:
     root = {p.stem for p in PACKAGE.glob("*.py")}
     assert root == {"__init__", "__main__", "_installation", "_lazy", "_serve_process", "errors"}
     assert (PACKAGE / "cli" / "__main__.py").is_file()
+
+
+def test_lazy_exports_have_one_home() -> None:
+    """A package that loads a name on first use does it with ``framepipe._lazy.lazy_getattr``,
+    not with a module ``__getattr__`` of its own."""
+    offences = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "_lazy.py":
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in tree.body:
+            if (
+                isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                and node.name == "__getattr__"
+            ):
+                offences.append(str(path.relative_to(PACKAGE)))
+    assert not offences, offences
