@@ -154,8 +154,7 @@ def test_a_killed_manager_leaves_no_process_and_no_segment(videos: dict[str, Pat
         assert len(reapers) == 1, "the manager runs a reaper"
         assert segments_of(tree), "running pipelines hold shared memory"
         os.kill(manager.pid, signal.SIGKILL)
-        manager.proc.wait(10)
-        manager._close_output()
+        assert manager.stop(10) == -signal.SIGKILL  # collects it; sends nothing more
     except BaseException:
         manager.kill()
         raise
