@@ -53,8 +53,9 @@ class ServeProcess:
     ``args`` follow ``serve --port 0``; ``env`` is laid over this process's environment
     (``PYTHONUNBUFFERED=1`` is always set, so that the announcement comes at once);
     ``log_path`` receives the output (stdout and stderr together) as it comes, and
-    :attr:`lines` keeps it (its last ``keep_lines`` lines, if given). ``ready_timeout_s=None`` returns at once
-    without waiting for the announcement (:meth:`wait_ready` waits later). A server that exits
+    :attr:`lines` keeps it (its last ``keep_lines`` lines, if given). ``ready_timeout_s=None``
+    returns at once, without waiting for the announcement (:meth:`wait_ready` waits later). A
+    server that exits
     or stays silent before it listens is killed, and :class:`RuntimeError` says so with the end
     of its output.
     """

@@ -1,8 +1,8 @@
 """TCP front end: `status` round trip under 50 concurrent clients, and response serialisation.
 
 Compares, in the same run:
-- framepipe's asyncio front end (framepipe.server.manager.tcp) with an in-process handler answering a
-  realistic 1.7 kB status report — alone, and with one request held by a hung handler;
+- framepipe's asyncio front end (framepipe.server.manager.tcp) with an in-process handler
+  answering a realistic 1.7 kB status report — alone, and with one request held by a hung handler;
 - the obvious baseline: the reference's shape, a ``socketserver.TCPServer`` (one request at a
   time) reading the same frames and answering with ``json.dumps``.
 Each server runs in its own process; the clients (framepipe's async StreamManagerClient, one

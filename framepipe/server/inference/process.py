@@ -1,7 +1,7 @@
 """The inference service process: one per (model, device), shared by every pipeline on it.
 
-Started by the manager (:mod:`framepipe.server.inference.supervisor`, ``spawn`` start method), it dies
-with the manager (PR_SET_PDEATHSIG), ignores SIGINT and stops in order on SIGTERM or a
+Started by the manager (:mod:`framepipe.server.inference.supervisor`, ``spawn`` start method),
+it dies with the manager (PR_SET_PDEATHSIG), ignores SIGINT and stops in order on SIGTERM or a
 :class:`ServiceShutdown`. It loads the model once into an :class:`InferenceEngine` and
 listens on an AF_UNIX address in the abstract namespace; pipeline workers connect with the
 authkey the manager gave them (:class:`~framepipe.server.inference.client.RemoteInference`).

@@ -10,8 +10,8 @@ home of those rules; the worker applies them again when it opens the source).
 A file that does not exist is let through: the pipeline starts and reports that source in
 ERROR, as the reference does (a camera that is unplugged is no different).
 
-:class:`PolicyHandler` wraps any :class:`~framepipe.server.manager.tcp.CommandHandler`, so every front
-end (TCP, HTTP) that serves the manager through it applies the same policy.
+:class:`PolicyHandler` wraps any :class:`~framepipe.server.manager.tcp.CommandHandler`, so every
+front end (TCP, HTTP) that serves the manager through it applies the same policy.
 """
 
 from __future__ import annotations
