@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
+from framepipe._serve_process import ServeProcess, serve_command
 from framepipe.client import SyncStreamManagerClient
 from framepipe.protocol.payloads import (
     InitialisePipelinePayload,
@@ -462,27 +464,15 @@ def test_a_full_dev_shm_is_refused_cleanly(videos: dict[str, Path]) -> None:
     refused at admission with the sizes, one that fits runs; a WAIT pipeline whose ring's
     capacity does not fit grows its ring until /dev/shm is full and then waits (no SIGBUS, no
     error), and loses no frame once drained; the manager leaves the filesystem empty."""
-    script = (
-        "mount -t tmpfs -o size=24m tmpfs /dev/shm && "
-        f"exec {sys.executable} -m framepipe.cli serve --port 0"
-    )
-    proc = subprocess.Popen(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+    script = f"mount -t tmpfs -o size=24m tmpfs /dev/shm && exec {shlex.join(serve_command())}"
+    server = ServeProcess(
+        env={"PYTHONPATH": str(ROOT)},
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        command=["unshare", "-m", "--propagation", "private", "sh", "-c", script],
     )
+    proc = server.proc  # sh execs the manager: the same pid, in the namespace
     try:
-        assert proc.stdout is not None
-        port = 0
-        deadline = time.monotonic() + 30
-        while not port and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if "listening on" in line:
-                port = int(line.rsplit(":", 1)[1])
-        assert port, "the manager did not start in its namespace"
+        port = server.port
         client = SyncStreamManagerClient(host="127.0.0.1", port=port, operations_timeout=30)
         with pytest.raises(Exception) as refused:
             client.initialise_pipeline(
@@ -540,11 +530,4 @@ def test_a_full_dev_shm_is_refused_cleanly(videos: dict[str, Path]) -> None:
         )
         assert [n for n in leftover.stdout.split() if n.startswith(("fp-", "sem.fp-"))] == []
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        server.stop()
