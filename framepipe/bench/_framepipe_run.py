@@ -181,7 +181,7 @@ def run_framepipe(
     live = LiveFigures(phase="starting server")
     report(live)
     log = plan.log_dir / f"server-{plan.layout.value}-{plan.model}-n{plan.count}.log"
-    server = ServeProcess(env=env, log_path=log)
+    server = ServeProcess(env=env, log_path=log, keep_lines=200)  # the log file has it all
     try:
         result = _measure(plan, server, live, report, stop)
     except BaseException:
