@@ -67,6 +67,13 @@ def rtsp() -> Iterator[RtspServer]:
         server.kill()
 
 
+def _cmdline(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def client_for(manager: ManagerProcess) -> SyncStreamManagerClient:
     return SyncStreamManagerClient(host="127.0.0.1", port=manager.port, operations_timeout=30)
 
@@ -150,9 +157,8 @@ def test_a_killed_manager_leaves_no_process_and_no_segment(videos: dict[str, Pat
         for pipeline_id in ids[:2]:
             keeps_producing(client, pipeline_id, 3)
         tree = {p.pid for p in manager.tree()} | {manager.pid}
-        reapers = [
-            p for p in manager.tree() if "framepipe.server.manager.reaper" in " ".join(p.cmdline())
-        ]
+        # (a process may exit between the listing and the reading of its command line)
+        reapers = [p for p in manager.tree() if "framepipe.server.manager.reaper" in _cmdline(p)]
         assert len(reapers) == 1, "the manager runs a reaper"
         assert segments_of(tree), "running pipelines hold shared memory"
         os.kill(manager.pid, signal.SIGKILL)
