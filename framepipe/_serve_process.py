@@ -28,6 +28,8 @@ from typing import IO
 
 import psutil
 
+from framepipe.core.processes import kill_tree
+
 # What ``framepipe serve`` prints once its control plane listens (``cli``'s announce), and the
 # manager logs; a cluster front end (``--backend ray``) announces itself the same way.
 _LISTENING = re.compile(r"stream manager listening on (\S+):(\d+)")
@@ -168,13 +170,7 @@ class ServeProcess:
 
     def kill(self) -> None:
         """SIGKILL the server and every process below it."""
-        for child in self.tree():
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
+        kill_tree(self.proc)
         self._reader.join(5)
         self._close_log()
 
