@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from framepipe._explain import CommandLineError
+    from framepipe.cli._explain import CommandLineError
 
 #: extra -> (what it enables, the modules it installs)
 EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -59,7 +59,7 @@ def missing_extra(extra: str) -> str | None:
 
 def _error(message: str) -> CommandLineError:
     # imported when there is an error to show: _explain loads the client and gateway models
-    from framepipe._explain import CommandLineError
+    from framepipe.cli._explain import CommandLineError
 
     return CommandLineError(message)
 

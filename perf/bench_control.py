@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import socket
 import statistics
@@ -36,10 +35,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from framepipe._serve_process import ServeProcess  # noqa: E402
 from framepipe.protocol.framing import encode_message  # noqa: E402
-from framepipe.server.worker import WORKER_PROCESS_NAME  # noqa: E402
-
-_LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
+from framepipe.server.worker.process import WORKER_PROCESS_NAME  # noqa: E402
 
 
 def free_port() -> int:
@@ -48,25 +46,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Manager:
+class Manager(ServeProcess):
+    """``framepipe serve`` on a port chosen here, so that the time until it accepts a
+    connection is measured from the launch, without waiting for its announcement."""
+
     def __init__(self, env: Mapping[str, str] | None = None, port: int | None = None) -> None:
-        self.port = port or free_port()
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.launched = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "framepipe.cli", "serve", "--port", str(self.port)],
+        chosen = port or free_port()
+        super().__init__(
+            ("--port", str(chosen)),
+            env={"PYTHONPATH": str(ROOT), **(env or {})},
             cwd=ROOT,
-            env=full_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            ready_timeout_s=None,
+            keep_lines=200,
         )
+        self.port = chosen
 
     def time_to_accept(self, timeout: float = 20.0) -> float:
-        deadline = time.perf_counter() + timeout
-        while time.perf_counter() < deadline:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return time.perf_counter() - self.launched
+                    return time.monotonic() - self.launched_at
             except OSError:
                 time.sleep(0.002)
         raise RuntimeError("manager did not accept connections")
@@ -79,14 +79,6 @@ class Manager:
         except psutil.Error:
             return []
         return [p for p in tree if _name(p) == WORKER_PROCESS_NAME]
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
 
 
 def _cmdline(proc: psutil.Process) -> list[str]:
@@ -194,7 +186,7 @@ def bench_accept(runs: int) -> dict[str, float]:
     for _ in range(runs):
         manager = Manager()
         samples.append(manager.time_to_accept())
-        manager.stop()
+        manager.stop(60)
     baseline = []
     for _ in range(runs):
         port = free_port()
@@ -230,7 +222,7 @@ def bench_idle_memory() -> dict[str, float]:
             "manager_uss_mb": uss_mb(manager.proc.pid, tree=False),
         }
     finally:
-        manager.stop()
+        manager.stop(60)
     bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     time.sleep(0.5)
     result["bare_python_uss_mb"] = uss_mb(bare.pid, tree=False)
@@ -249,7 +241,7 @@ def bench_init(video: Path, runs: int) -> dict[str, Any]:
             cold.append(seconds)
             request(manager.port, {"type": "terminate", "pipeline_id": pipeline_id})
     finally:
-        manager.stop()
+        manager.stop(60)
     warm: list[float] = []
     manager = Manager({"STREAM_API_PRELOADED_PROCESSES": "1"})
     try:
@@ -260,7 +252,7 @@ def bench_init(video: Path, runs: int) -> dict[str, Any]:
             warm.append(seconds)
             request(manager.port, {"type": "terminate", "pipeline_id": pipeline_id})
     finally:
-        manager.stop()
+        manager.stop(60)
     return {
         "init_to_first_result_ms_cold": 1000 * statistics.median(cold),
         "init_to_first_result_ms_warm": 1000 * statistics.median(warm),
@@ -291,7 +283,7 @@ def bench_init_model(video: Path, runs: int, model: str = "centerface") -> dict[
                 (worker,) = manager.workers()
                 results["idle_worker_uss_mb_model_preloaded"] = uss_mb(worker.pid, tree=True)
         finally:
-            manager.stop()
+            manager.stop(60)
         results[key] = 1000 * statistics.median(samples)
     return results
 
@@ -366,7 +358,7 @@ def bench_status(video: Path, clients: int, per_client: int, rounds: int = 8) ->
             time.sleep(0.5)  # the resumed worker catches up on its backlog: let that pass
             baseline += asyncio.run(_load(manager.port, status, clients, chunk))
     finally:
-        manager.stop()
+        manager.stop(60)
     return {
         "status_rtt_p50_ms": 1000 * _percentile(loaded, 50),
         "status_rtt_p99_ms": 1000 * _percentile(loaded, 99),

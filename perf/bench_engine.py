@@ -53,8 +53,8 @@ from framepipe.core.processing import (
 )
 from framepipe.core.ring import FrameRing
 from framepipe.data import demo_video_path
-from framepipe.server.inference_client import RemoteInference
-from framepipe.server.services import InferenceServices, ServicesOptions
+from framepipe.server.inference.client import RemoteInference
+from framepipe.server.inference.supervisor import InferenceServices, ServicesOptions
 
 Frame = npt.NDArray[np.uint8]
 SPEC = ModelSpec("centerface")

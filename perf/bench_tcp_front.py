@@ -1,8 +1,8 @@
 """TCP front end: `status` round trip under 50 concurrent clients, and response serialisation.
 
 Compares, in the same run:
-- framepipe's asyncio front end (framepipe.server.tcp) with an in-process handler answering a
-  realistic 1.7 kB status report — alone, and with one request held by a hung handler;
+- framepipe's asyncio front end (framepipe.server.manager.tcp) with an in-process handler
+  answering a realistic 1.7 kB status report — alone, and with one request held by a hung handler;
 - the obvious baseline: the reference's shape, a ``socketserver.TCPServer`` (one request at a
   time) reading the same frames and answering with ``json.dumps``.
 Each server runs in its own process; the clients (framepipe's async StreamManagerClient, one
@@ -87,7 +87,7 @@ class _Handler:
 
 def _run_framepipe(port_out: Any, use_uvloop: bool) -> None:
     die_with_parent()
-    from framepipe.server.tcp import TcpFrontSettings, start_server
+    from framepipe.server.manager.tcp import TcpFrontSettings, start_server
 
     async def main() -> None:
         front = await start_server(_Handler(), TcpFrontSettings(host=HOST, port=0))

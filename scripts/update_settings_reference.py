@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from framepipe._settings_reference import extract_from, render_markdown, replace_in  # noqa: E402
+from framepipe.cli._settings_reference import extract_from, render_markdown, replace_in  # noqa: E402
 
 
 def main() -> int:

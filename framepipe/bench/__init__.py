@@ -18,8 +18,9 @@ extra (matplotlib).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from framepipe._lazy import lazy_getattr
 from framepipe.bench.config import BenchConfig, Criteria, Layout, SourceMode
 
 if TYPE_CHECKING:
@@ -28,12 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["BenchConfig", "Criteria", "Layout", "SourceMode", "run_bench"]
 
 
-def __getattr__(name: str) -> Any:
-    # The package stays light to import: `framepipe` builds its command line from
-    # framepipe.bench.cli at every start, and the classic baseline's app process must fork its
-    # inference processes before numpy or OpenCV start threads.
-    if name == "run_bench":
-        from framepipe.bench._app import run_bench
-
-        return run_bench
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The package stays light to import: `framepipe` builds its command line from
+# framepipe.bench.cli at every start, and the classic baseline's app process must fork its
+# inference processes before numpy or OpenCV start threads.
+__getattr__ = lazy_getattr(__name__, {"run_bench": "framepipe.bench._app"})

@@ -15,8 +15,6 @@ import time
 from dataclasses import replace
 from typing import IO
 
-import psutil
-
 from framepipe.bench._plan import LiveFigures, Reporter, RunPlan, sleep_unless
 from framepipe.bench._procs import (
     DECODE,
@@ -33,6 +31,7 @@ from framepipe.bench.results import (
     Verdict,
     judge,
 )
+from framepipe.core.processes import kill_tree
 
 AGE_CLASSIC = "capture -> result received by the collector, every result of the window"
 
@@ -113,14 +112,7 @@ class _App:
         return code
 
     def kill(self) -> None:
-        with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(self.proc.pid).children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    child.kill()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
+        kill_tree(self.proc)
 
 
 def _failed(plan: RunPlan, error: str) -> RunResult:

@@ -12,20 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import psutil
-
+from framepipe._serve_process import ServeProcess
 from framepipe.bench._plan import Cancelled, LiveFigures, Reporter, RunPlan, sleep_unless
 from framepipe.bench._procs import Kind, TreeSampler, classify_framepipe
 from framepipe.bench.results import (
@@ -47,7 +41,6 @@ from framepipe.protocol.payloads import (
     VideoConfiguration,
 )
 
-_LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
 AGE_FROM_STATUS = "status report e2e (capture -> result in the sink), per source, last 256 results"
 AGE_FROM_CLIENT = "capture (frame_timestamp) -> received by the bench's client (includes polling)"
 _MAX_ENTRIES = 256
@@ -56,76 +49,6 @@ _MAX_ENTRIES = 256
 def supports_realtime_replay() -> bool:
     """Whether this framepipe has the ``VideoConfiguration.realtime_replay`` extension."""
     return "realtime_replay" in VideoConfiguration.model_fields
-
-
-class ServerProcess:
-    """``python -m framepipe.cli serve --port 0`` (what ``framepipe serve`` runs), its output
-    in a log file."""
-
-    def __init__(self, log_path: Path, env: dict[str, str], start_timeout_s: float = 30.0) -> None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        # (line-buffered: the log can be followed while the server runs)
-        self._log: IO[str] = open(log_path, "w", buffering=1)  # noqa: SIM115 (closed in stop/kill)
-        self.log_path = log_path
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "framepipe.cli", "serve", "--port", "0"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.host, self.port = "127.0.0.1", 0
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, name="bench-server-log", daemon=True)
-        self._reader.start()
-        if not self._ready.wait(start_timeout_s) or not self.port:
-            self.kill()
-            raise RuntimeError(f"framepipe serve did not start; see {log_path}")
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self._log.write(line)
-            match = _LISTENING.search(line)
-            if match and not self.port:
-                self.host, self.port = match.group(1), int(match.group(2))
-                self._ready.set()
-        self._ready.set()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM (a clean shutdown, as an operator stops it); killed if it does not exit."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return -9
-        self._close()
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL the server and every process below it (those it started)."""
-        with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(self.proc.pid).children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    child.kill()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-        self._close()
-
-    def _close(self) -> None:
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
 
 
 @dataclass
@@ -258,7 +181,7 @@ def run_framepipe(
     live = LiveFigures(phase="starting server")
     report(live)
     log = plan.log_dir / f"server-{plan.layout.value}-{plan.model}-n{plan.count}.log"
-    server = ServerProcess(log, env)
+    server = ServeProcess(env=env, log_path=log, keep_lines=200)  # the log file has it all
     try:
         result = _measure(plan, server, live, report, stop)
     except BaseException:
@@ -288,7 +211,7 @@ def _failed(plan: RunPlan, error: str) -> RunResult:
 
 def _measure(
     plan: RunPlan,
-    server: ServerProcess,
+    server: ServeProcess,
     live: LiveFigures,
     report: Reporter,
     stop: threading.Event | None,
@@ -470,4 +393,4 @@ def _source_state(report: dict[str, Any]) -> str:
     return str(bad[0]) if bad else "RUNNING"
 
 
-__all__ = ["Cancelled", "ServerProcess", "run_framepipe", "supports_realtime_replay"]
+__all__ = ["Cancelled", "run_framepipe", "supports_realtime_replay"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -30,11 +29,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from framepipe._serve_process import announced_address
+
 log = logging.getLogger("framepipe.cluster.agent")
 
 __all__ = ["AgentConfig", "AgentInfo", "NodeAgent", "agent_name", "ram_budget_mb"]
 
-_LISTENING = re.compile(r"stream manager listening on (\S+):(\d+)")
 #: The share of a host's memory the agents on it may budget, all together.
 HOST_RAM_SHARE = 0.8
 #: Idle warm workers an agent's manager keeps (STREAM_API_PRELOADED_PROCESSES overrides it).
@@ -164,9 +164,9 @@ class NodeAgent:
         assert proc.stdout is not None
         for line in proc.stdout:
             print(line, end="", flush=True)  # to the actor's log (Ray collects it)
-            match = _LISTENING.search(line)
-            if match and not self._port:
-                self._port = int(match.group(2))
+            address = announced_address(line)
+            if address is not None and not self._port:
+                self._port = address[1]
                 self._ready.set()
         proc.wait()
         self._ready.set()

@@ -2,7 +2,7 @@
 
 It joins the Ray cluster first (an address that does not answer is one line and exit status
 2, within ``connect_timeout_s``), then binds the same TCP front end, input policy and
-companions (HTTP gateway, metrics) as :func:`framepipe.server.app.serve`, with
+companions (HTTP gateway, metrics) as :func:`framepipe.server.manager.app.serve`, with
 :class:`~framepipe.cluster.front.ClusterFront` as the command handler.
 """
 
@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 from framepipe.cluster.front import ClusterFront
 from framepipe.cluster.settings import NAMESPACE, ClusterSettings
-from framepipe.server.app import Announce, Companion, front_settings
-from framepipe.server.policy import InputPolicy, PolicyHandler
+from framepipe.server.manager.app import Announce, Companion, front_settings
+from framepipe.server.manager.policy import InputPolicy, PolicyHandler
+from framepipe.server.manager.tcp import start_server
 from framepipe.server.settings import ServerSettings, SettingsError
-from framepipe.server.tcp import start_server
 
 log = logging.getLogger("framepipe.cluster")
 

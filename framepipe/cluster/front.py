@@ -1,7 +1,7 @@
 """The cluster front end's command handler: places pipelines on nodes and routes commands.
 
-:class:`ClusterFront` is a :class:`~framepipe.server.tcp.CommandHandler`, so the TCP front end,
-the clients, the HTTP gateway and the metrics endpoint serve it exactly as they serve a
+:class:`ClusterFront` is a :class:`~framepipe.server.manager.tcp.CommandHandler`, so the TCP
+front end, the clients, the HTTP gateway and the metrics endpoint serve it exactly as they serve a
 single-machine manager. It reaches each node's agent manager as a client (like the gateway
 reaches the manager), with the cluster's agent token.
 

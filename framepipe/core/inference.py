@@ -12,7 +12,7 @@ source — with a callback::
 
     channel = local_engine().open_channel(spec, "pipeline-2")  # the process's shared engines
 
-How the work is done (DESIGN.md, "The inference service"):
+How the work is done (docs/ARCHITECTURE.md, "The inference service"):
 
 * CPU provider: K runner threads, each taking one frame at a time and running it on the
   shared session with 1 intra-op thread (ONNX Runtime releases the GIL, so K runs go in
@@ -39,7 +39,7 @@ valid until ``on_done`` is called (the caller holds its ring leases until then).
 :func:`local_engine` shares one engine per (model, providers) between the pipelines of one
 Python process, counted by open channel. :class:`Inference` / :class:`InferenceChannel` are
 what a pipeline codes against; the inference service's client
-(:class:`~framepipe.server.inference_client.RemoteInference`) implements them too.
+(:class:`~framepipe.server.inference.client.RemoteInference`) implements them too.
 """
 
 from __future__ import annotations

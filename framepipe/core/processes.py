@@ -9,19 +9,30 @@
   one template share a command line; their names tell a worker from a decode process).
 * :func:`wait_for_exit` — a bounded wait until a set of pids are gone.
 * :func:`describe_exit` — how a child ended, in words (``was killed by SIGKILL``).
+* :func:`kill_tree` — SIGKILL a child process and everything below it, and collect it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["describe_exit", "die_with_parent", "name_process", "pid_alive", "wait_for_exit"]
+__all__ = [
+    "describe_exit",
+    "die_with_parent",
+    "kill_tree",
+    "name_process",
+    "pid_alive",
+    "wait_for_exit",
+]
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
@@ -94,3 +105,18 @@ def describe_exit(exitcode: int | None) -> str:
             name = f"signal {-exitcode}"
         return f"was killed by {name}"
     return f"exited with code {exitcode}"
+
+
+def kill_tree(proc: subprocess.Popen[Any], wait_s: float = 10.0) -> None:
+    """SIGKILL every process below ``proc`` (those it started, and theirs), then ``proc``
+    itself, and wait up to ``wait_s`` to collect it."""
+    import psutil  # (only here: the processes that import this module need not load it)
+
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+    if proc.poll() is None:
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(wait_s)

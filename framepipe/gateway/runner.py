@@ -42,7 +42,7 @@ class Gateway:
     ``announce(url)`` is called once it listens; ``routers`` add routes (``/metrics``);
     ``control_plane=False`` serves only those and the probes (``framepipe serve
     --metrics-port``), ``name`` is what the log calls it. Usable as a companion of
-    :func:`framepipe.server.app.serve` (``start(host, port)`` / ``close()``).
+    :func:`framepipe.server.manager.app.serve` (``start(host, port)`` / ``close()``).
     """
 
     def __init__(

@@ -34,9 +34,9 @@ from framepipe.protocol.limits import DEFAULT_MAX_JSON_DEPTH, DEFAULT_MAX_JSON_I
 
 DEFAULT_MAX_CONNECTIONS = 512
 DEFAULT_MAX_PENDING_BYTES = 32 * 1024 * 1024
-# A token is compared with the request's bytes before they are parsed (see server/tcp.py), so
-# it must be written the same way by every JSON encoder: printable ASCII, no quote, no
-# backslash, no slash (some encoders write "\/"), no space.
+# A token is compared with the request's bytes before they are parsed (see
+# server/manager/tcp.py), so it must be written the same way by every JSON encoder: printable
+# ASCII, no quote, no backslash, no slash (some encoders write "\/"), no space.
 _TOKEN_FORBIDDEN = set(' "\\/')
 SHORT_TOKEN = 16
 

@@ -1,6 +1,8 @@
 """Helpers for testing framepipe and code built on it: numbered test videos, raw .y4m videos for
-a browser's fake camera; a WebRTC test peer in :mod:`framepipe.testing.webrtc` (``webrtc`` extra)."""
+a browser's fake camera; :class:`ServeProcess`, a real ``framepipe serve`` on a free port; a
+WebRTC test peer in :mod:`framepipe.testing.webrtc` (``webrtc`` extra)."""
 
+from framepipe._serve_process import ServeProcess
 from framepipe.testing.media import (
     CODECS,
     SyntheticVideo,
@@ -13,6 +15,7 @@ from framepipe.testing.media import (
 
 __all__ = [
     "CODECS",
+    "ServeProcess",
     "SyntheticVideo",
     "TornFrameError",
     "make_test_video",

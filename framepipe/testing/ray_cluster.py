@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from framepipe._serve_process import ServeProcess
 from framepipe.cluster.settings import HEALTH_CHECK_SYSTEM_CONFIG
 
 OBJECT_STORE_BYTES = 80 * 1024 * 1024
-_LISTENING = re.compile(r"stream manager listening on (\S+):(\d+)")
 CLUSTER_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
 
 
@@ -79,7 +74,7 @@ class LocalRayCluster:
                 os.environ[key] = value
 
 
-class FrontProcess:
+class FrontProcess(ServeProcess):
     """``framepipe serve --backend ray`` as an operator runs it; its output in a log file."""
 
     def __init__(
@@ -90,60 +85,13 @@ class FrontProcess:
         timeout: float = 120,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "a", buffering=1)  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "framepipe.cli",
-                "serve",
-                "--port",
-                "0",
-                "--backend",
-                "ray",
-                "--address",
-                address,
-                *extra_args,
-            ],
-            env={**os.environ, **CLUSTER_ENV, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        super().__init__(
+            ("--backend", "ray", "--address", address, *extra_args),
+            env={**CLUSTER_ENV, **(env or {})},
+            log_path=log_path,
+            append_log=True,
+            ready_timeout_s=timeout,
         )
-        self.port = 0
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self._ready.wait(timeout) or not self.port:
-            self.stop()
-            raise RuntimeError(f"the front end did not start; see {log_path}")
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self._log.write(line)
-            match = _LISTENING.search(line)
-            if match and not self.port:
-                self.port = int(match.group(2))
-                self._ready.set()
-        self._ready.set()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(10)
-        self._reader.join(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        with contextlib.suppress(ValueError):
-            self._log.close()
-        return code
 
 
 def framepipe_processes(root: int) -> list[psutil.Process]:

@@ -278,7 +278,7 @@ def test_a_dead_node_s_pipelines_run_again_elsewhere_within_10_s(world: World) -
 def test_a_restarted_front_end_rebuilds_its_table(world: World) -> None:
     before = world.nodes()
     assert before
-    world.front.stop(signal.SIGKILL)
+    world.front.stop(sig=signal.SIGKILL)
     world.front = FrontProcess(world.cluster.address, world.tmp / "front2.log")
     assert world.nodes() == before
     for pipeline_id in before:
@@ -325,7 +325,7 @@ def test_a_front_end_restarting_while_a_node_dies_places_its_pipelines_again(
     pipeline_id = _placed_on_new_node(world, video, added.node_id)
     world.pipelines[pipeline_id] = "file"
     assert world.first_result(pipeline_id, 30.0) is not None
-    world.front.stop(signal.SIGKILL)
+    world.front.stop(sig=signal.SIGKILL)
     world.cluster.remove(added)  # while no front end watches
     world.front = FrontProcess(world.cluster.address, world.tmp / "front3.log")
     # the new front end finds the record, the node dead, and places the pipeline again

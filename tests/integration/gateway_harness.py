@@ -24,7 +24,7 @@ class Gateway:
         self.http = httpx.Client(base_url=self.url, timeout=60)
 
     def _announced(self) -> str | None:
-        for line in list(self.manager.log):
+        for line in list(self.manager.lines):
             match = _GATEWAY.search(line)
             if match:
                 return match.group(1)

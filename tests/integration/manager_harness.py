@@ -3,74 +3,30 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from framepipe._serve_process import ServeProcess
 from framepipe.protocol.framing import encode_message
-from framepipe.server.worker import WORKER_PROCESS_NAME
+from framepipe.server.worker.process import WORKER_PROCESS_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
-_LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
 
 
-class ManagerProcess:
-    """``python -m framepipe.cli serve --port 0`` with the given environment."""
+class ManagerProcess(ServeProcess):
+    """``python -m framepipe serve --port 0`` with the given environment, run from the
+    checkout."""
 
     def __init__(self, env: Mapping[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-        full_env.update(env or {})
-        self.launched_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "framepipe.cli", "serve", "--port", "0", *args],
-            cwd=ROOT,
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        super().__init__(
+            args, env={"PYTHONPATH": str(ROOT), **(env or {})}, cwd=ROOT, ready_timeout_s=20
         )
-        self.log: list[str] = []
-        self.port = 0
-        self.announced_at = 0.0
-        self._port_known = threading.Event()
-        self._reader = threading.Thread(target=self._read_output, daemon=True)
-        self._reader.start()
-        if not self._port_known.wait(20):
-            self.kill()
-            raise RuntimeError("manager did not announce its port:\n" + self.output())
-        if not self.port:
-            raise RuntimeError("manager exited before listening:\n" + self.output())
-
-    def _read_output(self) -> None:
-        stdout = self.proc.stdout
-        assert stdout is not None
-        with stdout:  # closed here, at EOF: when the manager and every child that inherited
-            for line in stdout:  # its stdout (a reaper outliving it) are gone
-                self.log.append(line.rstrip())
-                match = _LISTENING.search(line)
-                if match and not self.port:
-                    self.port = int(match.group(2))
-                    self.announced_at = time.monotonic()
-                    self._port_known.set()
-        self._port_known.set()
-
-    def output(self) -> str:
-        return "\n".join(self.log[-200:])
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     def workers(self) -> list[psutil.Process]:
         """The pipeline workers (forked from the process template, named ``fp-worker``) and
@@ -85,7 +41,7 @@ class ManagerProcess:
         for child in children:
             try:
                 cmdline = " ".join(child.cmdline())
-                helpers = ("resource_tracker", "forkserver", "framepipe.server.reaper")
+                helpers = ("resource_tracker", "forkserver", "framepipe.server.manager.reaper")
                 # (a child with the manager's own command line is a fork not yet exec'd: the
                 # forkserver or the resource tracker being started)
                 if cmdline != own and not any(helper in cmdline for helper in helpers):
@@ -110,36 +66,6 @@ class ManagerProcess:
             except psutil.Error:
                 continue
         return found
-
-    def tree(self) -> list[psutil.Process]:
-        try:
-            return psutil.Process(self.pid).children(recursive=True)
-        except psutil.Error:
-            return []
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-        self._close_output()
-        return code
-
-    def _close_output(self) -> None:
-        # The reader closes the pipe at EOF; closing it under the reader's feet would fail it.
-        self._reader.join(5)
-
-    def kill(self) -> None:
-        for child in self.tree():
-            with suppress(psutil.Error):
-                child.kill()
-        self.proc.kill()
-        self.proc.wait(10)
-        self._close_output()
 
     def request(self, message: dict[str, Any] | bytes, timeout: float = 30.0) -> dict[str, Any]:
         return wire_request(self.port, message, timeout)

@@ -29,10 +29,10 @@ from framepipe.core.inference import (
 from framepipe.core.processing import ModelSpec, ProcessingSettings
 from framepipe.core.ring import FrameRing
 from framepipe.protocol.errors import InvalidPayloadError, OperationError
-from framepipe.server import _service_socket
-from framepipe.server.inference_client import RemoteInference
-from framepipe.server.inference_messages import Infer, RegisterChannel, ServiceAddress
-from framepipe.server.services import (
+from framepipe.server.inference import _socket as _service_socket
+from framepipe.server.inference.client import RemoteInference
+from framepipe.server.inference.messages import Infer, RegisterChannel, ServiceAddress
+from framepipe.server.inference.supervisor import (
     InferenceServices,
     ServicesOptions,
     ServiceState,
@@ -436,7 +436,7 @@ def test_without_a_service_opening_a_channel_says_so_in_time() -> None:
 MANAGER = """
 import asyncio, sys
 from framepipe.core.processing import ProcessingSettings
-from framepipe.server.services import InferenceServices
+from framepipe.server.inference.supervisor import InferenceServices
 
 async def main() -> None:
     services = InferenceServices(ProcessingSettings(providers=("cpu",)))

@@ -181,11 +181,11 @@ def test_metrics_port_serves_them_without_the_gateway_and_asks_for_the_token(
     manager = ManagerProcess({"FRAMEPIPE_TOKEN": "s3cret"}, args=("--metrics-port", "0"))
     try:
         url = wait_for(
-            lambda: next((m.group(1) for m in map(_METRICS.search, manager.log) if m), None),
+            lambda: next((m.group(1) for m in map(_METRICS.search, manager.lines) if m), None),
             20,
             "the metrics endpoint's address",
         )
-        assert not any("HTTP gateway on" in line for line in manager.log)
+        assert not any("HTTP gateway on" in line for line in manager.lines)
         assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401
         wrong = {"Authorization": "Bearer nope"}
         assert httpx.get(f"{url}/metrics", headers=wrong, timeout=30).status_code == 401

@@ -61,7 +61,7 @@ from framepipe.protocol.payloads import (
     WebRTCOffer,
     WorkflowConfiguration,
 )
-from framepipe.server.tcp import TcpFront, TcpFrontSettings, start_server
+from framepipe.server.manager.tcp import TcpFront, TcpFrontSettings, start_server
 from tests.wire_examples import DELIBERATE_DIFFERENCES, Exchange, command_for, load_exchanges
 
 HOST = "127.0.0.1"
@@ -330,7 +330,7 @@ async def test_internal_error_never_leaks_details(
     client: StreamManagerClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     with (
-        caplog.at_level(logging.ERROR, logger="framepipe.server.tcp"),
+        caplog.at_level(logging.ERROR, logger="framepipe.server.manager.tcp"),
         pytest.raises(InternalError) as caught,
     ):
         await client.initialise_pipeline(payload("crash"))
@@ -767,7 +767,7 @@ _LOW_FD_SERVER = """
 import asyncio, resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (96, 96))
 from framepipe.protocol.envelope import ListPipelinesBody
-from framepipe.server.tcp import TcpFrontSettings, start_server
+from framepipe.server.manager.tcp import TcpFrontSettings, start_server
 
 class Handler:
     async def handle(self, request_id, command):

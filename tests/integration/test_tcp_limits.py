@@ -26,8 +26,8 @@ from framepipe.protocol.commands import Command, ListPipelinesCommand
 from framepipe.protocol.envelope import ListPipelinesBody, SuccessBody
 from framepipe.protocol.framing import encode_frame, encode_message
 from framepipe.protocol.limits import JsonLimits
-from framepipe.server.policy import InputPolicy, PolicyHandler
-from framepipe.server.tcp import TcpFront, TcpFrontSettings, start_server
+from framepipe.server.manager.policy import InputPolicy, PolicyHandler
+from framepipe.server.manager.tcp import TcpFront, TcpFrontSettings, start_server
 from tests.tls import self_signed
 
 HOST = "127.0.0.1"

@@ -9,13 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from framepipe._serve_process import ServeProcess, serve_command
 from framepipe.protocol.framing import encode_frame
 from tests.integration.manager_harness import ROOT, ManagerProcess, running_manager, wait_for
 from tests.reliability.conftest import TOKEN, settled
@@ -128,47 +128,23 @@ def test_a_public_address_allowed_on_purpose_is_warned_about(tmp_path: Path) -> 
     unshare = shutil.which("unshare")
     if unshare is None or subprocess.run([unshare, "-n", "true"], check=False).returncode != 0:
         pytest.skip("needs unshare -n (root) to bind 0.0.0.0 in a private network namespace")
-    process = subprocess.Popen(
-        [
+    server = ServeProcess(
+        env={"PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        command=[
             unshare,
             "-n",
-            sys.executable,
-            "-m",
-            "framepipe.cli",
-            "serve",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            "0",
-            "--allow-unauthenticated",
-            "--video-dir",
-            str(tmp_path),
+            *serve_command(
+                "--host", "0.0.0.0", "--allow-unauthenticated", "--video-dir", str(tmp_path)
+            ),
         ],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
     )
     try:
-        assert process.stdout is not None
-        lines = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "listening on" in line and "framepipe:" in line:
-                break
-        output = "".join(lines)
+        output = server.output()
         assert "WARNING" in output and "WITHOUT a token" in output, output
         assert "without TLS" in output, output
     finally:
-        process.terminate()
-        process.wait(30)
-        if process.stdout is not None:
-            process.stdout.close()
+        server.stop()
 
 
 # --- the command line reads the token and speaks TLS --------------------------------------
@@ -200,7 +176,7 @@ def test_tls_end_to_end_through_the_command_line(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     env = {"FRAMEPIPE_TOKEN": TOKEN, "FRAMEPIPE_TLS_CERT": str(cert), "FRAMEPIPE_TLS_KEY": str(key)}
     with running_manager(env) as manager:
-        assert any("(TLS)" in line for line in manager.log)
+        assert any("(TLS)" in line for line in manager.lines)
         port = str(manager.port)
         ok = pipelines(
             "--port", port, "--tls-ca", str(cert), "list", "--json", env={"FRAMEPIPE_TOKEN": TOKEN}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
+from framepipe._serve_process import ServeProcess, serve_command
 from framepipe.client import SyncStreamManagerClient
 from framepipe.protocol.payloads import (
     InitialisePipelinePayload,
@@ -63,6 +65,13 @@ def rtsp() -> Iterator[RtspServer]:
         yield server
     finally:
         server.kill()
+
+
+def _cmdline(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
 
 
 def client_for(manager: ManagerProcess) -> SyncStreamManagerClient:
@@ -148,12 +157,12 @@ def test_a_killed_manager_leaves_no_process_and_no_segment(videos: dict[str, Pat
         for pipeline_id in ids[:2]:
             keeps_producing(client, pipeline_id, 3)
         tree = {p.pid for p in manager.tree()} | {manager.pid}
-        reapers = [p for p in manager.tree() if "framepipe.server.reaper" in " ".join(p.cmdline())]
+        # (a process may exit between the listing and the reading of its command line)
+        reapers = [p for p in manager.tree() if "framepipe.server.manager.reaper" in _cmdline(p)]
         assert len(reapers) == 1, "the manager runs a reaper"
         assert segments_of(tree), "running pipelines hold shared memory"
         os.kill(manager.pid, signal.SIGKILL)
-        manager.proc.wait(10)
-        manager._close_output()
+        assert manager.stop(10) == -signal.SIGKILL  # collects it; sends nothing more
     except BaseException:
         manager.kill()
         raise
@@ -461,27 +470,15 @@ def test_a_full_dev_shm_is_refused_cleanly(videos: dict[str, Path]) -> None:
     refused at admission with the sizes, one that fits runs; a WAIT pipeline whose ring's
     capacity does not fit grows its ring until /dev/shm is full and then waits (no SIGBUS, no
     error), and loses no frame once drained; the manager leaves the filesystem empty."""
-    script = (
-        "mount -t tmpfs -o size=24m tmpfs /dev/shm && "
-        f"exec {sys.executable} -m framepipe.cli serve --port 0"
-    )
-    proc = subprocess.Popen(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+    script = f"mount -t tmpfs -o size=24m tmpfs /dev/shm && exec {shlex.join(serve_command())}"
+    server = ServeProcess(
+        env={"PYTHONPATH": str(ROOT)},
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        command=["unshare", "-m", "--propagation", "private", "sh", "-c", script],
     )
+    proc = server.proc  # sh execs the manager: the same pid, in the namespace
     try:
-        assert proc.stdout is not None
-        port = 0
-        deadline = time.monotonic() + 30
-        while not port and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if "listening on" in line:
-                port = int(line.rsplit(":", 1)[1])
-        assert port, "the manager did not start in its namespace"
+        port = server.port
         client = SyncStreamManagerClient(host="127.0.0.1", port=port, operations_timeout=30)
         with pytest.raises(Exception) as refused:
             client.initialise_pipeline(
@@ -539,11 +536,4 @@ def test_a_full_dev_shm_is_refused_cleanly(videos: dict[str, Path]) -> None:
         )
         assert [n for n in leftover.stdout.split() if n.startswith(("fp-", "sem.fp-"))] == []
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        server.stop()

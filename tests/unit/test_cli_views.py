@@ -7,8 +7,8 @@ from typing import Any
 
 from rich.console import Console
 
-from framepipe._explain import explain
-from framepipe._tables import pipeline_detail, pipeline_view, pipelines_table
+from framepipe.cli._explain import explain
+from framepipe.cli._tables import pipeline_detail, pipeline_view, pipelines_table
 from framepipe.client.errors import ConnectivityError
 from framepipe.protocol.errors import (
     AuthorisationError,

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from framepipe._explain import CommandLineError, explain
 from framepipe._installation import (
     check_single_builds,
     conflicting_builds,
@@ -14,6 +13,7 @@ from framepipe._installation import (
     extra_for_module,
     missing_extra,
 )
+from framepipe.cli._explain import CommandLineError, explain
 
 
 def installed(site: Path, *names: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The package's module boundaries (DESIGN.md): dependencies point one way."""
+"""The package's module boundaries (docs/ARCHITECTURE.md, "Folders"): dependencies point one way."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_the_manager_listens_before_it_imports_the_data_plane() -> None:
     import sys
 
     probe = (
-        "import sys, framepipe.server.app, framepipe.server.metrics; "
+        "import sys, framepipe.server.manager.app, framepipe.server.manager.metrics; "
         "heavy = sorted(m for m in ('numpy', 'cv2', 'av', 'framepipe.core.sources') "
         "if m in sys.modules); print(','.join(heavy))"
     )
@@ -108,3 +108,38 @@ def test_the_data_plane_does_not_load_pydantic() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_the_server_is_laid_out_by_process() -> None:
+    """A path says which process runs a file: the manager, a pipeline worker, an inference
+    service (and a WebRTC pipeline's peer, in its worker); only what they share sits beside."""
+    server = PACKAGE / "server"
+    folders = {p.name for p in server.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    modules = {p.stem for p in server.glob("*.py")}
+    assert folders == {"manager", "worker", "inference", "webrtc"}
+    assert modules == {"__init__", "child_process", "settings", "settings_doc"}
+
+
+def test_the_command_line_is_one_package() -> None:
+    """The CLI's modules live in ``framepipe/cli/``; the package root keeps what the library
+    and the server use too."""
+    root = {p.stem for p in PACKAGE.glob("*.py")}
+    assert root == {"__init__", "__main__", "_installation", "_lazy", "_serve_process", "errors"}
+    assert (PACKAGE / "cli" / "__main__.py").is_file()
+
+
+def test_lazy_exports_have_one_home() -> None:
+    """A package that loads a name on first use does it with ``framepipe._lazy.lazy_getattr``,
+    not with a module ``__getattr__`` of its own."""
+    offences = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "_lazy.py":
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in tree.body:
+            if (
+                isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                and node.name == "__getattr__"
+            ):
+                offences.append(str(path.relative_to(PACKAGE)))
+    assert not offences, offences

@@ -42,8 +42,8 @@ from framepipe.protocol.metrics import (
     MetricsBody,
     MetricsSnapshot,
 )
-from framepipe.server.metrics import build_snapshot, service_figures
-from framepipe.server.table import PipelineTable, Retention, RowState
+from framepipe.server.manager.metrics import build_snapshot, service_figures
+from framepipe.server.manager.table import PipelineTable, Retention, RowState
 
 SECRET_URL = "rtsp://admin:hunter2@10.0.0.7/stream1"
 
@@ -334,7 +334,7 @@ class EngineReading:
 
 @dataclass(frozen=True)
 class ServiceReading:
-    """Shaped as an inference service's statistics (framepipe.server.services)."""
+    """Shaped as an inference service's statistics (framepipe.server.inference.supervisor)."""
 
     model: str = "centerface"
     providers: tuple[str, ...] = ("CPUExecutionProvider",)

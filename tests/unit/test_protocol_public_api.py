@@ -7,7 +7,7 @@ import inspect
 import framepipe.client
 import framepipe.protocol
 from framepipe.client import StreamManagerClient, SyncStreamManagerClient
-from framepipe.server.tcp import CommandHandler
+from framepipe.server.manager.tcp import CommandHandler
 
 CLIENT_METHODS = {
     "list_pipelines",

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from framepipe._recorder import AnnotatedRecorder
+from framepipe.cli._recorder import AnnotatedRecorder
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from framepipe.core.inference import FrameRef, InferenceUnavailableError
 from framepipe.core.ring import FrameRing, StaleFrameError
 from framepipe.core.ring_cache import RingCache
 from framepipe.protocol.errors import InvalidPayloadError, NotFoundError, OperationError
-from framepipe.server.inference_messages import RemoteError
+from framepipe.server.inference.messages import RemoteError
 
 
 def publish(ring: FrameRing, value: int) -> FrameRef:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from framepipe._settings_reference import extract_from, render_markdown, rows
+from framepipe.cli._settings_reference import extract_from, render_markdown, rows
 from framepipe.gateway.settings import GatewaySettings
 from framepipe.server.settings import ServerSettings
 from framepipe.server.settings_doc import SERVER_SETTINGS

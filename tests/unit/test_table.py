@@ -6,7 +6,7 @@ import pytest
 
 from framepipe.core.budget import MemoryUsage, RamBudget
 from framepipe.errors import NotFoundError, OperationError
-from framepipe.server.table import (
+from framepipe.server.manager.table import (
     CheckHealth,
     EndPipeline,
     ExpirePipeline,

@@ -58,19 +58,19 @@ Public API (stable; other modules code against it)::
 
     ring.close() / ring.unlink()              # idempotent; `with` closes (and unlinks if owner)
 
-Slot lifecycle (DESIGN.md "Slot lifecycle"): a slot is free (no lease byte set, even seq),
-being written (odd seq: ``acquire`` .. ``publish``), published (even seq), or leased (some lease
-byte set). Leases live in a table with one byte per (slot, consumer); only the producer sets a
-byte (before it hands the descriptor over) and only the consumer - or whoever reclaims a dead
-consumer - clears it. No shared read-modify-write refcount exists, so a dead consumer's leases
-are released exactly by zeroing its column (``release_all``). A slot is never rewritten while
-any byte is set. Each consumer index also owns an SPSC descriptor queue and a one-deep
+Slot lifecycle (docs/ARCHITECTURE.md, "Slot lifecycle"): a slot is free (no lease byte set, even
+seq), being written (odd seq: ``acquire`` .. ``publish``), published (even seq), or leased (some
+lease byte set). Leases live in a table with one byte per (slot, consumer); only the producer
+sets a byte (before it hands the descriptor over) and only the consumer - or whoever reclaims a
+dead consumer - clears it. No shared read-modify-write refcount exists, so a dead consumer's
+leases are released exactly by zeroing its column (``release_all``). A slot is never rewritten
+while any byte is set. Each consumer index also owns an SPSC descriptor queue and a one-deep
 "latest" mailbox inside the segment (see ``_queues``).
 
 Size a ring with :meth:`FrameRing.required_slots`: queue depth x consumers + leases in flight
 + 1, so that under WAIT the writer always finds a free slot.
 
-Residency (DESIGN.md "Rules of the data plane"): the slot count is a bound, not a cost. The
+Residency (docs/ARCHITECTURE.md, "Resident memory"): the slot count is a bound, not a cost. The
 segment is sparse: at creation only the metadata and the first ``resident_slots`` slots are
 reserved (posix_fallocate), nothing else is touched. The producer takes the lowest-numbered
 free slot, so a slot just released is the next one written, the slots in use stay a warm

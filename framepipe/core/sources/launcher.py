@@ -9,7 +9,7 @@ collector before any fork (:mod:`framepipe.core._gc_freeze`): a child's first co
 otherwise copy every page that holds one (~9.5 MB per process).
 
 The same forkserver is the template of every other per-stream process: pipeline workers
-(:mod:`framepipe.server.workers`) are forked from it too, with the modules they need added to
+(:mod:`framepipe.server.worker.handle`) are forked from it too, with the modules they need added to
 its preload list (:func:`template_context`). The template never imports ONNX Runtime or
 initialises CUDA (neither survives a fork): a process that runs a model imports it after.
 

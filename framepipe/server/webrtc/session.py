@@ -51,7 +51,6 @@ from framepipe.core.processing.processor import FrameTap, Processor, build_proce
 from framepipe.core.sources import PushSource, SourceKind
 from framepipe.protocol.errors import InvalidPayloadError, OperationError
 from framepipe.protocol.payloads import BufferConsumptionStrategy, BufferFillingStrategy
-from framepipe.server.messages import StartWebRTCPipeline, WebRTCAnswer
 from framepipe.server.webrtc.config import WebRTCConfig
 from framepipe.server.webrtc.ice import offer_host_addresses
 from framepipe.server.webrtc.jitter import use_frame_end_jitter_buffer
@@ -63,6 +62,7 @@ from framepipe.server.webrtc.outputs import (
     render,
 )
 from framepipe.server.webrtc.tracks import ReturnTrack, to_video_frame, write_into_slot
+from framepipe.server.worker.messages import StartWebRTCPipeline, WebRTCAnswer
 
 if TYPE_CHECKING:
     from framepipe.core.inference import Inference

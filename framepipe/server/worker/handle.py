@@ -18,26 +18,25 @@ import contextlib
 import logging
 import os
 import signal
-import threading
 import time
 import uuid
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 import psutil
 
 from framepipe.core.processes import describe_exit
 from framepipe.errors import OperationError
 from framepipe.protocol.errors import ERROR_CLASSES
-from framepipe.server.messages import (
+from framepipe.server.child_process import ChildProcess, start_child
+from framepipe.server.worker.messages import (
     ReplyBody,
     WorkerCommand,
     WorkerReady,
     WorkerReply,
     WorkerRequest,
 )
-from framepipe.server.worker import WARM_MODULES, WorkerOptions, worker_main
+from framepipe.server.worker.process import WARM_MODULES, WorkerOptions, worker_main
 
 log = logging.getLogger("framepipe.manager")
 
@@ -51,7 +50,7 @@ class WorkerTimeout(OperationError):
 
 
 #: What the template preloads for a worker (no ONNX Runtime: a service runs the model).
-WORKER_PRELOAD = (*WARM_MODULES, "framepipe.server.worker")
+WORKER_PRELOAD = (*WARM_MODULES, "framepipe.server.worker.process")
 
 
 def start_worker_process(options: WorkerOptions) -> tuple[BaseProcess, Connection]:
@@ -81,35 +80,19 @@ def _is_resource_tracker(proc: psutil.Process) -> bool:
         return False
 
 
-def _end_orphan(started: asyncio.Future[tuple[BaseProcess, Connection]]) -> None:
-    if started.cancelled() or started.exception() is not None:
-        return
-    process, conn = started.result()
-    process.kill()
-    conn.close()
-    threading.Thread(target=process.join, args=(10,), daemon=True).start()
-
-
-class WorkerHandle:
+class WorkerHandle(ChildProcess):
     """One spawned worker process and its command pipe."""
+
+    kill_wait_s = 5.0
 
     def __init__(
         self, process: BaseProcess, conn: Connection, loop: asyncio.AbstractEventLoop
     ) -> None:
-        self.process = process
-        self.conn = conn
-        self.pid: int = process.pid or 0
         self.spawned_at = time.monotonic()
         self.ready: asyncio.Future[WorkerReady] = loop.create_future()
         self.closed = asyncio.Event()
-        self._reaped = False
-        self._exitcode: int | None = None
-        self._loop = loop
         self._pending: dict[str, asyncio.Future[WorkerReply]] = {}
-        self._reader = threading.Thread(
-            target=self._read_forever, name=f"worker-{self.pid}-reader", daemon=True
-        )
-        self._reader.start()
+        super().__init__(process, conn, loop, kind="worker")
 
     @classmethod
     async def spawn(cls, *, terminate_timeout_s: float) -> WorkerHandle:
@@ -122,31 +105,10 @@ class WorkerHandle:
             terminate_timeout_s=terminate_timeout_s,
             log_level=logging.getLogger().getEffectiveLevel(),
         )
-        started = loop.run_in_executor(None, start_worker_process, options)
-        try:
-            process, conn = await asyncio.shield(started)
-        except asyncio.CancelledError:
-            started.add_done_callback(_end_orphan)  # nobody will own it: end it once started
-            raise
+        process, conn = await start_child(start_worker_process, options)
         return cls(process, conn, loop)
 
-    # ---- the reader thread -------------------------------------------------------------------
-
-    def _read_forever(self) -> None:
-        while True:
-            try:
-                message = self.conn.recv()
-            except (EOFError, OSError):
-                break
-            except Exception:  # an unpicklable message: report and keep reading
-                log.exception("worker %d sent a message that could not be read", self.pid)
-                continue
-            self._call_in_loop(self._deliver, message)
-        self._call_in_loop(self._on_closed)
-
-    def _call_in_loop(self, func: Any, *args: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-            self._loop.call_soon_threadsafe(func, *args)
+    # ---- messages from the reader thread (on the loop) -----------------------------------------
 
     def _deliver(self, message: object) -> None:
         if isinstance(message, WorkerReply):
@@ -180,12 +142,7 @@ class WorkerHandle:
 
     @property
     def alive(self) -> bool:
-        return not self._reaped and not self.closed.is_set() and self.process.is_alive()
-
-    @property
-    def exitcode(self) -> int | None:
-        """How the process ended (negative: the signal that killed it); None while it runs."""
-        return self._exitcode if self._reaped else self.process.exitcode
+        return super().alive and not self.closed.is_set()
 
     async def wait_ready(self, timeout: float) -> WorkerReady:
         try:
@@ -255,21 +212,5 @@ class WorkerHandle:
         """SIGKILL the worker and its descendants (works on a stopped process too)."""
         self.signal_tree(signal.SIGKILL)
 
-    async def reap(self, timeout: float) -> None:
-        """Wait for the process to exit (SIGTERM, then SIGKILL after ``timeout``) and collect it
-        (idempotent)."""
-        if self._reaped:
-            return
-        loop = asyncio.get_running_loop()
-        if self.process.is_alive():
-            await loop.run_in_executor(None, self.process.join, timeout)
-        if self.process.is_alive():
-            log.warning("worker %d did not exit within %.1f s: killing it", self.pid, timeout)
-            self.kill()
-            await loop.run_in_executor(None, self.process.join, 5.0)
-        self._exitcode = self.process.exitcode
-        self._reaped = True
-        with contextlib.suppress(OSError):
-            self.conn.close()
-        with contextlib.suppress(ValueError):
-            self.process.close()
+    def _overdue(self, timeout: float) -> None:
+        log.warning("worker %d did not exit within %.1f s: killing it", self.pid, timeout)

@@ -10,8 +10,8 @@ home of those rules; the worker applies them again when it opens the source).
 A file that does not exist is let through: the pipeline starts and reports that source in
 ERROR, as the reference does (a camera that is unplugged is no different).
 
-:class:`PolicyHandler` wraps any :class:`~framepipe.server.tcp.CommandHandler`, so every front
-end (TCP, HTTP) that serves the manager through it applies the same policy.
+:class:`PolicyHandler` wraps any :class:`~framepipe.server.manager.tcp.CommandHandler`, so every
+front end (TCP, HTTP) that serves the manager through it applies the same policy.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from framepipe.protocol.commands import Command, InitCommand, WebRTCCommand
 from framepipe.protocol.envelope import SuccessBody
 from framepipe.protocol.errors import NotFoundError
-from framepipe.server.tcp import CommandHandler
+from framepipe.server.manager.tcp import CommandHandler
 
 if TYPE_CHECKING:
     from framepipe.core.sources.reference import ParsedReference, StreamPolicy
@@ -39,7 +39,7 @@ def reference_checks() -> Callable[..., ParsedReference]:
 
     Not at module level: ``framepipe.core.sources`` brings numpy and the decoders (~1 s), and
     the manager's port must open at once. The server imports it once before the manager's own
-    background imports start (see :func:`framepipe.server.app.serve`): the package's
+    background imports start (see :func:`framepipe.server.manager.app.serve`): the package's
     ``__init__`` imports modules that import each other, and two threads entering it by
     different modules at the same time deadlock (an ImportError in both).
     """

@@ -10,8 +10,8 @@ stream gets a live counter. At the end a summary (on stdout) gives the frames de
 processed, the results, their rate, the frames dropped by reason, the detections per class and
 the latency percentiles; ``--json`` prints the same as JSON (and no progress unless stderr is a
 terminal). ``--output`` records the frames as they pass, with the detections drawn, to an H.264
-MP4 (:mod:`framepipe._recorder`) — files and live streams alike. Errors are one line with the
-cause and a hint (:mod:`framepipe._explain`).
+MP4 (:mod:`framepipe.cli._recorder`) — files and live streams alike. Errors are one line with the
+cause and a hint (:mod:`framepipe.cli._explain`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from framepipe._explain import CommandLineError
-from framepipe._interrupt import CtrlC
+from framepipe.cli._explain import CommandLineError
+from framepipe.cli._interrupt import CtrlC
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from framepipe._recorder import AnnotatedRecorder, RecordingStatistics
+    from framepipe.cli._recorder import AnnotatedRecorder, RecordingStatistics
     from framepipe.core.histogram import HistogramSnapshot
     from framepipe.core.pipeline import Pipeline, PipelineReport, PipelineState
 
@@ -189,7 +189,7 @@ def run_local(
             f"--frames must be at least 1, got {frames}", "drop it to run to the end"
         )
     # From here until everything is torn down, Ctrl-C is a request _follow polls: raised as an
-    # exception it could land inside a lock the pipeline's threads need (framepipe._interrupt).
+    # exception it could land inside a lock the pipeline's threads need (framepipe.cli._interrupt).
     tally = _Tally(frames)
     with CtrlC(final=True) as ctrl_c:  # a CLI command: after a Ctrl-C, the process ends
         pipeline, stopped_by, state, recording, started = _start_and_follow(
@@ -267,7 +267,7 @@ def _start_and_follow(
 
 
 def _recorder(output: str) -> AnnotatedRecorder:
-    from framepipe._recorder import AnnotatedRecorder
+    from framepipe.cli._recorder import AnnotatedRecorder
 
     if Path(output).suffix.lower() not in (".mp4", ".mov", ".mkv"):
         raise CommandLineError(

@@ -27,7 +27,7 @@ from framepipe.server.settings import ServerSettings, SettingsError
 if TYPE_CHECKING:  # rich and the tables load when a command runs, not for `framepipe serve`
     from rich.console import Console, RenderableType
 
-    from framepipe._tables import PipelineView
+    from framepipe.cli._tables import PipelineView
 
 DEFAULT_TIMEOUT_S = 30.0
 MIN_INTERVAL_S = 0.2
@@ -174,7 +174,7 @@ async def gather_views(
     client: StreamManagerClient, pipeline_ids: Sequence[str]
 ) -> list[tuple[PipelineView, dict[str, Any] | None]]:
     """Every pipeline's view and report; a pipeline gone since it was listed shows as GONE."""
-    from framepipe._tables import gone_view, pipeline_view
+    from framepipe.cli._tables import gone_view, pipeline_view
 
     limit = asyncio.Semaphore(_STATUS_CONCURRENCY)
 
@@ -196,7 +196,7 @@ def run_pipelines(args: argparse.Namespace) -> int:
 async def _pipelines(args: argparse.Namespace, client: StreamManagerClient) -> int:
     from rich.text import Text
 
-    from framepipe._tables import pipeline_detail, pipeline_view, pipelines_table
+    from framepipe.cli._tables import pipeline_detail, pipeline_view, pipelines_table
 
     as_json = getattr(args, "json", False)
     console = _console()
@@ -325,7 +325,7 @@ def _top_screen(
     from rich.console import Group
     from rich.text import Text
 
-    from framepipe._tables import pipelines_table
+    from framepipe.cli._tables import pipelines_table
 
     footer = Text(
         f"{len(views)} pipelines on {where}, refreshed {time.strftime('%H:%M:%S')} "

@@ -1,14 +1,14 @@
 """The stream manager's driver: the asyncio process around the pipeline table.
 
 One asyncio process. The decisions — admission, states, when a pipeline ends — are the
-:class:`~framepipe.server.table.PipelineTable`'s; this module does the I/O they call for:
-worker processes (:mod:`framepipe.server.workers`), the decoders every pipeline reads
-(:mod:`framepipe.server.decoders`), RAM measurement, the orphan sweep. Every pipeline has its
+:class:`~framepipe.server.manager.table.PipelineTable`'s; this module does the I/O they call for:
+worker processes (:mod:`framepipe.server.worker.handle`), the decoders every pipeline reads
+(:mod:`framepipe.server.manager.decoders`), RAM measurement, the orphan sweep. Every pipeline has its
 own lock, so commands to one pipeline are serialised while commands to different pipelines run
 side by side; every wait on a worker is bounded, and a worker that misses its bound is killed
 and reported, never waited on forever.
 
-The TCP front end (:mod:`framepipe.server.tcp`) parses requests and calls :meth:`handle`; the
+The TCP front end (:mod:`framepipe.server.manager.tcp`) parses requests and calls :meth:`handle`; the
 manager knows nothing of sockets. A pipeline leaves by one path, :meth:`StreamManager._end`.
 """
 
@@ -71,8 +71,22 @@ from framepipe.protocol.envelope import (
 )
 from framepipe.protocol.metrics import MetricsBody, MetricsSnapshot
 from framepipe.protocol.payloads import InitialisePipelinePayload, InitialiseWebRTCPipelinePayload
-from framepipe.server.decoders import Decoders
-from framepipe.server.messages import (
+from framepipe.server.manager.decoders import Decoders
+from framepipe.server.manager.metrics import build_snapshot
+from framepipe.server.manager.reaper import Reaper
+from framepipe.server.manager.table import (
+    CheckHealth,
+    EndPipeline,
+    ExpirePipeline,
+    PipelineTable,
+    Retention,
+    Row,
+    RowState,
+    SpawnIdleWorker,
+)
+from framepipe.server.settings import ServerSettings
+from framepipe.server.worker.handle import WorkerGone, WorkerHandle, WorkerTimeout
+from framepipe.server.worker.messages import (
     Consume,
     ConsumeReply,
     GetStatus,
@@ -87,28 +101,14 @@ from framepipe.server.messages import (
     WorkerCommand,
     expect,
 )
-from framepipe.server.metrics import build_snapshot
-from framepipe.server.reaper import Reaper
-from framepipe.server.settings import ServerSettings
-from framepipe.server.table import (
-    CheckHealth,
-    EndPipeline,
-    ExpirePipeline,
-    PipelineTable,
-    Retention,
-    Row,
-    RowState,
-    SpawnIdleWorker,
-)
-from framepipe.server.worker import REPORT_INTERVAL_S, REPORT_WANTED_INTERVAL_S
-from framepipe.server.workers import WorkerGone, WorkerHandle, WorkerTimeout
+from framepipe.server.worker.process import REPORT_INTERVAL_S, REPORT_WANTED_INTERVAL_S
 
 if TYPE_CHECKING:
     from framepipe.core.growth import GrowthAccount
     from framepipe.core.pipeline import PipelineReport
     from framepipe.core.sources.handle import RingCharge
-    from framepipe.server.inference_messages import ServiceAddress
-    from framepipe.server.services import InferenceServices
+    from framepipe.server.inference.messages import ServiceAddress
+    from framepipe.server.inference.supervisor import InferenceServices
 
 log = logging.getLogger("framepipe.manager")
 
@@ -193,7 +193,7 @@ class StreamManager:
         the engine code is imported)."""
         if self._services is None:
             from framepipe.core.processing.registry import ProcessingSettings
-            from framepipe.server.services import InferenceServices
+            from framepipe.server.inference.supervisor import InferenceServices
 
             self._services = InferenceServices(ProcessingSettings.from_env(), owner_pid=os.getpid())
         return self._services
@@ -284,7 +284,7 @@ class StreamManager:
 
     def metrics(self) -> MetricsSnapshot:
         """The figures for monitoring, from what the manager knows now (no worker is asked:
-        see :mod:`framepipe.server.metrics`)."""
+        see :mod:`framepipe.server.manager.metrics`)."""
         # the services started so far (reading them starts none)
         services = self._services.statistics() if self._services is not None else []
         return build_snapshot(
@@ -913,7 +913,7 @@ def _preload_admission_modules() -> None:
     import framepipe.core.pipeline
     import framepipe.core.sources.hub  # noqa: F401
     from framepipe.core.sources.launcher import warm_forkserver
-    from framepipe.server.workers import WORKER_PRELOAD
+    from framepipe.server.worker.handle import WORKER_PRELOAD
 
     warm_forkserver(preload=WORKER_PRELOAD)
 

@@ -1,6 +1,6 @@
 """The pipeline table: every pipeline's state, and every decision about it — with no I/O.
 
-The manager (:mod:`framepipe.server.manager`) feeds this table what happened — a worker is
+The manager (:mod:`framepipe.server.manager.driver`) feeds this table what happened — a worker is
 ready, a pipeline started, a worker's report arrived, a client consumed results, a worker died
 — always with ``now``, and the table answers with what to do (:class:`Action` s): check a
 pipeline's health, end one, expire one whose results nobody reads, start an idle worker. It

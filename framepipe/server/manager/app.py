@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from framepipe.protocol.limits import JsonLimits
-from framepipe.server.manager import StreamManager
-from framepipe.server.policy import InputPolicy, PolicyHandler, reference_checks
+from framepipe.server.manager.driver import StreamManager
+from framepipe.server.manager.policy import InputPolicy, PolicyHandler, reference_checks
+from framepipe.server.manager.tcp import TcpFrontSettings, start_server
 from framepipe.server.settings import ServerSettings, SettingsError
-from framepipe.server.tcp import TcpFrontSettings, start_server
 
 log = logging.getLogger("framepipe.server")
 
@@ -74,7 +74,7 @@ async def serve(
     started: list[Companion] = []
     try:
         # The input policy's imports, done before the manager's own start in the background
-        # (see framepipe.server.policy.reference_checks); requests are served meanwhile.
+        # (see framepipe.server.manager.policy.reference_checks); requests are served meanwhile.
         await loop.run_in_executor(None, reference_checks)
         for companion in companions:
             await companion.start(host, port)

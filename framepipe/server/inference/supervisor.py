@@ -33,18 +33,19 @@ import multiprocessing
 import os
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
+from multiprocessing.process import BaseProcess
 
 from framepipe.core.inference import EngineOptions, EngineStatistics
 from framepipe.core.processing.registry import ModelRegistry, ProcessingSettings
 from framepipe.protocol.errors import OperationError
-from framepipe.server.inference_messages import (
+from framepipe.server.child_process import ChildProcess, start_child
+from framepipe.server.inference.messages import (
     ServiceAddress,
     ServiceFailed,
     ServicePing,
@@ -52,7 +53,7 @@ from framepipe.server.inference_messages import (
     ServiceReady,
     ServiceShutdown,
 )
-from framepipe.server.service import ServiceOptions, service_main
+from framepipe.server.inference.process import ServiceOptions, service_main
 
 __all__ = [
     "InferenceServices",
@@ -113,73 +114,32 @@ def start_service_process(options: ServiceOptions) -> tuple[SpawnProcess, Connec
     return process, parent_conn
 
 
-class _Process:
-    """One spawned service process, its control pipe, and the thread reading the pipe."""
+class _Process(ChildProcess):
+    """One spawned service process, its control pipe, and the thread reading the pipe; what
+    comes through it goes to the service's supervisor."""
 
     def __init__(
         self,
-        process: SpawnProcess,
+        process: BaseProcess,
         conn: Connection,
         loop: asyncio.AbstractEventLoop,
         on_message: Callable[[_Process, object], None],
         on_gone: Callable[[_Process], None],
     ) -> None:
-        self.process = process
-        self.conn = conn
-        self.pid: int = process.pid or 0
-        self._loop = loop
         self._on_message = on_message
         self._on_gone = on_gone
-        self._reader = threading.Thread(
-            target=self._read, name=f"service-{self.pid}-reader", daemon=True
-        )
-        self._reader.start()
+        super().__init__(process, conn, loop, kind="inference service")
 
-    def _read(self) -> None:
-        while True:
-            try:
-                message = self.conn.recv()
-            except (EOFError, OSError):
-                break
-            except Exception:
-                log.exception("inference service %d sent an unreadable message", self.pid)
-                continue
-            self._call(self._on_message, self, message)
-        self._call(self._on_gone, self)
+    def _deliver(self, message: object) -> None:
+        self._on_message(self, message)
 
-    def _call(self, func: Callable[..., None], *args: object) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
-            self._loop.call_soon_threadsafe(func, *args)
-
-    @property
-    def alive(self) -> bool:
-        return self.process.is_alive()
-
-    def send(self, message: object) -> bool:
-        try:
-            self.conn.send(message)
-            return True
-        except (OSError, ValueError):
-            return False
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            self.process.kill()
+    def _on_closed(self) -> None:
+        self._on_gone(self)
 
     async def reap(self, timeout: float) -> int | None:
         """Wait up to ``timeout`` for it to exit, then kill it; collect it. Its exit code."""
-        loop = asyncio.get_running_loop()
-        if self.process.is_alive():
-            await loop.run_in_executor(None, self.process.join, timeout)
-        if self.process.is_alive():
-            self.kill()
-            await loop.run_in_executor(None, self.process.join, 10.0)
-        code = self.process.exitcode
-        with contextlib.suppress(OSError):
-            self.conn.close()
-        await loop.run_in_executor(None, self._reader.join, 5.0)
-        with contextlib.suppress(ValueError):
-            self.process.close()
+        code = await super().reap(timeout)
+        await asyncio.get_running_loop().run_in_executor(None, self._reader.join, 5.0)
         return code
 
 
@@ -256,12 +216,7 @@ class _Service:
         )
         self._gone = asyncio.Event()
         self._started = loop.create_future()
-        spawning = loop.run_in_executor(None, start_service_process, options)
-        try:
-            process, conn = await asyncio.shield(spawning)
-        except asyncio.CancelledError:
-            spawning.add_done_callback(_end_orphan)
-            raise
+        process, conn = await start_child(start_service_process, options)
         self.proc = _Process(process, conn, loop, self._on_message, self._on_gone)
         timeout = owner.options.start_timeout_s
         try:
@@ -380,15 +335,6 @@ class _Service:
             connections=self.connections,
             engine=self.statistics,
         )
-
-
-def _end_orphan(started: asyncio.Future[tuple[SpawnProcess, Connection]]) -> None:
-    if started.cancelled() or started.exception() is not None:
-        return
-    process, conn = started.result()
-    process.kill()
-    conn.close()
-    threading.Thread(target=process.join, args=(10,), daemon=True).start()
 
 
 class InferenceServices:

@@ -11,7 +11,7 @@ scrapes however far apart they are. A pipeline that leaves the table leaves the 
 its series leave the exposition.
 
 Inference services: :class:`ServiceStatisticsLike` is the shape this module reads of a service's
-statistics (that of ``framepipe.server.services.ServiceStatistics``, with the engine's
+statistics (that of ``framepipe.server.inference.supervisor.ServiceStatistics``, with the engine's
 ``EngineStatistics`` inside); :func:`service_figures` turns one into the wire's typed
 :class:`~framepipe.protocol.metrics.ServiceFigures`. Until the manager has services, it passes
 none and their series are absent, not invented.
@@ -31,7 +31,7 @@ from framepipe.protocol.metrics import (
     ServiceFigures,
     SourceFigures,
 )
-from framepipe.server.table import Row, RowState
+from framepipe.server.manager.table import Row, RowState
 
 if TYPE_CHECKING:
     from framepipe.core.histogram import HistogramSnapshot

@@ -1,7 +1,7 @@
 """After the manager: unlink what its processes left in shared memory, even if it was killed.
 
-The manager starts one reaper (``python -m framepipe.server.reaper``) in a session of its own,
-with a pipe on its standard input. When the manager ends, the pipe closes:
+The manager starts one reaper (``python -m framepipe.server.manager.reaper``) in a session of its
+own, with a pipe on its standard input. When the manager ends, the pipe closes:
 
 * a clean shutdown writes ``done`` first — the manager has unlinked its segments itself; the
   reaper sweeps once more and exits at once;
@@ -39,7 +39,7 @@ class Reaper:
 
     def __init__(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "framepipe.server.reaper", str(os.getpid())],
+            [sys.executable, "-m", "framepipe.server.manager.reaper", str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C or kill of the manager's group does not reach it

@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from framepipe._explain import explain
+        from framepipe.cli._explain import explain
 
         if args.verbose:
             traceback.print_exc()
@@ -92,11 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
-    from framepipe._remote import add_commands as add_remote_commands
+    from framepipe.cli._remote import add_commands as add_remote_commands
 
     add_remote_commands(commands)
 
-    from framepipe._models import add_commands as add_model_commands
+    from framepipe.cli._models import add_commands as add_model_commands
 
     add_model_commands(commands)
 
@@ -141,10 +141,10 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from framepipe.server.app import Companion, serve
+    from framepipe.server.manager.app import Companion, serve
 
     if args.help_settings:
-        from framepipe._settings_reference import render_markdown
+        from framepipe.cli._settings_reference import render_markdown
 
         print(render_markdown(), end="")
         return 0
@@ -214,7 +214,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from framepipe._run import run_local
+    from framepipe.cli._run import run_local
 
     return run_local(
         args.video,
@@ -227,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from framepipe._demo import run_demo
+    from framepipe.cli._demo import run_demo
 
     return run_demo(seconds=args.seconds, model=args.model)
 

@@ -1,10 +1,10 @@
 """The inference service process: one per (model, device), shared by every pipeline on it.
 
-Started by the manager (:mod:`framepipe.server.services`, ``spawn`` start method), it dies
-with the manager (PR_SET_PDEATHSIG), ignores SIGINT and stops in order on SIGTERM or a
+Started by the manager (:mod:`framepipe.server.inference.supervisor`, ``spawn`` start method),
+it dies with the manager (PR_SET_PDEATHSIG), ignores SIGINT and stops in order on SIGTERM or a
 :class:`ServiceShutdown`. It loads the model once into an :class:`InferenceEngine` and
 listens on an AF_UNIX address in the abstract namespace; pipeline workers connect with the
-authkey the manager gave them (:class:`~framepipe.server.inference_client.RemoteInference`).
+authkey the manager gave them (:class:`~framepipe.server.inference.client.RemoteInference`).
 
 Per connection, two threads:
 
@@ -50,8 +50,8 @@ from framepipe.core.processes import die_with_parent
 from framepipe.core.processing.registry import ModelRegistry, ProcessingSettings
 from framepipe.core.ring_cache import RingCache
 from framepipe.protocol.errors import InvalidPayloadError
-from framepipe.server import _service_socket
-from framepipe.server.inference_messages import (
+from framepipe.server.inference import _socket as _service_socket
+from framepipe.server.inference.messages import (
     ChannelRegistered,
     Infer,
     Inferred,

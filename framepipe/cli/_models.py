@@ -30,7 +30,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from framepipe._explain import CommandLineError
+from framepipe.cli._explain import CommandLineError
 from framepipe.core.processing.registry import (
     BUNDLED_CENTERFACE,
     ModelRegistry,

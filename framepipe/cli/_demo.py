@@ -9,13 +9,7 @@ exited cleanly.
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from framepipe._serve_process import ServeProcess
 from framepipe.client import FramepipeError, NotFoundError, SyncStreamManagerClient
 from framepipe.protocol.payloads import (
     BufferConsumptionStrategy,
@@ -34,7 +29,6 @@ from framepipe.protocol.payloads import (
     VideoConfiguration,
 )
 
-_LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
 DEMO_MODEL = "centerface"
 
 
@@ -82,16 +76,16 @@ def run_demo(*, seconds: float = 20.0, model: str | None = None) -> int:
             results = _drive_pipeline(console, host, port, video, model, seconds)
         except FramepipeError as exc:
             manager.stop()
-            console.print(manager.log_tail(), style="dim")
+            console.print(manager.output(30), style="dim")
             console.print(f"[red]the demo failed[/]: {exc.error_type.value}: {exc.message}")
             return 1
         except BaseException:
             manager.kill()
-            console.print(manager.log_tail(), style="dim")
+            console.print(manager.output(30), style="dim")
             raise
         code = manager.stop()
         if code != 0:
-            console.print(manager.log_tail(), style="dim")
+            console.print(manager.output(30), style="dim")
             console.print(f"[red]the manager exited with status {code}[/]")
             return 1
         console.print(f"[green]done[/]: {results} results; manager shut down cleanly (exit 0)")
@@ -198,56 +192,8 @@ def _print_status(console: Console, report: dict[str, Any]) -> None:
     console.print(table)
 
 
-class _ManagerProcess:
-    def __init__(self, proc: subprocess.Popen[str], log_path: Path) -> None:
-        self.proc = proc
-        self.log_path = log_path
-        self.address: tuple[str, int] = ("", 0)
-        self._ready = threading.Event()
-        threading.Thread(target=self._watch, daemon=True).start()
-        if not self._ready.wait(15) or not self.address[1]:
-            self.kill()
-            raise RuntimeError("the stream manager did not start:\n" + self.log_tail())
-
-    def _watch(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            match = _LISTENING.search(line)
-            if match:
-                self.address = (match.group(1), int(match.group(2)))
-                self._ready.set()
-        self._ready.set()
-
-    def log_tail(self) -> str:
-        try:
-            return "\n".join(self.log_path.read_text().splitlines()[-30:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 30.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return -9
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def _start_manager(log_path: Path, model: str) -> _ManagerProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "STREAM_API_PRELOADED_PROCESSES": "1"}
+def _start_manager(log_path: Path, model: str) -> ServeProcess:
+    env = {"STREAM_API_PRELOADED_PROCESSES": "1"}
     if model != "passthrough":
         env["FRAMEPIPE_PRELOAD_MODELS"] = model  # the pool worker loads it while we connect
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "framepipe.cli", "serve", "--port", "0"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
-    return _ManagerProcess(proc, log_path)
+    return ServeProcess(env=env, log_path=log_path, ready_timeout_s=15, keep_lines=200)

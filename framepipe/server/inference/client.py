@@ -46,8 +46,8 @@ from framepipe.core.inference import (
 )
 from framepipe.core.processing.spec import ModelSpec
 from framepipe.protocol.errors import InvalidPayloadError, OperationError
-from framepipe.server import _service_socket
-from framepipe.server.inference_messages import (
+from framepipe.server.inference import _socket as _service_socket
+from framepipe.server.inference.messages import (
     ChannelRegistered,
     Infer,
     Inferred,

@@ -3,7 +3,7 @@
 A worker starts idle: it dies with the manager (PR_SET_PDEATHSIG), ignores SIGINT (a Ctrl-C
 reaches the whole process group; the manager decides how its workers end), imports what a
 pipeline needs (numpy, the frame ring, the pipeline) and reports ready. A
-:class:`~framepipe.server.messages.StartPipeline` then builds a
+:class:`~framepipe.server.worker.messages.StartPipeline` then builds a
 :class:`~framepipe.core.pipeline.Pipeline` whose sources are the rings the manager's decoders
 fill (the tickets it was given) and whose model runs in the manager's inference service for
 that model. The worker decodes nothing and, with a service, loads no model: it collects
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from framepipe.core.processes import die_with_parent, name_process, pid_alive
 from framepipe.errors import InvalidPayloadError, OperationError
 from framepipe.protocol.envelope import ResultEntry
-from framepipe.server.messages import (
+from framepipe.server.worker.messages import (
     Consume,
     ConsumeReply,
     Done,
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from framepipe.core.pipeline import Pipeline, PipelineReport
     from framepipe.core.result_buffer import SharedResultBuffer
     from framepipe.core.sources import SourceTicket, Subscription, SubscriptionRequest
-    from framepipe.server.inference_client import RemoteInference
+    from framepipe.server.inference.client import RemoteInference
     from framepipe.server.webrtc.session import WebRTCSession
 
 log = logging.getLogger("framepipe.worker")
@@ -327,8 +327,8 @@ class PipelineRunner:
         None for an engine of this process."""
         if address is None:
             return None
-        from framepipe.server.inference_client import RemoteInference
-        from framepipe.server.inference_messages import ServiceAddress
+        from framepipe.server.inference.client import RemoteInference
+        from framepipe.server.inference.messages import ServiceAddress
 
         if not isinstance(address, ServiceAddress):
             raise OperationError(f"unknown inference address {address!r}")
