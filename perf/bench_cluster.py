@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from framepipe.bench._framepipe_run import ServerProcess  # noqa: E402
+from framepipe._serve_process import ServeProcess  # noqa: E402
 from framepipe.client.sync import SyncStreamManagerClient  # noqa: E402
 from framepipe.cluster.settings import NAMESPACE  # noqa: E402
 from framepipe.protocol.commands import parse_command  # noqa: E402
@@ -153,11 +153,11 @@ def main() -> int:
         # and one node stays free for the failover
         cluster = LocalRayCluster(nodes=args.nodes, camera_slots=1)
         front: FrontProcess | None = None
-        local: ServerProcess | None = None
+        local: ServeProcess | None = None
         try:
             ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
             front = FrontProcess(cluster.address, Path(tmp) / "front.log")
-            local = ServerProcess(Path(tmp) / "local.log", dict(os.environ))
+            local = ServeProcess(log_path=Path(tmp) / "local.log")
             front_client = SyncStreamManagerClient.init("127.0.0.1", front.port, 120.0)
             local_client = SyncStreamManagerClient.init(local.host, local.port, 120.0)
             pipelines = [init(front_client, args.model, video) for _ in range(args.nodes - 1)]

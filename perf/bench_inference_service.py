@@ -48,7 +48,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from framepipe.bench._framepipe_run import ServerProcess  # noqa: E402
+from framepipe._serve_process import ServeProcess  # noqa: E402
 from framepipe.client import SyncStreamManagerClient  # noqa: E402
 from framepipe.data import demo_video_path  # noqa: E402
 
@@ -193,17 +193,16 @@ def run_plain_decode(video: Path) -> dict[str, float]:
 
 
 class Server:
-    """``framepipe serve`` on a free port (framepipe bench's :class:`ServerProcess`, its output
+    """``framepipe serve`` on a free port (:class:`~framepipe._serve_process.ServeProcess`, its output
     in ``log_path``), with the model's service started ahead of time."""
 
     def __init__(self, log_path: Path) -> None:
         env = {
-            **os.environ,
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
             "FRAMEPIPE_PRELOAD_MODELS": "centerface",
         }
-        self.process = ServerProcess(log_path, env, start_timeout_s=120)
+        self.process = ServeProcess(env=env, log_path=log_path, ready_timeout_s=120)
         self.proc, self.port = self.process.proc, self.process.port
         deadline = time.monotonic() + 120
         while "started ahead of time" not in log_path.read_text():

@@ -155,12 +155,11 @@ def server_main(video: Path, as_json: bool) -> int:
     """USS by kind of process of a real server, idle and running."""
     import threading
 
-    from framepipe.bench._framepipe_run import ServerProcess
+    from framepipe._serve_process import ServeProcess
 
-    env = dict(os.environ)
-    env.update({"STREAM_API_PRELOADED_PROCESSES": "1", "FRAMEPIPE_PRELOAD_MODELS": "centerface"})
+    env = {"STREAM_API_PRELOADED_PROCESSES": "1", "FRAMEPIPE_PRELOAD_MODELS": "centerface"}
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess(Path(tmp) / "serve.log", env)
+        server = ServeProcess(env=env, log_path=Path(tmp) / "serve.log")
         try:
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:

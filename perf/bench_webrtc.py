@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from framepipe.bench._framepipe_run import ServerProcess  # noqa: E402
+from framepipe._serve_process import ServeProcess  # noqa: E402
 from framepipe.client import StreamManagerClient  # noqa: E402
 from framepipe.protocol.payloads import (  # noqa: E402
     InitialiseWebRTCPipelinePayload,
@@ -51,15 +51,14 @@ WIDTH, HEIGHT, FPS = 640, 480, 30.0
 WARMUP_S = 3.0  # model loading, the first keyframes, the encoders' rate control settling
 
 
-def start_manager(log_path: Path) -> ServerProcess:
-    """``framepipe serve --port 0`` with ICE on loopback (framepipe bench's ServerProcess)."""
+def start_manager(log_path: Path) -> ServeProcess:
+    """``framepipe serve --port 0`` with ICE on loopback (the shared ServeProcess)."""
     env = {
-        **os.environ,
         "PYTHONPATH": str(ROOT),
         "PYTHONUNBUFFERED": "1",
         "FRAMEPIPE_WEBRTC_ICE_ADDRESSES": "127.0.0.1",
     }
-    return ServerProcess(log_path, env)
+    return ServeProcess(env=env, log_path=log_path)
 
 
 def demo_frames(count: int = 100) -> list[np.ndarray]:

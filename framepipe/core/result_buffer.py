@@ -18,7 +18,8 @@ Layout (one segment, ``/fp-<manager pid>-res…``, created by the manager, which
     128    u64 tail      next entry number to read         (CAS by the consumer and the
                                                             producer when it drops the oldest)
     136    u64 received, consumed, dropped, held_ns, bytes_waiting, reserved (data bytes backed)
-    256    u64 report_seq (odd while written), report_len, report_at_ns, report_wanted_ns
+    256    u64 report_seq (odd while written), report_len, report_at_ns, report_wanted_ns,
+           report_received (the results put when the report was taken)
     4096   capacity x (u64 offset, u64 length): entry ``n`` is in slot ``n % capacity``
     ...    the report area (REPORT_BYTES), then the data area (data_size bytes)
 
@@ -84,6 +85,7 @@ _REPORT_SEQ = 256
 _REPORT_LEN = 264
 _REPORT_AT = 272
 _REPORT_WANTED = 280
+_REPORT_RECEIVED = 288
 
 #: Room for the status report (sparse: only what a report uses is resident).
 REPORT_BYTES = 1 << 20
@@ -268,6 +270,10 @@ class SharedResultBuffer:
 
     def unlink(self) -> None:
         self.segment.unlink()
+
+    @property
+    def released(self) -> bool:
+        return self._released
 
     # -- the sink's interface, for the producer's pipeline ------------------------------------
 
@@ -472,8 +478,9 @@ class SharedResultBuffer:
 
     # -- the status report ------------------------------------------------------------------
 
-    def publish_report(self, data: bytes) -> bool:
-        """Publish the pipeline's latest report (the producer's; False if it does not fit)."""
+    def publish_report(self, data: bytes, received: int = 0) -> bool:
+        """Publish the pipeline's latest report (the producer's; False if it does not fit),
+        taken when ``received`` results had been put."""
         if len(data) > REPORT_BYTES:
             log.warning("%s: a report of %d bytes does not fit", self.name, len(data))
             return False
@@ -490,6 +497,7 @@ class SharedResultBuffer:
         self.segment.buf[self._report : self._report + len(data)] = data
         v.store_u64(_REPORT_LEN, len(data))
         v.store_u64(_REPORT_AT, time.monotonic_ns())
+        v.store_u64(_REPORT_RECEIVED, received)
         v.store_u64(_REPORT_SEQ, seq + 2)
         return True
 
@@ -511,6 +519,14 @@ class SharedResultBuffer:
             if v.load_u64(_REPORT_SEQ) == before:
                 return data, at
         return None
+
+    def received(self) -> int:
+        """Results put so far (dropped ones included)."""
+        return self._view.load_u64(_RECEIVED)
+
+    def report_received(self) -> int:
+        """Results put when the latest report was taken."""
+        return self._view.load_u64(_REPORT_RECEIVED)
 
     def report_published_ns(self) -> int:
         """When the latest report was published (``time.monotonic_ns()``; 0: none yet)."""

@@ -276,11 +276,20 @@ class StreamManager:
             await self.terminate(command.pipeline_id)
             return SuccessBody(pipeline_id=command.pipeline_id)
         if isinstance(command, MetricsCommand):
-            return MetricsBody(snapshot=self.metrics())
+            return MetricsBody(snapshot=await self.current_metrics())
         raise InvalidPayloadError(f"Unsupported command {type(command).__name__}")
 
     async def list_pipelines(self) -> list[str]:
         return self.table.listed()
+
+    async def current_metrics(self) -> MetricsSnapshot:
+        """:meth:`metrics`, with every running pipeline's report in shared memory fresh first
+        (as a ``status`` read would have it)."""
+        running = [p for p in self._results if (r := self.table.find(p)) and r.worker_alive]
+        await self._fresh_reports(running)
+        for pipeline_id in running:
+            self._shared_report(pipeline_id)
+        return self.metrics()
 
     def metrics(self) -> MetricsSnapshot:
         """The figures for monitoring, from what the manager knows now (no worker is asked:
@@ -452,7 +461,7 @@ class StreamManager:
         """
         row = self.table.get(pipeline_id)
         if row.worker_alive:
-            await self._fresh_report(pipeline_id)
+            await self._fresh_reports((pipeline_id,))
             shared = self._shared_report(pipeline_id)
             if shared is not None:
                 self.table.status_read(pipeline_id, time.monotonic())
@@ -472,23 +481,23 @@ class StreamManager:
         self.table.status_read(pipeline_id, time.monotonic())
         return _ended_report(self.table.get(pipeline_id))
 
-    async def _fresh_report(self, pipeline_id: str) -> None:
-        """Where the worker's last report is older than a status reader should see, ask for a
-        fresh one and give it a moment (FRESH_REPORT_WAIT_S) to come: the worker publishes at
-        its next look. A worker that does not (it hangs) is answered from its last report."""
-        results = self._results.get(pipeline_id)
-        if results is None:
-            return
-        age = results.report_age_s()
-        if age is None or age <= REPORT_WANTED_INTERVAL_S:
-            return
-        results.want_report()
+    async def _fresh_reports(self, pipeline_ids: Iterable[str]) -> None:
+        """Where a pipeline's last report is stale for a reader, ask its worker for a fresh one
+        and give it a moment (FRESH_REPORT_WAIT_S) to come: the worker publishes at its next
+        look. A report is fresh when it counts every result put so far, or when it is at most
+        REPORT_WANTED_INTERVAL_S old and counts some (a status read never waits on a pipeline
+        that produces all the time). A worker that does not publish (it hangs) is answered
+        from its last report."""
+        wanted: list[tuple[SharedResultBuffer, int]] = []
+        for pipeline_id in pipeline_ids:
+            results = self._results.get(pipeline_id)
+            if results is not None and not _fresh(results, target := results.received()):
+                results.want_report()
+                wanted.append((results, target))
         deadline = time.monotonic() + FRESH_REPORT_WAIT_S
-        while time.monotonic() < deadline:
+        while wanted and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-            age = results.report_age_s()
-            if age is not None and age <= REPORT_WANTED_INTERVAL_S:
-                return
+            wanted = [(r, t) for r, t in wanted if not r.released and not _fresh(r, t)]
 
     def _shared_report(self, pipeline_id: str) -> PipelineReport | None:
         """The pipeline's report as its worker last published it in shared memory, with the
@@ -871,6 +880,16 @@ class StreamManager:
             await asyncio.sleep(5.0)
         finally:
             self.table.spawning(-1)
+
+
+def _fresh(results: SharedResultBuffer, received: int) -> bool:
+    """The pipeline's published report is fresh for a reader who has seen ``received``
+    results put (see StreamManager._fresh_reports)."""
+    age = results.report_age_s()
+    if age is None:
+        return False
+    counted = results.report_received()
+    return counted >= received or (counted > 0 and age <= REPORT_WANTED_INTERVAL_S)
 
 
 def _ended_report(row: Row) -> dict[str, Any]:

@@ -281,12 +281,15 @@ class PipelineRunner:
         with self._publish_lock:
             if report is None:
                 report = pipeline.status()
-            results.publish_report(pickle.dumps(report, protocol=pickle.HIGHEST_PROTOCOL))
+            results.publish_report(
+                pickle.dumps(report, protocol=pickle.HIGHEST_PROTOCOL), report.results.received
+            )
 
     def _report_loop(self) -> None:
-        """Publish a fresh report when the pipeline's state changes, when a reader asked for
-        one (at most every REPORT_WANTED_INTERVAL_S), and at least every REPORT_INTERVAL_S: the
-        manager tells a worker that publishes no more from a live one by the report's age."""
+        """Publish a fresh report when the pipeline's state changes, when its first result
+        comes, when a reader asked for one (at most every REPORT_WANTED_INTERVAL_S), and at
+        least every REPORT_INTERVAL_S: the manager tells a worker that publishes no more from a
+        live one by the report's age."""
         results, pipeline = self._results, self._pipeline
         assert results is not None and pipeline is not None
         state = pipeline.state
@@ -296,6 +299,7 @@ class PipelineRunner:
             since = now - published
             if (
                 pipeline.state is not state
+                or (results.report_received() == 0 and results.received() > 0)
                 or since >= REPORT_INTERVAL_S
                 or (since >= REPORT_WANTED_INTERVAL_S and results.report_wanted())
             ):
