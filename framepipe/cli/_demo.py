@@ -125,11 +125,13 @@ def _drive_pipeline(
             console.print(_describe(entry.outputs, entry.frames_metadata))
         if response.entries:
             continue
+        if finished:
+            break  # nothing left after the end
         # Nothing buffered: either the next frame is on its way, or the video is done.
         report = client.get_status(pipeline_id).report
         if report.get("framepipe", {}).get("finished"):
             finished = True
-            break
+            continue  # one more look: the last results may have come after that consume
         time.sleep(0.05)
     report = client.get_status(pipeline_id).report
     _print_status(console, report)
