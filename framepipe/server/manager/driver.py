@@ -525,11 +525,16 @@ class StreamManager:
             results=results.statistics(),
             extensions={**report.extensions, "report_age_s": round(age, 3)},
         )
-        if age <= REPORT_INTERVAL_S + self.settings.health_interval_s:
+        if self._sign_of_life(age):
             self.table.reported(
                 pipeline_id, report.state.value, report.results.buffered, report, time.monotonic()
             )
         return report
+
+    def _sign_of_life(self, age_s: float | None) -> bool:
+        """A report this old shows its worker alive (it publishes at least every
+        REPORT_INTERVAL_S; the health loop looks every health interval)."""
+        return age_s is not None and age_s <= REPORT_INTERVAL_S + self.settings.health_interval_s
 
     async def _fetch_status(self, pipeline_id: str, request_id: str | None) -> StatusReply:
         reply: StatusReply = expect(
@@ -854,12 +859,10 @@ class StreamManager:
     def _check_health(self, pipeline_id: str) -> None:
         if self._lock(pipeline_id).locked():
             return  # a command is in progress: it will tell us as much
-        before = self.table.find(pipeline_id)
-        health_due = before.health_due_at if before is not None else None
-        self._shared_report(pipeline_id)
-        row = self.table.find(pipeline_id)
-        if row is not None and row.health_due_at != health_due:
-            return  # a recent report in shared memory: the worker lives
+        results = self._results.get(pipeline_id)
+        if results is not None and self._sign_of_life(results.report_age_s()):
+            self._shared_report(pipeline_id)  # the table learns its state from it
+            return
         pending = self._status_in_flight.get(pipeline_id)
         if pending is not None and not pending.done():
             return
