@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,6 +124,15 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         problems.append(f"shared-memory entries leaked: {sorted(leaked_shm)}")
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
+
+
+def as_foreground_job() -> None:
+    """``preexec_fn`` for a command that a test interrupts as a terminal's Ctrl-C would: the
+    child takes SIGINT and SIGQUIT as a shell's foreground job does. A suite started in the
+    background (``make test &``, ``nohup``) runs with both ignored, and a child inherits
+    that: Python then installs no KeyboardInterrupt handler and the Ctrl-C never arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -25,6 +25,7 @@ from framepipe.protocol.payloads import (
     VideoConfiguration,
 )
 from framepipe.testing import SyntheticVideo, make_test_video
+from tests.conftest import as_foreground_job
 from tests.integration.manager_harness import ManagerProcess, running_manager
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,6 +134,7 @@ def test_top_leaves_cleanly_on_ctrl_c() -> None:
             stdout=secondary,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=as_foreground_job,
         )
         os.close(secondary)
         screen = b""

@@ -34,7 +34,7 @@ import psutil
 import pytest
 
 from framepipe.testing import make_test_video
-from tests.conftest import framepipe_shm_entries
+from tests.conftest import as_foreground_job, framepipe_shm_entries
 from tests.integration.manager_harness import running_manager
 from tests.rtsp import RtspServer, system_python_has_gst_rtsp
 
@@ -100,6 +100,7 @@ def _interrupt_at_random(
     process = subprocess.Popen(
         command,
         start_new_session=True,  # a process group of its own, as a shell gives a job
+        preexec_fn=as_foreground_job,
         env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "TTY_COMPATIBLE": "1"},
         stderr=subprocess.PIPE,
         **popen,

@@ -22,6 +22,7 @@ import pytest
 
 from framepipe.data import demo_truth_path, demo_video_path
 from framepipe.testing import make_test_video
+from tests.conftest import as_foreground_job
 from tests.rtsp import RtspServer, system_python_has_gst_rtsp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,6 +166,7 @@ def test_a_live_stream_is_recorded_until_ctrl_c(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=as_foreground_job,
         ) as process:
             stderr, stdout_pipe = process.stderr, process.stdout
             assert stderr is not None and stdout_pipe is not None
