@@ -29,7 +29,6 @@ import functools
 import itertools
 import logging
 import os
-import queue
 import threading
 import time
 from collections import deque
@@ -671,8 +670,6 @@ class Pipeline:
         self._in_flight = 0
         self._flight = threading.Condition()
         self._seq = itertools.count(1)
-        self._completions: queue.SimpleQueue[tuple[_Job, Any] | None] = queue.SimpleQueue()
-        self._emitter: threading.Thread | None = None
         self._readers = 0  # results() iterators open now
         self._results_produced = 0
         self._processing_errors = 0
@@ -742,11 +739,6 @@ class Pipeline:
                     self._refuse(exc)
                 raise
             self._state = PipelineState.RUNNING
-            if self._channel is not None:
-                self._emitter = threading.Thread(
-                    target=self._emit_completions, name="framepipe-pipeline-results", daemon=True
-                )
-                self._emitter.start()
             self._thread = threading.Thread(
                 target=self._run, name="framepipe-pipeline", daemon=True
             )
@@ -974,9 +966,6 @@ class Pipeline:
             self._processing_error(exc, 0)
         finally:
             collector.close()
-            if self._emitter is not None:
-                self._completions.put(None)
-                self._emitter.join(_DRAIN_ON_STOP_S)
             self._event("INFERENCE_THREAD_FINISHED")
             with self._lock:
                 if self._state is not PipelineState.TERMINATED and not self._stop.is_set():
@@ -1027,12 +1016,10 @@ class Pipeline:
                 self._flight.wait(0.1)
 
     def _inferred(self, job: _Job, outcome: Any) -> None:
-        """The engine's callback (on its thread): hand over, never block the engine."""
-        self._completions.put((job, outcome))
-
-    def _emit_completions(self) -> None:
-        while (item := self._completions.get()) is not None:
-            self._complete(*item)
+        """The channel's callback, on its delivery thread, in submission order: the batch is
+        completed there (a result held back under WAIT delays this channel only; the engine
+        goes on with the others)."""
+        self._complete(job, outcome)
 
     @staticmethod
     def _release(batch: Sequence[LeasedFrame | None]) -> None:
