@@ -460,6 +460,10 @@ class SharedResultBuffer:
         tail = self._view.load_u64(_TAIL)
         return max(0, self._view.load_u64(_HEAD) - tail)
 
+    def bytes_waiting(self) -> int:
+        """The bytes of the entries buffered now."""
+        return self._view.load_u64(_BYTES_WAITING)
+
     def statistics(self) -> SinkStatistics:
         v = self._view
         return SinkStatistics(

@@ -120,6 +120,10 @@ FRESH_REPORT_WAIT_S = 0.25
 #: Seconds between two RAM samples of every worker by the health loop.
 RAM_SAMPLE_INTERVAL_S = 5.0
 
+# A multi-entry consume copies on the event loop when this little is buffered (a thread
+# hand-off costs more than the copy); more, up to the reply's cap, is copied off it.
+_TAKE_INLINE_BYTES = 256 * 1024
+
 
 class PipelineWorkerLost(OperationError):
     """A pipeline's worker died while a command was on its way (the pipeline FAILED)."""
@@ -574,13 +578,12 @@ class StreamManager:
         results = self._results.get(pipeline_id)
         if results is not None:
             excluded = excluded_prefixes(excluded_fields)
-            if (max_entries or 1) == 1:
-                entries = self._take(results, 1, excluded)
+            wanted = max_entries or 1
+            if wanted == 1 or results.bytes_waiting() <= _TAKE_INLINE_BYTES:
+                entries = self._take(results, wanted, excluded)
             else:  # up to the reply's byte cap (megabytes): copied off the event loop
                 try:
-                    entries = await asyncio.to_thread(
-                        self._take, results, max_entries or 1, excluded
-                    )
+                    entries = await asyncio.to_thread(self._take, results, wanted, excluded)
                 except ValueError:  # its buffer was unmapped meanwhile: the pipeline ended
                     self.table.get(pipeline_id)
                     raise
