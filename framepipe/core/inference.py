@@ -138,7 +138,7 @@ class EngineOptions:
     batching: bool | None = None  # None: batches on GPU providers, single frames on the CPU
     max_batch: int = 8
     max_wait_s: float = 0.004  # how long a batch waits for more frames
-    max_in_flight_per_channel: int | None = None  # None: concurrency (CPU) or max_batch
+    max_in_flight_per_channel: int | None = None  # None: concurrency + 1 (CPU) or max_batch
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "max_in_flight_per_channel"):
@@ -367,8 +367,11 @@ class InferenceEngine:
         self.concurrency = options.concurrency or (2 if self.batching else _usable_cores())
         self.max_batch = options.max_batch if self.batching else 1
         self.max_wait_s = options.max_wait_s
+        # One frame more than runners: a runner that finished a channel's frame takes the
+        # channel's next one while the last is still being delivered (on a loaded machine the
+        # delivery thread may wait for a core for milliseconds; the runner must not).
         self.max_in_flight = options.max_in_flight_per_channel or (
-            self.max_batch if self.batching else self.concurrency
+            self.max_batch if self.batching else self.concurrency + 1
         )
         self._resolver = resolver
         self._lock = threading.Lock()
