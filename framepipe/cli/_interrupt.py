@@ -12,12 +12,17 @@ the request at a point where nothing is half-done, then tears down in order.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
+from collections.abc import Callable, Coroutine
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["CtrlC"]
+__all__ = ["CtrlC", "run_async"]
+
+T = TypeVar("T")
+_HELD = {signal.SIGINT}
 
 
 class CtrlC:
@@ -58,3 +63,34 @@ class CtrlC:
             ending = self.final and self.requested
             signal.signal(signal.SIGINT, signal.SIG_IGN if ending else self._previous)
             self._installed = False
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """``asyncio.run(main())`` for a command that a Ctrl-C may end at any moment.
+
+    The event loop is built and closed with SIGINT held back. A KeyboardInterrupt in the middle
+    of either leaves a half-made loop, whose finaliser prints a traceback, and a coroutine that
+    was never awaited. In between, asyncio's own handler is in place: the first Ctrl-C cancels
+    ``main`` and the call raises KeyboardInterrupt. Once the loop is closed, SIGINT is ignored:
+    the command is ending, and a Ctrl-C still pressed must not interrupt its exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return asyncio.run(main())
+
+    async def released() -> T:
+        # The runner's SIGINT handler is installed by now: a Ctrl-C held back meanwhile
+        # arrives here and cancels this task, as any later one does.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
+        return await main()
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    runner = asyncio.Runner()
+    try:
+        return runner.run(released())
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+        try:
+            runner.close()
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)

@@ -12,13 +12,13 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import ssl
 import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from framepipe.cli._interrupt import run_async
 from framepipe.client import NotFoundError, StreamManagerClient
 from framepipe.client.address import reachable_host
 from framepipe.protocol.errors import FramepipeError
@@ -190,7 +190,8 @@ async def gather_views(
 
 
 def run_pipelines(args: argparse.Namespace) -> int:
-    return asyncio.run(_pipelines(args, connect(args)))
+    client = connect(args)
+    return run_async(lambda: _pipelines(args, client))
 
 
 async def _pipelines(args: argparse.Namespace, client: StreamManagerClient) -> int:
@@ -252,12 +253,11 @@ async def _pipelines(args: argparse.Namespace, client: StreamManagerClient) -> i
 
 
 def run_top(args: argparse.Namespace) -> int:
+    client = connect(args)
     try:
-        return asyncio.run(_top(args, connect(args)))
+        return run_async(lambda: _top(args, client))
     except KeyboardInterrupt:
-        # Ctrl-C is how one leaves `top`; one still pressed must not interrupt the exit
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        return 0
+        return 0  # Ctrl-C is how one leaves `top`
 
 
 async def _top(args: argparse.Namespace, client: StreamManagerClient) -> int:
