@@ -504,6 +504,11 @@ class SourceStatus(OwnedResource):
     def cpu_s(self) -> float:
         return float(self._h["cpu_s"])
 
+    @property
+    def measured_fps(self) -> float:
+        """The decoder's measured rate (one field; :meth:`statistics` reads them all)."""
+        return float(self._h["measured_fps"])
+
     def statistics(self) -> SourceStatistics:
         h = self._h.copy()
         return SourceStatistics(

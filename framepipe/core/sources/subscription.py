@@ -28,6 +28,7 @@ from framepipe.core.sources.entities import (
     SourceProperties,
     SourceReport,
     StatusUpdate,
+    StreamInfo,
     StreamState,
 )
 from framepipe.core.sources.multiplexer import LeasedFrame
@@ -36,6 +37,10 @@ from framepipe.core.sources.status import ConsumerMode, SourceStatus
 __all__ = ["SourceTicket", "Subscription"]
 
 _RING_POLL_S = 0.005
+# How long a frame's metadata reuses the stream facts it reads from the status block (the
+# stream's info, which changes only when a live source reopens, and the decoder's measured
+# rate, which it updates about once a second); reading them costs more than the rest of a frame.
+_FACTS_TTL_NS = 500_000_000
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class Subscription:
         self._closed = False
         self._final: SourceReport | None = None
         self._final_events: list[StatusUpdate] = []
+        self._facts: tuple[StreamInfo | None, float] = (None, 0.0)
+        self._facts_until_ns = 0
 
     # -- frames ---------------------------------------------------------------------------------
 
@@ -127,6 +134,15 @@ class Subscription:
             FrameRef(self._ring.name, d.slot, d.seq),
         )
 
+    def _stream_facts(self, now_ns: int) -> tuple[StreamInfo | None, float]:
+        """The stream's info and measured rate, read again at most every _FACTS_TTL_NS."""
+        if now_ns >= self._facts_until_ns:
+            info = self.status.info
+            self._facts = (info, self.status.measured_fps)
+            # (no info yet: read again next frame)
+            self._facts_until_ns = now_ns + _FACTS_TTL_NS if info is not None else 0
+        return self._facts
+
     def _metadata(self, lease: Lease) -> FrameMetadata:
         d = lease.descriptor
         pts = None if d.pts == PTS_NONE else d.pts / 1e6
@@ -140,7 +156,7 @@ class Subscription:
             height, width = layout.height, layout.width
         else:
             height, width = lease.array.shape[:2]
-        info = self.status.info
+        info, measured_fps = self._stream_facts(time.monotonic_ns())
         return FrameMetadata(
             frame_id=d.frame_id,
             frame_timestamp=datetime.fromtimestamp(stamp_ns / 1e9),
@@ -150,7 +166,7 @@ class Subscription:
             width=width,
             height=height,
             fps=info.fps if info is not None else None,
-            measured_fps=self.status.statistics().measured_fps,
+            measured_fps=measured_fps,
             comes_from_video_file=is_file,
             publish_ns=d.publish_ns,
             total_frames=info.total_frames if info is not None else None,
