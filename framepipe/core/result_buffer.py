@@ -44,7 +44,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -218,6 +218,10 @@ class SharedResultBuffer:
         self._report_reserved = 0
         self._empty_since: float | None = None
         self._released = False
+        #: Called by ``put`` (the producer's thread) after the first entry, and after an entry
+        #: put while a reader wants a fresher report: the producer's reporter then need not
+        #: look for either on a short timer.
+        self.on_report_due: Callable[[], None] | None = None
 
     # -- life -------------------------------------------------------------------------------
 
@@ -321,6 +325,9 @@ class SharedResultBuffer:
                 at = self._room(head, tail, count, size)
                 if at is not None and self._backed(at + size):
                     self._write(head, at, data)
+                    due = self.on_report_due
+                    if due is not None and (head == 0 or self.report_wanted()):
+                        due()
                     return True
                 if hold:
                     if (stop is not None and stop.is_set()) or self._closed.is_set():

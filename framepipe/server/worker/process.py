@@ -175,6 +175,7 @@ class PipelineRunner:
         self._results: SharedResultBuffer | None = None  # the manager's, for this pipeline
         self._reporter: threading.Thread | None = None
         self._reporting = threading.Event()  # set: the reporter stops
+        self._report_due = threading.Event()  # set: the reporter looks now
         self._publish_lock = threading.Lock()
         self.done = False
 
@@ -266,6 +267,7 @@ class PipelineRunner:
         self._pipeline, self._results = pipeline, results
         if results is not None:
             self._publish()
+            results.on_report_due = self._report_due.set
             self._reporter = threading.Thread(
                 target=self._report_loop, name="framepipe-reporter", daemon=True
             )
@@ -289,12 +291,20 @@ class PipelineRunner:
         """Publish a fresh report when the pipeline's state changes, when its first result
         comes, when a reader asked for one (at most every REPORT_WANTED_INTERVAL_S), and at
         least every REPORT_INTERVAL_S: the manager tells a worker that publishes no more from a
-        live one by the report's age."""
+        live one by the report's age. While results flow, the pipeline's thread wakes the
+        reporter for the first result and for a wanted report (the buffer's
+        ``on_report_due``), so it looks only every REPORT_WANTED_INTERVAL_S then; otherwise
+        every REPORT_LOOK_S."""
         results, pipeline = self._results, self._pipeline
         assert results is not None and pipeline is not None
         state = pipeline.state
         published = time.monotonic()
-        while not self._reporting.wait(REPORT_LOOK_S):
+        look, received = REPORT_LOOK_S, results.received()
+        while True:
+            self._report_due.wait(look)
+            self._report_due.clear()
+            if self._reporting.is_set():
+                break
             now = time.monotonic()
             since = now - published
             if (
@@ -309,6 +319,12 @@ class PipelineRunner:
                 except Exception:
                     log.exception("publishing the pipeline's report failed")
                 published = now
+            elif results.report_wanted():
+                look = REPORT_WANTED_INTERVAL_S - since  # the earliest it may publish again
+                continue
+            flowing = results.received() != received
+            received = results.received()
+            look = REPORT_WANTED_INTERVAL_S if flowing else REPORT_LOOK_S
 
     def _start_webrtc(self, command: StartWebRTCPipeline) -> ReplyBody:
         """A pipeline whose source is a WebRTC peer (the session holds the connection)."""
@@ -359,6 +375,7 @@ class PipelineRunner:
     def close(self) -> None:
         """Terminate and join the pipeline (idempotent); the worker then exits."""
         self._reporting.set()
+        self._report_due.set()
         if self._reporter is not None:
             self._reporter.join(1.0)
         pipeline = self._pipeline
