@@ -259,6 +259,24 @@ def test_a_report_is_read_whole_while_it_is_rewritten(buffer) -> None:
     assert b.report_wanted()
 
 
+def test_the_producer_is_told_when_a_report_is_due(buffer) -> None:
+    """``on_report_due`` fires for the first result, then only while a reader wants a report
+    newer than the one published (so the producer's reporter need not look on a short timer)."""
+    b = buffer(8)
+    due: list[int] = []
+    b.on_report_due = lambda: due.append(b.received())
+    b.put(entry(0))
+    assert due == [1]
+    b.put(entry(1))
+    assert due == [1]
+    b.want_report()
+    b.put(entry(2))
+    assert due == [1, 3]
+    b.publish_report(b"{}", b.received())
+    b.put(entry(3))
+    assert due == [1, 3]
+
+
 # -- on the wire ------------------------------------------------------------------------------
 
 
