@@ -389,7 +389,13 @@ cdef int _run(const Source* src, ResizePlan plan, Normalisation norm, const Outp
     cdef bint packed = src.kind == SOURCE_BGR and src.packed
     cdef bint downscale = plan.new_height <= src.height
     cdef float* planes = <float*>malloc(3 * <Py_ssize_t>new_w * sizeof(float))
-    cdef uint8_t* scratch = <uint8_t*>calloc(3 * <Py_ssize_t>src.width + 16, 1)
+    # Halving or more, no two destination rows share a source row: a converted (4:2:0 or
+    # strided) pair is blended in one horizontal pass, as a packed pair is.
+    cdef bint pairs = not packed and plan.src_height >= 2 * plan.new_height
+    cdef Py_ssize_t row_scratch = 3 * <Py_ssize_t>src.width + 16
+    cdef uint8_t* scratch = <uint8_t*>calloc(2 * row_scratch, 1)
+    cdef const uint8_t* row0
+    cdef const uint8_t* row1
     if hrows == NULL or planes == NULL or scratch == NULL:
         free(hrows)
         free(planes)
@@ -432,6 +438,14 @@ cdef int _run(const Source* src, ResizePlan plan, Normalisation norm, const Outp
                                src.base + plan.y_row1[y] * src.row_stride,
                                3 * <Py_ssize_t>src.width, new_w, plan.x_ofs0, plan.x_ofs1,
                                plan.x_weight, wy, blended)
+            h0 = blended
+            h1 = blended
+            wy = 0.0
+        elif wy != 0.0 and pairs:
+            row0 = _source_row(src, plan, plan.y_row0[y], scratch)
+            row1 = _source_row(src, plan, plan.y_row1[y], scratch + row_scratch)
+            fp_hresample_rows2(row0, row1, 3 * <Py_ssize_t>src.width, new_w, plan.x_ofs0,
+                               plan.x_ofs1, plan.x_weight, wy, blended)
             h0 = blended
             h1 = blended
             wy = 0.0
