@@ -174,19 +174,11 @@ def run_model_ceiling(runs: int, warmup: int = 4) -> dict[str, float]:
 
 
 def run_plain_decode(video: Path) -> dict[str, float]:
-    """A plain PyAV loop over the file (threaded decode, as framepipe's backend): each frame
-    decoded and copied out with ``to_ndarray()``; CPU ms per frame of this process."""
-    import av
+    """A plain PyAV loop over the whole file (threaded decode, as framepipe's backend): each
+    frame decoded and copied out with ``to_ndarray()``; CPU ms per frame of this process."""
+    from framepipe.bench._calibrate import plain_decode_cpu_s
 
-    frames = 0
-    cpu0 = time.process_time()
-    with av.open(str(video)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            frame.to_ndarray()
-            frames += 1
-    return {"plain_decode_ms": 1000 * (time.process_time() - cpu0) / frames}
+    return {"plain_decode_ms": 1000 * plain_decode_cpu_s(str(video), max_frames=1 << 30)}
 
 
 # -- framepipe ----------------------------------------------------------------------------------

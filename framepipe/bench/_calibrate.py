@@ -1,4 +1,6 @@
-"""The CPU one ONNX Runtime ``run`` of a model costs, as framepipe configures its sessions.
+"""The floors the bench measures its runs against, in its own process: the CPU one ONNX
+Runtime ``run`` of a model costs, as framepipe configures its sessions, and the CPU a plain
+PyAV loop spends decoding a frame of the same stream.
 
 framepipe's server runs the model inside its own processes, where the bench cannot tell the
 model's CPU from the rest from the outside; so it is measured here, in the bench process, in
@@ -38,3 +40,24 @@ def model_run_cpu_s(model: str, width: int, height: int, runs: int = 20) -> floa
     for _ in range(runs):
         loaded.runner.run(batch)
     return (time.process_time() - started) / runs
+
+
+def plain_decode_cpu_s(path: str, max_frames: int = 300) -> float:
+    """CPU per frame of a plain PyAV loop over the video file at ``path`` (threaded decode, as
+    framepipe's backend; each frame decoded and copied out with ``to_ndarray()``), over its
+    first ``max_frames`` frames (all of them when it has fewer)."""
+    import av
+
+    frames = 0
+    started = time.process_time()
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            frame.to_ndarray()
+            frames += 1
+            if frames >= max_frames:
+                break
+    if frames == 0:
+        raise ValueError(f"{path}: no video frame could be decoded")
+    return (time.process_time() - started) / frames

@@ -88,6 +88,7 @@ def load_report(path: Path) -> BenchReport:
     report.cancelled = bool(data.get("cancelled"))
     report.notes = list(data.get("notes") or [])
     report.calibration = {k: v / 1e3 for k, v in (data.get("model_run_cpu_ms") or {}).items()}
+    report.plain_decode = {k: v / 1e3 for k, v in (data.get("plain_decode_ms") or {}).items()}
     report.targets = [
         Target(
             t["name"], t["framepipe"], t["classic"], t["value"], t["wanted"], t["met"], t["where"]
@@ -103,6 +104,7 @@ def load_report(path: Path) -> BenchReport:
             layout=Layout(s["layout"]),
             target_fps=float(s["target_fps"]),
             notes=list(s.get("notes") or []),
+            model_bound_limit=s.get("model_bound_limit"),
         )
         for name, a in s["architectures"].items():
             runs = [_run(r) for r in a["runs"]]

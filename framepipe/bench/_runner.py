@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import statistics
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from framepipe.bench._calibrate import model_run_cpu_s
+from framepipe.bench._calibrate import model_run_cpu_s, plain_decode_cpu_s
 from framepipe.bench._classic_run import run_classic
 from framepipe.bench._display import Display
 from framepipe.bench._framepipe_run import run_framepipe, supports_realtime_replay
@@ -62,7 +63,8 @@ class BenchReport:
     started: str
     scenarios: list[ScenarioResult] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
-    calibration: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, float] = field(default_factory=dict)  # CPU s per model run
+    plain_decode: dict[str, float] = field(default_factory=dict)  # CPU s per decoded frame
     notes: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -99,6 +101,7 @@ class BenchReport:
                 "out_dir": str(c.out_dir),
             },
             "model_run_cpu_ms": {k: round(v * 1e3, 3) for k, v in self.calibration.items()},
+            "plain_decode_ms": {k: round(v * 1e3, 3) for k, v in self.plain_decode.items()},
             "notes": self.notes,
             "targets": [t.to_dict() for t in self.targets],
             "scenarios": [s.to_dict() for s in self.scenarios],
@@ -346,6 +349,21 @@ class BenchRunner:
             )
         return self.report.calibration[key]
 
+    def _model_bound_limit(self, scenario: _Scenario, model_cpu_s: float) -> float | None:
+        """cores / (rate x model run + source fps x plain decode): the streams this machine
+        could carry if nothing else cost CPU (files only: a live stream is not decoded here)."""
+        streams = scenario.streams
+        if scenario.model == PASSTHROUGH or not streams.is_file or model_cpu_s <= 0:
+            return None
+        key = f"{streams.width}x{streams.height}@{streams.fps:g}"
+        if key not in self.report.plain_decode:
+            self.display.note(f"measuring the CPU of a plain PyAV decode of {key} …")
+            frames = 60 if self.config.quick else 300
+            self.report.plain_decode[key] = plain_decode_cpu_s(streams.reference(0), frames)
+        decode_s = self.report.plain_decode[key]
+        cores = os.cpu_count() or 1
+        return cores / (scenario.result.target_fps * model_cpu_s + streams.fps * decode_s)
+
     def _run_scenario(self, scenario: _Scenario, budget_s: float) -> None:
         config = self.config
         fixed = config.pipelines
@@ -357,6 +375,7 @@ class BenchRunner:
             arch: StreamCountSearch(config.max_pipelines, fixed) for arch in config.architectures
         }
         model_cpu = self._calibrate(scenario.model, scenario.streams)
+        scenario.result.model_bound_limit = self._model_bound_limit(scenario, model_cpu)
         started = time.monotonic()
         while True:
             pending = [(a, s.next_count()) for a, s in searches.items()]

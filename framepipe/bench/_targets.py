@@ -39,6 +39,11 @@ class Target:
         }
 
 
+#: framepipe should carry this share of the streams the model's runs and a plain decode of
+#: every frame alone would leave room for (``ScenarioResult.model_bound_limit``).
+MODEL_BOUND_SHARE = 0.85
+
+
 def _pick(scenarios: list[ScenarioResult], passthrough: bool) -> ScenarioResult | None:
     for s in scenarios:
         if s.layout is Layout.DISTINCT and (s.model == PASSTHROUGH) == passthrough:
@@ -137,6 +142,25 @@ def check_targets(scenarios: list[ScenarioResult], criteria: Criteria) -> list[T
                     lower,
                     ">= 2x lower",
                     None if lower is None else lower >= 2.0,
+                    det.key,
+                )
+            )
+    if det is not None and det.model_bound_limit:
+        fp = det.results.get(Architecture.FRAMEPIPE)
+        if fp is not None:
+            share = fp.sustainable / det.model_bound_limit
+            met: bool | None = share >= MODEL_BOUND_SHARE
+            if not met and fp.lower_bound:
+                met = None  # no larger count was seen to fail: the share may be higher
+            targets.append(
+                Target(
+                    f"{det.model} @ {det.target_fps:g} fps: sustainable streams / model-bound "
+                    f"limit ({det.model_bound_limit:.1f})",
+                    float(fp.sustainable),
+                    None,
+                    share,
+                    f">= {MODEL_BOUND_SHARE:g}",
+                    met,
                     det.key,
                 )
             )

@@ -338,6 +338,10 @@ class ScenarioResult:
     target_fps: float
     results: dict[Architecture, ArchitectureResult] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # With a model on files: how many streams the machine could carry if nothing but the
+    # model's runs and a plain decode of every frame cost CPU (cores / (rate x model run +
+    # source fps x plain decode), both measured in the same bench run); None otherwise.
+    model_bound_limit: float | None = None
 
     def arch(self, architecture: Architecture) -> ArchitectureResult:
         if architecture not in self.results:
@@ -400,6 +404,7 @@ class ScenarioResult:
             "layout": self.layout.value,
             "target_fps": self.target_fps,
             "notes": list(self.notes),
+            "model_bound_limit": _round(self.model_bound_limit, 2),
             "architectures": {a.value: r.to_dict() for a, r in self.results.items()},
             "ratios_framepipe_over_classic": self.ratios(),
         }

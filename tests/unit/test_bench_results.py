@@ -18,7 +18,7 @@ from framepipe.bench._procs import (
     classify_framepipe,
     group_classic_thread,
 )
-from framepipe.bench._targets import check_targets
+from framepipe.bench._targets import Target, check_targets
 from framepipe.bench.config import Architecture, Criteria, Layout
 from framepipe.bench.results import (
     MB,
@@ -176,6 +176,34 @@ def test_targets_are_checked_against_the_distinct_scenarios() -> None:
     age = by_name["frame age p99 when not saturated (x of 2 frame intervals)"]
     assert age.value == pytest.approx(0.75)  # 300 ms of the detector's 400 ms
     assert age.met is True
+
+
+def test_a_model_scenario_is_judged_against_its_model_bound_limit() -> None:
+    """Sustained streams / (cores / (rate x model run + source fps x plain decode)) >= 0.85;
+    a count that is only a lower bound and falls short is not judged."""
+
+    def detector(counts: tuple[int, ...], failing: int | None, limit: float) -> ScenarioResult:
+        runs = [run(Architecture.FRAMEPIPE, n, fps=5.0, target=5.0) for n in counts]
+        if failing is not None:
+            runs.append(run(Architecture.FRAMEPIPE, failing, fps=4.0, target=5.0))
+        s = scenario("centerface", runs, [run(Architecture.CLASSIC, 1, fps=5.0, target=5.0)])
+        s.model_bound_limit = limit
+        if failing is None:
+            s.results[Architecture.FRAMEPIPE].search_end = "fixed counts"
+        return s
+
+    def judged(s: ScenarioResult) -> Target:
+        [target] = [t for t in check_targets([s], CRITERIA) if "model-bound" in t.name]
+        return target
+
+    met = judged(detector((4, 7), 8, limit=8.2))
+    assert met.met is True and met.value == pytest.approx(7 / 8.2)
+    assert "(8.2)" in met.name
+    short = judged(detector((4, 6), 7, limit=8.2))
+    assert short.met is False and short.value == pytest.approx(6 / 8.2)
+    assert judged(detector((4, 6), None, limit=8.2)).met is None  # 6 is only a lower bound
+    assert not [t for t in check_targets([detector((4,), 8, 0.0)], CRITERIA) if "model" in t.name]
+    assert json.loads(json.dumps(detector((4,), 8, 8.25).to_dict()))["model_bound_limit"] == 8.25
 
 
 def test_frame_age_counts_at_or_below_the_sustainable_count_only() -> None:
