@@ -88,6 +88,17 @@ def test_quick_bench_measures_both_architectures_and_writes_plots(tmp_path: Path
         "passthrough: CPU per frame outside decode (µs)",
         "passthrough: sustainable streams",
     }
+    # the model's scenario is judged against the limit its own floors give, measured in this run
+    detector = scenarios["centerface 720p30 file distinct"]
+    decode = report["plain_decode_ms"]
+    assert decode["1280x720@30"] > 0 and decode["1280x720@30 paced 30"] > 0, decode
+    model_ms = report["model_run_cpu_ms"]["centerface@1280x720"]
+    cores = report["machine"]["logical_cores"]
+    limit = cores / (5 * model_ms + 30 * decode["1280x720@30 paced 30"]) * 1000
+    assert detector["model_bound_limit"] == pytest.approx(limit, abs=0.01)
+    [bound] = [t for t in report["targets"] if "model-bound limit" in t["name"]]
+    sustained = detector["architectures"]["framepipe"]["sustainable"]
+    assert bound["value"] == pytest.approx(sustained / detector["model_bound_limit"], abs=0.01)
 
     cache = tmp_path / "cache"
     assert f"cached clips: {cache} (" in " ".join(result.stdout.split()), result.stdout[-2000:]
