@@ -41,7 +41,10 @@ from framepipe.protocol.payloads import (
     VideoConfiguration,
 )
 
-AGE_FROM_STATUS = "status report e2e (capture -> result in the sink), per source, last 256 results"
+AGE_FROM_STATUS = (
+    "status report e2e (capture -> result in the sink), per source, last 256 results within "
+    "10 s of the latest (the end of the window)"
+)
 AGE_FROM_CLIENT = "capture (frame_timestamp) -> received by the bench's client (includes polling)"
 _MAX_ENTRIES = 256
 

@@ -27,8 +27,9 @@ Definitions (the same for framepipe and for the classic baseline; shown in the o
 * **frame age** p50 / p99 (ms): capture → result ready for the application. Capture is when the
   decoder returned the frame (for a file replayed in real time, the time it was decoded on its
   schedule). framepipe: the status report's per-source ``e2e`` percentiles (``framepipe.latency_ms``,
-  measured by the pipeline up to the result entering its sink, over its last 256 results);
-  classic: measured by the collector on arrival, over the window. The run's p50 is the median
+  measured by the pipeline up to the result entering its sink, over its last 256 results that
+  completed within 10 s of the latest, read at the end of the window: the window's last 10 s,
+  not the pipelines' start-up); classic: measured by the collector on arrival, over the window. The run's p50 is the median
   of the streams' p50, its p99 the worst stream's p99.
 * **memory**: USS of every process of the tree by kind, plus the ``fp-*`` shared-memory
   segments it owns (counted once, by their resident blocks; a segment's page mapped by one

@@ -106,6 +106,10 @@ DEFAULT_RESULTS_BUFFER_SIZE = 64
 #: image output fit; bigger ones are fewer.
 DEFAULT_RESULTS_MAX_BYTES = 64 * 1024 * 1024
 _LATENCY_WINDOW = 256
+#: The latency figures of a status report cover the last _LATENCY_WINDOW results, and of those
+#: only the ones completed within this many seconds of the latest: what a pipeline does now,
+#: not its start-up (at 5 fps, 256 results span 51 s).
+_LATENCY_HORIZON_S = 10.0
 _EVENTS_KEPT = 512
 _DRAIN_ON_STOP_S = 5.0
 _OPEN_TIMEOUT_S = 30.0  # how long start() waits for a file's decode process to open it
@@ -246,7 +250,8 @@ class PipelineResult:
 
 @dataclass(frozen=True)
 class LatencyReport:
-    """Mean latencies (seconds) of one source's recent frames, as the reference reports them.
+    """Mean latencies (seconds) of one source's recent frames, as the reference reports them:
+    its last 256 results, of those the ones within 10 s of the latest (``samples`` of them).
 
     ``frame_decoding_latency``: capture → processing start; ``inference_latency``: processing
     start → result; ``e2e_latency``: capture → result handed out.
@@ -417,6 +422,7 @@ class _Latencies:
     decoding: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
     inference: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
     e2e: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    done_at: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
     inference_histogram: Histogram = field(
         default_factory=lambda: Histogram(INFERENCE_LATENCY_BUCKETS_S)
     )
@@ -435,14 +441,28 @@ class _Job:
     started_ns: int
 
 
-def _mean(values: deque[float]) -> float | None:
+def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _percentile_ms(values: deque[float], q: float) -> float | None:
+def _percentile_ms(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
-    return float(np.percentile(np.fromiter(values, dtype=np.float64), q)) * 1000.0
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) * 1000.0
+
+
+def _recent(lat: _Latencies, values: deque[float]) -> list[float]:
+    """The newest of ``values`` (one per result, as ``lat.done_at``) completed within
+    _LATENCY_HORIZON_S of the latest result."""
+    done_at = lat.done_at
+    if not done_at:
+        return []
+    newest, keep = done_at[-1], 0
+    for at in reversed(done_at):
+        if newest - at > _LATENCY_HORIZON_S:
+            break
+        keep += 1
+    return list(itertools.islice(values, len(values) - keep, None))
 
 
 def _strategy(value: object, enum: type[Any], name: str) -> Any:
@@ -1092,6 +1112,7 @@ class Pipeline:
                 lat.decoding.append((job.started_ns - meta.capture_ns) / 1e9)
                 lat.inference.append(inference_s)
                 lat.e2e.append(age_s)
+                lat.done_at.append(now)
                 lat.inference_histogram.observe(inference_s)
                 lat.age_histogram.observe(age_s)
                 lat.completed += 1
@@ -1144,18 +1165,20 @@ class Pipeline:
             if len(recent) >= 2:
                 span = max(now - recent[0], recent[-1] - recent[0])
                 throughput = (len(recent) - 1) / span if span > 0 else 0.0
-            latency_reports = [
-                LatencyReport(
-                    source_id=source_id,
-                    frame_decoding_latency=_mean(lat.decoding),
-                    inference_latency=_mean(lat.inference),
-                    e2e_latency=_mean(lat.e2e),
-                    e2e_latency_p50_ms=_percentile_ms(lat.e2e, 50),
-                    e2e_latency_p99_ms=_percentile_ms(lat.e2e, 99),
-                    samples=len(lat.e2e),
+            latency_reports = []
+            for source_id, lat in self._latencies.items():
+                e2e = _recent(lat, lat.e2e)
+                latency_reports.append(
+                    LatencyReport(
+                        source_id=source_id,
+                        frame_decoding_latency=_mean(_recent(lat, lat.decoding)),
+                        inference_latency=_mean(_recent(lat, lat.inference)),
+                        e2e_latency=_mean(e2e),
+                        e2e_latency_p50_ms=_percentile_ms(e2e, 50),
+                        e2e_latency_p99_ms=_percentile_ms(e2e, 99),
+                        samples=len(e2e),
+                    )
                 )
-                for source_id, lat in self._latencies.items()
-            ]
             completion = CompletionReport(
                 sampled_at_monotonic=now,
                 sources=[
