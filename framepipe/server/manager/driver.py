@@ -160,6 +160,9 @@ class StreamManager:
         self._reports: dict[str, tuple[int, PipelineReport]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._status_in_flight: dict[str, asyncio.Future[StatusReply]] = {}
+        # Pipelines whose worker is being killed and reaped by _worker_lost: the health check
+        # sees that worker dead meanwhile and must not record a cause of its own.
+        self._losing: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._health_task: asyncio.Task[Any] | None = None
@@ -678,13 +681,17 @@ class StreamManager:
         """The worker died or hung: kill it, give its sources back; the pipeline FAILED with
         the cause (it stays listed: see the table)."""
         worker = self._workers.get(pipeline_id)
-        if worker is None:
+        if worker is None or pipeline_id in self._losing:
             return
-        worker.kill()
-        await worker.reap(1.0)
-        if description is None:
-            description = describe_exit(worker.exitcode)
-        self.table.worker_exited(pipeline_id, description, time.monotonic())
+        self._losing.add(pipeline_id)
+        try:
+            worker.kill()
+            await worker.reap(1.0)
+            if description is None:
+                description = describe_exit(worker.exitcode)
+            self.table.worker_exited(pipeline_id, description, time.monotonic())
+        finally:
+            self._losing.discard(pipeline_id)
         await self._release_sources(pipeline_id, worker)
         log.warning("pipeline %s: its worker %s", pipeline_id, description)
 
