@@ -29,8 +29,8 @@ Definitions (the same for framepipe and for the classic baseline; shown in the o
   schedule). framepipe: the status report's per-source ``e2e`` percentiles (``framepipe.latency_ms``,
   measured by the pipeline up to the result entering its sink, over its last 256 results that
   completed within 10 s of the latest, read at the end of the window: the window's last 10 s,
-  not the pipelines' start-up); classic: measured by the collector on arrival, over the window. The run's p50 is the median
-  of the streams' p50, its p99 the worst stream's p99.
+  not the pipelines' start-up); classic: measured by the collector on arrival, over the
+  window. The run's p50 is the median of the streams' p50, its p99 the worst stream's p99.
 * **memory**: USS of every process of the tree by kind, plus the ``fp-*`` shared-memory
   segments it owns (counted once, by their resident blocks; a segment's page mapped by one
   process alone is not counted again in its USS), at the end of the window. Memory per additional stream:

@@ -451,18 +451,22 @@ def _percentile_ms(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) * 1000.0
 
 
-def _recent(lat: _Latencies, values: deque[float]) -> list[float]:
-    """The newest of ``values`` (one per result, as ``lat.done_at``) completed within
-    _LATENCY_HORIZON_S of the latest result."""
+def _recent_count(lat: _Latencies) -> int:
+    """How many of the newest results (``lat.done_at``) completed within _LATENCY_HORIZON_S
+    of the latest one."""
     done_at = lat.done_at
     if not done_at:
-        return []
+        return 0
     newest, keep = done_at[-1], 0
     for at in reversed(done_at):
         if newest - at > _LATENCY_HORIZON_S:
             break
         keep += 1
-    return list(itertools.islice(values, len(values) - keep, None))
+    return keep
+
+
+def _newest(values: deque[float], count: int) -> list[float]:
+    return list(itertools.islice(values, len(values) - count, None))
 
 
 def _strategy(value: object, enum: type[Any], name: str) -> Any:
@@ -1167,12 +1171,13 @@ class Pipeline:
                 throughput = (len(recent) - 1) / span if span > 0 else 0.0
             latency_reports = []
             for source_id, lat in self._latencies.items():
-                e2e = _recent(lat, lat.e2e)
+                kept = _recent_count(lat)
+                e2e = _newest(lat.e2e, kept)
                 latency_reports.append(
                     LatencyReport(
                         source_id=source_id,
-                        frame_decoding_latency=_mean(_recent(lat, lat.decoding)),
-                        inference_latency=_mean(_recent(lat, lat.inference)),
+                        frame_decoding_latency=_mean(_newest(lat.decoding, kept)),
+                        inference_latency=_mean(_newest(lat.inference, kept)),
                         e2e_latency=_mean(e2e),
                         e2e_latency_p50_ms=_percentile_ms(e2e, 50),
                         e2e_latency_p99_ms=_percentile_ms(e2e, 99),

@@ -87,16 +87,20 @@ def test_results_before_start_is_an_operation_error() -> None:
 def test_status_latencies_cover_the_last_results_within_ten_seconds_of_the_latest() -> None:
     """At 5 fps the last 256 results span 51 s: a status read after a 20 s run must not report
     the pipeline's start-up as its latency. Only results within 10 s of the latest count."""
-    from framepipe.core.pipeline import _LATENCY_HORIZON_S, _Latencies, _recent
+    from framepipe.core.pipeline import _LATENCY_HORIZON_S, _Latencies, _newest, _recent_count
 
     lat = _Latencies()
     for done_at, age in [(0.0, 5.0), (1.0, 4.0), (20.0, 0.1), (25.0, 0.2), (30.0, 0.3)]:
         lat.e2e.append(age)
         lat.done_at.append(done_at)
     assert _LATENCY_HORIZON_S == 10.0
-    assert _recent(lat, lat.e2e) == [0.1, 0.2, 0.3]  # 20.0 is exactly 10 s before 30.0
-    assert _recent(_Latencies(), _Latencies().e2e) == []
+    assert _newest(lat.e2e, _recent_count(lat)) == [
+        0.1,
+        0.2,
+        0.3,
+    ]  # 20.0 is exactly 10 s before 30.0
+    assert _recent_count(_Latencies()) == 0
     # a pipeline that stopped producing keeps the figures of its last 10 s of results
     lat.e2e.append(0.4)
     lat.done_at.append(100.0)
-    assert _recent(lat, lat.e2e) == [0.4]
+    assert _newest(lat.e2e, _recent_count(lat)) == [0.4]
