@@ -522,10 +522,12 @@ def source_requests(
     decoding_buffer_size: int | None = DEFAULT_DECODING_BUFFER_SIZE,
     realtime_replay: bool = False,
     decoder: DecoderBackendName | str | None = None,
+    pixels: bool = True,
 ) -> list[SubscriptionRequest]:
     """What a pipeline asks of each of its sources (one per video reference), validated:
     an InvalidPayloadError names a wrong setting; a missing file is a request whose source
-    will be reported in ERROR (as the reference reports a dead camera)."""
+    will be reported in ERROR (as the reference reports a dead camera). ``pixels`` False:
+    the pipeline's processing reads only its frames' metadata and size."""
     references = [
         os.fspath(r) if isinstance(r, os.PathLike) else r  # a pathlib.Path is a path too
         for r in (
@@ -593,6 +595,7 @@ def source_requests(
                 video_source_properties=props,
                 backend=backend,
                 realtime=bool(realtime_replay),
+                pixels=pixels,
             )
         )
     return requests
@@ -668,6 +671,7 @@ class Pipeline:
             decoding_buffer_size=decoding_buffer_size,
             realtime_replay=realtime_replay,
             decoder=decoder,
+            pixels=self._processor.reads_pixels,
         )
         self._name = name
         self._on_prediction = on_prediction

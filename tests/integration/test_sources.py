@@ -130,6 +130,61 @@ def test_passthrough_outputs_metadata_only(video_60: SyntheticVideo) -> None:
     ]
 
 
+class PixelPeeker(Processor):
+    """Declares that it reads no pixels (as passthrough does), yet looks at them: what the
+    decoder wrote into the slot for it, if anything."""
+
+    reads_native_frames = True
+    reads_pixels = False
+
+    def __init__(self) -> None:
+        self.maxima: list[int] = []
+
+    def compose(
+        self,
+        frames: Sequence[Any | None],
+        frames_metadata: Sequence[Any | None],
+        predictions: Sequence[dict[str, Any] | None] | None = None,
+    ) -> list[dict[str, Any] | None]:
+        for frame in frames:
+            if frame is not None:
+                data = frame.data if hasattr(frame, "data") else frame
+                self.maxima.append(int(np.asarray(data).max()))
+        return [None if f is None else {"seen": True} for f in frames]
+
+
+def test_a_frame_no_consumer_reads_the_pixels_of_is_not_copied(video_60: SyntheticVideo) -> None:
+    peeker = PixelPeeker()
+    with Pipeline(str(video_60.path), processing=peeker, decoding_buffer_size=4) as pipeline:
+        results = list(pipeline.results(timeout=20))
+        report = pipeline.status()
+    assert len(results) == 60  # every frame decoded and delivered, with its metadata
+    assert report.sources[0].frames_decoded == 60
+    assert peeker.maxima == [0] * 60  # the slots were never written: nothing was copied
+
+
+def test_a_shared_frame_is_copied_when_one_consumer_reads_pixels(
+    video_120: SyntheticVideo,
+) -> None:
+    reader = NumberReader()
+    peeker = PixelPeeker()
+    with SourceHub() as hub:
+        a = Pipeline(str(video_120.path), processing=reader, hub=hub, realtime_replay=True)
+        b = Pipeline(str(video_120.path), processing=peeker, hub=hub, realtime_replay=True)
+        a.start()
+        b.start()
+        try:
+            wait_for(lambda: a.status().sources[0].state is StreamState.RUNNING, 10, "RUNNING")
+            assert len(hub.decoders()) == 1  # one decode, two consumers
+            list(a.results(timeout=20))
+            list(b.results(timeout=20))
+        finally:
+            a.terminate()
+            b.terminate()
+    assert reader.numbers() == list(range(120))  # the pixel reader's frames are whole
+    assert len(peeker.maxima) == 120 and max(peeker.maxima) > 0
+
+
 def test_drop_oldest_keeps_frame_age_bounded_with_slow_consumer(video_120: SyntheticVideo) -> None:
     fps = 30.0
     processing_s = 0.1  # 3 frame intervals per frame: the consumer is 3x too slow

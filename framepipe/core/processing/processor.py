@@ -55,6 +55,10 @@ class Processor(ABC):
     #: :class:`~framepipe.core.pixels.YuvFrame` is read with ``as_bgr`` only where pixels
     #: are needed). A processor that leaves this False (user code) gets BGR arrays.
     reads_native_frames: bool = False
+    #: Whether ``compose`` reads pixels at all. A processor that reads only the frames' size
+    #: and metadata (passthrough) sets this False: its sources then write no pixels for a
+    #: frame that no other consumer reads (the decoder decodes it, and copies nothing).
+    reads_pixels: bool = True
 
     @abstractmethod
     def compose(
@@ -88,9 +92,10 @@ def _check_lengths(
 
 
 class PassthroughProcessor(Processor):
-    """No model: frames flow and each output reports the frame's metadata."""
+    """No model: frames flow and each output reports the frame's metadata and size."""
 
     reads_native_frames = True
+    reads_pixels = False
 
     def compose(
         self,
@@ -245,6 +250,7 @@ class FrameTap(Processor):
         self.inner = inner
         self.model = inner.model
         self.reads_native_frames = inner.reads_native_frames
+        self.reads_pixels = True  # on_frame is shown every frame's pixels
         self._on_frame = on_frame
 
     def compose(

@@ -6,7 +6,9 @@ size (the owner creates the :class:`~framepipe.core.ring.FrameRing` and sends it
 then loops: grab the next frame, decide which consumers get it (their mode, ``max_fps``,
 adaptive pace), acquire a free slot, retrieve the frame straight into the slot (in the
 ring's pixel format: native 4:2:0 for PyAV, BGR for OpenCV), publish
-its descriptor to those consumers under each one's filling strategy.
+its descriptor to those consumers under each one's filling strategy. A frame that goes only
+to consumers that read no pixels (passthrough pipelines: metadata and size) is decoded and
+published, but nothing is copied into its slot.
 
 Everything about the source lives in its :class:`~framepipe.core.sources.status.SourceStatus`
 block: the decoder writes its state, events and statistics there, and reads there how each
@@ -165,7 +167,11 @@ class _Decoder:
             if known is not None and known.generation == settings.generation:
                 continue
             self.consumers[index] = ConsumerGate(
-                index, settings.generation, settings.strategy, settings.max_fps
+                index,
+                settings.generation,
+                settings.strategy,
+                settings.max_fps,
+                pixels=settings.pixels,
             )
             if self.producer is not None:
                 self.producer.set_consumer_strategy(index, settings.strategy)
@@ -437,11 +443,12 @@ class _Decoder:
             if slot is None:
                 continue
             started = time.perf_counter_ns()
-            try:
-                backend.retrieve(self.producer.writable(slot))
-            except Exception:
-                self.producer.abandon(slot)
-                raise
+            if any(self.consumers[i].pixels for i in targets):
+                try:
+                    backend.retrieve(self.producer.writable(slot))
+                except Exception:
+                    self.producer.abandon(slot)
+                    raise
             decode_ms = (grab_ns + time.perf_counter_ns() - started) / 1e6
             self._decode_latency_ms = (
                 decode_ms

@@ -26,6 +26,7 @@ class ConsumerGate:
     generation: int
     strategy: BufferFillingStrategy
     max_fps: float | None
+    pixels: bool = True  # False: it reads the frame's metadata only
     next_due_ns: int | None = None
     adaptive_fps: float | None = None
     last_received: int = 0

@@ -174,14 +174,19 @@ class DecoderHandle:
         strategy: BufferFillingStrategy,
         max_fps: float | None,
         mode: ConsumerMode = ConsumerMode.RUNNING,
+        *,
+        pixels: bool = True,
     ) -> int:
-        """Give ``pid`` a consumer entry (and a consumer of the ring, once there is one)."""
+        """Give ``pid`` a consumer entry (and a consumer of the ring, once there is one);
+        ``pixels`` False: it reads only its frames' metadata."""
         with self._lock:
             ring = self.ring
             usable: Callable[[int], bool] | None = None
             if ring is not None:
                 usable = self._ring_entry_free
-            index = self.status.claim_consumer(pid, strategy, max_fps, mode=mode, usable=usable)
+            index = self.status.claim_consumer(
+                pid, strategy, max_fps, mode=mode, usable=usable, pixels=pixels
+            )
             if ring is not None:
                 try:
                     ring.register_consumer(pid, index=index)

@@ -64,6 +64,9 @@ class SubscriptionRequest:
     realtime: bool = False  # a file decoded at its own frame rate, like a camera
     # The frame size the owner's RAM admission assumed; a bigger real size is charged again.
     admitted_size: tuple[int, int] | None = None
+    # False: the pipeline reads its frames' metadata and size only (passthrough), so the
+    # decoder writes no pixels for a frame that no other consumer reads.
+    pixels: bool = True
 
     @property
     def strategies(self) -> tuple[BufferFillingStrategy, BufferConsumptionStrategy]:
@@ -182,7 +185,7 @@ class SourceHub:
                 )
                 self._decoders.append((key, handle))
             index = handle.add_consumer(
-                consumer_pid, filling, request.max_fps, ConsumerMode.RUNNING
+                consumer_pid, filling, request.max_fps, ConsumerMode.RUNNING, pixels=request.pixels
             )
         try:
             handle.start()

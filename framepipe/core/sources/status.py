@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 _MAGIC = b"FPSRC001"
-_VERSION = 1
+_VERSION = 2
 EVENTS_KEPT = 64
 _MESSAGE_BYTES = 224
 _ERROR_BYTES = 480
@@ -129,6 +129,7 @@ _CONSUMER = np.dtype(
         ("max_fps", "<f8"),
         ("dropped", "<u8", (len(_REASONS),)),
         ("registered_ns", "<i8"),
+        ("pixels", "<u4"),  # 0: the consumer reads its frames' metadata only, never a pixel
     ],
     align=True,
 )
@@ -191,6 +192,7 @@ class ConsumerSettings:
     strategy: BufferFillingStrategy
     max_fps: float | None
     mode: ConsumerMode
+    pixels: bool = True  # False: only the frames' metadata is read (no pixels are written)
 
 
 @dataclass(frozen=True, slots=True)
@@ -543,6 +545,7 @@ class SourceStatus(OwnedResource):
         *,
         mode: ConsumerMode = ConsumerMode.RUNNING,
         usable: Any = None,
+        pixels: bool = True,
     ) -> int:
         """Give a free entry to a consumer (the owner's job); returns its index.
 
@@ -557,6 +560,7 @@ class SourceStatus(OwnedResource):
             entry["strategy"] = _STRATEGIES.index(strategy)
             entry["max_fps"] = max_fps if max_fps else 0.0
             entry["mode"] = int(mode)
+            entry["pixels"] = int(pixels)
             entry["dropped"] = 0
             entry["registered_ns"] = time.monotonic_ns()
             entry["generation"] += 1
@@ -582,6 +586,7 @@ class SourceStatus(OwnedResource):
             strategy=_STRATEGIES[int(entry["strategy"])],
             max_fps=max_fps or None,
             mode=ConsumerMode(int(entry["mode"])),
+            pixels=bool(entry["pixels"]),
         )
 
     def consumers(self) -> list[ConsumerSettings]:

@@ -76,6 +76,7 @@ class PipelineConfig:
 
     def source_requests(self) -> list[SubscriptionRequest]:
         from framepipe.core.pipeline import source_requests
+        from framepipe.core.processing.processor import build_processor
 
         reference = self.video_reference
         return source_requests(
@@ -87,6 +88,7 @@ class PipelineConfig:
             batch_collection_timeout=self.batch_collection_timeout,
             decoding_buffer_size=self.decoding_buffer_size,
             realtime_replay=self.realtime_replay,
+            pixels=build_processor(self.processing).reads_pixels,
         )
 
     @property
