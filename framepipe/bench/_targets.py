@@ -42,6 +42,15 @@ class Target:
 #: framepipe should carry this share of the streams the model's runs and a plain decode of
 #: every frame alone would leave room for (``ScenarioResult.model_bound_limit``).
 MODEL_BOUND_SHARE = 0.85
+#: A passthrough frame's CPU outside its decode (the decode process, ring write included,
+#: counts as decode), at most (µs).
+PASSTHROUGH_OUTSIDE_US = 150.0
+#: Memory per additional stream, USS + the stream's resident shared memory, at most (MB):
+#: passthrough, and a model pipeline.
+PASSTHROUGH_MB_PER_STREAM = 35.0
+MODEL_MB_PER_STREAM = 40.0
+#: Distinct 720p30 passthrough streams framepipe should sustain on a 2-core machine.
+PASSTHROUGH_720P30_STREAMS = 32
 
 
 def _pick(scenarios: list[ScenarioResult], passthrough: bool) -> ScenarioResult | None:
@@ -67,6 +76,24 @@ def _at_least(fp: ArchitectureResult, classic: ArchitectureResult, factor: float
     return None if fp.lower_bound else False
 
 
+def _memory_target(
+    scenario: ScenarioResult,
+    fp: ArchitectureResult,
+    classic: ArchitectureResult | None,
+    most_mb: float,
+) -> Target:
+    mb = memory_slope_mb(fp.runs)
+    return Target(
+        f"{scenario.model}: memory per additional stream, USS + shm (MB)",
+        mb,
+        memory_slope_mb(classic.runs) if classic is not None else None,
+        mb,
+        f"<= {most_mb:g} MB",
+        None if mb is None else mb <= most_mb,
+        scenario.key,
+    )
+
+
 def check_targets(scenarios: list[ScenarioResult], criteria: Criteria) -> list[Target]:
     targets: list[Target] = []
     pt = _pick(scenarios, passthrough=True)
@@ -85,11 +112,27 @@ def check_targets(scenarios: list[ScenarioResult], criteria: Criteria) -> list[T
                 cost,
                 bl_run.outside_us_per_frame if bl_run is not None else None,
                 cost,
-                "< 300 µs",
-                None if cost is None else cost < 300,
+                f"<= {PASSTHROUGH_OUTSIDE_US:g} µs",
+                None if cost is None else cost <= PASSTHROUGH_OUTSIDE_US,
                 where,
             )
         )
+        if fp is not None:
+            targets.append(_memory_target(pt, fp, bl, PASSTHROUGH_MB_PER_STREAM))
+        if fp is not None and pt.stream == "720p30":
+            streams = fp.sustainable
+            enough = streams >= PASSTHROUGH_720P30_STREAMS
+            targets.append(
+                Target(
+                    "passthrough: sustainable 720p30 streams",
+                    float(streams),
+                    float(bl.sustainable) if bl is not None else None,
+                    float(streams),
+                    f">= {PASSTHROUGH_720P30_STREAMS}",
+                    None if not enough and fp.lower_bound else enough,
+                    pt.key,
+                )
+            )
         if fp is not None and bl is not None:
             ratio = _div(float(fp.sustainable), float(bl.sustainable))
             targets.append(
@@ -145,6 +188,10 @@ def check_targets(scenarios: list[ScenarioResult], criteria: Criteria) -> list[T
                     det.key,
                 )
             )
+    if det is not None and (fp := det.results.get(Architecture.FRAMEPIPE)) is not None:
+        targets.append(
+            _memory_target(det, fp, det.results.get(Architecture.CLASSIC), MODEL_MB_PER_STREAM)
+        )
     if det is not None and det.model_bound_limit:
         fp = det.results.get(Architecture.FRAMEPIPE)
         if fp is not None:

@@ -167,9 +167,15 @@ def test_targets_are_checked_against_the_distinct_scenarios() -> None:
     by_name = {t.name: t for t in check_targets([passthrough, detector], CRITERIA)}
     cost = by_name["passthrough: CPU per frame outside decode (µs)"]
     assert cost.where.endswith("N=4")  # the largest count both sustain
-    assert cost.met is True and cost.value == pytest.approx(0.04 / 1200 * 1e6)
+    assert cost.met is True and cost.value == pytest.approx(0.04 / 1200 * 1e6)  # <= 150
     assert by_name["passthrough: sustainable streams"].met is True  # 8 vs 4
     assert by_name["passthrough: frame-transport CPU per frame (x lower)"].met is True
+    streams = by_name["passthrough: sustainable 720p30 streams"]
+    assert streams.value == 8 and streams.met is False  # 16 was seen to fail: 8 < 32
+    flat = by_name["passthrough: memory per additional stream, USS + shm (MB)"]
+    assert flat.value == pytest.approx(0.0) and flat.met is True  # 100 MB at every count
+    model_mb = by_name["centerface: memory per additional stream, USS + shm (MB)"]
+    assert model_mb.value == pytest.approx(30.0) and model_mb.met is True  # <= 40
     assert by_name[
         "centerface: memory per additional stream, USS + shm (MB, x lower)"
     ].value == pytest.approx(3.0)
@@ -273,3 +279,22 @@ def test_a_stream_at_its_full_rate_is_never_judged_slow_by_counting(target: floa
             result = run(Architecture.FRAMEPIPE, 1, fps=counted / window_s, target=target)
             result = replace(result, verdict=judge(result, CRITERIA))
             assert result.verdict.passed is passes, (phase, rate, counted, window_s)
+
+
+def test_passthrough_targets_fail_where_their_figures_miss() -> None:
+    # 1.0 CPU-s outside decode over 2 x 300 frames: 1667 µs a frame; 60 MB per extra stream
+    passthrough = scenario(
+        "passthrough",
+        [
+            run(Architecture.FRAMEPIPE, n, cpu_s=0.9 * n, decode_s=0.4 * n, memory_mb=60.0 * n)
+            for n in (1, 2)
+        ]
+        + [run(Architecture.FRAMEPIPE, 4, fps=20.0, memory_mb=240.0)],
+        [run(Architecture.CLASSIC, n, cpu_s=4.0 * n) for n in (1, 2)],
+    )
+    by_name = {t.name: t for t in check_targets([passthrough], CRITERIA)}
+    cost = by_name["passthrough: CPU per frame outside decode (µs)"]
+    assert cost.value == pytest.approx(1.0 / 600 * 1e6) and cost.met is False
+    memory = by_name["passthrough: memory per additional stream, USS + shm (MB)"]
+    assert memory.value == pytest.approx(60.0) and memory.met is False
+    assert by_name["passthrough: sustainable 720p30 streams"].met is False
