@@ -14,7 +14,10 @@ And the floor, in the same run: **the model's ceiling** (``model_ceiling_fps``,
 IOBinding: framepipe's ``OnnxRunner``), K concurrent runs (the service's default K: one per
 usable core) on a prepared input of the size a 720p frame gets, no decode, no pre- or
 post-processing; and **plain decode** (``plain_decode_ms``): a plain PyAV loop decoding the
-same 720p file to ``to_ndarray()``, CPU per frame. ``outside_model_ms_n1`` =
+same 720p file to ``to_ndarray()``, CPU per frame. The ceiling is measured right before the
+pipelines run and again right after (``model_ceiling_fps_before`` / ``_after``): the machine's
+speed drifts by several percent within minutes, so the ratios divide by the mean of the two,
+which brackets the pipelines' own minutes. ``outside_model_ms_n1`` =
 ``cpu_ms_per_frame_n1 - model_cpu_ms_per_run - plain_decode_ms``: what the server spends per
 frame besides decoding and the model (the preprocess, the hand-offs, the post-processing).
 
@@ -171,6 +174,17 @@ def run_model_ceiling(runs: int, warmup: int = 4) -> dict[str, float]:
         "model_input_height": float(height),
         "model_input_width": float(width),
     }
+
+
+def bracketed_ceiling(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The ceiling measured on both sides of the pipelines' runs: each side's figures, and
+    their means as ``model_ceiling_fps`` and ``model_cpu_ms_per_run``."""
+    result = dict(before)
+    for key in ("model_ceiling_fps", "model_cpu_ms_per_run"):
+        result[f"{key}_before"] = before[key]
+        result[f"{key}_after"] = after[key]
+        result[key] = (before[key] + after[key]) / 2
+    return result
 
 
 def run_plain_decode(video: Path) -> dict[str, float]:
@@ -383,11 +397,11 @@ def main() -> int:
             r["loop_cpu_ms_per_frame"] for r in loops
         )
         result["loop_faces"] = loops[0]["loop_faces"]
-        ceiling = run_model_ceiling(runs=40 if args.smoke else 200)
-        result.update(ceiling)
         result["plain_decode_ms"] = statistics.median(
             run_plain_decode(first)["plain_decode_ms"] for _ in range(1 if args.smoke else 3)
         )
+        ceiling_runs = 40 if args.smoke else 200
+        before = run_model_ceiling(runs=ceiling_runs)
         with server() as srv:
             one = run_framepipe(srv, files[:1], frames, skip)
             result["fps_n1"] = one["fps"]
@@ -399,6 +413,8 @@ def main() -> int:
             result["cpu_ms_per_frame_n4"] = four["cpu_ms_per_frame"]
             result["uss_total_mb_n4"] = four["uss_mb"]
             result["shm_mb_n4"] = four["shm_mb"]
+            after = run_model_ceiling(runs=ceiling_runs)  # the server idle meanwhile
+            result.update(bracketed_ceiling(before, after))
             same = run_framepipe(srv, [first] * 4, frames, skip)
             result["fps_total_n4_same_file"] = same["fps"]
             latency = run_latency(srv, latency_s)
@@ -430,7 +446,9 @@ def main() -> int:
     print("CenterFace on 1280x720, every frame, CPU provider")
     print(
         f"  model ceiling (bare session, service settings, K={int(result['model_concurrency'])}): "
-        f"{result['model_ceiling_fps']:.1f} fps, {result['model_cpu_ms_per_run']:.1f} ms CPU/run; "
+        f"{result['model_ceiling_fps']:.1f} fps ({result['model_ceiling_fps_before']:.1f} before "
+        f"the pipelines, {result['model_ceiling_fps_after']:.1f} after), "
+        f"{result['model_cpu_ms_per_run']:.1f} ms CPU/run; "
         f"plain PyAV decode {result['plain_decode_ms']:.2f} ms CPU/frame"
     )
     print(

@@ -74,6 +74,8 @@ KEY_FIGURES: dict[str, tuple[str, ...]] = {
         "loop_fps",
         "loop_cpu_ms_per_frame",
         "model_ceiling_fps",
+        "model_ceiling_fps_before",
+        "model_ceiling_fps_after",
         "model_cpu_ms_per_run",
         "plain_decode_ms",
         "fps_n1",
