@@ -153,9 +153,14 @@ class PixelPeeker(Processor):
         return [None if f is None else {"seen": True} for f in frames]
 
 
-def test_a_frame_no_consumer_reads_the_pixels_of_is_not_copied(video_60: SyntheticVideo) -> None:
+@pytest.mark.parametrize("decoder", ["opencv", "pyav"])
+def test_a_frame_no_consumer_reads_the_pixels_of_is_not_copied(
+    video_60: SyntheticVideo, decoder: str
+) -> None:
     peeker = PixelPeeker()
-    with Pipeline(str(video_60.path), processing=peeker, decoding_buffer_size=4) as pipeline:
+    with Pipeline(
+        str(video_60.path), processing=peeker, decoder=decoder, decoding_buffer_size=4
+    ) as pipeline:
         results = list(pipeline.results(timeout=20))
         report = pipeline.status()
     assert len(results) == 60  # every frame decoded and delivered, with its metadata

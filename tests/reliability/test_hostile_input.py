@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from framepipe.core.pipeline import Pipeline
+from framepipe.core.processing import Processor
 from framepipe.core.sources import SourceHub, StreamState
 from framepipe.testing import make_test_video
 from tests.integration.manager_harness import ManagerProcess, running_manager, wait_for
@@ -178,13 +179,32 @@ def test_a_ring_above_the_cap_is_refused_outright(http_base: str, media: Path) -
         assert reply["response"]["status"] == "success", reply
 
 
-def test_a_stream_that_changes_size_mid_stream_meets_the_same_cap(media: Path) -> None:
+class _PixelMean(Processor):
+    """Reads every frame's pixels (as a model does)."""
+
+    def compose(
+        self,
+        frames: Sequence[Any | None],
+        frames_metadata: Sequence[Any | None],
+        predictions: Sequence[Any | None] | None = None,
+    ) -> list[dict[str, Any] | None]:
+        return [None if f is None else {"mean": float(np.mean(f))} for f in frames]
+
+
+@pytest.mark.parametrize("reads_pixels", [False, True], ids=["passthrough", "pixels"])
+def test_a_stream_that_changes_size_mid_stream_meets_the_same_cap(
+    media: Path, reads_pixels: bool
+) -> None:
     """A stream that starts small (a small ring) and turns into 2048x2048 frames: the decoder
     refuses the new size (its ring would be above the cap), naming both sizes, instead of
-    decoding and scaling frames of any size."""
+    decoding and scaling frames of any size; whether or not the pipeline reads the pixels
+    (a passthrough pipeline's frames are not copied, but their size is checked all the same)."""
+    processing = _PixelMean() if reads_pixels else None
     with (
         SourceHub(max_ring_bytes=64 * 1024 * 1024) as hub,
-        Pipeline(str(media / "resizing.ts"), decoder="pyav", hub=hub) as pipeline,
+        Pipeline(
+            str(media / "resizing.ts"), processing=processing, decoder="pyav", hub=hub
+        ) as pipeline,
     ):
         assert pipeline.join(30)
         source = pipeline.status().sources[0]

@@ -75,6 +75,11 @@ class DecodeBackend(Protocol):
         """Write the last grabbed frame into ``out``: a slot of the layout ``open`` gave."""
         ...
 
+    def check(self) -> None:
+        """The last grabbed frame, for a frame nobody reads the pixels of: raise what
+        ``retrieve`` would raise for it (a size the ring's cap refuses), writing nothing."""
+        ...
+
     def pts_s(self) -> float | None:
         """Presentation time (seconds) of the last grabbed frame."""
         ...
@@ -203,6 +208,14 @@ class OpenCVBackend:
             else:
                 np.copyto(out, image)
 
+    def check(self) -> None:
+        # OpenCV gives a frame's size only by converting it: no cheaper than retrieve.
+        ok, image = self._cap.retrieve()
+        if not ok or image is None:
+            raise SourceOpenError("the decoder returned no image for a grabbed frame")
+        if self.size_check is not None and image.shape != self._shape:
+            self.size_check(image.shape[1], image.shape[0])
+
     def pts_s(self) -> float | None:
         import cv2
 
@@ -215,6 +228,7 @@ class OpenCVBackend:
                 f"the OpenCV decoder writes BGR frames; this ring holds {layout.pixel_format.name}"
             )
         # a BGR slot of another size: retrieve() scales into it
+        self._shape = (layout.height, layout.width, 3)
 
     def close(self) -> None:
         cap, self._cap = self._cap, None
@@ -429,6 +443,17 @@ class PyAVBackend:
             copy_planes(frame, layout, out)
         else:
             np.copyto(out, frame.to_ndarray(format="bgr24"))
+
+    def check(self) -> None:
+        frame = self._frame
+        conversion = self._conversion
+        if frame is None or conversion is None:
+            raise SourceOpenError("no grabbed frame to check")
+        layout = conversion.layout
+        if self.size_check is not None and (
+            frame.width != layout.width or frame.height != layout.height
+        ):
+            self.size_check(frame.width, frame.height)
 
     def use_layout(self, layout: FrameLayout) -> None:
         conversion = self._conversion

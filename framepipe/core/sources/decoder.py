@@ -443,12 +443,14 @@ class _Decoder:
             if slot is None:
                 continue
             started = time.perf_counter_ns()
-            if any(self.consumers[i].pixels for i in targets):
-                try:
+            try:
+                if any(self.consumers[i].pixels for i in targets):
                     backend.retrieve(self.producer.writable(slot))
-                except Exception:
-                    self.producer.abandon(slot)
-                    raise
+                else:  # its size still meets the ring's cap, though nothing is written
+                    backend.check()
+            except Exception:
+                self.producer.abandon(slot)
+                raise
             decode_ms = (grab_ns + time.perf_counter_ns() - started) / 1e6
             self._decode_latency_ms = (
                 decode_ms
