@@ -169,6 +169,22 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
 
+#: One event of the results stream as an SSE parser reads it: its ``event`` name, its ``id``
+#: (results: the per-pipeline sequence number) and its ``data``, JSON text whose shape each
+#: event's description gives (``StreamDropped``, ``StreamEnd`` in the components). OpenAPI 3.0
+#: and 3.1 give the schema of one event under ``schema`` (3.2 names it ``itemSchema``).
+STREAM_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["result", "dropped", "end"]},
+        "id": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "retry": {"type": "integer"},
+    },
+}
+
+
 SMALL_BODY_BYTES = 64 * 1024
 """A body up to this size is read whoever sends it (the manager judges the token); a larger one
 is read only with the manager's token, when the gateway knows it."""
@@ -560,7 +576,7 @@ def _pipeline_routes(context: GatewayContext) -> APIRouter:
         response_class=EventStreamResponse,
         summary="Results pushed as they are produced (Server-Sent Events)",
         description=_STREAM_DESCRIPTION,
-        responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+        responses={200: {"content": {"text/event-stream": {"schema": STREAM_EVENT_SCHEMA}}}},
     )
     async def stream_results(
         pipeline_id: PipelineId,

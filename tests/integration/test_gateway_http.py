@@ -141,7 +141,9 @@ def test_reference_routes_probes_and_schema(gateway: Gateway) -> None:
     assert "requestBody" in consume  # the reference's clients send a JSON body with this GET
     assert {p["name"] for p in consume["parameters"]} >= {"excluded_fields", "max_entries"}
     stream = schema["paths"]["/inference_pipelines/{pipeline_id}/results/stream"]["get"]
-    assert "text/event-stream" in stream["responses"]["200"]["content"]
+    event = stream["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    assert event["properties"]["event"]["enum"] == ["result", "dropped", "end"]  # one SSE event
+    assert event["required"] == ["event", "data"]
     assert {"StreamEnd", "StreamDropped", "ErrorResponse"} <= set(schema["components"]["schemas"])
 
 

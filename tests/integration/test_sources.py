@@ -81,6 +81,7 @@ def test_file_every_frame_in_order_under_wait(video_120: SyntheticVideo, decoder
         decoder=decoder,
         on_prediction=lambda outputs, metas: predictions.append((outputs, metas)),
         decoding_buffer_size=8,
+        hold_results=True,  # every result waits for this reader, however late it starts
     )
     with pipeline:
         results = list(pipeline.results(timeout=20))

@@ -7,8 +7,8 @@ then loops: grab the next frame, decide which consumers get it (their mode, ``ma
 adaptive pace), acquire a free slot, retrieve the frame straight into the slot (in the
 ring's pixel format: native 4:2:0 for PyAV, BGR for OpenCV), publish
 its descriptor to those consumers under each one's filling strategy. A frame that goes only
-to consumers that read no pixels (passthrough pipelines: metadata and size) is decoded and
-published, but nothing is copied into its slot.
+to consumers that read no pixels (passthrough pipelines: metadata and size) is decoded, its
+size checked against the ring's cap, and published, but nothing is copied into its slot.
 
 Everything about the source lives in its :class:`~framepipe.core.sources.status.SourceStatus`
 block: the decoder writes its state, events and statistics there, and reads there how each
