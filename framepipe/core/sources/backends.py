@@ -418,10 +418,7 @@ class PyAVBackend:
         return True
 
     def retrieve(self, out: Image) -> None:
-        frame = self._frame
-        conversion = self._conversion
-        if frame is None or conversion is None:
-            raise SourceOpenError("no grabbed frame to retrieve")
+        frame, conversion = self._checked()
         layout = conversion.layout
         if (
             frame.width != layout.width
@@ -429,10 +426,6 @@ class PyAVBackend:
             or frame.format.name != conversion.source_format
         ):
             # The stream changed mid-way: to the ring's size and format, through a temporary.
-            if self.size_check is not None and (
-                frame.width != layout.width or frame.height != layout.height
-            ):
-                self.size_check(frame.width, frame.height)
             self.copies += 1
             frame = frame.reformat(
                 width=layout.width, height=layout.height, format=_slot_format(layout)
@@ -445,15 +438,22 @@ class PyAVBackend:
             np.copyto(out, frame.to_ndarray(format="bgr24"))
 
     def check(self) -> None:
+        self._checked()
+
+    def _checked(self) -> tuple[Any, FrameConversion]:
+        """The grabbed frame and the conversion to the ring's layout, once its size passed
+        ``size_check`` (a frame of another size than the ring's is scaled to it, within the
+        cap)."""
         frame = self._frame
         conversion = self._conversion
         if frame is None or conversion is None:
-            raise SourceOpenError("no grabbed frame to check")
+            raise SourceOpenError("no grabbed frame to retrieve")
         layout = conversion.layout
         if self.size_check is not None and (
             frame.width != layout.width or frame.height != layout.height
         ):
             self.size_check(frame.width, frame.height)
+        return frame, conversion
 
     def use_layout(self, layout: FrameLayout) -> None:
         conversion = self._conversion
